@@ -1,0 +1,48 @@
+# Thin wrappers: the README's commands. `make test` is exactly what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+TOOLS := .tools/.fetched
+
+.PHONY: demo test lint unit bench soak tools clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+$(TOOLS): scripts/fetch-tools.sh
+	bash scripts/fetch-tools.sh
+	@touch $@
+
+tools: $(TOOLS)
+
+## demo: set up and run the simulation (the embedded default: emulated Azure DevOps + Kubernetes)
+demo: $(STAMP)
+	$(BIN)/azp-reconciler simulate --scenario burst
+
+## lint: ruff, mypy --strict, import-linter (the layers of DESIGN.md)
+lint: $(STAMP)
+	$(BIN)/ruff check reconciler tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: set up and run everything CI runs
+test: $(STAMP) $(TOOLS) lint
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+## bench: the benchmarks of benchmarks/ (prints a table, writes benchmarks/results.json)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+## soak: a long random simulation with invariants checked after every step
+soak: $(STAMP)
+	AZP_HYPOTHESIS_EXAMPLES=5000 $(BIN)/python -m benchmarks.soak
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,364 @@
+"""The Azure DevOps REST client: the only module that talks to Azure DevOps (with `requests`).
+
+One session, timeouts, retries with exponential backoff and jitter on throttling, 5xx and broken
+connections, `Retry-After` and `X-RateLimit-Delay` honoured, sign-in pages and 401s turned into
+AuthError, and a count of every call so each pass can report what it cost.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
+from reconciler.model import Agent, JobRequest, frozen_map
+
+log = logging.getLogger("reconciler.azdo")
+
+API_VERSION = "7.1"
+# jobrequests is undocumented; 7.0 is a version public clients use successfully (reference, section 4).
+JOBREQUESTS_API_VERSION = "7.0"
+CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Parse the service's UTC timestamps (up to 7 fractional digits) into aware datetimes."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if "." in text:
+        head, _, tail = text.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        zone = tail[len(digits):]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _ref_id(ref: Any) -> int | None:
+    return ref.get("id") if isinstance(ref, dict) and isinstance(ref.get("id"), int) else None
+
+
+def _ref_name(ref: Any) -> str | None:
+    return ref.get("name") if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
+
+
+def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
+    """A JobRequest from the service's JSON; None when the payload lacks a usable requestId."""
+    request_id = item.get("requestId")
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        return None
+    demands = item.get("demands")
+    definition = item.get("definition")
+    return JobRequest(
+        request_id=request_id,
+        queue_time=parse_time(item.get("queueTime")),
+        demands=tuple(d for d in demands if isinstance(d, str)) if isinstance(demands, list) else (),
+        assign_time=parse_time(item.get("assignTime")),
+        receive_time=parse_time(item.get("receiveTime")),
+        finish_time=parse_time(item.get("finishTime")),
+        result=item.get("result") if isinstance(item.get("result"), str) else None,
+        reserved_agent_id=_ref_id(item.get("reservedAgent")),
+        reserved_agent_name=_ref_name(item.get("reservedAgent")),
+        plan_type=item.get("planType") if isinstance(item.get("planType"), str) else None,
+        definition=_ref_name(definition),
+    )
+
+
+def agent_from_json(item: Mapping[str, Any]) -> Agent | None:
+    """An Agent from the service's JSON; None when the payload lacks id or name."""
+    agent_id, name = item.get("id"), item.get("name")
+    if not isinstance(agent_id, int) or not isinstance(name, str):
+        return None
+    capabilities = {**(item.get("systemCapabilities") or {}), **(item.get("userCapabilities") or {})}
+    return Agent(
+        agent_id=agent_id,
+        name=name,
+        enabled=bool(item.get("enabled", True)),
+        status=str(item.get("status", "offline")),
+        assigned_request_id=(item.get("assignedRequest") or {}).get("requestId"),
+        completed_request_id=(item.get("lastCompletedRequest") or {}).get("requestId"),
+        status_changed_on=parse_time(item.get("statusChangedOn")),
+        created_on=parse_time(item.get("createdOn")),
+        capabilities=frozen_map({str(k): str(v) for k, v in capabilities.items()}),
+    )
+
+
+def placeholder_public_key() -> dict[str, str]:
+    """An RSA public key for a placeholder registration.
+
+    A placeholder never connects, so its private key is thrown away; the service only stores the
+    public half. The modulus is a random odd 2048-bit number with the top bit set: the shape the
+    service expects (base64, big-endian) without the cost of generating primes."""
+    modulus = secrets.randbits(2048) | (1 << 2047) | 1
+    return {
+        "exponent": base64.b64encode((65537).to_bytes(3, "big")).decode(),
+        "modulus": base64.b64encode(modulus.to_bytes(256, "big")).decode(),
+    }
+
+
+class AzureDevOps:
+    """A client for the pools, agents and job requests of one organization."""
+
+    def __init__(
+        self,
+        organization: str,
+        *,
+        pat: str,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.organization = organization.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._sleep = sleep
+        self.calls: Counter[str] = Counter()
+        self.session = requests.Session()
+        self.session.auth = ("", pat)
+        self.session.headers.update(
+            {
+                "Accept": "application/json",
+                # Ask for 401 instead of a redirect to a sign-in page (reference, section 1).
+                "X-TFS-FedAuthRedirect": "Suppress",
+                "User-Agent": "azp-agents-reconciler",
+            }
+        )
+        self._not_before = 0.0
+
+    def close(self) -> None:
+        self.session.close()
+
+    @property
+    def call_count(self) -> int:
+        return sum(self.calls.values())
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        api_version: str = API_VERSION,
+    ) -> Any:
+        url = f"{self.organization}/_apis/{path}"
+        query = {**(params or {}), "api-version": api_version}
+        attempt = 0
+        while True:
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                self._sleep(wait)
+            self.calls[f"{method} {route}"] += 1
+            try:
+                response = self.session.request(
+                    method, url, params=query, json=body, timeout=self.timeout, allow_redirects=False
+                )
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                error: Exception = TransientError(f"{method} {route}: {type(exc).__name__}: the service did not answer")
+                retry_after = None
+            else:
+                try:
+                    return self._parse(response, method=method, route=route)
+                except TransientError as exc:
+                    error = exc
+                    retry_after = _retry_after(response)
+            attempt += 1
+            if attempt > self.retries:
+                raise error
+            delay = retry_after if retry_after is not None else self.backoff * (2 ** (attempt - 1))
+            delay += random.uniform(0, self.backoff)
+            log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
+            self._sleep(delay)
+
+    def _parse(self, response: requests.Response, *, method: str, route: str) -> Any:
+        status = response.status_code
+        retry_after = _retry_after(response)
+        if retry_after is not None and status < 400:
+            # An early warning on a success: slow down before the next call (reference, section 7).
+            self._not_before = time.monotonic() + retry_after
+        delay = response.headers.get("X-RateLimit-Delay")
+        if delay:
+            log.warning(
+                "Azure DevOps delayed %s %s by %ss (rate limit %s, remaining %s)", method, route, delay,
+                response.headers.get("X-RateLimit-Resource", "?"), response.headers.get("X-RateLimit-Remaining", "?"),
+            )
+        content_type = response.headers.get("Content-Type", "")
+        if status == 203 or status == 401 or 300 <= status < 400:
+            raise AuthError(f"the PAT was rejected by {self.organization} (HTTP {status} on {method} {route}): {CREDENTIAL_HINT}")
+        if status == 403:
+            raise AuthError(
+                f"the PAT lacks a permission for {method} {route} (HTTP 403: {_message(response)}): it needs the "
+                "Agent Pools (read & manage) scope and the Administrator role on the pool"
+            )
+        if status == 429 or status >= 500:
+            raise TransientError(f"{method} {route}: HTTP {status}: {_message(response)}")
+        if status == 404:
+            raise NotFoundError(f"{method} {route}: HTTP 404: {_message(response)}")
+        if status == 409:
+            raise ConflictError(f"{method} {route}: HTTP 409: {_message(response)}")
+        if status >= 400:
+            raise PermanentError(f"{method} {route}: HTTP {status}: {_message(response)}")
+        if status == 204 or not response.content:
+            return None
+        if "json" not in content_type:
+            raise AuthError(
+                f"{self.organization} answered {method} {route} with {content_type or 'no content type'} instead of "
+                f"JSON (a sign-in page): {CREDENTIAL_HINT}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise TransientError(f"{method} {route}: the response body is not complete JSON") from None
+
+    def _list(self, path: str, *, route: str, params: Mapping[str, Any] | None = None,
+              api_version: str = API_VERSION) -> list[dict[str, Any]]:
+        payload = self._request("GET", path, route=route, params=params, api_version=api_version)
+        if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
+            raise TransientError(f"GET {route}: the response is not a list ({{count, value}})")
+        return [item for item in payload["value"] if isinstance(item, dict)]
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def connection_data(self) -> dict[str, Any]:
+        """Who the credential belongs to (proves it works)."""
+        data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+        return data if isinstance(data, dict) else {}
+
+    def pools_by_name(self, names: list[str]) -> dict[str, int]:
+        """Pool ids for the given names with one call: every automation pool, matched by name."""
+        pools = self._list("distributedtask/pools", route="pools", params={"poolType": "automation"})
+        found: dict[str, int] = {}
+        for pool in pools:
+            name, pool_id = pool.get("name"), pool.get("id")
+            if isinstance(name, str) and isinstance(pool_id, int):
+                found[name] = pool_id
+        lowered = {name.lower(): pool_id for name, pool_id in found.items()}
+        return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
+
+    def job_requests(self, pool_id: int) -> list[JobRequest]:
+        """Unfinished requests of a pool (queued, assigned, running), one call."""
+        items = self._list(
+            f"distributedtask/pools/{pool_id}/jobrequests",
+            route="pools/{poolId}/jobrequests",
+            params={"completedRequestCount": 0},
+            api_version=JOBREQUESTS_API_VERSION,
+        )
+        requests_ = (job_request_from_json(item) for item in items)
+        return [r for r in requests_ if r is not None and not r.finished]
+
+    def agents(self, pool_id: int) -> list[Agent]:
+        """Every agent of a pool with capabilities and assigned/last requests, one call."""
+        items = self._list(
+            f"distributedtask/pools/{pool_id}/agents",
+            route="pools/{poolId}/agents",
+            params={"includeCapabilities": "true", "includeAssignedRequest": "true", "includeLastCompletedRequest": "true"},
+        )
+        agents = (agent_from_json(item) for item in items)
+        return [a for a in agents if a is not None]
+
+    def agent(self, pool_id: int, agent_id: int) -> Agent | None:
+        """One agent, re-read with its assigned request (None when it is gone)."""
+        try:
+            item = self._request(
+                "GET", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
+                params={"includeAssignedRequest": "true", "includeLastCompletedRequest": "true"},
+            )
+        except NotFoundError:
+            return None
+        return agent_from_json(item) if isinstance(item, dict) else None
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def set_enabled(self, pool_id: int, agent_id: int, *, enabled: bool) -> None:
+        self._request(
+            "PATCH", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
+            body={"id": agent_id, "enabled": enabled},
+        )
+
+    def delete_agent(self, pool_id: int, agent_id: int) -> bool:
+        """Delete a registration; False when it was already gone (idempotent)."""
+        try:
+            self._request(
+                "DELETE", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}"
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def register_placeholder(self, pool_id: int, *, name: str, capabilities: Mapping[str, str], version: str) -> int:
+        """Register a disabled agent that never connects, the way config.sh registers one."""
+        body = {
+            "name": name,
+            "version": version,
+            "osDescription": "azp-agents placeholder (never runs jobs)",
+            "enabled": False,
+            "maxParallelism": 1,
+            "provisioningState": "Provisioned",
+            "systemCapabilities": dict(capabilities),
+            "authorization": {"publicKey": placeholder_public_key()},
+        }
+        created = self._request("POST", f"distributedtask/pools/{pool_id}/agents", route="pools/{poolId}/agents", body=body)
+        agent_id = created.get("id") if isinstance(created, dict) else None
+        if not isinstance(agent_id, int):
+            raise TransientError("POST pools/{poolId}/agents: the response has no agent id")
+        if created.get("enabled", False):
+            self.set_enabled(pool_id, agent_id, enabled=False)
+        return agent_id
+
+    def update_placeholder(self, pool_id: int, agent_id: int, *, name: str, capabilities: Mapping[str, str],
+                           version: str) -> None:
+        """Replace a placeholder's capabilities (PUT keeps its id) and keep it disabled."""
+        body = {
+            "id": agent_id,
+            "name": name,
+            "version": version,
+            "enabled": False,
+            "maxParallelism": 1,
+            "provisioningState": "Provisioned",
+            "systemCapabilities": dict(capabilities),
+            "authorization": {"publicKey": placeholder_public_key()},
+        }
+        self._request("PUT", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
+                      body=body)
+        self.set_enabled(pool_id, agent_id, enabled=False)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.reason or "no details"
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        return str(payload["message"])[:300]
+    return response.reason or "no details"
+
+
+def pool_url_name(name: str) -> str:
+    """A pool name as it goes into a query string (spaces and unicode encoded)."""
+    return quote(name, safe="")

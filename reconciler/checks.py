@@ -1,0 +1,135 @@
+"""`azp-reconciler check`: verify credentials, pools, Kubernetes permissions and job templates.
+
+Prints one row per finding and exits 0 when everything passed, 1 otherwise. The chart's
+`helm test` hook runs it, so a broken install shows up at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from reconciler import config as config_module
+from reconciler import logs, names, render
+from reconciler.errors import ReconcilerError
+from reconciler.model import Config
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+
+
+def required_permissions(config: Config) -> list[tuple[str, str, str, str]]:
+    """(verb, group, resource, namespace) for every permission the reconciler uses (rbac.json)."""
+    rules = json.loads((Path(__file__).parent / "rbac.json").read_text(encoding="utf-8"))
+    wanted = []
+    for namespace in config.namespaces:
+        for rule in rules["agentNamespace"]:
+            wanted += [(v, g, r, namespace) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]]
+    if config.lease_enabled:
+        for rule in rules["leaseNamespace"]:
+            wanted += [(v, g, r, config.lease_namespace) for g in rule["apiGroups"] for r in rule["resources"]
+                       for v in rule["verbs"]]
+    return wanted
+
+
+def _template_findings(config: Config) -> list[Finding]:
+    findings = []
+    try:
+        import kubernetes_validate
+    except ImportError:
+        kubernetes_validate = None
+    for pool in config.pools:
+        for template in pool.templates:
+            label = f"template {pool.name}/{template.name}"
+            try:
+                job_template = render.load_template(
+                    Path(template.job_template), key=label, source=config.source
+                )
+                job = render.render_job(
+                    config=config, pool=pool, template=template, job_template=job_template,
+                    job_name=names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=1),
+                    request_id=1,
+                )
+            except ReconcilerError as exc:
+                findings.append(Finding(label, False, str(exc)))
+                continue
+            detail = "renders a valid batch/v1 Job"
+            if kubernetes_validate is not None:
+                try:
+                    kubernetes_validate.validate(job, "1.30.0", strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    findings.append(Finding(label, False, f"rendered Job is invalid: {exc.message}"))
+                    continue
+            else:
+                detail = "renders (schema check skipped: kubernetes-validate is not installed)"
+            findings.append(Finding(label, True, detail))
+    return findings
+
+
+def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None) -> list[Finding]:
+    """Every finding, in the order a user would fix them."""
+    from reconciler.azdo import AzureDevOps
+    from reconciler.kube import Kubernetes
+
+    findings = [Finding("configuration", True, f"{config.source} is valid ({len(config.pools)} pools)")]
+    findings += _template_findings(config)
+    try:
+        credentials = config_module.read_credentials(document)
+    except ReconcilerError as exc:
+        return [*findings, Finding("credentials", False, str(exc))]
+    logs.SECRETS.add(credentials.pat)
+    azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=1)
+    try:
+        who = azdo.connection_data().get("authenticatedUser", {})
+        findings.append(Finding("credentials", True, f"accepted by {config.organization} as "
+                                f"{who.get('providerDisplayName', 'an unnamed identity')}"))
+        found = azdo.pools_by_name([p.name for p in config.pools])
+        for pool in config.pools:
+            if pool.name in found:
+                findings.append(Finding(f"pool {pool.name}", True, f"exists (id {found[pool.name]})"))
+            else:
+                findings.append(Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name"))
+    except ReconcilerError as exc:
+        findings.append(Finding("credentials", False, str(exc)))
+    finally:
+        azdo.close()
+    try:
+        kube = Kubernetes(kubeconfig=kubeconfig, retries=1)
+    except ReconcilerError as exc:
+        return [*findings, Finding("kubernetes", False, str(exc))]
+    try:
+        for verb, group, resource, namespace in required_permissions(config):
+            label = f"can {verb} {resource}{'.' + group if group else ''} in {namespace}"
+            try:
+                allowed, reason = kube.can_i(verb=verb, resource=resource, group=group, namespace=namespace)
+            except ReconcilerError as exc:
+                findings.append(Finding(label, False, str(exc)))
+                continue
+            findings.append(Finding(label, allowed, "allowed" if allowed else
+                                    f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role"))
+    finally:
+        kube.close()
+    return findings
+
+
+def print_table(findings: list[Finding], stream: TextIO) -> None:
+    width = max(len(f.check) for f in findings)
+    stream.write(f"{'CHECK'.ljust(width)}  RESULT  DETAIL\n")
+    for finding in findings:
+        result = "ok" if finding.ok else "FAILED"
+        stream.write(f"{finding.check.ljust(width)}  {result.ljust(6)}  {logs.SECRETS.scrub(finding.detail)}\n")
+
+
+def run_checks(config: Config, document: dict[str, Any], *, kubeconfig: str | None) -> int:
+    findings = collect(config, document, kubeconfig=kubeconfig)
+    print_table(findings, sys.stdout)
+    failed = sum(1 for f in findings if not f.ok)
+    sys.stdout.write(f"checks: {len(findings) - failed} ok, {failed} FAILED\n" if failed else f"checks: all {len(findings)} ok\n")
+    return 1 if failed else 0

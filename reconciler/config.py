@@ -1,0 +1,390 @@
+"""Load and validate the configuration: a YAML file (the chart's ConfigMap) or the environment
+variables of akanieski/ado-agent-orchestrator. Every mistake becomes one `ConfigError` that names
+the key and says how to fix it. Secrets are read here, from files or the environment, never from
+the configuration file itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import yaml
+
+from reconciler import render
+from reconciler.errors import ConfigError
+from reconciler.model import Config, LoopConfig, PodPolicy, PoolConfig, TemplateConfig, frozen_map
+
+DEFAULT_PAT_ENV = "AZP_TOKEN"
+ORCHESTRATOR_ENV = (
+    "ORG_URL",
+    "ORG_PAT",
+    "AGENT_POOLS",
+    "JOB_IMAGE",
+    "JOB_NAMESPACE",
+    "JOB_PREFIX",
+    "JOB_DEFINITION_FILE",
+    "RUN_ONCE",
+    "POLLING_DELAY",
+    "JOB_DOCKER_SOCKET_PATH",
+    "MINIMUM_AGENT_COUNT",
+    "MINIMUM_IDLE_AGENT_COUNT",
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The secret the reconciler authenticates with; `repr` never shows it."""
+
+    pat: str
+    source: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(pat=***, source={self.source!r})"
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, shipped inside the package."""
+    text = (Path(__file__).parent / "config.schema.json").read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe_schema_error(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error.absolute_path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        unknown = ", ".join(repr(k) for k in extra)
+        return f"{where}: unknown key {unknown}: check its spelling (allowed keys: {', '.join(allowed)})"
+    if validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        key = f"{where}.{missing[0]}" if missing and where != "(top level)" else (missing[0] if missing else where)
+        return f"{key}: is required but missing: add it"
+    if validator == "type":
+        return f"{where}: expected {error.validator_value}, got {json.dumps(error.instance)[:60]}"
+    if validator in ("minimum", "exclusiveMinimum", "maximum"):
+        return f"{where}: {error.instance} is out of range ({validator} {error.validator_value})"
+    if validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if validator == "pattern":
+        hint = error.schema.get("description", "")
+        return f"{where}: {error.instance!r} is not valid{': ' + hint if hint else ''}"
+    if validator == "oneOf" and where.startswith("pools["):
+        return f"{where}: give either jobTemplate (one template) or templates (several), not both and not neither"
+    if validator in ("minItems", "minLength"):
+        return f"{where}: must not be empty"
+    return f"{where}: {error.message}"
+
+
+def _check_organization(url: str, *, allow_http: bool, source: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_http:
+        raise ConfigError(
+            f"{source}: organization: {url!r} uses http://: use https://, or set allowInsecureHttp: true "
+            "for an Azure DevOps Server on a trusted network"
+        )
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s.startswith("_") for s in segments) or (parts.hostname == "dev.azure.com" and len(segments) != 1):
+        raise ConfigError(
+            f"{source}: organization: {url!r} points inside a project or is not an organization URL: "
+            "use https://dev.azure.com/ORG (or your Azure DevOps Server collection URL)"
+        )
+    return url.rstrip("/")
+
+
+def validate_document(document: Any, *, source: str = "config") -> None:
+    """Validate a parsed configuration document against the schema and the rules it cannot express.
+
+    Raises ConfigError naming the first bad key. Job template files are not read here.
+    """
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: (list(e.absolute_path), e.validator))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"{source}: {_describe_schema_error(best or errors[0])}")
+    _check_organization(
+        document["organization"], allow_http=bool(document.get("allowInsecureHttp")), source=source
+    )
+    names = [p["name"] for p in document["pools"]]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise ConfigError(f"{source}: pools[{index}].name: pool {name!r} is listed twice: merge the entries")
+        templates = [t["name"] for t in document["pools"][index].get("templates", [])]
+        for t_index, t_name in enumerate(templates):
+            if templates.index(t_name) != t_index:
+                raise ConfigError(
+                    f"{source}: pools[{index}].templates[{t_index}].name: template {t_name!r} is listed twice"
+                )
+    shard = document.get("shard")
+    if shard and shard["index"] >= shard["count"]:
+        raise ConfigError(f"{source}: shard.index: {shard['index']} must be below shard.count ({shard['count']})")
+
+
+def _templates_of(pool: Mapping[str, Any], *, base_dir: Path) -> list[dict[str, Any]]:
+    if "templates" in pool:
+        templates = [dict(t) for t in pool["templates"]]
+    else:
+        templates = [{"name": "default", "jobTemplate": pool["jobTemplate"], "capabilities": pool.get("capabilities", {})}]
+    for template in templates:
+        path = Path(template["jobTemplate"])
+        template["jobTemplate"] = str(path if path.is_absolute() else base_dir / path)
+    return templates
+
+
+def build_config(
+    document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True
+) -> Config:
+    """Turn a validated document into the effective Config; job templates are loaded and checked."""
+    validate_document(document, source=source)
+    policy_doc = document.get("podPolicy", {})
+    policy = PodPolicy(
+        allow_privileged=policy_doc.get("allowPrivileged", False),
+        allow_host_network=policy_doc.get("allowHostNetwork", False),
+        allow_host_path=policy_doc.get("allowHostPath", False),
+        allow_service_account_token=policy_doc.get("allowServiceAccountToken", False),
+    )
+    namespace = document.get("namespace", "azp-agents")
+    pools: list[PoolConfig] = []
+    for index, pool in enumerate(document["pools"]):
+        templates: list[TemplateConfig] = []
+        for t_index, template in enumerate(_templates_of(pool, base_dir=base_dir)):
+            key = f"pools[{index}].templates[{t_index}].jobTemplate" if "templates" in pool else f"pools[{index}].jobTemplate"
+            cost = (0, 0)
+            if check_templates:
+                job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
+                render.check_policy(job, policy=policy, key=key, source=source)
+                cost = render.resource_cost(job)
+            templates.append(
+                TemplateConfig(
+                    name=template["name"],
+                    job_template=template["jobTemplate"],
+                    capabilities=frozen_map(template.get("capabilities", {})),
+                    priority=template.get("priority", 0),
+                    max_agents=template.get("maxAgents"),
+                    min_idle=template.get("minIdle", 0),
+                    min_agents=template.get("minAgents", 0),
+                    placeholder=template.get("placeholder", True),
+                    cost=cost,
+                )
+            )
+        pools.append(
+            PoolConfig(
+                name=pool["name"],
+                namespace=pool.get("namespace", namespace),
+                templates=tuple(templates),
+                max_agents=pool.get("maxAgents", 10),
+                min_idle=pool.get("minIdle", 0),
+                min_agents=pool.get("minAgents", 0),
+                provisioning_timeout=pool.get("provisioningTimeout", 600),
+                idle_timeout=pool.get("idleTimeout", 300),
+            )
+        )
+    release = document.get("release", "azp-agents")
+    lease = document.get("lease", {})
+    loop = document.get("loop", {})
+    shard = document.get("shard", {"index": 0, "count": 1})
+    agent_secret = document.get("agentSecret", {})
+    client = document.get("azureDevOps", {})
+    return Config(
+        organization=str(document["organization"]).rstrip("/"),
+        pools=tuple(pools),
+        release=release,
+        namespace=namespace,
+        job_name_prefix=document.get("jobNamePrefix", "azp"),
+        agent_secret_name=agent_secret.get("name", f"{release}-pat"),
+        agent_secret_key=agent_secret.get("key", "pat"),
+        ttl_seconds_after_finished=document.get("ttlSecondsAfterFinished", 300),
+        lease_enabled=lease.get("enabled", True),
+        lease_namespace=lease.get("namespace", namespace),
+        lease_duration=lease.get("durationSeconds", 60),
+        shard_index=shard["index"],
+        shard_count=shard["count"],
+        loop=LoopConfig(
+            loop_for=loop.get("loopFor", 0),
+            interval=loop.get("interval", 10),
+            idle_interval=loop.get("idleInterval", 30),
+        ),
+        max_create_per_pass=document.get("maxCreatePerPass", 200),
+        pod_policy=policy,
+        agent_version=document.get("agentVersion", "4.261.0"),
+        sweep_interval=document.get("sweepInterval", 300),
+        events=document.get("events", True),
+        log_format=document.get("logFormat", "text"),
+        log_level=document.get("logLevel", "info"),
+        azdo_timeout=client.get("timeoutSeconds", 30),
+        azdo_retries=client.get("retries", 4),
+        source=source,
+    )
+
+
+def load_file(path: Path, *, check_templates: bool = True) -> tuple[Config, dict[str, Any]]:
+    """Read, parse and validate a configuration file. Returns the Config and the raw document."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: configuration file not found: check --config") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: fix the syntax") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys (organization, pools, ...) at the top level")
+    config = build_config(document, source=source, base_dir=path.parent, check_templates=check_templates)
+    return config, document
+
+
+def _env_int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment: {name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"environment: {name}={raw!r} must be {minimum} or more")
+    return value
+
+
+def _sanitize_prefix(raw: str) -> str:
+    prefix = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:12].strip("-")
+    if not prefix or not prefix[0].isalpha():
+        raise ConfigError(
+            f"environment: JOB_PREFIX={raw!r} must start with a letter and contain letters, digits or '-'"
+        )
+    return prefix
+
+
+def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) -> dict[str, Any]:
+    """Translate ado-agent-orchestrator's environment variables into a configuration document.
+
+    Without JOB_DEFINITION_FILE a single-container job template is written into `work_dir` from
+    JOB_IMAGE, the way the orchestrator builds its Jobs.
+    """
+    url = env.get("ORG_URL", "").strip()
+    if not url:
+        raise ConfigError("environment: ORG_URL is required (e.g. https://dev.azure.com/contoso)")
+    pools = [p.strip() for p in env.get("AGENT_POOLS", "").split(",") if p.strip()]
+    if not pools:
+        raise ConfigError("environment: AGENT_POOLS is required: a comma-separated list of agent pool names")
+    namespace = env.get("JOB_NAMESPACE", "").strip() or "azp-agents"
+    template_path = env.get("JOB_DEFINITION_FILE", "").strip()
+    socket = env.get("JOB_DOCKER_SOCKET_PATH", "").strip() or None
+    if not template_path:
+        image = env.get("JOB_IMAGE", "").strip()
+        if not image:
+            raise ConfigError(
+                "environment: set JOB_IMAGE (the agent image) or JOB_DEFINITION_FILE (a job.yaml to render)"
+            )
+        work_dir.mkdir(parents=True, exist_ok=True)
+        generated = work_dir / "orchestrator-job.yaml"
+        generated.write_text(yaml.safe_dump(render.single_container_template(image=image, docker_socket=socket)))
+        template_path = str(generated)
+    document: dict[str, Any] = {
+        "organization": url,
+        "allowInsecureHttp": url.startswith("http://"),
+        "namespace": namespace,
+        "jobNamePrefix": _sanitize_prefix(env.get("JOB_PREFIX", "").strip() or "azp"),
+        "auth": {"patEnv": "ORG_PAT"},
+        "agentSecret": {"name": env.get("AZP_SECRET_NAME", "azp-agents-pat"), "key": "pat"},
+        "lease": {"namespace": namespace},
+        "pools": [],
+    }
+    if socket:
+        document["podPolicy"] = {"allowHostPath": True}
+    run_once = env.get("RUN_ONCE", "").strip().lower() in ("1", "true", "yes")
+    delay_ms = _env_int(env, "POLLING_DELAY", minimum=1)
+    interval = (delay_ms or 1000) / 1000.0
+    if not run_once:
+        # The orchestrator runs forever; a CronJob run loops for most of a minute instead.
+        document["loop"] = {"loopFor": 55, "interval": interval, "idleInterval": max(interval, 10.0)}
+    min_agents = _env_int(env, "MINIMUM_AGENT_COUNT") or 0
+    min_idle = _env_int(env, "MINIMUM_IDLE_AGENT_COUNT") or 0
+    for name in pools:
+        document["pools"].append(
+            {"name": name, "jobTemplate": template_path, "minAgents": min_agents, "minIdle": min_idle}
+        )
+    return document
+
+
+def load(
+    config_path: Path | None, *, env: Mapping[str, str] | None = None, work_dir: Path | None = None
+) -> tuple[Config, dict[str, Any]]:
+    """Load the configuration from a file, or from the orchestrator's environment variables."""
+    env = os.environ if env is None else env
+    if config_path is not None:
+        return load_file(config_path)
+    if env.get("AZP_CONFIG"):
+        return load_file(Path(env["AZP_CONFIG"]))
+    if env.get("ORG_URL"):
+        scratch = work_dir or Path(env.get("TMPDIR", "/tmp")) / "azp-reconciler"
+        document = document_from_orchestrator_env(env, work_dir=scratch)
+        return build_config(document, source="environment", base_dir=scratch), document
+    raise ConfigError(
+        "no configuration: pass --config FILE (or set AZP_CONFIG), or set the ado-agent-orchestrator "
+        "variables ORG_URL, ORG_PAT and AGENT_POOLS"
+    )
+
+
+def read_credentials(document: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Credentials:
+    """Read the PAT from the file or environment variable the configuration names."""
+    env = os.environ if env is None else env
+    auth = document.get("auth", {})
+    if "patFile" in auth:
+        path = Path(auth["patFile"])
+        try:
+            pat = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise ConfigError(
+                f"auth.patFile: cannot read {str(path)!r}: mount the PAT Secret there or fix auth.patFile"
+            ) from None
+        source = f"file {path}"
+        key = "auth.patFile"
+    else:
+        name = auth.get("patEnv", DEFAULT_PAT_ENV)
+        pat = env.get(name, "").strip()
+        source = f"environment variable {name}"
+        key = f"auth.patEnv ({name})"
+    if not pat:
+        raise ConfigError(f"{key}: the PAT is empty: put a personal access token with Agent Pools (read & manage) there")
+    if any(c.isspace() for c in pat):
+        raise ConfigError(f"{key}: the PAT contains whitespace inside it: copy the token again")
+    return Credentials(pat=pat, source=source)
+
+
+def effective_summary(config: Config) -> dict[str, Any]:
+    """The effective configuration for the startup log line (no secrets are part of Config)."""
+    return {
+        "organization": config.organization,
+        "release": config.release,
+        "pools": [
+            {"name": p.name, "namespace": p.namespace, "maxAgents": p.max_agents, "templates": [t.name for t in p.templates]}
+            for p in config.pools
+        ],
+        "shard": f"{config.shard_index}/{config.shard_count}",
+        "loopFor": config.loop.loop_for,
+        "source": config.source,
+    }

@@ -1,0 +1,363 @@
+"""Frozen data: the effective configuration, the observed world, and the actions a plan returns.
+
+Nothing here does I/O. `config.py` builds the configuration, `azdo.py` and `kube.py` build the
+world, `plan.py` turns both into actions and `apply.py` carries them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+Capabilities = Mapping[str, str]
+
+
+def frozen_map(values: Mapping[str, str] | None = None) -> Capabilities:
+    """A read-only copy of a string map (dataclasses here are frozen all the way down)."""
+    return MappingProxyType(dict(values or {}))
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodPolicy:
+    """What a user's job template may ask for."""
+
+    allow_privileged: bool = False
+    allow_host_network: bool = False
+    allow_host_path: bool = False
+    allow_service_account_token: bool = False
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """One kind of agent a pool can start: a job.yaml and the capabilities its agents advertise."""
+
+    name: str
+    job_template: str
+    capabilities: Capabilities = field(default_factory=frozen_map)
+    priority: int = 0
+    max_agents: int | None = None
+    min_idle: int = 0
+    min_agents: int = 0
+    placeholder: bool = True
+    cost: tuple[int, int] = (0, 0)
+    """(cpu millicores, memory bytes) requested by the template: cheaper wins a tie."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One Azure DevOps agent pool served by this release."""
+
+    name: str
+    namespace: str
+    templates: tuple[TemplateConfig, ...]
+    max_agents: int = 10
+    min_idle: int = 0
+    min_agents: int = 0
+    provisioning_timeout: int = 600
+    idle_timeout: int = 300
+
+    def template(self, name: str) -> TemplateConfig | None:
+        """The template called `name`, if this pool has one."""
+        return next((t for t in self.templates if t.name == name), None)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    loop_for: float = 0.0
+    interval: float = 10.0
+    idle_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration of one release (secrets are not part of it)."""
+
+    organization: str
+    pools: tuple[PoolConfig, ...]
+    release: str = "azp-agents"
+    namespace: str = "azp-agents"
+    job_name_prefix: str = "azp"
+    agent_secret_name: str = "azp-agents-pat"
+    agent_secret_key: str = "pat"
+    ttl_seconds_after_finished: int = 300
+    lease_enabled: bool = True
+    lease_namespace: str = "azp-agents"
+    lease_duration: int = 60
+    shard_index: int = 0
+    shard_count: int = 1
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    max_create_per_pass: int = 200
+    pod_policy: PodPolicy = field(default_factory=PodPolicy)
+    agent_version: str = "4.261.0"
+    sweep_interval: int = 300
+    events: bool = True
+    log_format: str = "text"
+    log_level: str = "info"
+    azdo_timeout: float = 30.0
+    azdo_retries: int = 4
+    source: str = "config"
+
+    def pool(self, name: str) -> PoolConfig | None:
+        """The configured pool called `name` (exact, as Azure DevOps spells it)."""
+        return next((p for p in self.pools if p.name == name), None)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Every namespace agent Jobs live in, in a stable order."""
+        return tuple(sorted({p.namespace for p in self.pools}))
+
+
+# --- the observed world ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """An unfinished pipeline job of a pool (`jobrequests?completedRequestCount=0`)."""
+
+    request_id: int
+    queue_time: datetime | None = None
+    demands: tuple[str, ...] = ()
+    assign_time: datetime | None = None
+    receive_time: datetime | None = None
+    finish_time: datetime | None = None
+    result: str | None = None
+    reserved_agent_id: int | None = None
+    reserved_agent_name: str | None = None
+    plan_type: str | None = None
+    definition: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.finish_time is not None
+
+    @property
+    def queued(self) -> bool:
+        """Waiting for an agent: nobody reserved it, nobody received it, it has not finished."""
+        return (
+            not self.finished
+            and self.reserved_agent_id is None
+            and self.reserved_agent_name is None
+            and self.assign_time is None
+            and self.receive_time is None
+        )
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A registered agent of a pool (`pools/{id}/agents`)."""
+
+    agent_id: int
+    name: str
+    enabled: bool = True
+    status: str = "offline"
+    assigned_request_id: int | None = None
+    completed_request_id: int | None = None
+    """Its last finished request: an offline ephemeral agent with one has done its job."""
+    status_changed_on: datetime | None = None
+    created_on: datetime | None = None
+    capabilities: Capabilities = field(default_factory=frozen_map)
+
+    @property
+    def online(self) -> bool:
+        return self.status == "online"
+
+    @property
+    def busy(self) -> bool:
+        return self.assigned_request_id is not None
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What Azure DevOps told us about one configured pool in this pass."""
+
+    name: str
+    pool_id: int | None
+    requests: tuple[JobRequest, ...] = ()
+    agents: tuple[Agent, ...] | None = None
+    """None when the agents were not listed in this pass (they are listed only when needed)."""
+
+    @property
+    def found(self) -> bool:
+        return self.pool_id is not None
+
+
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+
+
+@dataclass(frozen=True)
+class AgentPod:
+    """The pod of an agent Job (agent name = pod name)."""
+
+    name: str
+    namespace: str
+    job_name: str | None
+    phase: str = "Pending"
+    created: datetime | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+    reason: str | None = None
+    """Why the pod is not running, from its status (ImagePullBackOff, Unschedulable, ...)."""
+    message: str | None = None
+    deleting: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    """A Kubernetes Job this release created, with its labels read back."""
+
+    name: str
+    namespace: str
+    pool_slug: str
+    pool_name: str | None
+    template: str
+    request_id: int | None
+    standby: bool
+    created: datetime | None
+    finished: datetime | None = None
+    failed: bool = False
+    deleting: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None or self.failed
+
+
+@dataclass(frozen=True)
+class World:
+    """One immutable snapshot of everything a pass looked at."""
+
+    pools: tuple[PoolState, ...]
+    jobs: tuple[AgentJob, ...] = ()
+    pods: tuple[AgentPod, ...] = ()
+    agents_observed: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
+    """When each pool's agents were last listed (kept in the Lease, so CronJob runs share it)."""
+
+    def pool(self, name: str) -> PoolState | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    pool: str
+    template: str
+    namespace: str
+    job_name: str
+    request_id: int | None
+    reason: str
+    demands: tuple[str, ...] = ()
+    kind: Literal["create-job"] = "create-job"
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Delete a Job of ours (stuck, orphaned by a config change, or finished past its TTL)."""
+
+    pool: str
+    namespace: str
+    job_name: str
+    reason: str
+    detail: str = ""
+    agent_id: int | None = None
+    """Agent registration to remove after the Job, if the pod had registered one."""
+    pool_id: int | None = None
+    kind: Literal["delete-job"] = "delete-job"
+
+
+@dataclass(frozen=True)
+class DeleteAgent:
+    """Remove the registration of an offline agent of ours (or a placeholder no longer wanted)."""
+
+    pool: str
+    pool_id: int
+    agent_id: int
+    agent_name: str
+    reason: str
+    kind: Literal["delete-agent"] = "delete-agent"
+
+
+@dataclass(frozen=True)
+class DrainAgent:
+    """Disable an idle agent, re-read it, and only if still unassigned delete its Job and itself."""
+
+    pool: str
+    pool_id: int
+    agent_id: int
+    agent_name: str
+    namespace: str | None
+    job_name: str | None
+    reason: str
+    kind: Literal["drain-agent"] = "drain-agent"
+
+
+@dataclass(frozen=True)
+class RegisterPlaceholder:
+    pool: str
+    pool_id: int
+    agent_name: str
+    capabilities: Capabilities
+    kind: Literal["register-placeholder"] = "register-placeholder"
+
+
+@dataclass(frozen=True)
+class UpdatePlaceholder:
+    pool: str
+    pool_id: int
+    agent_id: int
+    agent_name: str
+    capabilities: Capabilities
+    kind: Literal["update-placeholder"] = "update-placeholder"
+
+
+@dataclass(frozen=True)
+class ReportUnroutable:
+    """A queued request no template of its pool can serve: said once per pass, never served wrongly."""
+
+    pool: str
+    request_id: int
+    demands: tuple[str, ...]
+    kind: Literal["report-unroutable"] = "report-unroutable"
+
+
+@dataclass(frozen=True)
+class ReportMissingPool:
+    pool: str
+    kind: Literal["report-missing-pool"] = "report-missing-pool"
+
+
+Action = (
+    CreateJob
+    | DeleteJob
+    | DeleteAgent
+    | DrainAgent
+    | RegisterPlaceholder
+    | UpdatePlaceholder
+    | ReportUnroutable
+    | ReportMissingPool
+)
+
+WRITE_KINDS = frozenset(
+    {"create-job", "delete-job", "delete-agent", "drain-agent", "register-placeholder", "update-placeholder"}
+)
+
+
+def describe(action: Action) -> dict[str, Any]:
+    """A flat, log-friendly view of an action (no secrets live in actions)."""
+    from dataclasses import asdict
+
+    data = asdict(action)
+    if "capabilities" in data:
+        data["capabilities"] = dict(action.capabilities)  # type: ignore[union-attr]
+    return data

@@ -1,0 +1,461 @@
+"""The scaling rules as one pure function: `plan(config, world, now) -> list[Action]`.
+
+No I/O, no clock, no randomness: everything it needs is in its arguments. DESIGN.md's rules:
+- demand of a template = queued requests routed to it by their demands; supply = its Jobs whose
+  agent is not busy (pods starting, agents idle); create `demand + minIdle - supply`, at least
+  `minAgents - active`, never more than `maxAgents` per template and per pool;
+- a request no template can serve is reported, never served by a wrong template;
+- Jobs whose pod never brought an agent online within `provisioningTimeout` are deleted;
+- offline agents of ours whose pod is gone or finished are deleted; placeholders, busy agents and
+  agents not ours never are; idle agents past `idleTimeout` are drained, never killed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reconciler import names
+from reconciler.demands import satisfies_all
+from reconciler.model import (
+    Action,
+    Agent,
+    AgentJob,
+    AgentPod,
+    Capabilities,
+    Config,
+    CreateJob,
+    DeleteAgent,
+    DeleteJob,
+    DrainAgent,
+    JobRequest,
+    PoolConfig,
+    PoolState,
+    RegisterPlaceholder,
+    ReportMissingPool,
+    ReportUnroutable,
+    TemplateConfig,
+    UpdatePlaceholder,
+    World,
+    frozen_map,
+)
+
+TTL_GRACE = timedelta(seconds=60)
+_EPOCH = datetime.min
+
+
+def effective_capabilities(config: Config, template: TemplateConfig) -> Capabilities:
+    """What a template's agents advertise: its declared capabilities plus the agent's version."""
+    capabilities = dict(template.capabilities)
+    if not any(k.lower() == "agent.version" for k in capabilities):
+        capabilities["Agent.Version"] = config.agent_version
+    return frozen_map(capabilities)
+
+
+def route(config: Config, pool: PoolConfig, request: JobRequest) -> TemplateConfig | None:
+    """The template that serves a request: its capabilities satisfy every demand; then the
+    highest priority, then the cheapest (fewest cpu, then memory), then the first declared."""
+    candidates = [
+        (index, t)
+        for index, t in enumerate(pool.templates)
+        if satisfies_all(request.demands, effective_capabilities(config, t))
+    ]
+    if not candidates:
+        return None
+    _, best = min(candidates, key=lambda item: (-item[1].priority, item[1].cost, item[0]))
+    return best
+
+
+def in_shard(config: Config, request: JobRequest) -> bool:
+    return request.request_id % config.shard_count == config.shard_index
+
+
+@dataclass(frozen=True)
+class _JobView:
+    """One of our Jobs as the plan sees it: its pod, its agent and whether it is busy."""
+
+    job: AgentJob
+    pod: AgentPod | None
+    agent: Agent | None
+    busy: bool
+
+    @property
+    def agent_name(self) -> str | None:
+        return self.pod.name if self.pod else None
+
+    @property
+    def terminal(self) -> bool:
+        return self.job.done or (self.pod is not None and self.pod.terminal)
+
+    @property
+    def available(self) -> bool:
+        """Supply: a pod starting, or an agent idle and enabled (not one that already ran its job)."""
+        if self.busy:
+            return False
+        if self.agent is None:
+            return True
+        return self.agent.enabled and (self.agent.online or self.agent.completed_request_id is None)
+
+    @property
+    def running(self) -> bool:
+        return self.pod is not None and self.pod.phase == "Running" and not self.pod.deleting
+
+
+def _pods_by_job(pods: Iterable[AgentPod]) -> dict[tuple[str, str], AgentPod]:
+    by_job: dict[tuple[str, str], AgentPod] = {}
+    for pod in sorted(pods, key=lambda p: (p.created or _EPOCH, p.name)):
+        if pod.job_name:
+            by_job[(pod.namespace, pod.job_name)] = pod
+    return by_job
+
+
+def _busy_names(state: PoolState) -> set[str]:
+    busy = {r.reserved_agent_name for r in state.requests if not r.finished and r.reserved_agent_name}
+    busy |= {a.name for a in state.agents or () if a.busy}
+    return {name.lower() for name in busy if name}
+
+
+def _age(since: datetime | None, now: datetime) -> timedelta:
+    return now - since if since is not None else timedelta(0)
+
+
+def _views(
+    pool: PoolConfig, state: PoolState, world: World, pods_by_job: Mapping[tuple[str, str], AgentPod]
+) -> list[_JobView]:
+    slug = names.pool_slug(pool.name)
+    agents = {a.name.lower(): a for a in state.agents or ()}
+    busy = _busy_names(state)
+    views = []
+    for job in world.jobs:
+        if job.pool_slug != slug or job.namespace != pool.namespace or job.deleting:
+            continue
+        pod = pods_by_job.get((job.namespace, job.name))
+        name = pod.name.lower() if pod else None
+        views.append(
+            _JobView(job=job, pod=pod, agent=agents.get(name) if name else None, busy=name in busy if name else False)
+        )
+    return sorted(views, key=lambda v: (v.job.created or _EPOCH, v.job.name))
+
+
+def _stuck_reason(view: _JobView, *, pool: PoolConfig, agents_known: bool, now: datetime) -> str | None:
+    """Why a Job counts as stuck (its agent never came online in time), or None."""
+    if view.busy or view.terminal:
+        return None
+    timeout = timedelta(seconds=pool.provisioning_timeout)
+    pod = view.pod
+    if pod is None:
+        return "no pod was created" if _age(view.job.created, now) > timeout else None
+    if pod.phase == "Pending":
+        if _age(pod.created or view.job.created, now) <= timeout:
+            return None
+        detail = ": ".join(p for p in (pod.reason, pod.message) if p)
+        return detail or "pod stayed Pending"
+    if pod.phase == "Running" and agents_known:
+        started = pod.started or pod.created or view.job.created
+        if view.agent is None and _age(started, now) > timeout:
+            return "the agent never registered"
+        if view.agent is not None and not view.agent.online and _age(view.agent.status_changed_on, now) > timeout:
+            return "the agent went offline but its pod keeps running"
+    return None
+
+
+def _next_free(existing: set[str], make: Iterable[str]) -> str:
+    return next(name for name in make if name not in existing)
+
+
+def _plan_pool(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    world: World,
+    now: datetime,
+    *,
+    create_budget: int,
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    job_names: set[str],
+) -> list[Action]:
+    assert state.pool_id is not None
+    actions: list[Action] = []
+    agents_known = state.agents is not None
+    views = _views(pool, state, world, pods_by_job)
+    templates = {t.name: t for t in pool.templates}
+
+    # Requests: route every queued one of our shard; report the ones nothing can serve.
+    queued = sorted(
+        (r for r in state.requests if r.queued and in_shard(config, r)),
+        key=lambda r: (r.queue_time or _EPOCH, r.request_id),
+    )
+    routed: dict[str, list[JobRequest]] = defaultdict(list)
+    for request in queued:
+        template = route(config, pool, request)
+        if template is None:
+            actions.append(ReportUnroutable(pool=pool.name, request_id=request.request_id, demands=request.demands))
+        else:
+            routed[template.name].append(request)
+
+    # Jobs: stuck ones go; Jobs of a template no longer configured go once nothing can be running.
+    active: dict[str, list[_JobView]] = defaultdict(list)
+    gone: set[str] = set()
+    for view in views:
+        template = templates.get(view.job.template)
+        if view.terminal:
+            finished = view.job.finished or (view.pod.finished if view.pod else None)
+            if finished is not None and now - finished > timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE:
+                actions.append(
+                    DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name, reason="finished past its TTL")
+                )
+            continue
+        if template is None:
+            if not view.busy and not view.running:
+                actions.append(
+                    DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name,
+                              reason="its template was removed from the configuration")
+                )
+                gone.add(view.job.name)
+            continue
+        reason = _stuck_reason(view, pool=pool, agents_known=agents_known, now=now)
+        if reason is not None:
+            agent_id = view.agent.agent_id if view.agent is not None else None
+            actions.append(
+                DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name,
+                          reason="stuck: its agent did not come online within provisioningTimeout",
+                          detail=reason, agent_id=agent_id, pool_id=state.pool_id)
+            )
+            gone.add(view.job.name)
+            continue
+        active[template.name].append(view)
+
+    def idle_supply(template_name: str) -> list[_JobView]:
+        return [v for v in active[template_name] if v.available]
+
+    # Creation: demand first, in queue order across templates; then standby and minimum counts.
+    # Agents of a removed template still count against the pool's maxAgents until they are gone.
+    pool_active = sum(1 for v in views if not v.terminal and v.job.name not in gone)
+    pool_room = max(0, pool.max_agents - pool_active)
+    creates: list[CreateJob] = []
+    extra_min_idle = {pool.templates[0].name: pool.min_idle} if pool.templates else {}
+    extra_min_agents = {pool.templates[0].name: pool.min_agents} if pool.templates else {}
+    want: dict[str, int] = {}
+    standby: dict[str, int] = {}
+    for template in pool.templates:
+        cap = template.max_agents if template.max_agents is not None else pool.max_agents
+        room = max(0, cap - len(active[template.name]))
+        supply = len(idle_supply(template.name))
+        demand = len(routed[template.name])
+        min_idle = template.min_idle + extra_min_idle.get(template.name, 0)
+        min_agents = template.min_agents + extra_min_agents.get(template.name, 0)
+        for_demand = min(room, max(0, demand - supply))
+        total = max(demand + min_idle - supply, min_agents - len(active[template.name]), 0)
+        want[template.name] = for_demand
+        standby[template.name] = min(room - for_demand, max(0, total - for_demand))
+
+    covered = {v.job.request_id for views_ in active.values() for v in views_ if not v.busy and v.job.request_id is not None}
+    ordered = sorted(
+        ((r, t) for t, requests in routed.items() for r in requests),
+        key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
+    )
+    # Uncovered requests get a Job first; covered ones only when their Job went to someone else.
+    for pass_covered in (False, True):
+        for request, template_name in ordered:
+            if (request.request_id in covered) != pass_covered:
+                continue
+            if want[template_name] <= 0 or pool_room <= 0 or len(creates) >= create_budget:
+                continue
+            job_name = _next_free(
+                job_names,
+                (names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name,
+                                        request_id=request.request_id, generation=g) for g in range(10_000)),
+            )
+            job_names.add(job_name)
+            creates.append(
+                CreateJob(pool=pool.name, template=template_name, namespace=pool.namespace, job_name=job_name,
+                          request_id=request.request_id, reason=f"request {request.request_id} is queued",
+                          demands=request.demands)
+            )
+            want[template_name] -= 1
+            pool_room -= 1
+    for template in pool.templates:
+        for _ in range(standby[template.name]):
+            if pool_room <= 0 or len(creates) >= create_budget:
+                break
+            job_name = _next_free(
+                job_names,
+                (names.standby_job_name(prefix=config.job_name_prefix, pool_name=pool.name,
+                                        template=template.name, slot=s) for s in range(10_000)),
+            )
+            job_names.add(job_name)
+            creates.append(
+                CreateJob(pool=pool.name, template=template.name, namespace=pool.namespace, job_name=job_name,
+                          request_id=None, reason="standby (minIdle/minAgents)")
+            )
+            pool_room -= 1
+    actions.extend(creates)
+
+    if agents_known:
+        actions.extend(_plan_agents(config, pool, state, views, routed=routed, queued=queued, active=active, now=now))
+    return actions
+
+
+def _plan_agents(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    views: list[_JobView],
+    *,
+    routed: Mapping[str, list[JobRequest]],
+    queued: list[JobRequest],
+    active: Mapping[str, list[_JobView]],
+    now: datetime,
+) -> list[Action]:
+    """Placeholders, prune and drain: the rules that need the pool's agent list."""
+    assert state.agents is not None and state.pool_id is not None
+    actions: list[Action] = []
+    busy = _busy_names(state)
+    ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
+    placeholders = {
+        names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=t.name).lower(): t
+        for t in pool.templates
+        if t.placeholder
+    }
+    placeholder_prefix = names.placeholder_prefix(prefix=config.job_name_prefix, pool_name=pool.name).lower()
+    pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
+    by_name = {a.name.lower(): a for a in state.agents}
+
+    for key, template in placeholders.items():
+        wanted = effective_capabilities(config, template)
+        agent = by_name.get(key)
+        name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
+        if agent is None:
+            actions.append(RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted))
+        elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
+            actions.append(
+                UpdatePlaceholder(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
+                                  agent_name=agent.name, capabilities=wanted)
+            )
+
+    for agent in state.agents:
+        key = agent.name.lower()
+        if key in busy or agent.busy:
+            continue
+        if key.startswith(placeholder_prefix):
+            if key not in placeholders and not agent.online:
+                actions.append(DeleteAgent(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
+                                           agent_name=agent.name, reason="placeholder of a template no longer configured"))
+            continue
+        if not key.startswith(ours.lower()):
+            continue
+        view = pod_of_agent.get(key)
+        if not agent.online:
+            if view is None or view.terminal:
+                why = "its pod is gone" if view is None else "its pod finished"
+                actions.append(DeleteAgent(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
+                                           agent_name=agent.name, reason=f"offline and {why}"))
+            continue
+
+    # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
+    # keeping minIdle idle agents and minAgents agents per template.
+    idle_timeout = timedelta(seconds=pool.idle_timeout)
+    for index, template in enumerate(pool.templates):
+        capabilities = effective_capabilities(config, template)
+        if routed.get(template.name) or any(satisfies_all(r.demands, capabilities) for r in queued):
+            continue
+        idle = [
+            v for v in active.get(template.name, [])
+            if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
+        ]
+        keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+        keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
+        removable = min(len(idle) - keep_idle, len(active.get(template.name, [])) - keep_total)
+        candidates = sorted(
+            (v for v in idle if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout),
+            key=lambda v: (v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH),
+        )
+        for view in candidates[: max(0, removable)]:
+            assert view.agent is not None
+            actions.append(
+                DrainAgent(pool=pool.name, pool_id=state.pool_id, agent_id=view.agent.agent_id,
+                           agent_name=view.agent.name, namespace=view.job.namespace, job_name=view.job.name,
+                           reason=f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it")
+            )
+    # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
+    for view in views:
+        if view.job.template in {t.name for t in pool.templates} or view.terminal or view.busy:
+            continue
+        if view.running and view.agent is not None and view.agent.online:
+            actions.append(
+                DrainAgent(pool=pool.name, pool_id=state.pool_id, agent_id=view.agent.agent_id, agent_name=view.agent.name,
+                           namespace=view.job.namespace, job_name=view.job.name,
+                           reason="its template was removed from the configuration")
+            )
+    return actions
+
+
+def plan(config: Config, world: World, now: datetime) -> list[Action]:
+    """Every action this pass should take, in the order `apply` should take them."""
+    actions: list[Action] = []
+    pods_by_job = _pods_by_job(world.pods)
+    job_names = {j.name for j in world.jobs}
+    budget = config.max_create_per_pass
+    configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
+    for pool in config.pools:
+        state = world.pool(pool.name)
+        if state is None or not state.found:
+            actions.append(ReportMissingPool(pool=pool.name))
+            continue
+        pool_actions = _plan_pool(config, pool, state, world, now, create_budget=budget,
+                                  pods_by_job=pods_by_job, job_names=job_names)
+        budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
+        actions.extend(pool_actions)
+    # Jobs of pools no longer configured: removed once their pod can no longer be running a job.
+    for job in world.jobs:
+        if (job.pool_slug, job.namespace) in configured or job.deleting:
+            continue
+        pod = pods_by_job.get((job.namespace, job.name))
+        if pod is None or pod.phase != "Running" or job.done:
+            actions.append(DeleteJob(pool=job.pool_name or job.pool_slug, namespace=job.namespace, job_name=job.name,
+                                     reason="its pool was removed from the configuration"))
+    return actions
+
+
+def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
+    """Pools whose agent list this pass must read: listing agents costs an API call per pool, so it
+    is read only when something may have changed (DESIGN: one list per resource kind, and only when
+    needed): no scan for `sweepInterval`, a pod of ours finished since the last scan, or idle pods
+    beyond the standby allowance that may be due for draining or never came online."""
+    needed: set[str] = set()
+    pods_by_job = _pods_by_job(world.pods)
+    sweep = timedelta(seconds=config.sweep_interval)
+    for pool in config.pools:
+        state = world.pool(pool.name)
+        if state is None or not state.found:
+            continue
+        observed = world.agents_observed.get(pool.name)
+        if observed is None or now - observed >= sweep:
+            needed.add(pool.name)
+            continue
+        busy = _busy_names(state)
+        slug = names.pool_slug(pool.name)
+        idle_long = 0
+        threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
+        allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
+        for job in world.jobs:
+            if job.pool_slug != slug or job.namespace != pool.namespace:
+                continue
+            pod = pods_by_job.get((job.namespace, job.name))
+            finished = job.finished or (pod.finished if pod and pod.terminal else None)
+            if job.done or (pod is not None and pod.terminal):
+                if finished is None or finished >= observed:
+                    needed.add(pool.name)
+                    break
+                continue
+            if job.pool_name is not None and pool.template(job.template) is None:
+                needed.add(pool.name)
+                break
+            if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
+                if _age(pod.started or pod.created, now) > threshold:
+                    idle_long += 1
+        if idle_long > allowance:
+            needed.add(pool.name)
+    return needed

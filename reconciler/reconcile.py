@@ -1,0 +1,334 @@
+"""One run of the reconciler: config -> observe -> plan -> apply -> report, once or in a loop.
+
+Observation is cheap by design: one pools call per run, one job-requests list per pool that is due,
+one Job list and one Pod list per agent namespace, and a pool's agent list only when the plan's
+`pools_needing_agents` says something may have changed. A Lease keeps two runs of one release
+from acting at once and remembers when each pool's agents were last listed, so CronJob runs share it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__, names, render
+from reconciler.apply import Applier, Outcome
+from reconciler.azdo import AzureDevOps
+from reconciler.config import Credentials
+from reconciler.errors import AuthError, ReconcilerError, TransientError
+from reconciler.kube import Kubernetes, format_time, lease_body, lease_expired, parse_time
+from reconciler.model import Config, PoolState, World
+from reconciler.plan import plan, pools_needing_agents
+
+log = logging.getLogger("reconciler")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class PassReport:
+    """The figures of one pass, as the summary line prints them."""
+
+    number: int
+    queued: int = 0
+    running: int = 0
+    jobs: int = 0
+    outcome: Outcome = field(default_factory=Outcome)
+    azdo_calls: int = 0
+    kube_calls: int = 0
+    seconds: float = 0.0
+    observe_failures: int = 0
+    skipped: str | None = None
+    active_pools: set[str] = field(default_factory=set)
+
+    @property
+    def failed(self) -> int:
+        return self.outcome.failed + self.observe_failures
+
+    def fields(self) -> dict[str, Any]:
+        counts = self.outcome.counts
+        return {
+            "pass": self.number,
+            "queued": self.queued,
+            "running": self.running,
+            "jobs": self.jobs,
+            "created": counts["created"],
+            "existing": counts["existing"],
+            "drained": counts["drained"],
+            "pruned": counts["pruned"],
+            "stuck": counts["stuck"],
+            "deleted": counts["deleted"],
+            "placeholders": counts["placeholders"],
+            "unroutable": counts["unroutable"],
+            "failed": self.failed,
+            "azdo_calls": self.azdo_calls,
+            "kube_calls": self.kube_calls,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def load_job_templates(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every pool's job templates, parsed once per run."""
+    loaded: dict[tuple[str, str], dict[str, Any]] = {}
+    for index, pool in enumerate(config.pools):
+        for t_index, template in enumerate(pool.templates):
+            key = f"pools[{index}].templates[{t_index}].jobTemplate"
+            loaded[(pool.name, template.name)] = render.load_template(Path(template.job_template), key=key,
+                                                                       source=config.source)
+    return loaded
+
+
+class Reconciler:
+    """Runs passes for one release; holds the clients, the Lease and the per-pool schedule."""
+
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        *,
+        dry_run: bool = False,
+        kubeconfig: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.dry_run = dry_run
+        self.clock = clock
+        self.sleep = sleep
+        self.azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout,
+                                retries=config.azdo_retries)
+        self.kube = Kubernetes(kubeconfig=kubeconfig)
+        self.templates = load_job_templates(config)
+        self.applier = Applier(config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates,
+                               dry_run=dry_run, clock=clock)
+        self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.pool_ids: dict[str, int] = {}
+        self.agents_observed: dict[str, datetime] = {}
+        self.next_due: dict[str, float] = {}
+        self._lease: dict[str, Any] | None = None
+        self._lease_renewed = 0.0
+        self.reports: list[PassReport] = []
+
+    def close(self) -> None:
+        self.azdo.close()
+        self.kube.close()
+
+    # --- the Lease -----------------------------------------------------------------------------
+
+    @property
+    def lease_name(self) -> str:
+        return f"{self.config.release}-reconciler"
+
+    def _lease_annotations(self) -> dict[str, str]:
+        observed = {pool: format_time(moment) for pool, moment in sorted(self.agents_observed.items())}
+        return {names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":"))}
+
+    def _remember(self, lease: Mapping[str, Any] | None) -> None:
+        if not lease:
+            return
+        raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_AGENTS_OBSERVED)
+        try:
+            observed = json.loads(raw) if raw else {}
+        except ValueError:
+            observed = {}
+        for pool, stamp in observed.items() if isinstance(observed, dict) else ():
+            moment = parse_time(stamp)
+            if moment is not None and (pool not in self.agents_observed or moment > self.agents_observed[pool]):
+                self.agents_observed[pool] = moment
+
+    def acquire(self) -> str | None:
+        """Take the Lease for this run; returns why not when another run holds it."""
+        config = self.config
+        namespace = config.lease_namespace
+        current = self.kube.read_lease(namespace, self.lease_name)
+        self._remember(current)
+        if not config.lease_enabled or self.dry_run:
+            return None
+        now = self.clock()
+        labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_INSTANCE: config.release}
+        if current is None:
+            body = lease_body(name=self.lease_name, namespace=namespace, holder=self.holder,
+                              duration=config.lease_duration, now=now, annotations=self._lease_annotations(), labels=labels)
+            self._lease = self.kube.create_lease(namespace, body)
+            if self._lease is None:
+                return "another run created the Lease at the same moment"
+        else:
+            holder = (current.get("spec") or {}).get("holderIdentity")
+            if holder and holder != self.holder and not lease_expired(current, now=now):
+                return f"run {holder} holds the Lease {namespace}/{self.lease_name}"
+            body = lease_body(name=self.lease_name, namespace=namespace, holder=self.holder,
+                              duration=config.lease_duration, now=now, annotations=self._lease_annotations(),
+                              labels=labels, resource_version=(current.get("metadata") or {}).get("resourceVersion"))
+            self._lease = self.kube.replace_lease(namespace, body)
+            if self._lease is None:
+                return "another run took the Lease at the same moment"
+        self._lease_renewed = time.monotonic()
+        return None
+
+    def renew(self, *, release: bool = False, force: bool = False) -> bool:
+        """Renew (or release) our Lease when due; False when we lost it."""
+        if self._lease is None:
+            return True
+        if not (release or force) and time.monotonic() - self._lease_renewed < self.config.lease_duration / 3:
+            return True
+        metadata = self._lease.get("metadata") or {}
+        spec = self._lease.get("spec") or {}
+        body = lease_body(
+            name=self.lease_name, namespace=self.config.lease_namespace, holder="" if release else self.holder,
+            duration=self.config.lease_duration, now=self.clock(), annotations=self._lease_annotations(),
+            labels=metadata.get("labels") or {}, resource_version=metadata.get("resourceVersion"),
+            acquire_time=parse_time(spec.get("acquireTime")),
+        )
+        renewed = self.kube.replace_lease(self.config.lease_namespace, body)
+        if renewed is None:
+            self._lease = None
+            return False
+        self._lease = None if release else renewed
+        self._lease_renewed = time.monotonic()
+        return True
+
+    # --- one pass ------------------------------------------------------------------------------
+
+    def _due_pools(self, now_mono: float) -> list[str]:
+        return [p.name for p in self.config.pools if self.next_due.get(p.name, 0.0) <= now_mono]
+
+    def observe(self, report: PassReport, due: list[str]) -> World:
+        """Read what the plan needs: requests of due pools, our Jobs and Pods, agents when needed."""
+        config = self.config
+        missing = [name for name in due if name not in self.pool_ids]
+        if missing:
+            self.pool_ids.update(self.azdo.pools_by_name(missing))
+        states: list[PoolState] = []
+        for name in due:
+            pool_id = self.pool_ids.get(name)
+            if pool_id is None:
+                states.append(PoolState(name=name, pool_id=None))
+                continue
+            try:
+                requests_ = self.azdo.job_requests(pool_id)
+            except (TransientError, ReconcilerError) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                report.observe_failures += 1
+                log.error("could not read the queue of pool %r: %s (the pool is skipped this pass)", name, exc)
+                continue
+            states.append(PoolState(name=name, pool_id=pool_id, requests=tuple(requests_)))
+        jobs, pods = [], []
+        for namespace in config.namespaces:
+            jobs.extend(self.kube.list_jobs(namespace, release=config.release))
+            pods.extend(self.kube.list_pods(namespace, release=config.release))
+        world = World(pools=tuple(states), jobs=tuple(jobs), pods=tuple(pods), agents_observed=dict(self.agents_observed))
+        now = self.clock()
+        needing = pools_needing_agents(config, world, now)
+        if needing:
+            updated = []
+            for state in world.pools:
+                if state.name in needing and state.pool_id is not None:
+                    try:
+                        agents = self.azdo.agents(state.pool_id)
+                    except AuthError:
+                        raise
+                    except ReconcilerError as exc:
+                        report.observe_failures += 1
+                        log.error("could not list the agents of pool %r: %s", state.name, exc)
+                        updated.append(state)
+                        continue
+                    self.agents_observed[state.name] = now
+                    state = replace(state, agents=tuple(agents))
+                updated.append(state)
+            world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
+        return world
+
+    def one_pass(self, number: int) -> PassReport:
+        """Observe, plan, apply and report once."""
+        started = time.monotonic()
+        cpu_started = time.process_time()
+        azdo_before, kube_before = self.azdo.call_count, self.kube.call_count
+        report = PassReport(number=number)
+        due = self._due_pools(started)
+        world = self.observe(report, due)
+        now = self.clock()
+        actions = plan(self.config, world, now)
+        report.outcome = self.applier.apply(actions)
+        for state in world.pools:
+            queued = sum(1 for r in state.requests if r.queued)
+            report.queued += queued
+            report.running += sum(1 for r in state.requests if not r.queued)
+        report.jobs = sum(1 for j in world.jobs if not j.done)
+        active_slugs = {j.pool_slug for j in world.jobs if not j.done}
+        for pool in self.config.pools:
+            state = world.pool(pool.name)
+            if state is None:
+                continue
+            busy = bool(state.requests) or names.pool_slug(pool.name) in active_slugs
+            if busy:
+                report.active_pools.add(pool.name)
+            interval = self.config.loop.interval if busy else self.config.loop.idle_interval
+            self.next_due[pool.name] = started + interval
+        report.azdo_calls = self.azdo.call_count - azdo_before
+        report.kube_calls = self.kube.call_count - kube_before
+        report.seconds = time.monotonic() - started
+        log.info("pass summary", extra={"fields": {**report.fields(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}})
+        return report
+
+    def run(self) -> int:
+        """Run passes until loopFor has passed (one pass when it is 0); returns the exit code."""
+        loop_for = self.config.loop.loop_for
+        deadline = time.monotonic() + loop_for
+        reason = self.acquire()
+        if reason is not None:
+            log.info("another run is reconciling this release, nothing to do: %s", reason)
+            return 0
+        exit_code = 0
+        number = 0
+        try:
+            while True:
+                number += 1
+                report = self.one_pass(number)
+                self.reports.append(report)
+                if report.failed:
+                    exit_code = 1
+                if not self.renew():
+                    log.warning("lost the Lease to another run: stopping")
+                    break
+                if not self.next_due:
+                    break
+                wake = min(self.next_due.values())
+                if loop_for <= 0 or wake >= deadline:
+                    break
+                self.sleep(max(0.0, wake - time.monotonic()))
+        finally:
+            try:
+                self.renew(release=True)
+            except ReconcilerError as exc:
+                log.warning("could not release the Lease (it expires by itself): %s", exc)
+        return exit_code
+
+
+def startup_fields(config: Config, *, dry_run: bool, mode: str) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "mode": mode,
+        "dry_run": dry_run,
+        "organization": config.organization,
+        "release": config.release,
+        "pools": [p.name for p in config.pools],
+        "namespaces": list(config.namespaces),
+        "loop_for": config.loop.loop_for,
+        "interval": config.loop.interval,
+        "config": config.source,
+    }
+
+
+def to_seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
