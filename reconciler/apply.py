@@ -92,17 +92,26 @@ class Applier:
                 raise
             except ReconcilerError as exc:
                 outcome.counts["failed"] += 1
-                outcome.failures.append(f"{action.kind} {getattr(action, 'job_name', '') or getattr(action, 'agent_name', '')}: {exc}")
+                outcome.failures.append(
+                    f"{action.kind} {getattr(action, 'job_name', '') or getattr(action, 'agent_name', '')}: {exc}"
+                )
                 log.error("%s failed: %s", action.kind, exc)
         return outcome
 
-    def _event(self, *, namespace: str | None, job_name: str | None, reason: str, message: str,
-               warning: bool = False) -> None:
+    def _event(
+        self, *, namespace: str | None, job_name: str | None, reason: str, message: str, warning: bool = False
+    ) -> None:
         if not self.config.events or self.dry_run or not namespace or not job_name:
             return
         try:
-            self.kube.post_event(namespace=namespace, job_name=job_name, reason=reason, message=message,
-                                 warning=warning, now=self.clock())
+            self.kube.post_event(
+                namespace=namespace,
+                job_name=job_name,
+                reason=reason,
+                message=message,
+                warning=warning,
+                now=self.clock(),
+            )
         except ReconcilerError as exc:
             log.warning("could not record event %s on Job %s/%s: %s", reason, namespace, job_name, exc)
 
@@ -112,28 +121,51 @@ class Applier:
             outcome.counts["missing_pools"] += 1
             log.error(
                 "pool %r not found in organization %s: check pools[].name (names must match an agent pool, not a "
-                "project queue)", action.pool, self.config.organization,
+                "project queue)",
+                action.pool,
+                self.config.organization,
             )
         elif isinstance(action, ReportUnroutable):
             outcome.counts["unroutable"] += 1
             log.warning(
                 "request %d in pool %r demands %s, which no template of the pool satisfies: add a template with "
-                "those capabilities or change the pipeline's demands", action.request_id, action.pool,
+                "those capabilities or change the pipeline's demands",
+                action.request_id,
+                action.pool,
                 list(action.demands),
             )
         elif isinstance(action, RegisterPlaceholder):
-            log.info("%s placeholder agent %s in pool %r with capabilities %s",
-                     _verb(dry, "registering", "would register"), action.agent_name, action.pool, dict(action.capabilities))
+            log.info(
+                "%s placeholder agent %s in pool %r with capabilities %s",
+                _verb(dry, "registering", "would register"),
+                action.agent_name,
+                action.pool,
+                dict(action.capabilities),
+            )
             if not dry:
-                self.azdo.register_placeholder(action.pool_id, name=action.agent_name, capabilities=action.capabilities,
-                                               version=self.config.agent_version)
+                self.azdo.register_placeholder(
+                    action.pool_id,
+                    name=action.agent_name,
+                    capabilities=action.capabilities,
+                    version=self.config.agent_version,
+                )
             outcome.counts["placeholders"] += 1
         elif isinstance(action, UpdatePlaceholder):
-            log.info("%s placeholder agent %s in pool %r to capabilities %s (disabled)",
-                     _verb(dry, "updating", "would update"), action.agent_name, action.pool, dict(action.capabilities))
+            log.info(
+                "%s placeholder agent %s in pool %r to capabilities %s (disabled)",
+                _verb(dry, "updating", "would update"),
+                action.agent_name,
+                action.pool,
+                dict(action.capabilities),
+            )
             if not dry:
-                self.azdo.update_placeholder(action.pool_id, action.agent_id, name=action.agent_name,
-                                             capabilities=action.capabilities, version=self.config.agent_version)
+                self.azdo.update_placeholder(
+                    action.pool_id,
+                    action.agent_id,
+                    name=action.agent_name,
+                    capabilities=action.capabilities,
+                    version=self.config.agent_version,
+                )
             outcome.counts["placeholders"] += 1
         elif isinstance(action, CreateJob):
             self._create(action, outcome)
@@ -141,20 +173,37 @@ class Applier:
             self._drain(action, outcome)
         elif isinstance(action, DeleteJob):
             detail = f" ({action.detail})" if action.detail else ""
-            log.info("%s Job %s/%s of pool %r: %s%s", _verb(dry, "deleting", "would delete"), action.namespace,
-                     action.job_name, action.pool, action.reason, detail)
+            log.info(
+                "%s Job %s/%s of pool %r: %s%s",
+                _verb(dry, "deleting", "would delete"),
+                action.namespace,
+                action.job_name,
+                action.pool,
+                action.reason,
+                detail,
+            )
             stuck = action.reason.startswith("stuck")
-            self._event(namespace=action.namespace, job_name=action.job_name,
-                        reason="AgentStuck" if stuck else "AgentJobRemoved",
-                        message=f"{action.reason}{detail}", warning=stuck)
+            self._event(
+                namespace=action.namespace,
+                job_name=action.job_name,
+                reason="AgentStuck" if stuck else "AgentJobRemoved",
+                message=f"{action.reason}{detail}",
+                warning=stuck,
+            )
             if not dry:
                 self.kube.delete_job(action.namespace, action.job_name)
                 if action.agent_id is not None and action.pool_id is not None:
                     self.azdo.delete_agent(action.pool_id, action.agent_id)
             outcome.counts["stuck" if stuck else "deleted"] += 1
         elif isinstance(action, DeleteAgent):
-            log.info("%s agent %s (id %d) from pool %r: %s", _verb(dry, "deleting", "would delete"),
-                     action.agent_name, action.agent_id, action.pool, action.reason)
+            log.info(
+                "%s agent %s (id %d) from pool %r: %s",
+                _verb(dry, "deleting", "would delete"),
+                action.agent_name,
+                action.agent_id,
+                action.pool,
+                action.reason,
+            )
             if not dry:
                 self.azdo.delete_agent(action.pool_id, action.agent_id)
             outcome.counts["pruned"] += 1
@@ -165,10 +214,24 @@ class Applier:
         job_template = self.job_templates.get((action.pool, action.template))
         if pool is None or template is None or job_template is None:
             raise ReconcilerError(f"no job template for pool {action.pool!r} template {action.template!r}")
-        job = render.render_job(config=self.config, pool=pool, template=template, job_template=job_template,
-                                job_name=action.job_name, request_id=action.request_id, demands=action.demands)
-        log.info("%s Job %s/%s for pool %r template %r: %s", _verb(self.dry_run, "creating", "would create"),
-                 action.namespace, action.job_name, action.pool, action.template, action.reason)
+        job = render.render_job(
+            config=self.config,
+            pool=pool,
+            template=template,
+            job_template=job_template,
+            job_name=action.job_name,
+            request_id=action.request_id,
+            demands=action.demands,
+        )
+        log.info(
+            "%s Job %s/%s for pool %r template %r: %s",
+            _verb(self.dry_run, "creating", "would create"),
+            action.namespace,
+            action.job_name,
+            action.pool,
+            action.template,
+            action.reason,
+        )
         if self.dry_run:
             outcome.counts["created"] += 1
             outcome.created.append(action)
@@ -181,8 +244,14 @@ class Applier:
             log.info("Job %s/%s already exists (an overlapping pass made it)", action.namespace, action.job_name)
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
-        log.info("%s agent %s (id %d) of pool %r: %s", _verb(self.dry_run, "draining", "would drain"),
-                 action.agent_name, action.agent_id, action.pool, action.reason)
+        log.info(
+            "%s agent %s (id %d) of pool %r: %s",
+            _verb(self.dry_run, "draining", "would drain"),
+            action.agent_name,
+            action.agent_id,
+            action.pool,
+            action.reason,
+        )
         if self.dry_run:
             outcome.counts["drained"] += 1
             return
@@ -192,8 +261,11 @@ class Applier:
             # A job was assigned between our decision and the disable: let it run.
             self.azdo.set_enabled(action.pool_id, action.agent_id, enabled=True)
             outcome.counts["drain_aborted"] += 1
-            log.info("agent %s got request %s while draining: re-enabled, its Job stays", action.agent_name,
-                     agent.assigned_request_id)
+            log.info(
+                "agent %s got request %s while draining: re-enabled, its Job stays",
+                action.agent_name,
+                agent.assigned_request_id,
+            )
             return
         self._event(namespace=action.namespace, job_name=action.job_name, reason="AgentDrained", message=action.reason)
         if action.namespace and action.job_name:

@@ -39,7 +39,7 @@ def parse_time(value: Any) -> datetime | None:
     if "." in text:
         head, _, tail = text.partition(".")
         digits = "".join(c for c in tail if c.isdigit())
-        zone = tail[len(digits):]
+        zone = tail[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     try:
         return datetime.fromisoformat(text)
@@ -195,12 +195,18 @@ class AzureDevOps:
         delay = response.headers.get("X-RateLimit-Delay")
         if delay:
             log.warning(
-                "Azure DevOps delayed %s %s by %ss (rate limit %s, remaining %s)", method, route, delay,
-                response.headers.get("X-RateLimit-Resource", "?"), response.headers.get("X-RateLimit-Remaining", "?"),
+                "Azure DevOps delayed %s %s by %ss (rate limit %s, remaining %s)",
+                method,
+                route,
+                delay,
+                response.headers.get("X-RateLimit-Resource", "?"),
+                response.headers.get("X-RateLimit-Remaining", "?"),
             )
         content_type = response.headers.get("Content-Type", "")
         if status == 203 or status == 401 or 300 <= status < 400:
-            raise AuthError(f"the PAT was rejected by {self.organization} (HTTP {status} on {method} {route}): {CREDENTIAL_HINT}")
+            raise AuthError(
+                f"the PAT was rejected by {self.organization} (HTTP {status} on {method} {route}): {CREDENTIAL_HINT}"
+            )
         if status == 403:
             raise AuthError(
                 f"the PAT lacks a permission for {method} {route} (HTTP 403: {_message(response)}): it needs the "
@@ -226,8 +232,9 @@ class AzureDevOps:
         except ValueError:
             raise TransientError(f"{method} {route}: the response body is not complete JSON") from None
 
-    def _list(self, path: str, *, route: str, params: Mapping[str, Any] | None = None,
-              api_version: str = API_VERSION) -> list[dict[str, Any]]:
+    def _list(
+        self, path: str, *, route: str, params: Mapping[str, Any] | None = None, api_version: str = API_VERSION
+    ) -> list[dict[str, Any]]:
         payload = self._request("GET", path, route=route, params=params, api_version=api_version)
         if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
             raise TransientError(f"GET {route}: the response is not a list ({{count, value}})")
@@ -267,7 +274,11 @@ class AzureDevOps:
         items = self._list(
             f"distributedtask/pools/{pool_id}/agents",
             route="pools/{poolId}/agents",
-            params={"includeCapabilities": "true", "includeAssignedRequest": "true", "includeLastCompletedRequest": "true"},
+            params={
+                "includeCapabilities": "true",
+                "includeAssignedRequest": "true",
+                "includeLastCompletedRequest": "true",
+            },
         )
         agents = (agent_from_json(item) for item in items)
         return [a for a in agents if a is not None]
@@ -276,7 +287,9 @@ class AzureDevOps:
         """One agent, re-read with its assigned request (None when it is gone)."""
         try:
             item = self._request(
-                "GET", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
+                "GET",
+                f"distributedtask/pools/{pool_id}/agents/{agent_id}",
+                route="pools/{poolId}/agents/{agentId}",
                 params={"includeAssignedRequest": "true", "includeLastCompletedRequest": "true"},
             )
         except NotFoundError:
@@ -287,7 +300,9 @@ class AzureDevOps:
 
     def set_enabled(self, pool_id: int, agent_id: int, *, enabled: bool) -> None:
         self._request(
-            "PATCH", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
+            "PATCH",
+            f"distributedtask/pools/{pool_id}/agents/{agent_id}",
+            route="pools/{poolId}/agents/{agentId}",
             body={"id": agent_id, "enabled": enabled},
         )
 
@@ -313,7 +328,9 @@ class AzureDevOps:
             "systemCapabilities": dict(capabilities),
             "authorization": {"publicKey": placeholder_public_key()},
         }
-        created = self._request("POST", f"distributedtask/pools/{pool_id}/agents", route="pools/{poolId}/agents", body=body)
+        created = self._request(
+            "POST", f"distributedtask/pools/{pool_id}/agents", route="pools/{poolId}/agents", body=body
+        )
         agent_id = created.get("id") if isinstance(created, dict) else None
         if not isinstance(agent_id, int):
             raise TransientError("POST pools/{poolId}/agents: the response has no agent id")
@@ -321,8 +338,9 @@ class AzureDevOps:
             self.set_enabled(pool_id, agent_id, enabled=False)
         return agent_id
 
-    def update_placeholder(self, pool_id: int, agent_id: int, *, name: str, capabilities: Mapping[str, str],
-                           version: str) -> None:
+    def update_placeholder(
+        self, pool_id: int, agent_id: int, *, name: str, capabilities: Mapping[str, str], version: str
+    ) -> None:
         """Replace a placeholder's capabilities (PUT keeps its id) and keep it disabled."""
         body = {
             "id": agent_id,
@@ -334,8 +352,12 @@ class AzureDevOps:
             "systemCapabilities": dict(capabilities),
             "authorization": {"publicKey": placeholder_public_key()},
         }
-        self._request("PUT", f"distributedtask/pools/{pool_id}/agents/{agent_id}", route="pools/{poolId}/agents/{agentId}",
-                      body=body)
+        self._request(
+            "PUT",
+            f"distributedtask/pools/{pool_id}/agents/{agent_id}",
+            route="pools/{poolId}/agents/{agentId}",
+            body=body,
+        )
         self.set_enabled(pool_id, agent_id, enabled=False)
 
 

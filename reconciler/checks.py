@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import config as config_module
@@ -31,11 +31,17 @@ def required_permissions(config: Config) -> list[tuple[str, str, str, str]]:
     wanted = []
     for namespace in config.namespaces:
         for rule in rules["agentNamespace"]:
-            wanted += [(v, g, r, namespace) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]]
+            wanted += [
+                (v, g, r, namespace) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+            ]
     if config.lease_enabled:
         for rule in rules["leaseNamespace"]:
-            wanted += [(v, g, r, config.lease_namespace) for g in rule["apiGroups"] for r in rule["resources"]
-                       for v in rule["verbs"]]
+            wanted += [
+                (v, g, r, config.lease_namespace)
+                for g in rule["apiGroups"]
+                for r in rule["resources"]
+                for v in rule["verbs"]
+            ]
     return wanted
 
 
@@ -49,11 +55,12 @@ def _template_findings(config: Config) -> list[Finding]:
         for template in pool.templates:
             label = f"template {pool.name}/{template.name}"
             try:
-                job_template = render.load_template(
-                    Path(template.job_template), key=label, source=config.source
-                )
+                job_template = render.load_template(Path(template.job_template), key=label, source=config.source)
                 job = render.render_job(
-                    config=config, pool=pool, template=template, job_template=job_template,
+                    config=config,
+                    pool=pool,
+                    template=template,
+                    job_template=job_template,
                     job_name=names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=1),
                     request_id=1,
                 )
@@ -88,14 +95,21 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=1)
     try:
         who = azdo.connection_data().get("authenticatedUser", {})
-        findings.append(Finding("credentials", True, f"accepted by {config.organization} as "
-                                f"{who.get('providerDisplayName', 'an unnamed identity')}"))
+        findings.append(
+            Finding(
+                "credentials",
+                True,
+                f"accepted by {config.organization} as {who.get('providerDisplayName', 'an unnamed identity')}",
+            )
+        )
         found = azdo.pools_by_name([p.name for p in config.pools])
         for pool in config.pools:
             if pool.name in found:
                 findings.append(Finding(f"pool {pool.name}", True, f"exists (id {found[pool.name]})"))
             else:
-                findings.append(Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name"))
+                findings.append(
+                    Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name")
+                )
     except ReconcilerError as exc:
         findings.append(Finding("credentials", False, str(exc)))
     finally:
@@ -112,8 +126,15 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
             except ReconcilerError as exc:
                 findings.append(Finding(label, False, str(exc)))
                 continue
-            findings.append(Finding(label, allowed, "allowed" if allowed else
-                                    f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role"))
+            findings.append(
+                Finding(
+                    label,
+                    allowed,
+                    "allowed"
+                    if allowed
+                    else f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role",
+                )
+            )
     finally:
         kube.close()
     return findings
@@ -131,5 +152,7 @@ def run_checks(config: Config, document: dict[str, Any], *, kubeconfig: str | No
     findings = collect(config, document, kubeconfig=kubeconfig)
     print_table(findings, sys.stdout)
     failed = sum(1 for f in findings if not f.ok)
-    sys.stdout.write(f"checks: {len(findings) - failed} ok, {failed} FAILED\n" if failed else f"checks: all {len(findings)} ok\n")
+    sys.stdout.write(
+        f"checks: {len(findings) - failed} ok, {failed} FAILED\n" if failed else f"checks: all {len(findings)} ok\n"
+    )
     return 1 if failed else 0

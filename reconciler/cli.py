@@ -20,15 +20,20 @@ log = logging.getLogger("reconciler")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="configuration file (default: $AZP_CONFIG, or the "
-                        "ado-agent-orchestrator environment variables)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default: $AZP_CONFIG, or the ado-agent-orchestrator environment variables)",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], help="log format (default: the config's logFormat)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="azp-reconciler", description="Ephemeral Azure Pipelines agents on Kubernetes.")
+    parser = argparse.ArgumentParser(
+        prog="azp-reconciler", description="Ephemeral Azure Pipelines agents on Kubernetes."
+    )
     parser.add_argument("--version", action="version", version=f"azp-reconciler {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -94,7 +99,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     credentials = config_module.read_credentials(document)
     logs.SECRETS.add(credentials.pat)
     _setup_logging(args, config)
-    log.info("azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")})
+    log.info(
+        "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
+    )
     reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
     try:
         return reconciler.run()
@@ -110,15 +117,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     pool = config.pool(args.pool)
     if pool is None:
-        raise ConfigError(f"--pool {args.pool!r}: no such pool in {config.source} (pools: {[p.name for p in config.pools]})")
+        raise ConfigError(
+            f"--pool {args.pool!r}: no such pool in {config.source} (pools: {[p.name for p in config.pools]})"
+        )
     template = pool.template(args.template) if args.template else pool.templates[0]
     if template is None:
-        raise ConfigError(f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}")
-    job_template = render.load_template(Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}",
-                                        source=config.source)
+        raise ConfigError(
+            f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}"
+        )
+    job_template = render.load_template(
+        Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
+    )
     job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
-    job = render.render_job(config=config, pool=pool, template=template, job_template=job_template,
-                            job_name=job_name, request_id=args.request_id)
+    job = render.render_job(
+        config=config,
+        pool=pool,
+        template=template,
+        job_template=job_template,
+        job_name=job_name,
+        request_id=args.request_id,
+    )
     sys.stdout.write(yaml.safe_dump(job, sort_keys=False))
     return 0
 
@@ -174,4 +192,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -69,8 +69,9 @@ def _key_path(path: Iterable[Any]) -> str:
 def _describe_schema_error(error: jsonschema.ValidationError) -> str:
     where = _key_path(error.absolute_path)
     validator = error.validator
+    rule: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
     if validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = sorted(rule.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         unknown = ", ".join(repr(k) for k in extra)
         return f"{where}: unknown key {unknown}: check its spelling (allowed keys: {', '.join(allowed)})"
@@ -85,7 +86,7 @@ def _describe_schema_error(error: jsonschema.ValidationError) -> str:
     if validator == "enum":
         return f"{where}: {error.instance!r} is not one of {error.validator_value}"
     if validator == "pattern":
-        hint = error.schema.get("description", "")
+        hint = rule.get("description", "")
         return f"{where}: {error.instance!r} is not valid{': ' + hint if hint else ''}"
     if validator == "oneOf" and where.startswith("pools["):
         return f"{where}: give either jobTemplate (one template) or templates (several), not both and not neither"
@@ -120,9 +121,7 @@ def validate_document(document: Any, *, source: str = "config") -> None:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"{source}: {_describe_schema_error(best or errors[0])}")
-    _check_organization(
-        document["organization"], allow_http=bool(document.get("allowInsecureHttp")), source=source
-    )
+    _check_organization(document["organization"], allow_http=bool(document.get("allowInsecureHttp")), source=source)
     names = [p["name"] for p in document["pools"]]
     for index, name in enumerate(names):
         if names.index(name) != index:
@@ -142,16 +141,16 @@ def _templates_of(pool: Mapping[str, Any], *, base_dir: Path) -> list[dict[str, 
     if "templates" in pool:
         templates = [dict(t) for t in pool["templates"]]
     else:
-        templates = [{"name": "default", "jobTemplate": pool["jobTemplate"], "capabilities": pool.get("capabilities", {})}]
+        templates = [
+            {"name": "default", "jobTemplate": pool["jobTemplate"], "capabilities": pool.get("capabilities", {})}
+        ]
     for template in templates:
         path = Path(template["jobTemplate"])
         template["jobTemplate"] = str(path if path.is_absolute() else base_dir / path)
     return templates
 
 
-def build_config(
-    document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True
-) -> Config:
+def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True) -> Config:
     """Turn a validated document into the effective Config; job templates are loaded and checked."""
     validate_document(document, source=source)
     policy_doc = document.get("podPolicy", {})
@@ -166,7 +165,11 @@ def build_config(
     for index, pool in enumerate(document["pools"]):
         templates: list[TemplateConfig] = []
         for t_index, template in enumerate(_templates_of(pool, base_dir=base_dir)):
-            key = f"pools[{index}].templates[{t_index}].jobTemplate" if "templates" in pool else f"pools[{index}].jobTemplate"
+            key = (
+                f"pools[{index}].templates[{t_index}].jobTemplate"
+                if "templates" in pool
+                else f"pools[{index}].jobTemplate"
+            )
             cost = (0, 0)
             if check_templates:
                 job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
@@ -369,7 +372,9 @@ def read_credentials(document: Mapping[str, Any], *, env: Mapping[str, str] | No
         source = f"environment variable {name}"
         key = f"auth.patEnv ({name})"
     if not pat:
-        raise ConfigError(f"{key}: the PAT is empty: put a personal access token with Agent Pools (read & manage) there")
+        raise ConfigError(
+            f"{key}: the PAT is empty: put a personal access token with Agent Pools (read & manage) there"
+        )
     if any(c.isspace() for c in pat):
         raise ConfigError(f"{key}: the PAT contains whitespace inside it: copy the token again")
     return Credentials(pat=pat, source=source)
@@ -381,7 +386,12 @@ def effective_summary(config: Config) -> dict[str, Any]:
         "organization": config.organization,
         "release": config.release,
         "pools": [
-            {"name": p.name, "namespace": p.namespace, "maxAgents": p.max_agents, "templates": [t.name for t in p.templates]}
+            {
+                "name": p.name,
+                "namespace": p.namespace,
+                "maxAgents": p.max_agents,
+                "templates": [t.name for t in p.templates],
+            }
             for p in config.pools
         ],
         "shard": f"{config.shard_index}/{config.shard_count}",

@@ -19,7 +19,7 @@ from typing import Any
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from reconciler import names
 from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
@@ -58,7 +58,9 @@ def job_from_json(item: Mapping[str, Any]) -> AgentJob | None:
     failed = "Failed" in conditions
     finished = parse_time(status.get("completionTime"))
     if finished is None and failed:
-        finished = parse_time(conditions["Failed"].get("lastTransitionTime")) or parse_time(metadata.get("creationTimestamp"))
+        finished = parse_time(conditions["Failed"].get("lastTransitionTime")) or parse_time(
+            metadata.get("creationTimestamp")
+        )
     raw_request = labels.get(names.LABEL_REQUEST_ID)
     return AgentJob(
         name=metadata["name"],
@@ -127,8 +129,14 @@ def _status_message(exc: ApiException) -> str:
 class Kubernetes:
     """Lists, creates and deletes the objects of one release, counting every call."""
 
-    def __init__(self, *, kubeconfig: str | None = None, context: str | None = None, retries: int = 3,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         configuration = k8s.Configuration()
         try:
             if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -193,7 +201,9 @@ class Kubernetes:
     # --- reads ---------------------------------------------------------------------------------
 
     def list_jobs(self, namespace: str, *, release: str) -> list[AgentJob]:
-        data = self._call("list jobs", self.batch.list_namespaced_job, namespace, label_selector=names.selector(release))
+        data = self._call(
+            "list jobs", self.batch.list_namespaced_job, namespace, label_selector=names.selector(release)
+        )
         jobs = (job_from_json(item) for item in (data or {}).get("items") or [])
         return [j for j in jobs if j is not None]
 
@@ -208,7 +218,9 @@ class Kubernetes:
         """Create a Job; False when it already existed (an overlapping pass made it: success)."""
         kwargs = {"dry_run": "All"} if dry_run else {}
         try:
-            self._call("create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs)
+            self._call(
+                "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs
+            )
         except ConflictError:
             return False
         return True
@@ -222,8 +234,9 @@ class Kubernetes:
             return False
         return True
 
-    def post_event(self, *, namespace: str, job_name: str, reason: str, message: str, warning: bool = False,
-                   now: datetime) -> None:
+    def post_event(
+        self, *, namespace: str, job_name: str, reason: str, message: str, warning: bool = False, now: datetime
+    ) -> None:
         """Record a decision as an Event on the Job it concerns (kubectl describe job shows it)."""
         stamp = format_time(now)
         event = {
@@ -264,7 +277,9 @@ class Kubernetes:
         """Replace the Lease at its resourceVersion; None when it changed under us."""
         name = lease["metadata"]["name"]
         try:
-            replaced = self._call("update lease", self.coordination.replace_namespaced_lease, name, namespace, dict(lease))
+            replaced = self._call(
+                "update lease", self.coordination.replace_namespaced_lease, name, namespace, dict(lease)
+            )
         except ConflictError:
             return None
         return replaced if isinstance(replaced, dict) else None
@@ -276,17 +291,35 @@ class Kubernetes:
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}},
+            "spec": {
+                "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
+            },
         }
-        answer = self._call("create selfsubjectaccessreview", self.authorization.create_self_subject_access_review, review)
+        answer = self._call(
+            "create selfsubjectaccessreview", self.authorization.create_self_subject_access_review, review
+        )
         status = (answer or {}).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
 
 
-def lease_body(*, name: str, namespace: str, holder: str, duration: int, now: datetime,
-               annotations: Mapping[str, str], labels: Mapping[str, str],
-               resource_version: str | None = None, acquire_time: datetime | None = None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels), "annotations": dict(annotations)}
+def lease_body(
+    *,
+    name: str,
+    namespace: str,
+    holder: str,
+    duration: int,
+    now: datetime,
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str],
+    resource_version: str | None = None,
+    acquire_time: datetime | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "annotations": dict(annotations),
+    }
     if resource_version:
         metadata["resourceVersion"] = resource_version
     return {

@@ -202,16 +202,28 @@ def _plan_pool(
         template = templates.get(view.job.template)
         if view.terminal:
             finished = view.job.finished or (view.pod.finished if view.pod else None)
-            if finished is not None and now - finished > timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE:
+            if (
+                finished is not None
+                and now - finished > timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE
+            ):
                 actions.append(
-                    DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name, reason="finished past its TTL")
+                    DeleteJob(
+                        pool=pool.name,
+                        namespace=view.job.namespace,
+                        job_name=view.job.name,
+                        reason="finished past its TTL",
+                    )
                 )
             continue
         if template is None:
             if not view.busy and not view.running:
                 actions.append(
-                    DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name,
-                              reason="its template was removed from the configuration")
+                    DeleteJob(
+                        pool=pool.name,
+                        namespace=view.job.namespace,
+                        job_name=view.job.name,
+                        reason="its template was removed from the configuration",
+                    )
                 )
                 gone.add(view.job.name)
             continue
@@ -219,9 +231,15 @@ def _plan_pool(
         if reason is not None:
             agent_id = view.agent.agent_id if view.agent is not None else None
             actions.append(
-                DeleteJob(pool=pool.name, namespace=view.job.namespace, job_name=view.job.name,
-                          reason="stuck: its agent did not come online within provisioningTimeout",
-                          detail=reason, agent_id=agent_id, pool_id=state.pool_id)
+                DeleteJob(
+                    pool=pool.name,
+                    namespace=view.job.namespace,
+                    job_name=view.job.name,
+                    reason="stuck: its agent did not come online within provisioningTimeout",
+                    detail=reason,
+                    agent_id=agent_id,
+                    pool_id=state.pool_id,
+                )
             )
             gone.add(view.job.name)
             continue
@@ -251,7 +269,9 @@ def _plan_pool(
         want[template.name] = for_demand
         standby[template.name] = min(room - for_demand, max(0, total - for_demand))
 
-    covered = {v.job.request_id for views_ in active.values() for v in views_ if not v.busy and v.job.request_id is not None}
+    covered = {
+        v.job.request_id for views_ in active.values() for v in views_ if not v.busy and v.job.request_id is not None
+    }
     ordered = sorted(
         ((r, t) for t, requests in routed.items() for r in requests),
         key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
@@ -265,14 +285,24 @@ def _plan_pool(
                 continue
             job_name = _next_free(
                 job_names,
-                (names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name,
-                                        request_id=request.request_id, generation=g) for g in range(10_000)),
+                (
+                    names.request_job_name(
+                        prefix=config.job_name_prefix, pool_name=pool.name, request_id=request.request_id, generation=g
+                    )
+                    for g in range(10_000)
+                ),
             )
             job_names.add(job_name)
             creates.append(
-                CreateJob(pool=pool.name, template=template_name, namespace=pool.namespace, job_name=job_name,
-                          request_id=request.request_id, reason=f"request {request.request_id} is queued",
-                          demands=request.demands)
+                CreateJob(
+                    pool=pool.name,
+                    template=template_name,
+                    namespace=pool.namespace,
+                    job_name=job_name,
+                    request_id=request.request_id,
+                    reason=f"request {request.request_id} is queued",
+                    demands=request.demands,
+                )
             )
             want[template_name] -= 1
             pool_room -= 1
@@ -282,13 +312,23 @@ def _plan_pool(
                 break
             job_name = _next_free(
                 job_names,
-                (names.standby_job_name(prefix=config.job_name_prefix, pool_name=pool.name,
-                                        template=template.name, slot=s) for s in range(10_000)),
+                (
+                    names.standby_job_name(
+                        prefix=config.job_name_prefix, pool_name=pool.name, template=template.name, slot=s
+                    )
+                    for s in range(10_000)
+                ),
             )
             job_names.add(job_name)
             creates.append(
-                CreateJob(pool=pool.name, template=template.name, namespace=pool.namespace, job_name=job_name,
-                          request_id=None, reason="standby (minIdle/minAgents)")
+                CreateJob(
+                    pool=pool.name,
+                    template=template.name,
+                    namespace=pool.namespace,
+                    job_name=job_name,
+                    request_id=None,
+                    reason="standby (minIdle/minAgents)",
+                )
             )
             pool_room -= 1
     actions.extend(creates)
@@ -328,11 +368,18 @@ def _plan_agents(
         agent = by_name.get(key)
         name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
         if agent is None:
-            actions.append(RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted))
+            actions.append(
+                RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
+            )
         elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
             actions.append(
-                UpdatePlaceholder(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
-                                  agent_name=agent.name, capabilities=wanted)
+                UpdatePlaceholder(
+                    pool=pool.name,
+                    pool_id=state.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    capabilities=wanted,
+                )
             )
 
     for agent in state.agents:
@@ -341,8 +388,15 @@ def _plan_agents(
             continue
         if key.startswith(placeholder_prefix):
             if key not in placeholders and not agent.online:
-                actions.append(DeleteAgent(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
-                                           agent_name=agent.name, reason="placeholder of a template no longer configured"))
+                actions.append(
+                    DeleteAgent(
+                        pool=pool.name,
+                        pool_id=state.pool_id,
+                        agent_id=agent.agent_id,
+                        agent_name=agent.name,
+                        reason="placeholder of a template no longer configured",
+                    )
+                )
             continue
         if not key.startswith(ours.lower()):
             continue
@@ -350,8 +404,15 @@ def _plan_agents(
         if not agent.online:
             if view is None or view.terminal:
                 why = "its pod is gone" if view is None else "its pod finished"
-                actions.append(DeleteAgent(pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id,
-                                           agent_name=agent.name, reason=f"offline and {why}"))
+                actions.append(
+                    DeleteAgent(
+                        pool=pool.name,
+                        pool_id=state.pool_id,
+                        agent_id=agent.agent_id,
+                        agent_name=agent.name,
+                        reason=f"offline and {why}",
+                    )
+                )
             continue
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
@@ -362,7 +423,8 @@ def _plan_agents(
         if routed.get(template.name) or any(satisfies_all(r.demands, capabilities) for r in queued):
             continue
         idle = [
-            v for v in active.get(template.name, [])
+            v
+            for v in active.get(template.name, [])
             if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
         ]
         keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
@@ -370,14 +432,20 @@ def _plan_agents(
         removable = min(len(idle) - keep_idle, len(active.get(template.name, [])) - keep_total)
         candidates = sorted(
             (v for v in idle if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout),
-            key=lambda v: (v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH),
+            key=lambda v: v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH,
         )
         for view in candidates[: max(0, removable)]:
             assert view.agent is not None
             actions.append(
-                DrainAgent(pool=pool.name, pool_id=state.pool_id, agent_id=view.agent.agent_id,
-                           agent_name=view.agent.name, namespace=view.job.namespace, job_name=view.job.name,
-                           reason=f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it")
+                DrainAgent(
+                    pool=pool.name,
+                    pool_id=state.pool_id,
+                    agent_id=view.agent.agent_id,
+                    agent_name=view.agent.name,
+                    namespace=view.job.namespace,
+                    job_name=view.job.name,
+                    reason=f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it",
+                )
             )
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
     for view in views:
@@ -385,9 +453,15 @@ def _plan_agents(
             continue
         if view.running and view.agent is not None and view.agent.online:
             actions.append(
-                DrainAgent(pool=pool.name, pool_id=state.pool_id, agent_id=view.agent.agent_id, agent_name=view.agent.name,
-                           namespace=view.job.namespace, job_name=view.job.name,
-                           reason="its template was removed from the configuration")
+                DrainAgent(
+                    pool=pool.name,
+                    pool_id=state.pool_id,
+                    agent_id=view.agent.agent_id,
+                    agent_name=view.agent.name,
+                    namespace=view.job.namespace,
+                    job_name=view.job.name,
+                    reason="its template was removed from the configuration",
+                )
             )
     return actions
 
@@ -404,8 +478,9 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
         if state is None or not state.found:
             actions.append(ReportMissingPool(pool=pool.name))
             continue
-        pool_actions = _plan_pool(config, pool, state, world, now, create_budget=budget,
-                                  pods_by_job=pods_by_job, job_names=job_names)
+        pool_actions = _plan_pool(
+            config, pool, state, world, now, create_budget=budget, pods_by_job=pods_by_job, job_names=job_names
+        )
         budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
         actions.extend(pool_actions)
     # Jobs of pools no longer configured: removed once their pod can no longer be running a job.
@@ -414,8 +489,14 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
             continue
         pod = pods_by_job.get((job.namespace, job.name))
         if pod is None or pod.phase != "Running" or job.done:
-            actions.append(DeleteJob(pool=job.pool_name or job.pool_slug, namespace=job.namespace, job_name=job.name,
-                                     reason="its pool was removed from the configuration"))
+            actions.append(
+                DeleteJob(
+                    pool=job.pool_name or job.pool_slug,
+                    namespace=job.namespace,
+                    job_name=job.name,
+                    reason="its pool was removed from the configuration",
+                )
+            )
     return actions
 
 
@@ -453,9 +534,9 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             if job.pool_name is not None and pool.template(job.template) is None:
                 needed.add(pool.name)
                 break
-            if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
-                if _age(pod.started or pod.created, now) > threshold:
-                    idle_long += 1
+            running_idle = pod is not None and pod.phase == "Running" and pod.name.lower() not in busy
+            if running_idle and pod is not None and _age(pod.started or pod.created, now) > threshold:
+                idle_long += 1
         if idle_long > allowance:
             needed.add(pool.name)
     return needed

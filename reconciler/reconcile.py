@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,9 @@ def load_job_templates(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
     for index, pool in enumerate(config.pools):
         for t_index, template in enumerate(pool.templates):
             key = f"pools[{index}].templates[{t_index}].jobTemplate"
-            loaded[(pool.name, template.name)] = render.load_template(Path(template.job_template), key=key,
-                                                                       source=config.source)
+            loaded[(pool.name, template.name)] = render.load_template(
+                Path(template.job_template), key=key, source=config.source
+            )
     return loaded
 
 
@@ -105,12 +108,14 @@ class Reconciler:
         self.dry_run = dry_run
         self.clock = clock
         self.sleep = sleep
-        self.azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout,
-                                retries=config.azdo_retries)
+        self.azdo = AzureDevOps(
+            config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=config.azdo_retries
+        )
         self.kube = Kubernetes(kubeconfig=kubeconfig)
         self.templates = load_job_templates(config)
-        self.applier = Applier(config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates,
-                               dry_run=dry_run, clock=clock)
+        self.applier = Applier(
+            config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates, dry_run=dry_run, clock=clock
+        )
         self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
         self.pool_ids: dict[str, int] = {}
         self.agents_observed: dict[str, datetime] = {}
@@ -118,6 +123,12 @@ class Reconciler:
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
         self.reports: list[PassReport] = []
+        self.stopping = threading.Event()
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
+        log.info("received signal %d: finishing the current pass", signum)
+        self.stopping.set()
 
     def close(self) -> None:
         self.azdo.close()
@@ -157,8 +168,15 @@ class Reconciler:
         now = self.clock()
         labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_INSTANCE: config.release}
         if current is None:
-            body = lease_body(name=self.lease_name, namespace=namespace, holder=self.holder,
-                              duration=config.lease_duration, now=now, annotations=self._lease_annotations(), labels=labels)
+            body = lease_body(
+                name=self.lease_name,
+                namespace=namespace,
+                holder=self.holder,
+                duration=config.lease_duration,
+                now=now,
+                annotations=self._lease_annotations(),
+                labels=labels,
+            )
             self._lease = self.kube.create_lease(namespace, body)
             if self._lease is None:
                 return "another run created the Lease at the same moment"
@@ -166,9 +184,16 @@ class Reconciler:
             holder = (current.get("spec") or {}).get("holderIdentity")
             if holder and holder != self.holder and not lease_expired(current, now=now):
                 return f"run {holder} holds the Lease {namespace}/{self.lease_name}"
-            body = lease_body(name=self.lease_name, namespace=namespace, holder=self.holder,
-                              duration=config.lease_duration, now=now, annotations=self._lease_annotations(),
-                              labels=labels, resource_version=(current.get("metadata") or {}).get("resourceVersion"))
+            body = lease_body(
+                name=self.lease_name,
+                namespace=namespace,
+                holder=self.holder,
+                duration=config.lease_duration,
+                now=now,
+                annotations=self._lease_annotations(),
+                labels=labels,
+                resource_version=(current.get("metadata") or {}).get("resourceVersion"),
+            )
             self._lease = self.kube.replace_lease(namespace, body)
             if self._lease is None:
                 return "another run took the Lease at the same moment"
@@ -184,9 +209,14 @@ class Reconciler:
         metadata = self._lease.get("metadata") or {}
         spec = self._lease.get("spec") or {}
         body = lease_body(
-            name=self.lease_name, namespace=self.config.lease_namespace, holder="" if release else self.holder,
-            duration=self.config.lease_duration, now=self.clock(), annotations=self._lease_annotations(),
-            labels=metadata.get("labels") or {}, resource_version=metadata.get("resourceVersion"),
+            name=self.lease_name,
+            namespace=self.config.lease_namespace,
+            holder="" if release else self.holder,
+            duration=self.config.lease_duration,
+            now=self.clock(),
+            annotations=self._lease_annotations(),
+            labels=metadata.get("labels") or {},
+            resource_version=metadata.get("resourceVersion"),
             acquire_time=parse_time(spec.get("acquireTime")),
         )
         renewed = self.kube.replace_lease(self.config.lease_namespace, body)
@@ -227,7 +257,9 @@ class Reconciler:
         for namespace in config.namespaces:
             jobs.extend(self.kube.list_jobs(namespace, release=config.release))
             pods.extend(self.kube.list_pods(namespace, release=config.release))
-        world = World(pools=tuple(states), jobs=tuple(jobs), pods=tuple(pods), agents_observed=dict(self.agents_observed))
+        world = World(
+            pools=tuple(states), jobs=tuple(jobs), pods=tuple(pods), agents_observed=dict(self.agents_observed)
+        )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)
         if needing:
@@ -267,10 +299,10 @@ class Reconciler:
         report.jobs = sum(1 for j in world.jobs if not j.done)
         active_slugs = {j.pool_slug for j in world.jobs if not j.done}
         for pool in self.config.pools:
-            state = world.pool(pool.name)
-            if state is None:
+            observed = world.pool(pool.name)
+            if observed is None:
                 continue
-            busy = bool(state.requests) or names.pool_slug(pool.name) in active_slugs
+            busy = bool(observed.requests) or names.pool_slug(pool.name) in active_slugs
             if busy:
                 report.active_pools.add(pool.name)
             interval = self.config.loop.interval if busy else self.config.loop.idle_interval
@@ -278,7 +310,10 @@ class Reconciler:
         report.azdo_calls = self.azdo.call_count - azdo_before
         report.kube_calls = self.kube.call_count - kube_before
         report.seconds = time.monotonic() - started
-        log.info("pass summary", extra={"fields": {**report.fields(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}})
+        log.info(
+            "pass summary",
+            extra={"fields": {**report.fields(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}},
+        )
         return report
 
     def run(self) -> int:
@@ -291,8 +326,9 @@ class Reconciler:
             return 0
         exit_code = 0
         number = 0
+        previous = signal.signal(signal.SIGTERM, self._terminate) if _main_thread() else None
         try:
-            while True:
+            while not self.stopping.is_set():
                 number += 1
                 report = self.one_pass(number)
                 self.reports.append(report)
@@ -306,13 +342,19 @@ class Reconciler:
                 wake = min(self.next_due.values())
                 if loop_for <= 0 or wake >= deadline:
                     break
-                self.sleep(max(0.0, wake - time.monotonic()))
+                self.stopping.wait(max(0.0, wake - time.monotonic()))
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             try:
                 self.renew(release=True)
             except ReconcilerError as exc:
                 log.warning("could not release the Lease (it expires by itself): %s", exc)
         return exit_code
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def startup_fields(config: Config, *, dry_run: bool, mode: str) -> dict[str, Any]:
@@ -328,7 +370,3 @@ def startup_fields(config: Config, *, dry_run: bool, mode: str) -> dict[str, Any
         "interval": config.loop.interval,
         "config": config.source,
     }
-
-
-def to_seconds(delta: timedelta) -> float:
-    return delta.total_seconds()

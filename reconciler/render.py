@@ -83,7 +83,12 @@ def as_job(document: dict[str, Any], *, where: str) -> dict[str, Any]:
             "spec": {"template": {"metadata": template_meta, "spec": copy.deepcopy(document["spec"])}},
         }
     if kind is None and _is_pod_spec(document):
-        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "spec": {"template": {"spec": copy.deepcopy(document)}}}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {},
+            "spec": {"template": {"spec": copy.deepcopy(document)}},
+        }
     raise ConfigError(
         f"{where}: is a {kind or 'document without kind'}, not a Job: give a batch/v1 Job (or a Pod template)"
     )
@@ -127,7 +132,17 @@ def check_policy(job: Mapping[str, Any], *, policy: PodPolicy, key: str, source:
 
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
-_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)$")
 
 
@@ -220,7 +235,7 @@ def render_job(
     pod["restartPolicy"] = "Never"
     pod.setdefault("automountServiceAccountToken", False)
 
-    agent_env = [
+    agent_env: list[dict[str, Any]] = [
         {"name": "AZP_URL", "value": config.organization},
         {"name": "AZP_POOL", "value": pool.name},
         {"name": "AZP_TEMPLATE", "value": template.name},

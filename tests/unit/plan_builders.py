@@ -44,8 +44,13 @@ def pool(name: str = "linux", *templates: TemplateConfig, **kwargs: object) -> P
 
 
 def config(*pools: PoolConfig, **kwargs: object) -> Config:
-    return Config(organization="https://dev.azure.com/contoso", pools=pools or (pool(),), namespace="agents",
-                  job_name_prefix=PREFIX, **kwargs)  # type: ignore[arg-type]
+    return Config(
+        organization="https://dev.azure.com/contoso",
+        pools=pools or (pool(),),
+        namespace="agents",
+        job_name_prefix=PREFIX,
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def queued(request_id: int, *demands: str, at: float = 30) -> JobRequest:
@@ -53,35 +58,98 @@ def queued(request_id: int, *demands: str, at: float = 30) -> JobRequest:
 
 
 def running(request_id: int, agent_name: str, agent_id: int = 0, *demands: str) -> JobRequest:
-    return JobRequest(request_id=request_id, queue_time=ago(120), assign_time=ago(100), receive_time=ago(99),
-                      reserved_agent_id=agent_id or None, reserved_agent_name=agent_name, demands=demands)
+    return JobRequest(
+        request_id=request_id,
+        queue_time=ago(120),
+        assign_time=ago(100),
+        receive_time=ago(99),
+        reserved_agent_id=agent_id or None,
+        reserved_agent_name=agent_name,
+        demands=demands,
+    )
 
 
-def job_for(pool_name: str, *, request_id: int | None = None, template_name: str = "default", name: str | None = None,
-            created: float = 10, finished: float | None = None, failed: bool = False, slot: int = 0) -> AgentJob:
+def job_for(
+    pool_name: str,
+    *,
+    request_id: int | None = None,
+    template_name: str = "default",
+    name: str | None = None,
+    created: float = 10,
+    finished: float | None = None,
+    failed: bool = False,
+    slot: int = 0,
+) -> AgentJob:
     if name is None:
-        name = (names.request_job_name(prefix=PREFIX, pool_name=pool_name, request_id=request_id) if request_id is not None
-                else names.standby_job_name(prefix=PREFIX, pool_name=pool_name, template=template_name, slot=slot))
-    return AgentJob(name=name, namespace="agents", pool_slug=names.pool_slug(pool_name), pool_name=pool_name,
-                    template=template_name, request_id=request_id, standby=request_id is None, created=ago(created),
-                    finished=ago(finished) if finished is not None else None, failed=failed)
+        name = (
+            names.request_job_name(prefix=PREFIX, pool_name=pool_name, request_id=request_id)
+            if request_id is not None
+            else names.standby_job_name(prefix=PREFIX, pool_name=pool_name, template=template_name, slot=slot)
+        )
+    return AgentJob(
+        name=name,
+        namespace="agents",
+        pool_slug=names.pool_slug(pool_name),
+        pool_name=pool_name,
+        template=template_name,
+        request_id=request_id,
+        standby=request_id is None,
+        created=ago(created),
+        finished=ago(finished) if finished is not None else None,
+        failed=failed,
+    )
 
 
-def pod_for(job: AgentJob, *, phase: str = "Running", suffix: str = "abcde", created: float = 9, started: float | None = 8,
-            reason: str | None = None, message: str | None = None, finished: float | None = None) -> AgentPod:
-    return AgentPod(name=f"{job.name}-{suffix}", namespace=job.namespace, job_name=job.name, phase=phase, created=ago(created),
-                    started=ago(started) if started is not None and phase != "Pending" else None, reason=reason,
-                    message=message, finished=ago(finished) if finished is not None else None)
+def pod_for(
+    job: AgentJob,
+    *,
+    phase: str = "Running",
+    suffix: str = "abcde",
+    created: float = 9,
+    started: float | None = 8,
+    reason: str | None = None,
+    message: str | None = None,
+    finished: float | None = None,
+) -> AgentPod:
+    return AgentPod(
+        name=f"{job.name}-{suffix}",
+        namespace=job.namespace,
+        job_name=job.name,
+        phase=phase,
+        created=ago(created),
+        started=ago(started) if started is not None and phase != "Pending" else None,
+        reason=reason,
+        message=message,
+        finished=ago(finished) if finished is not None else None,
+    )
 
 
-def agent(agent_id: int, name: str, *, online: bool = True, enabled: bool = True, busy_with: int | None = None,
-          completed: int | None = None, changed: float = 5, capabilities: dict[str, str] | None = None) -> Agent:
-    return Agent(agent_id=agent_id, name=name, enabled=enabled, status="online" if online else "offline",
-                 assigned_request_id=busy_with, completed_request_id=completed, status_changed_on=ago(changed),
-                 capabilities=frozen_map(capabilities or {}))
+def agent(
+    agent_id: int,
+    name: str,
+    *,
+    online: bool = True,
+    enabled: bool = True,
+    busy_with: int | None = None,
+    completed: int | None = None,
+    changed: float = 5,
+    capabilities: dict[str, str] | None = None,
+) -> Agent:
+    return Agent(
+        agent_id=agent_id,
+        name=name,
+        enabled=enabled,
+        status="online" if online else "offline",
+        assigned_request_id=busy_with,
+        completed_request_id=completed,
+        status_changed_on=ago(changed),
+        capabilities=frozen_map(capabilities or {}),
+    )
 
 
-def state(name: str = "linux", *requests: JobRequest, agents: tuple[Agent, ...] | None = None, pool_id: int = 7) -> PoolState:
+def state(
+    name: str = "linux", *requests: JobRequest, agents: tuple[Agent, ...] | None = None, pool_id: int = 7
+) -> PoolState:
     return PoolState(name=name, pool_id=pool_id, requests=tuple(requests), agents=agents)
 
 
@@ -100,25 +168,45 @@ def apply_to_world(world_: World, actions: list[Action], *, next_agent_id: int =
     states = {s.name: s for s in world_.pools}
     for action in actions:
         if isinstance(action, CreateJob):
-            jobs.append(AgentJob(name=action.job_name, namespace=action.namespace, pool_slug=names.pool_slug(action.pool),
-                                 pool_name=action.pool, template=action.template, request_id=action.request_id,
-                                 standby=action.request_id is None, created=NOW))
+            jobs.append(
+                AgentJob(
+                    name=action.job_name,
+                    namespace=action.namespace,
+                    pool_slug=names.pool_slug(action.pool),
+                    pool_name=action.pool,
+                    template=action.template,
+                    request_id=action.request_id,
+                    standby=action.request_id is None,
+                    created=NOW,
+                )
+            )
         elif isinstance(action, DeleteJob | DrainAgent):
             jobs = [j for j in jobs if not (j.name == action.job_name and j.namespace == action.namespace)]
             pods = [p for p in pods if not (p.job_name == action.job_name and p.namespace == action.namespace)]
-        if isinstance(action, DeleteAgent | DrainAgent) or (isinstance(action, DeleteJob) and action.agent_id is not None):
+        if isinstance(action, DeleteAgent | DrainAgent) or (
+            isinstance(action, DeleteJob) and action.agent_id is not None
+        ):
             st = states[action.pool]
             if st.agents is not None:
                 states[action.pool] = replace(st, agents=tuple(a for a in st.agents if a.agent_id != action.agent_id))
         if isinstance(action, RegisterPlaceholder):
             st = states[action.pool]
             next_agent_id += 1
-            placeholder = Agent(agent_id=next_agent_id, name=action.agent_name, enabled=False, status="offline",
-                                capabilities=action.capabilities)
+            placeholder = Agent(
+                agent_id=next_agent_id,
+                name=action.agent_name,
+                enabled=False,
+                status="offline",
+                capabilities=action.capabilities,
+            )
             states[action.pool] = replace(st, agents=(*(st.agents or ()), placeholder))
         if isinstance(action, UpdatePlaceholder):
             st = states[action.pool]
-            states[action.pool] = replace(st, agents=tuple(
-                replace(a, capabilities=action.capabilities, enabled=False) if a.agent_id == action.agent_id else a
-                for a in st.agents or ()))
+            states[action.pool] = replace(
+                st,
+                agents=tuple(
+                    replace(a, capabilities=action.capabilities, enabled=False) if a.agent_id == action.agent_id else a
+                    for a in st.agents or ()
+                ),
+            )
     return replace(world_, jobs=tuple(jobs), pods=tuple(pods), pools=tuple(states[s.name] for s in world_.pools))

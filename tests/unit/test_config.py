@@ -15,8 +15,15 @@ JOB = {
     "apiVersion": "batch/v1",
     "kind": "Job",
     "metadata": {"name": "x"},
-    "spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "agent:1",
-                                                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]}}},
+    "spec": {
+        "template": {
+            "spec": {
+                "containers": [
+                    {"name": "agent", "image": "agent:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
+                ]
+            }
+        }
+    },
 }
 
 
@@ -66,13 +73,22 @@ def test_minimal_config_loads_with_defaults(workdir: Path) -> None:
         ({"pools": [{"name": "linux", "jobTemplate": "job.yaml"}]}, "organization: is required"),
         (base(pools="linux"), "pools: expected array"),
         (base(pools=[]), "pools: must not be empty"),
-        (base(pools=[{"name": "linux", "jobTemplate": "job.yaml", "maxAgents": -1}]), "pools[0].maxAgents: -1 is out of range"),
-        (base(pools=[{"name": "linux", "jobTemplate": "job.yaml", "maxAgents": "ten"}]), "pools[0].maxAgents: expected integer"),
+        (
+            base(pools=[{"name": "linux", "jobTemplate": "job.yaml", "maxAgents": -1}]),
+            "pools[0].maxAgents: -1 is out of range",
+        ),
+        (
+            base(pools=[{"name": "linux", "jobTemplate": "job.yaml", "maxAgents": "ten"}]),
+            "pools[0].maxAgents: expected integer",
+        ),
         (base(pools=[{"name": "linux"}]), "pools[0]: give either jobTemplate"),
         (base(logFormat="xml"), "logFormat: 'xml' is not one of"),
         (base(organization="https://dev.azure.com/contoso/web/_build"), "points inside a project"),
         (base(organization="http://ado.local/tfs/DefaultCollection"), "allowInsecureHttp"),
-        (base(pools=[{"name": "a", "jobTemplate": "job.yaml"}, {"name": "a", "jobTemplate": "job.yaml"}]), "listed twice"),
+        (
+            base(pools=[{"name": "a", "jobTemplate": "job.yaml"}, {"name": "a", "jobTemplate": "job.yaml"}]),
+            "listed twice",
+        ),
         (base(shard={"index": 2, "count": 2}), "shard.index: 2 must be below"),
         (base(jobNamePrefix="Bad_Prefix"), "jobNamePrefix"),
         (base(pools=[{"name": "linux", "jobTemplate": "missing.yaml"}]), "pools[0].jobTemplate: job template"),
@@ -138,7 +154,7 @@ def test_credentials_from_file_and_env(tmp_path: Path) -> None:
     credentials = config_module.read_credentials({"auth": {"patFile": str(token)}})
     assert credentials.pat == "abc123" and "abc123" not in repr(credentials)
     assert config_module.read_credentials({"auth": {"patEnv": "MY_PAT"}}, env={"MY_PAT": " xyz "}).pat == "xyz"
-    with pytest.raises(ConfigError, match="auth.patFile: cannot read"):
+    with pytest.raises(ConfigError, match=r"auth\.patFile: cannot read"):
         config_module.read_credentials({"auth": {"patFile": str(tmp_path / "none")}})
     with pytest.raises(ConfigError, match=r"auth.patEnv \(AZP_TOKEN\): the PAT is empty"):
         config_module.read_credentials({}, env={})
@@ -147,9 +163,15 @@ def test_credentials_from_file_and_env(tmp_path: Path) -> None:
 def test_orchestrator_environment(tmp_path: Path) -> None:
     """We test: ado-agent-orchestrator's variables alone give a working configuration."""
     env = {
-        "ORG_URL": "https://dev.azure.com/contoso", "ORG_PAT": "p", "AGENT_POOLS": "Pool1, Pool2",
-        "JOB_IMAGE": "ghcr.io/akanieski/ado-pipelines-linux:latest", "JOB_NAMESPACE": "ado", "JOB_PREFIX": "agent-job-",
-        "POLLING_DELAY": "2000", "MINIMUM_AGENT_COUNT": "1", "MINIMUM_IDLE_AGENT_COUNT": "2",
+        "ORG_URL": "https://dev.azure.com/contoso",
+        "ORG_PAT": "p",
+        "AGENT_POOLS": "Pool1, Pool2",
+        "JOB_IMAGE": "ghcr.io/akanieski/ado-pipelines-linux:latest",
+        "JOB_NAMESPACE": "ado",
+        "JOB_PREFIX": "agent-job-",
+        "POLLING_DELAY": "2000",
+        "MINIMUM_AGENT_COUNT": "1",
+        "MINIMUM_IDLE_AGENT_COUNT": "2",
         "JOB_DOCKER_SOCKET_PATH": "/var/run/docker.sock",
     }
     config, document = config_module.load(None, env=env, work_dir=tmp_path)
@@ -169,10 +191,14 @@ def test_orchestrator_environment(tmp_path: Path) -> None:
     [
         ({"ORG_URL": "https://dev.azure.com/c", "JOB_IMAGE": "x"}, "AGENT_POOLS is required"),
         ({"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a"}, "set JOB_IMAGE"),
-        ({"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a", "JOB_IMAGE": "x", "POLLING_DELAY": "soon"},
-         "POLLING_DELAY='soon' is not a whole number"),
-        ({"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a", "JOB_IMAGE": "x", "JOB_PREFIX": "9lives"},
-         "JOB_PREFIX"),
+        (
+            {"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a", "JOB_IMAGE": "x", "POLLING_DELAY": "soon"},
+            "POLLING_DELAY='soon' is not a whole number",
+        ),
+        (
+            {"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a", "JOB_IMAGE": "x", "JOB_PREFIX": "9lives"},
+            "JOB_PREFIX",
+        ),
         ({}, "no configuration"),
     ],
 )

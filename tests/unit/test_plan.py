@@ -135,8 +135,11 @@ def test_template_max_agents_caps_the_template() -> None:
 
 def test_max_create_per_pass_is_a_global_brake() -> None:
     """We test: maxCreatePerPass bounds creations across all pools."""
-    cfg = config(pool("a", template(placeholder=False), max_agents=50), pool("b", template(placeholder=False), max_agents=50),
-                 max_create_per_pass=5)
+    cfg = config(
+        pool("a", template(placeholder=False), max_agents=50),
+        pool("b", template(placeholder=False), max_agents=50),
+        max_create_per_pass=5,
+    )
     w = world(state("a", *[queued(i) for i in range(10)]), state("b", *[queued(100 + i) for i in range(10)], pool_id=8))
     assert len(of(CreateJob, plan(cfg, w, NOW))) == 5
 
@@ -235,7 +238,9 @@ def test_prune_offline_agents_of_ours_only() -> None:
         agent(6, placeholder, online=False, enabled=False, capabilities={"Agent.Version": "4.261.0"}),
         agent(7, "azp-linux-7-eeeee", online=False),  # reserved by a running request below
     )
-    w = world(state("linux", running(70, "azp-linux-7-eeeee", 7), agents=agents), jobs=(finished_job,), pods=(finished_pod,))
+    w = world(
+        state("linux", running(70, "azp-linux-7-eeeee", 7), agents=agents), jobs=(finished_job,), pods=(finished_pod,)
+    )
     pruned = of(DeleteAgent, plan(cfg, w, NOW))
     assert sorted(a.agent_id for a in pruned) == [1, 3]
 
@@ -309,7 +314,9 @@ def test_jobs_of_removed_template_are_deleted_unless_running() -> None:
     pending_pod = pod_for(pending, phase="Pending", started=None)
     running_job = job_for("linux", request_id=2, template_name="old")
     running_pod = pod_for(running_job)
-    w = world(state("linux", running(2, running_pod.name)), jobs=(pending, running_job), pods=(pending_pod, running_pod))
+    w = world(
+        state("linux", running(2, running_pod.name)), jobs=(pending, running_job), pods=(pending_pod, running_pod)
+    )
     deletes = of(DeleteJob, plan(config(), w, NOW))
     assert [d.job_name for d in deletes] == [pending.name]
 
@@ -350,6 +357,7 @@ def test_agents_listed_only_when_needed() -> None:
     idle_pod = pod_for(idle_job, created=999, started=998)
     idle = replace(world(state("linux"), jobs=(idle_job,), pods=(idle_pod,)), agents_observed=fresh)
     assert pools_needing_agents(cfg, idle, NOW) == {"linux"}
-    busy = replace(world(state("linux", running(2, idle_pod.name)), jobs=(idle_job,), pods=(idle_pod,)),
-                   agents_observed=fresh)
+    busy = replace(
+        world(state("linux", running(2, idle_pod.name)), jobs=(idle_job,), pods=(idle_pod,)), agents_observed=fresh
+    )
     assert pools_needing_agents(cfg, busy, NOW) == set()

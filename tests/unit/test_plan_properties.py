@@ -29,8 +29,9 @@ from reconciler.model import (
 from reconciler.plan import plan
 
 EXAMPLES = int(os.environ.get("AZP_HYPOTHESIS_EXAMPLES", "300"))
-DEMANDS = st.lists(st.sampled_from(["docker", "java -equals 17", "Agent.Version -gtVersion 2.182.1", "gpu"]),
-                   max_size=2, unique=True)
+DEMANDS = st.lists(
+    st.sampled_from(["docker", "java -equals 17", "Agent.Version -gtVersion 2.182.1", "gpu"]), max_size=2, unique=True
+)
 TEMPLATES = [
     template("docker", capabilities={"docker": ""}),
     template("java", capabilities={"java": "17"}),
@@ -43,12 +44,26 @@ def configs(draw: st.DrawFn) -> Config:
     for name in draw(st.lists(st.sampled_from(["linux", "Win Pool"]), min_size=1, max_size=2, unique=True)):
         chosen = draw(st.lists(st.sampled_from(TEMPLATES), min_size=1, max_size=2, unique_by=lambda t: t.name))
         chosen = [
-            t.__class__(**{**t.__dict__, "min_idle": draw(st.integers(0, 2)), "max_agents": draw(st.none() | st.integers(0, 4)),
-                           "placeholder": draw(st.booleans())})
+            t.__class__(
+                **{
+                    **t.__dict__,
+                    "min_idle": draw(st.integers(0, 2)),
+                    "max_agents": draw(st.none() | st.integers(0, 4)),
+                    "placeholder": draw(st.booleans()),
+                }
+            )
             for t in chosen
         ]
-        pools.append(pool(name, *chosen, max_agents=draw(st.integers(0, 6)), min_agents=draw(st.integers(0, 2)),
-                          idle_timeout=draw(st.sampled_from([60, 300])), provisioning_timeout=draw(st.sampled_from([60, 600]))))
+        pools.append(
+            pool(
+                name,
+                *chosen,
+                max_agents=draw(st.integers(0, 6)),
+                min_agents=draw(st.integers(0, 2)),
+                idle_timeout=draw(st.sampled_from([60, 300])),
+                provisioning_timeout=draw(st.sampled_from([60, 600])),
+            )
+        )
     return config(*pools, max_create_per_pass=draw(st.integers(1, 20)))
 
 
@@ -69,33 +84,64 @@ def worlds(draw: st.DrawFn, cfg: Config) -> World:
             phase = draw(st.sampled_from(["none", "Pending", "Running", "Succeeded", "Failed"]))
             created = NOW - timedelta(seconds=draw(st.integers(0, 2000)))
             done = phase in ("Succeeded", "Failed") and draw(st.booleans())
-            job = AgentJob(name=name, namespace=pool_cfg.namespace, pool_slug=names.pool_slug(pool_cfg.name),
-                           pool_name=pool_cfg.name, template=draw(st.sampled_from(template_names)),
-                           request_id=request_id - 1, standby=False, created=created,
-                           finished=created + timedelta(seconds=5) if done else None)
+            job = AgentJob(
+                name=name,
+                namespace=pool_cfg.namespace,
+                pool_slug=names.pool_slug(pool_cfg.name),
+                pool_name=pool_cfg.name,
+                template=draw(st.sampled_from(template_names)),
+                request_id=request_id - 1,
+                standby=False,
+                created=created,
+                finished=created + timedelta(seconds=5) if done else None,
+            )
             jobs.append(job)
             if phase == "none":
                 continue
-            pod = AgentPod(name=f"{name}-abcde", namespace=job.namespace, job_name=name, phase=phase, created=created,
-                           started=created if phase != "Pending" else None,
-                           finished=created + timedelta(seconds=5) if phase in ("Succeeded", "Failed") else None,
-                           reason="ImagePullBackOff" if phase == "Pending" else None)
+            pod = AgentPod(
+                name=f"{name}-abcde",
+                namespace=job.namespace,
+                job_name=name,
+                phase=phase,
+                created=created,
+                started=created if phase != "Pending" else None,
+                finished=created + timedelta(seconds=5) if phase in ("Succeeded", "Failed") else None,
+                reason="ImagePullBackOff" if phase == "Pending" else None,
+            )
             pods.append(pod)
             kind = draw(st.sampled_from(["none", "idle", "busy", "offline-done", "disabled"]))
             if kind == "none":
                 continue
             agent_id += 1
-            agents.append(Agent(agent_id=agent_id, name=pod.name, enabled=kind != "disabled",
-                                status="online" if kind in ("idle", "busy", "disabled") else "offline",
-                                assigned_request_id=request_id + 1000 if kind == "busy" else None,
-                                completed_request_id=1 if kind == "offline-done" else None,
-                                status_changed_on=NOW - timedelta(seconds=draw(st.integers(0, 2000)))))
+            agents.append(
+                Agent(
+                    agent_id=agent_id,
+                    name=pod.name,
+                    enabled=kind != "disabled",
+                    status="online" if kind in ("idle", "busy", "disabled") else "offline",
+                    assigned_request_id=request_id + 1000 if kind == "busy" else None,
+                    completed_request_id=1 if kind == "offline-done" else None,
+                    status_changed_on=NOW - timedelta(seconds=draw(st.integers(0, 2000))),
+                )
+            )
             if kind == "busy" or (phase == "Running" and draw(st.booleans())):
-                requests.append(JobRequest(request_id=request_id + 1000, queue_time=created, receive_time=created,
-                                           reserved_agent_id=agent_id, reserved_agent_name=pod.name))
+                requests.append(
+                    JobRequest(
+                        request_id=request_id + 1000,
+                        queue_time=created,
+                        receive_time=created,
+                        reserved_agent_id=agent_id,
+                        reserved_agent_name=pod.name,
+                    )
+                )
         for _ in range(draw(st.integers(0, 8))):
-            requests.append(JobRequest(request_id=request_id, queue_time=NOW - timedelta(seconds=draw(st.integers(0, 300))),
-                                       demands=tuple(draw(DEMANDS))))
+            requests.append(
+                JobRequest(
+                    request_id=request_id,
+                    queue_time=NOW - timedelta(seconds=draw(st.integers(0, 300))),
+                    demands=tuple(draw(DEMANDS)),
+                )
+            )
             request_id += 1
         for extra in range(draw(st.integers(0, 3))):
             agent_id += 1
@@ -104,16 +150,29 @@ def worlds(draw: st.DrawFn, cfg: Config) -> World:
                 "foreign": f"build-server-{extra}",
                 "foreign-busy": f"build-server-busy-{extra}",
                 "ours-gone": f"{names.agent_prefix(prefix=PREFIX, pool_name=pool_cfg.name)}999{extra}-zzzzz",
-                "placeholder": names.placeholder_name(prefix=PREFIX, pool_name=pool_cfg.name,
-                                                      template=draw(st.sampled_from(template_names))),
+                "placeholder": names.placeholder_name(
+                    prefix=PREFIX, pool_name=pool_cfg.name, template=draw(st.sampled_from(template_names))
+                ),
             }[kind]
-            agents.append(Agent(agent_id=agent_id, name=name, enabled=kind != "placeholder",
-                                status=draw(st.sampled_from(["online", "offline"])),
-                                assigned_request_id=5 if kind == "foreign-busy" or draw(st.booleans()) else None,
-                                capabilities=frozen_map({})))
+            agents.append(
+                Agent(
+                    agent_id=agent_id,
+                    name=name,
+                    enabled=kind != "placeholder",
+                    status=draw(st.sampled_from(["online", "offline"])),
+                    assigned_request_id=5 if kind == "foreign-busy" or draw(st.booleans()) else None,
+                    capabilities=frozen_map({}),
+                )
+            )
         observed = draw(st.booleans())
-        states.append(PoolState(name=pool_cfg.name, pool_id=7 + index, requests=tuple(requests),
-                                agents=tuple(agents) if observed else None))
+        states.append(
+            PoolState(
+                name=pool_cfg.name,
+                pool_id=7 + index,
+                requests=tuple(requests),
+                agents=tuple(agents) if observed else None,
+            )
+        )
     return World(pools=tuple(states), jobs=tuple(jobs), pods=tuple(pods))
 
 
@@ -151,7 +210,9 @@ def test_plan_safety_invariants(data: st.DataObject) -> None:
     agents = {a.agent_id: a for s in world.pools for a in s.agents or ()}
     placeholders = {
         names.placeholder_name(prefix=PREFIX, pool_name=p.name, template=t.name).lower()
-        for p in cfg.pools for t in p.templates if t.placeholder
+        for p in cfg.pools
+        for t in p.templates
+        if t.placeholder
     }
     pods_by_job = {(p.namespace, p.job_name): p for p in world.pods}
 

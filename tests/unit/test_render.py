@@ -24,8 +24,15 @@ USER_JOB: dict[str, Any] = {
             "spec": {
                 "initContainers": [{"name": "register", "image": "agent:1", "args": ["register"]}],
                 "containers": [
-                    {"name": "agent", "image": "agent:1", "args": ["run"],
-                     "env": [{"name": "AZP_POOL", "value": "user-choice"}, {"name": "WHERE", "value": "${NAMESPACE}/${HOME}"}]},
+                    {
+                        "name": "agent",
+                        "image": "agent:1",
+                        "args": ["run"],
+                        "env": [
+                            {"name": "AZP_POOL", "value": "user-choice"},
+                            {"name": "WHERE", "value": "${NAMESPACE}/${HOME}"},
+                        ],
+                    },
                 ],
                 "nodeSelector": {"kubernetes.io/os": "linux"},
                 "restartPolicy": "OnFailure",
@@ -37,9 +44,15 @@ USER_JOB: dict[str, Any] = {
 
 def rendered(job: dict[str, Any] | None = None, request_id: int | None = 42) -> dict[str, Any]:
     cfg = config(pool("Linux Pool", template("docker")), release="prod", agent_secret_name="prod-pat")
-    return render.render_job(config=cfg, pool=cfg.pools[0], template=cfg.pools[0].templates[0],
-                             job_template=job or USER_JOB, job_name="azp-x-42", request_id=request_id,
-                             demands=("docker",))
+    return render.render_job(
+        config=cfg,
+        pool=cfg.pools[0],
+        template=cfg.pools[0].templates[0],
+        job_template=job or USER_JOB,
+        job_name="azp-x-42",
+        request_id=request_id,
+        demands=("docker",),
+    )
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
