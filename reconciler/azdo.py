@@ -169,7 +169,7 @@ class AzureDevOps:
                 response = self.session.request(
                     method, url, params=query, json=body, timeout=self.timeout, allow_redirects=False
                 )
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except requests.RequestException as exc:  # timeouts, resets, bodies cut short
                 error: Exception = TransientError(f"{method} {route}: {type(exc).__name__}: the service did not answer")
                 retry_after = None
             else:
