@@ -352,13 +352,14 @@ class AzureDevOps:
             "systemCapabilities": dict(capabilities),
             "authorization": {"publicKey": placeholder_public_key()},
         }
-        self._request(
+        replaced = self._request(
             "PUT",
             f"distributedtask/pools/{pool_id}/agents/{agent_id}",
             route="pools/{poolId}/agents/{agentId}",
             body=body,
         )
-        self.set_enabled(pool_id, agent_id, enabled=False)
+        if not isinstance(replaced, dict) or replaced.get("enabled", True):
+            self.set_enabled(pool_id, agent_id, enabled=False)
 
 
 def _retry_after(response: requests.Response) -> float | None:

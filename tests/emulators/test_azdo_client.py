@@ -1,0 +1,125 @@
+"""We test: reconciler.azdo (the product's client) against the Azure DevOps emulator over HTTP:
+one call per resource kind, credentials errors, retries with Retry-After, faults survived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.azdo import AzureDevOps
+from reconciler.errors import AuthError, TransientError
+from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator
+
+PAT = "client-test-pat-9d1c"
+
+
+@pytest.fixture
+def emulator() -> Iterator[AzureDevOpsEmulator]:
+    emu = AzureDevOpsEmulator("contoso")
+    emu.add_pat(PAT)
+    emu.add_pat("reader-pat", scopes=("vso.agentpools",))
+    emu.start()
+    pool = emu.add_pool("linux")
+    emu.add_pool("Windows Builds")
+    emu.add_agent(pool["id"], "azp-linux-1-abcde", status="offline", capabilities={"docker": ""})
+    yield emu
+    emu.stop()
+
+
+def client(emu: AzureDevOpsEmulator, pat: str = PAT, **kwargs: float) -> AzureDevOps:
+    sleeps: list[float] = []
+    azdo = AzureDevOps(emu.base_url, pat=pat, timeout=kwargs.get("timeout", 5.0), retries=int(kwargs.get("retries", 3)),
+                       backoff=0.01, sleep=sleeps.append)
+    azdo.sleeps = sleeps  # type: ignore[attr-defined]
+    return azdo
+
+
+def test_reads_with_one_call_each(emulator: AzureDevOpsEmulator) -> None:
+    """We test: pools (all names, one call), job requests and agents of a pool, one call each."""
+    azdo = client(emulator)
+    ids = azdo.pools_by_name(["linux", "Windows Builds", "missing"])
+    assert set(ids) == {"linux", "Windows Builds"}
+    emulator.queue_request(ids["linux"], demands=("docker",), duration=60)
+    requests_ = azdo.job_requests(ids["linux"])
+    agents = azdo.agents(ids["linux"])
+    assert [r.demands for r in requests_] == [("docker",)]
+    assert [a.name for a in agents] == ["azp-linux-1-abcde"] and agents[0].capabilities["docker"] == ""
+    assert dict(azdo.calls) == {"GET pools": 1, "GET pools/{poolId}/jobrequests": 1, "GET pools/{poolId}/agents": 1}
+
+
+def test_unknown_pat_is_a_credentials_error(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a PAT the service does not know gives AuthError naming the scope to check."""
+    with pytest.raises(AuthError, match=r"the PAT was rejected .*Agent Pools \(read & manage\)"):
+        client(emulator, pat="wrong").pools_by_name(["linux"])
+
+
+def test_sign_in_page_is_a_credentials_error(emulator: AzureDevOpsEmulator) -> None:
+    """We test: the 203 HTML sign-in page (no Suppress header) is recognised as rejected credentials."""
+    azdo = client(emulator, pat="wrong")
+    del azdo.session.headers["X-TFS-FedAuthRedirect"]
+    with pytest.raises(AuthError, match="HTTP 203"):
+        azdo.pools_by_name(["linux"])
+
+
+def test_read_only_pat_cannot_manage(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a read-only PAT observes fine but a write says which scope is missing."""
+    azdo = client(emulator, pat="reader-pat")
+    pool_id = azdo.pools_by_name(["linux"])["linux"]
+    with pytest.raises(AuthError, match="read & manage"):
+        azdo.delete_agent(pool_id, 1)
+
+
+@pytest.mark.parametrize("kind", ["status", "reset", "truncated", "timeout"])
+def test_transient_faults_are_retried(emulator: AzureDevOpsEmulator, kind: str) -> None:
+    """We test: a 500, a reset connection, a truncated body and a timeout are retried and the call succeeds."""
+    azdo = client(emulator, timeout=0.3)
+    emulator.hang_seconds = 1.0
+    emulator.inject_fault("GET", "pools", kind=kind, status=500, times=1)
+    assert azdo.pools_by_name(["linux"])
+    assert azdo.calls["GET pools"] == 2
+
+
+def test_throttling_honours_retry_after(emulator: AzureDevOpsEmulator) -> None:
+    """We test: 429 with Retry-After waits that long before the retry."""
+    azdo = client(emulator)
+    emulator.inject_fault("GET", "pools", kind="status", status=429, retry_after=7, times=1)
+    assert azdo.pools_by_name(["linux"])
+    assert azdo.sleeps[0] >= 7  # type: ignore[attr-defined]
+
+
+def test_gives_up_after_retries(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a fault that outlasts the retries becomes a TransientError that names the route."""
+    azdo = client(emulator, retries=2)
+    emulator.inject_fault("GET", "pools", kind="status", status=503, times=10)
+    with pytest.raises(TransientError, match="GET pools: HTTP 503"):
+        azdo.pools_by_name(["linux"])
+    assert azdo.calls["GET pools"] == 3
+
+
+def test_html_instead_of_json_is_a_credentials_error(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a 200 with an HTML page (a sign-in page behind a proxy) is not parsed as data."""
+    azdo = client(emulator)
+    emulator.inject_fault("GET", "pools", kind="html", times=1)
+    with pytest.raises(AuthError, match="instead of JSON"):
+        azdo.pools_by_name(["linux"])
+
+
+def test_placeholder_registration_and_drain_calls(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a placeholder registers disabled with its capabilities; enable/disable and delete work."""
+    azdo = client(emulator)
+    pool_id = azdo.pools_by_name(["linux"])["linux"]
+    agent_id = azdo.register_placeholder(pool_id, name="azp-placeholder-linux-docker",
+                                         capabilities={"docker": "", "Agent.Version": "4.261.0"}, version="4.261.0")
+    agent = azdo.agent(pool_id, agent_id)
+    assert agent is not None and not agent.enabled and agent.status == "offline"
+    listed = {a.name: a for a in azdo.agents(pool_id)}
+    assert listed["azp-placeholder-linux-docker"].capabilities["docker"] == ""
+    azdo.update_placeholder(pool_id, agent_id, name="azp-placeholder-linux-docker",
+                            capabilities={"java": "17", "Agent.Version": "4.261.0"}, version="4.261.0")
+    listed = {a.name: a for a in azdo.agents(pool_id)}
+    assert "java" in listed["azp-placeholder-linux-docker"].capabilities
+    assert not listed["azp-placeholder-linux-docker"].enabled
+    assert azdo.delete_agent(pool_id, agent_id) is True
+    assert azdo.delete_agent(pool_id, agent_id) is False
+    assert azdo.agent(pool_id, agent_id) is None
