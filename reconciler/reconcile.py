@@ -55,7 +55,8 @@ class PassReport:
 
     @property
     def failed(self) -> int:
-        return self.outcome.failed + self.observe_failures
+        """Failed actions and reads, and configured pools the organization does not have."""
+        return self.outcome.failed + self.observe_failures + self.outcome.counts["missing_pools"]
 
     def fields(self) -> dict[str, Any]:
         counts = self.outcome.counts
@@ -219,7 +220,14 @@ class Reconciler:
             resource_version=metadata.get("resourceVersion"),
             acquire_time=parse_time(spec.get("acquireTime")),
         )
-        renewed = self.kube.replace_lease(self.config.lease_namespace, body)
+        try:
+            renewed = self.kube.replace_lease(self.config.lease_namespace, body)
+        except TransientError as exc:
+            if release:
+                raise
+            # The Lease stays ours until it expires; the next renewal tries again.
+            log.warning("could not renew the Lease: %s", exc)
+            return True
         if renewed is None:
             self._lease = None
             return False
@@ -330,10 +338,20 @@ class Reconciler:
         try:
             while not self.stopping.is_set():
                 number += 1
-                report = self.one_pass(number)
-                self.reports.append(report)
-                if report.failed:
+                try:
+                    report = self.one_pass(number)
+                except AuthError:
+                    raise
+                except ReconcilerError as exc:
+                    # The API was unreachable after retries: this pass is lost, the next may work.
+                    log.error("pass %d failed: %s", number, exc, extra={"fields": {"pass": number, "failed": 1}})
                     exit_code = 1
+                    for pool in self.config.pools:
+                        self.next_due[pool.name] = time.monotonic() + self.config.loop.interval
+                else:
+                    self.reports.append(report)
+                    if report.failed:
+                        exit_code = 1
                 if not self.renew():
                     log.warning("lost the Lease to another run: stopping")
                     break

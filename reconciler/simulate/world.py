@@ -1,0 +1,487 @@
+"""World files and the simulation that joins the two emulators.
+
+A world file (YAML) describes a starting world and what happens in it: pools and their templates,
+agents already registered, job requests arriving over time (with demands and durations),
+cancellations, pods whose agent never comes online, and faults. `Simulation` builds both
+emulators from it, writes the reconciler's configuration, kubeconfig and PAT file, and plays the
+part of the agents: when a pod of an agent image runs in the Kubernetes emulator, a simulated agent
+registers in the Azure DevOps emulator under the pod's name, goes online, takes one job (`--once`),
+and when the job ends the pod completes, the agent stays registered and offline, as the real one does.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import ConfigError
+from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
+from reconciler.simulate.kube_emulator import KubernetesEmulator
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
+NAMESPACE = "azp-agents"
+RELEASE = "azp-agents"
+AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.261.0"
+AGENT_VERSION = "4.261.0"
+REGISTER_DELAY = 0.3
+
+
+def scenario_path(name_or_path: str) -> Path:
+    """A scenario shipped with the package by name, or a world file by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        return candidate
+    shipped = SCENARIOS / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    raise ConfigError(
+        f"--scenario {name_or_path!r}: no such scenario or world file (shipped scenarios: {', '.join(known)})"
+    )
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float
+    pool: str
+    count: int
+    demands: tuple[str, ...]
+    duration: tuple[float, float]
+    every: float = 0.0
+    result: str = "succeeded"
+
+
+@dataclass(frozen=True)
+class WorldFile:
+    """A parsed, checked world file."""
+
+    name: str
+    description: str
+    pools: tuple[dict[str, Any], ...]
+    agents: tuple[dict[str, Any], ...]
+    arrivals: tuple[Arrival, ...]
+    cancellations: tuple[dict[str, Any], ...]
+    stuck_pods: tuple[dict[str, Any], ...]
+    faults: tuple[dict[str, Any], ...]
+    reconciler: Mapping[str, Any]
+    timeout: float
+    images: Mapping[str, str]
+
+    @property
+    def total_jobs(self) -> int:
+        return sum(a.count for a in self.arrivals)
+
+
+def _require(mapping: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = mapping.get(key)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_world(path: Path) -> WorldFile:
+    """Read a world file; a mistake names the key, like the reconciler's own configuration."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the world file: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    where = str(path)
+    pools = _require(document, "pools", list, where)
+    names = set()
+    for index, pool in enumerate(pools):
+        name = _require(pool, "name", str, f"{where}: pools[{index}]")
+        names.add(name)
+        for t_index, template in enumerate(_require(pool, "templates", list, f"{where}: pools[{index}]")):
+            _require(template, "name", str, f"{where}: pools[{index}].templates[{t_index}]")
+    arrivals = []
+    for index, raw in enumerate(document.get("arrivals") or []):
+        key = f"{where}: arrivals[{index}]"
+        if raw.get("pool") not in names:
+            raise ConfigError(f"{key}.pool: {raw.get('pool')!r} is not one of the world's pools {sorted(names)}")
+        duration = raw.get("duration", [3, 6])
+        low, high = (duration, duration) if isinstance(duration, int | float) else (duration[0], duration[-1])
+        arrivals.append(
+            Arrival(
+                at=float(raw.get("at", 0)),
+                pool=raw["pool"],
+                count=int(raw.get("count", 1)),
+                demands=tuple(raw.get("demands") or ()),
+                duration=(float(low), float(high)),
+                every=float(raw.get("every", 0)),
+                result=str(raw.get("result", "succeeded")),
+            )
+        )
+    for index, agent in enumerate(document.get("agents") or []):
+        if agent.get("pool") not in names:
+            raise ConfigError(f"{where}: agents[{index}].pool: {agent.get('pool')!r} is not one of the world's pools")
+    return WorldFile(
+        name=str(document.get("name", path.stem)),
+        description=str(document.get("description", "")),
+        pools=tuple(pools),
+        agents=tuple(document.get("agents") or ()),
+        arrivals=tuple(arrivals),
+        cancellations=tuple(document.get("cancellations") or ()),
+        stuck_pods=tuple(document.get("stuck_pods") or ()),
+        faults=tuple(document.get("faults") or ()),
+        reconciler=document.get("reconciler") or {},
+        timeout=float(document.get("timeout", 120)),
+        images=document.get("images") or {},
+    )
+
+
+def job_template(image: str) -> dict[str, Any]:
+    """The chart's default pattern: a `register` init container and a `run` main container."""
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+    state = {"name": "agent-state", "mountPath": "/azp/state"}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "securityContext": {
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "initContainers": [
+                        {
+                            "name": "register",
+                            "image": image,
+                            "args": ["register"],
+                            "securityContext": security,
+                            "volumeMounts": [state],
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": image,
+                            "args": ["run"],
+                            "securityContext": security,
+                            "volumeMounts": [state],
+                            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                        }
+                    ],
+                    "volumes": [{"name": "agent-state", "emptyDir": {}}],
+                    "restartPolicy": "Never",
+                }
+            }
+        },
+    }
+
+
+@dataclass
+class AgentProcess:
+    """One simulated agent living in one pod."""
+
+    pod_name: str
+    namespace: str
+    pool: str
+    agent_id: int | None = None
+    online: bool = False
+    exited: bool = False
+
+
+@dataclass
+class Metrics:
+    """What the simulation measured, for the summary table."""
+
+    started: float = field(default_factory=time.monotonic)
+    peak_agents: dict[str, int] = field(default_factory=dict)
+    passes: int = 0
+    runs: int = 0
+    reconciler_exit_codes: list[int] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Simulation:
+    """Both emulators, the simulated agents, and the world file's timeline, in one place."""
+
+    def __init__(self, world: WorldFile, *, directory: Path, seed: int = 1) -> None:
+        self.world = world
+        self.directory = directory
+        self.random = random.Random(seed)
+        self.azdo = AzureDevOpsEmulator(organization="contoso")
+        self.kube = KubernetesEmulator(image_policy=dict(world.images) or None)
+        self.processes: dict[str, AgentProcess] = {}
+        self.metrics = Metrics()
+        self.pool_ids: dict[str, int] = {}
+        self.request_ids: dict[str, list[int]] = {}
+        self.capabilities: dict[tuple[str, str], dict[str, str]] = {}
+        self.pods_started: dict[str, int] = {}
+        self._timeline: list[tuple[float, str, Any]] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.organization_url = ""
+        self.kube_url = ""
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def start(self, *, azdo_port: int = 0, kube_port: int = 0) -> None:
+        """Start both emulators, seed the world, write config/kubeconfig/PAT, start the timeline."""
+        self.organization_url = self.azdo.start(port=azdo_port)
+        self.kube_url = self.kube.start(port=kube_port)
+        self.azdo.add_pat(PAT, scopes=("vso.agentpools_manage",))
+        self.kube.add_namespace(NAMESPACE)
+        self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
+        for pool in self.world.pools:
+            created = self.azdo.add_pool(pool["name"])
+            self.pool_ids[pool["name"]] = int(created["id"])
+            for template in pool["templates"]:
+                self.capabilities[(pool["name"], template["name"])] = {
+                    str(k): str(v) for k, v in (template.get("capabilities") or {}).items()
+                }
+        for agent in self.world.agents:
+            self.azdo.add_agent(
+                self.pool_ids[agent["pool"]],
+                agent["name"],
+                enabled=agent.get("enabled", True),
+                status=agent.get("status", "offline"),
+                capabilities=agent.get("capabilities") or {},
+            )
+        self.azdo.on_agent_exit = self._agent_exited
+        self.kube.on_pod_running = self._pod_running
+        self.kube.on_pod_deleted = self._pod_deleted
+        self._write_files()
+        self._build_timeline()
+        self._thread = threading.Thread(target=self._run_timeline, name="world-timeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.kube.stop()
+        self.azdo.stop()
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "config.yaml"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def _write_files(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "pat").write_text(PAT + "\n")
+        self.kube.write_kubeconfig(self.kubeconfig_path)
+        templates_dir = self.directory / "templates"
+        templates_dir.mkdir(exist_ok=True)
+        pools = []
+        for pool in self.world.pools:
+            entry = {
+                k: v
+                for k, v in pool.items()
+                if k in ("name", "maxAgents", "minIdle", "minAgents", "provisioningTimeout", "idleTimeout")
+            }
+            entry["templates"] = []
+            for template in pool["templates"]:
+                image = template.get("image", AGENT_IMAGE)
+                path = templates_dir / f"{template['name']}.yaml"
+                path.write_text(yaml.safe_dump(job_template(image), sort_keys=False))
+                entry["templates"].append(
+                    {k: v for k, v in template.items() if k not in ("image",)} | {"jobTemplate": str(path)}
+                )
+            pools.append(entry)
+        loop = {
+            k: self.world.reconciler[k] for k in ("loopFor", "interval", "idleInterval") if k in self.world.reconciler
+        }
+        config = {
+            "organization": self.organization_url,
+            "allowInsecureHttp": True,
+            "release": RELEASE,
+            "namespace": NAMESPACE,
+            "jobNamePrefix": "azp",
+            "auth": {"patFile": str(self.directory / "pat")},
+            "ttlSecondsAfterFinished": 30,
+            "sweepInterval": int(self.world.reconciler.get("sweepInterval", 30)),
+            "agentVersion": AGENT_VERSION,
+            "loop": loop,
+            "logFormat": "json",
+            "azureDevOps": {"timeoutSeconds": 10, "retries": 3},
+            "pools": pools,
+        }
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _build_timeline(self) -> None:
+        for arrival in self.world.arrivals:
+            for index in range(arrival.count):
+                at = arrival.at + index * arrival.every
+                duration = self.random.uniform(*arrival.duration)
+                self._timeline.append((at, "queue", (arrival, duration)))
+        for cancel in self.world.cancellations:
+            self._timeline.append((float(cancel.get("at", 0)), "cancel", cancel))
+        for fault in self.world.faults:
+            self._timeline.append((float(fault.get("at", 0)), "fault", fault))
+        self._timeline.sort(key=lambda item: item[0])
+
+    # --- the timeline --------------------------------------------------------------------------
+
+    def _run_timeline(self) -> None:
+        start = time.monotonic()
+        pending = list(self._timeline)
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - start
+            while pending and pending[0][0] <= elapsed:
+                _, kind, payload = pending.pop(0)
+                self._fire(kind, payload)
+            self._sample()
+            self._stop.wait(0.05)
+
+    def _fire(self, kind: str, payload: Any) -> None:
+        if kind == "queue":
+            arrival, duration = payload
+            request_id = self.azdo.queue_request(
+                self.pool_ids[arrival.pool], demands=arrival.demands, duration=duration, result=arrival.result
+            )
+            self.request_ids.setdefault(arrival.pool, []).append(request_id)
+        elif kind == "cancel":
+            ids = self.request_ids.get(payload["pool"], [])
+            nth = int(payload.get("request", 1))
+            if len(ids) >= nth:
+                self.azdo.cancel_request(ids[nth - 1])
+        elif kind == "fault":
+            target = self.azdo if payload.get("target", "azdo") == "azdo" else self.kube
+            options = {k: v for k, v in payload.items() if k not in ("at", "target", "method", "route")}
+            target.inject_fault(payload.get("method", "GET"), payload.get("route", "*"), **options)
+
+    def _sample(self) -> None:
+        counts: dict[str, int] = {}
+        for pool, pool_id in self.pool_ids.items():
+            counts[pool] = sum(1 for a in self.azdo.agents(pool_id) if a.get("status") == "online")
+        for pool, count in counts.items():
+            self.metrics.peak_agents[pool] = max(self.metrics.peak_agents.get(pool, 0), count)
+
+    # --- simulated agents ----------------------------------------------------------------------
+
+    def _agent_container(self, pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        spec = pod.get("spec") or {}
+        main = next(
+            (c for c in spec.get("containers", []) if any(e.get("name") == "AZP_URL" for e in c.get("env", []))), None
+        )
+        registrar = next(
+            (
+                c
+                for c in [*spec.get("initContainers", []), *spec.get("containers", [])]
+                if any(e.get("name") == "AZP_TOKEN_FILE" for e in c.get("env", []))
+            ),
+            None,
+        )
+        return main, registrar
+
+    def _is_stuck(self, pool: str) -> bool:
+        self.pods_started[pool] = self.pods_started.get(pool, 0) + 1
+        return any(
+            s.get("pool") == pool and int(s.get("nth", 0)) == self.pods_started[pool] for s in self.world.stuck_pods
+        )
+
+    def _pod_running(self, pod: dict[str, Any]) -> None:
+        main, registrar = self._agent_container(pod)
+        if main is None:
+            return
+        env = self.kube.resolve_env(pod, main)
+        name, pool = env.get("AZP_AGENT_NAME", pod["metadata"]["name"]), env.get("AZP_POOL", "")
+        process = AgentProcess(pod_name=pod["metadata"]["name"], namespace=pod["metadata"]["namespace"], pool=pool)
+        with self._lock:
+            self.processes[name] = process
+            if self._is_stuck(pool):
+                return
+        token = None
+        if registrar is not None:
+            token_file = self.kube.resolve_env(pod, registrar).get("AZP_TOKEN_FILE", "")
+            token = self.kube.read_secret_file(pod, registrar, token_file)
+        template = env.get("AZP_TEMPLATE", "")
+        ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
+        capabilities = {k: v for k, v in env.items() if k not in ignored}
+        capabilities.update(self.capabilities.get((pool, template), {}))
+        capabilities.update({"Agent.Name": name, "Agent.Version": AGENT_VERSION})
+        capabilities.setdefault("Agent.OS", "Linux")
+        timer = threading.Timer(REGISTER_DELAY, self._register, args=(process, name, pool, token, capabilities))
+        timer.daemon = True
+        timer.start()
+
+    def _register(
+        self, process: AgentProcess, name: str, pool: str, token: str | None, capabilities: dict[str, str]
+    ) -> None:
+        pool_id = self.pool_ids.get(pool)
+        if process.exited or pool_id is None:
+            return
+        try:
+            agent = self.azdo.register_agent(
+                pool_id=pool_id, name=name, capabilities=capabilities, version=AGENT_VERSION, token=token or ""
+            )
+        except EmulatorAuthError:
+            # config.sh fails: the pod's container exits with an error.
+            self.kube.finish_pod(process.namespace, process.pod_name, exit_code=1)
+            return
+        with self._lock:
+            process.agent_id = int(agent["id"])
+            if process.exited:
+                return
+            process.online = True
+        self.azdo.agent_online(process.agent_id, once=True)
+
+    def _agent_exited(self, agent_name: str, exit_code: int) -> None:
+        with self._lock:
+            process = self.processes.get(agent_name)
+            if process is None or process.exited:
+                return
+            process.exited = True
+            process.online = False
+        self.kube.finish_pod(process.namespace, process.pod_name, exit_code=exit_code)
+
+    def _pod_deleted(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        with self._lock:
+            process = self.processes.get(name)
+            if process is None or process.exited:
+                return
+            process.exited = True
+            was_online = process.online
+            process.online = False
+        if process.agent_id is not None and was_online:
+            self.azdo.agent_lost(process.agent_id)
+
+    # --- state for the summary -----------------------------------------------------------------
+
+    def all_queued(self) -> bool:
+        return sum(len(ids) for ids in self.request_ids.values()) >= self.world.total_jobs
+
+    def unfinished_requests(self) -> int:
+        return sum(len(self.azdo.requests(pool_id, unfinished_only=True)) for pool_id in self.pool_ids.values())
+
+    def leftovers(self) -> dict[str, int]:
+        """Agents and Jobs of ours still around (the reconciler should have cleaned them up)."""
+        ours_offline = ours_online = 0
+        for pool_id in self.pool_ids.values():
+            for agent in self.azdo.agents(pool_id):
+                name = str(agent.get("name", ""))
+                if name.startswith("azp-") and not name.startswith("azp-placeholder-"):
+                    if agent.get("status") == "online":
+                        ours_online += 1
+                    else:
+                        ours_offline += 1
+        jobs = [
+            j
+            for j in self.kube.objects("jobs", NAMESPACE)
+            if not any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in (j.get("status") or {}).get("conditions") or []
+            )
+        ]
+        return {"offline_agents": ours_offline, "online_agents": ours_online, "active_jobs": len(jobs)}
