@@ -58,7 +58,9 @@ class Sim:
         if args and args[0] in ("reconcile", "check"):
             command += ["--kubeconfig", str(self.simulation.kubeconfig_path)]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AZP_", "ORG_"))}
-        completed = subprocess.run(command, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+        completed = subprocess.run(
+            command, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         return Result(completed.returncode, completed.stdout, completed.stderr)
 
     def reconcile(self, *args: str, **kwargs: Any) -> Result:
@@ -76,7 +78,9 @@ class Sim:
     def requests(self, pool: str = "linux", *, unfinished_only: bool = False) -> list[dict[str, Any]]:
         return self.azdo.requests(self.pool_ids[pool], unfinished_only=unfinished_only)
 
-    def queue(self, pool: str = "linux", count: int = 1, *, demands: tuple[str, ...] = (), duration: float = 2.0) -> list[int]:
+    def queue(
+        self, pool: str = "linux", count: int = 1, *, demands: tuple[str, ...] = (), duration: float = 2.0
+    ) -> list[int]:
         return [self.azdo.queue_request(self.pool_ids[pool], demands=demands, duration=duration) for _ in range(count)]
 
     def wait_for(self, condition: Callable[[], bool], *, timeout: float = 30, what: str = "condition") -> None:

@@ -20,8 +20,10 @@ def assert_clean_error(result_text: str) -> None:
         (lambda c: c["pools"][0].update(maxAgents=-1), "pools[0].maxAgents: -1 is out of range"),
         (lambda c: c.update(pools="linux"), "pools: expected array"),
         (lambda c: c.pop("organization"), "organization: is required but missing"),
-        (lambda c: c["pools"][0]["templates"][0].update(jobTemplate="/nowhere/job.yaml"),
-         "pools[0].templates[0].jobTemplate: job template '/nowhere/job.yaml' not found"),
+        (
+            lambda c: c["pools"][0]["templates"][0].update(jobTemplate="/nowhere/job.yaml"),
+            "pools[0].templates[0].jobTemplate: job template '/nowhere/job.yaml' not found",
+        ),
     ],
 )
 def test_bad_config_exits_2(sim: Sim, change, expected: str) -> None:  # type: ignore[no-untyped-def]

@@ -40,8 +40,16 @@ def test_max_agents_caps_first_pass_and_all_jobs_get_served(sim: Sim) -> None:
 def test_two_passes_at_once_create_no_duplicates(sim: Sim) -> None:
     """We test: two runs started at the same moment create one Job per request, never two."""
     sim.queue("linux", 3, demands=("docker",), duration=30)
-    command = [sys.executable, "-m", "reconciler", "reconcile", "--config", str(sim.config_path),
-               "--kubeconfig", str(sim.simulation.kubeconfig_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "reconcile",
+        "--config",
+        str(sim.config_path),
+        "--kubeconfig",
+        str(sim.simulation.kubeconfig_path),
+    ]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for process in processes:
         process.communicate(timeout=60)
@@ -62,8 +70,14 @@ def test_prune_only_offline_agents_of_ours(make_sim: Any) -> None:
     sim.azdo.add_agent(pool_id, "build-server-02", status="online")
     busy = sim.azdo.add_agent(pool_id, "azp-linux-13-ccccc", status="online", capabilities={"docker": ""})
     sim.azdo.queue_request(pool_id, demands=("docker",), duration=60)
-    sim.wait_for(lambda: any(a.get("name") == "azp-linux-13-ccccc" and a.get("assignedRequest")
-                             for a in sim.azdo.agents(pool_id)) or _busy(sim, busy["id"]), timeout=5, what="assignment")
+    sim.wait_for(
+        lambda: (
+            any(a.get("name") == "azp-linux-13-ccccc" and a.get("assignedRequest") for a in sim.azdo.agents(pool_id))
+            or _busy(sim, busy["id"])
+        ),
+        timeout=5,
+        what="assignment",
+    )
     result = sim.reconcile()
     assert result.code == 0, result.text
     left = {a["name"] for a in sim.agents()}
@@ -106,8 +120,12 @@ def test_orchestrator_environment_alone_runs_a_pass(sim: Sim, tmp_path: Path) ->
     """We test: with only ado-agent-orchestrator's variables (no config file) a pass creates the Jobs."""
     sim.queue("linux", 2, demands=("docker",), duration=30)
     env = {
-        "ORG_URL": sim.simulation.organization_url, "ORG_PAT": PAT, "AGENT_POOLS": "linux",
-        "JOB_IMAGE": "ghcr.io/azp-agents/agent-linux:4.261.0", "JOB_NAMESPACE": "azp-agents", "RUN_ONCE": "1",
+        "ORG_URL": sim.simulation.organization_url,
+        "ORG_PAT": PAT,
+        "AGENT_POOLS": "linux",
+        "JOB_IMAGE": "ghcr.io/azp-agents/agent-linux:4.261.0",
+        "JOB_NAMESPACE": "azp-agents",
+        "RUN_ONCE": "1",
         "TMPDIR": str(tmp_path),
     }
     result = sim.cli("reconcile", "--kubeconfig", str(sim.simulation.kubeconfig_path), env=env, config=False)
