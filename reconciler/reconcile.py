@@ -161,10 +161,12 @@ class Reconciler:
     def acquire(self) -> str | None:
         """Take the Lease for this run; returns why not when another run holds it."""
         config = self.config
+        if not config.lease_enabled:
+            return None
         namespace = config.lease_namespace
         current = self.kube.read_lease(namespace, self.lease_name)
         self._remember(current)
-        if not config.lease_enabled or self.dry_run:
+        if self.dry_run:
             return None
         now = self.clock()
         labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_INSTANCE: config.release}
