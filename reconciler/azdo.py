@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -42,9 +42,11 @@ def parse_time(value: Any) -> datetime | None:
         zone = tail[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     try:
-        return datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
+    # The service writes UTC; a timestamp without an offset is UTC too, never local time.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _ref_id(ref: Any) -> int | None:

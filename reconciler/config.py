@@ -141,9 +141,9 @@ def _templates_of(pool: Mapping[str, Any], *, base_dir: Path) -> list[dict[str, 
     if "templates" in pool:
         templates = [dict(t) for t in pool["templates"]]
     else:
-        templates = [
-            {"name": "default", "jobTemplate": pool["jobTemplate"], "capabilities": pool.get("capabilities", {})}
-        ]
+        templates = [{"name": "default", "jobTemplate": pool["jobTemplate"]}]
+        if "capabilities" in pool:
+            templates[0]["capabilities"] = pool["capabilities"]
     for template in templates:
         path = Path(template["jobTemplate"])
         template["jobTemplate"] = str(path if path.is_absolute() else base_dir / path)
@@ -180,6 +180,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     name=template["name"],
                     job_template=template["jobTemplate"],
                     capabilities=frozen_map(template.get("capabilities", {})),
+                    match_any="capabilities" not in template,
                     priority=template.get("priority", 0),
                     max_agents=template.get("maxAgents"),
                     min_idle=template.get("minIdle", 0),

@@ -45,6 +45,8 @@ class TemplateConfig:
     min_idle: int = 0
     min_agents: int = 0
     placeholder: bool = True
+    match_any: bool = False
+    """No capabilities declared: serve any request, as ado-agent-orchestrator does (no routing)."""
     cost: tuple[int, int] = (0, 0)
     """(cpu millicores, memory bytes) requested by the template: cheaper wins a tie."""
 

@@ -54,14 +54,15 @@ def effective_capabilities(config: Config, template: TemplateConfig) -> Capabili
     return frozen_map(capabilities)
 
 
+def serves(config: Config, template: TemplateConfig, demands: Iterable[str]) -> bool:
+    """Whether the template's agents satisfy every demand (always, if it declares no capabilities)."""
+    return template.match_any or satisfies_all(demands, effective_capabilities(config, template))
+
+
 def route(config: Config, pool: PoolConfig, request: JobRequest) -> TemplateConfig | None:
     """The template that serves a request: its capabilities satisfy every demand; then the
     highest priority, then the cheapest (fewest cpu, then memory), then the first declared."""
-    candidates = [
-        (index, t)
-        for index, t in enumerate(pool.templates)
-        if satisfies_all(request.demands, effective_capabilities(config, t))
-    ]
+    candidates = [(index, t) for index, t in enumerate(pool.templates) if serves(config, t, request.demands)]
     if not candidates:
         return None
     _, best = min(candidates, key=lambda item: (-item[1].priority, item[1].cost, item[0]))
@@ -419,8 +420,7 @@ def _plan_agents(
     # keeping minIdle idle agents and minAgents agents per template.
     idle_timeout = timedelta(seconds=pool.idle_timeout)
     for index, template in enumerate(pool.templates):
-        capabilities = effective_capabilities(config, template)
-        if routed.get(template.name) or any(satisfies_all(r.demands, capabilities) for r in queued):
+        if routed.get(template.name) or any(serves(config, template, r.demands) for r in queued):
             continue
         idle = [
             v

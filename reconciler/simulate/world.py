@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
+from reconciler.names import pool_slug
 from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
+from reconciler.simulate.azdo_support import ApiError
 from reconciler.simulate.kube_emulator import KubernetesEmulator
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -332,7 +334,24 @@ class Simulation:
 
     # --- the timeline --------------------------------------------------------------------------
 
+    def installed(self) -> bool:
+        """Every template's placeholder is registered: the reconciler has made its first pass."""
+        for pool in self.world.pools:
+            names = {str(a.get("name")) for a in self.azdo.agents(self.pool_ids[pool["name"]])}
+            for template in pool["templates"]:
+                if (
+                    template.get("placeholder", True)
+                    and f"azp-placeholder-{pool_slug(pool['name'])}-{template['name']}" not in names
+                ):
+                    return False
+        return True
+
     def _run_timeline(self) -> None:
+        # Jobs start arriving once the release is installed (its first pass registered the
+        # placeholders), as on a real cluster: before that, jobs with demands fail at once.
+        waited = time.monotonic()
+        while not self._stop.is_set() and not self.installed() and time.monotonic() - waited < 60:
+            self._stop.wait(0.1)
         start = time.monotonic()
         pending = list(self._timeline)
         while not self._stop.is_set():
@@ -455,7 +474,10 @@ class Simulation:
             was_online = process.online
             process.online = False
         if process.agent_id is not None and was_online:
-            self.azdo.agent_lost(process.agent_id)
+            try:
+                self.azdo.agent_lost(process.agent_id)
+            except ApiError:
+                pass  # the registration was deleted first (a drain): the agent process just ends
 
     # --- state for the summary -----------------------------------------------------------------
 

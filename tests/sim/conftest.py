@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from reconciler.simulate.world import PAT, Simulation, load_world
@@ -83,6 +84,13 @@ class Sim:
     ) -> list[int]:
         return [self.azdo.queue_request(self.pool_ids[pool], demands=demands, duration=duration) for _ in range(count)]
 
+    def forget_agents_scan(self) -> None:
+        """Delete the Lease, so the next run lists every pool's agents (as after sweepInterval)."""
+        url = (
+            f"{self.simulation.kube_url}/apis/coordination.k8s.io/v1/namespaces/azp-agents/leases/azp-agents-reconciler"
+        )
+        requests.delete(url, timeout=5)
+
     def wait_for(self, condition: Callable[[], bool], *, timeout: float = 30, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -118,14 +126,20 @@ def make_sim(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
     """Build a simulation from a world dict (WORLD by default, with top-level overrides)."""
     started: list[Simulation] = []
 
-    def build(world: dict[str, Any] | None = None, **overrides: Any) -> Sim:
+    def build(world: dict[str, Any] | None = None, *, install: bool = True, **overrides: Any) -> Sim:
         document = {**(world or WORLD), **overrides}
         path = tmp_path / "world.yaml"
         path.write_text(yaml.safe_dump(document))
         simulation = Simulation(load_world(path), directory=tmp_path / "run")
         simulation.start()
         started.append(simulation)
-        return Sim(simulation)
+        sim = Sim(simulation)
+        if install:
+            # Like a fresh install: the first pass registers the placeholders, so jobs with demands
+            # queue instead of failing at once ("no agent found in pool ... satisfies demands").
+            first = sim.reconcile()
+            assert first.code == 0, first.text
+        return sim
 
     yield build
     for simulation in started:

@@ -25,7 +25,7 @@ def test_max_agents_caps_first_pass_and_all_jobs_get_served(sim: Sim) -> None:
     first = sim.reconcile()
     assert first.code == 0, first.text
     assert len(sim.jobs()) == 4
-    looped = sim.reconcile("--loop-for", "40", "--interval", "0.5", "--idle-interval", "1")
+    looped = sim.reconcile("--loop-for", "15", "--interval", "0.5", "--idle-interval", "1")
     assert looped.code == 0, looped.text
     sim.wait_for(lambda: not sim.requests(unfinished_only=True), timeout=40, what="all requests to finish")
     results = [r.get("result") for r in sim.requests()]
@@ -62,7 +62,7 @@ def test_two_passes_at_once_create_no_duplicates(sim: Sim) -> None:
 def test_prune_only_offline_agents_of_ours(make_sim: Any) -> None:
     """We test: offline agents of ours whose pod is gone are deleted; a busy agent of ours, the
     placeholder and agents not created by us (offline or online) stay, whatever their state."""
-    sim = make_sim()
+    sim = make_sim(install=False)  # the first pass of a run lists the agents
     pool_id = sim.pool_ids["linux"]
     sim.azdo.add_agent(pool_id, "azp-linux-11-aaaaa", status="offline")
     sim.azdo.add_agent(pool_id, "azp-linux-12-bbbbb", status="offline")
@@ -94,13 +94,13 @@ def test_dry_run_makes_no_write_call(sim: Sim) -> None:
     """We test: --dry-run logs what it would do in the same words and makes zero write calls to either API."""
     sim.azdo.add_agent(sim.pool_ids["linux"], "azp-linux-99-zzzzz", status="offline")
     sim.queue("linux", 2, demands=("docker",))
+    sim.forget_agents_scan()
     sim.azdo.reset_calls()
     sim.kube.reset_calls()
     result = sim.reconcile("--dry-run")
     assert result.code == 0, result.text
     assert sim.azdo.write_calls() == 0 and sim.kube.write_calls() == 0
     assert "would create Job" in result.err and "would delete agent azp-linux-99-zzzzz" in result.err
-    assert "would register placeholder agent" in result.err
     assert sim.jobs() == []
 
 

@@ -140,8 +140,13 @@ def test_drain_race_reenables_and_keeps_the_job(make_sim: Any) -> None:
     # During the reconciler's PATCH (held back by a delay), a job arrives and is assigned to the idle agent.
     sim.azdo.inject_fault("PATCH", "pools/{poolId}/agents/{agentId}", kind="delay", delay=1.0, times=1)
 
+    listed = sim.azdo.call_counts().get("GET pools/{poolId}/agents", 0)
+
     def queue_soon() -> None:
-        time.sleep(0.4)
+        # Right after the reconciler read the agents (and decided to drain), a job arrives.
+        deadline = time.monotonic() + 20
+        while sim.azdo.call_counts().get("GET pools/{poolId}/agents", 0) == listed and time.monotonic() < deadline:
+            time.sleep(0.01)
         sim.azdo.queue_request(pool_id, demands=("docker",), duration=1.0)
 
     threading.Thread(target=queue_soon, daemon=True).start()
