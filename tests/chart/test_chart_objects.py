@@ -1,0 +1,145 @@
+"""We test the small objects: the PAT Secret in every namespace that needs it, agent Namespaces only on
+request, cache claims per agent namespace, the helm test Pod, and the NOTES printed after install."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+
+from chart_helpers import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    TEST_PAT,
+    find,
+    helm_path,
+    only,
+    render_chart,
+    with_defaults,
+)
+
+TWO_NAMESPACES = [{"name": "a"}, {"name": "b", "namespace": "team-b"}]
+
+
+def test_secret_in_release_and_agent_namespaces() -> None:
+    """We test: the chart's PAT Secret exists in the release namespace and every agent namespace."""
+    secrets = find(render_chart(with_defaults(pools=TWO_NAMESPACES)), "Secret")
+    assert {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in secrets} == {
+        (NAMESPACE, "azp-agents-pat"),
+        ("team-b", "azp-agents-pat"),
+    }
+    for secret in secrets:
+        assert secret["type"] == "Opaque"
+        assert base64.b64decode(secret["data"]["pat"]).decode() == TEST_PAT
+
+
+def test_no_secret_with_an_existing_one() -> None:
+    """We test: auth.existingSecret means the chart creates no Secret at all."""
+    values = with_defaults(auth={"pat": "", "existingSecret": "mine"})
+    assert not find(render_chart(values), "Secret")
+
+
+def test_namespaces_are_created_only_on_request() -> None:
+    """We test: agent namespaces are used as they are unless agent.createNamespaces; never the release's."""
+    assert not find(render_chart(with_defaults(pools=TWO_NAMESPACES)), "Namespace")
+    values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "namespaceLabels": {"team": "b"}})
+    namespace = only(render_chart(values), "Namespace")
+    assert namespace["metadata"]["name"] == "team-b"
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["team"] == "b"
+
+
+def test_risky_opt_ins_relax_pod_security_of_created_namespaces() -> None:
+    """We test: with the docker socket the created namespace admits privileged pods (else they are refused)."""
+    values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "dockerSocket": {"enabled": True}})
+    namespace = only(render_chart(values), "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_default_agent_namespace_moves_everything() -> None:
+    """We test: agent.namespace moves agent objects there; the release namespace keeps the reconciler's."""
+    objects = render_chart(with_defaults(agent={"namespace": "agents"}))
+    agent_account = only(objects, "ServiceAccount", "azp-agents-agent")
+    assert agent_account["metadata"]["namespace"] == "agents"
+    assert {s["metadata"]["namespace"] for s in find(objects, "Secret")} == {NAMESPACE, "agents"}
+    assert only(objects, "CronJob")["metadata"]["namespace"] == NAMESPACE
+
+
+def test_cache_claims_per_agent_namespace() -> None:
+    """We test: each enabled cache without existingClaim is a ReadWriteMany claim in every agent namespace."""
+    caches = {
+        "tasks": {"enabled": True, "size": "3Gi", "storageClass": "azurefile"},
+        "npm": {"enabled": True, "existingClaim": "mine"},
+    }
+    claims = find(render_chart(with_defaults(pools=TWO_NAMESPACES, caches=caches)), "PersistentVolumeClaim")
+    assert {(c["metadata"]["namespace"], c["metadata"]["name"]) for c in claims} == {
+        (NAMESPACE, "azp-agents-cache-tasks"),
+        ("team-b", "azp-agents-cache-tasks"),
+    }
+    for claim in claims:
+        assert claim["spec"] == {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "azurefile",
+            "resources": {"requests": {"storage": "3Gi"}},
+        }
+
+
+def test_no_cache_claims_by_default() -> None:
+    """We test: caches are opt-in."""
+    assert not find(render_chart(with_defaults()), "PersistentVolumeClaim")
+
+
+def test_helm_test_pod_runs_check_like_the_cron_job() -> None:
+    """We test: the test hook Pod runs `azp-reconciler check` with the CronJob's mounts and security."""
+    objects = render_chart(with_defaults())
+    pod = only(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["azp-reconciler", "check", "--config", "/etc/azp-agents/config.yaml"]
+    cron_pod = only(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["spec"]["volumes"] == cron_pod["volumes"]
+    assert pod["spec"]["securityContext"] == cron_pod["securityContext"]
+    assert container["securityContext"] == cron_pod["containers"][0]["securityContext"]
+    assert container["volumeMounts"] == cron_pod["containers"][0]["volumeMounts"]
+    assert not find(render_chart(with_defaults(tests={"enabled": False})), "Pod")
+
+
+def _notes(*sets: str) -> str:
+    # helm 3 needs a reachable cluster even for a client-side dry run, so NOTES are rendered by helm 4.
+    args = [
+        str(helm_path("helm")),
+        "install",
+        RELEASE,
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "organization.url=https://dev.azure.com/contoso",
+        "--set",
+        f"auth.pat={TEST_PAT}",
+    ]
+    for item in sets:
+        args += ["--set", item]
+    completed = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_how_to_watch_and_run_a_pass() -> None:
+    """We test: NOTES give the label-selected watch, logs and the run-a-pass-now commands."""
+    notes = _notes()
+    selector = f"app.kubernetes.io/managed-by=azp-agents,app.kubernetes.io/instance={RELEASE}"
+    assert f"kubectl get jobs -n {NAMESPACE} -l {selector}" in notes
+    assert f"kubectl create job --from=cronjob/azp-agents-reconciler {RELEASE}-now -n {NAMESPACE}" in notes
+    assert "kubectl logs" in notes and "job-name=" in notes
+    assert "WARNING" not in notes
+    assert TEST_PAT not in notes
+
+
+def test_notes_warn_on_risky_values() -> None:
+    """We test: the docker socket and privileged agents each produce a WARNING."""
+    notes = _notes("agent.dockerSocket.enabled=true", "agent.privileged=true")
+    assert "WARNING: agent.dockerSocket.enabled" in notes
+    assert "WARNING: agent.privileged" in notes
