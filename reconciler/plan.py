@@ -475,7 +475,9 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
     for pool in config.pools:
         state = world.pool(pool.name)
-        if state is None or not state.found:
+        if state is None:
+            continue  # not observed in this pass (its next poll is not due yet)
+        if not state.found:
             actions.append(ReportMissingPool(pool=pool.name))
             continue
         pool_actions = _plan_pool(
