@@ -228,7 +228,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         ),
         max_create_per_pass=document.get("maxCreatePerPass", 200),
         pod_policy=policy,
-        agent_version=document.get("agentVersion", "4.261.0"),
+        agent_version=document.get("agentVersion", "4.269.0"),
         sweep_interval=document.get("sweepInterval", 300),
         events=document.get("events", True),
         log_format=document.get("logFormat", "text"),

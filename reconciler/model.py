@@ -96,7 +96,7 @@ class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_create_per_pass: int = 200
     pod_policy: PodPolicy = field(default_factory=PodPolicy)
-    agent_version: str = "4.261.0"
+    agent_version: str = "4.269.0"
     sweep_interval: int = 300
     events: bool = True
     log_format: str = "text"

@@ -11,6 +11,7 @@ and when the job ends the pod completes, the agent stays registered and offline,
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -31,8 +32,8 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
 NAMESPACE = "azp-agents"
 RELEASE = "azp-agents"
-AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.261.0"
-AGENT_VERSION = "4.261.0"
+AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
+AGENT_VERSION = "4.269.0"
 REGISTER_DELAY = 0.3
 
 
@@ -474,10 +475,9 @@ class Simulation:
             was_online = process.online
             process.online = False
         if process.agent_id is not None and was_online:
-            try:
+            # The registration may be gone first (a drain deletes it): then the agent process just ends.
+            with contextlib.suppress(ApiError):
                 self.azdo.agent_lost(process.agent_id)
-            except ApiError:
-                pass  # the registration was deleted first (a drain): the agent process just ends
 
     # --- state for the summary -----------------------------------------------------------------
 

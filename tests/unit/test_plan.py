@@ -171,7 +171,7 @@ def test_routing_prefers_priority_then_cost() -> None:
 
 def test_agent_version_demand_uses_the_configured_version() -> None:
     """We test: Agent.Version -gtVersion demands compare with the agent version we run."""
-    cfg = config(agent_version="4.261.0")
+    cfg = config(agent_version="4.269.0")
     assert route(cfg, cfg.pools[0], queued(1, "Agent.Version -gtVersion 2.182.1")) is not None
     assert route(cfg, cfg.pools[0], queued(1, "Agent.Version -gtVersion 9.0.0")) is None
 
@@ -235,7 +235,7 @@ def test_prune_offline_agents_of_ours_only() -> None:
         agent(3, finished_pod.name, online=False, completed=3),  # pod finished
         agent(4, "azp-linux-4-ddddd", online=True),  # online, no pod: never
         agent(5, "build-server-01", online=False),  # not ours
-        agent(6, placeholder, online=False, enabled=False, capabilities={"Agent.Version": "4.261.0"}),
+        agent(6, placeholder, online=False, enabled=False, capabilities={"Agent.Version": "4.269.0"}),
         agent(7, "azp-linux-7-eeeee", online=False),  # reserved by a running request below
     )
     w = world(
@@ -251,7 +251,7 @@ def test_placeholder_registered_when_missing_and_updated_when_changed() -> None:
     cfg = config(pool("linux", docker))
     registered = of(RegisterPlaceholder, plan(cfg, world(state("linux", agents=())), NOW))
     assert [(r.agent_name, dict(r.capabilities)) for r in registered] == [
-        ("azp-placeholder-linux-docker", {"docker": "", "Agent.Version": "4.261.0"})
+        ("azp-placeholder-linux-docker", {"docker": "", "Agent.Version": "4.269.0"})
     ]
     stale = agent(9, "azp-placeholder-linux-docker", online=False, enabled=False, capabilities={"java": "17"})
     updates = of(UpdatePlaceholder, plan(cfg, world(state("linux", agents=(stale,))), NOW))
