@@ -52,6 +52,7 @@ class Outcome:
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     created: list[CreateJob] = field(default_factory=list)
+    pruned_agents: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -206,6 +207,7 @@ class Applier:
             )
             if not dry:
                 self.azdo.delete_agent(action.pool_id, action.agent_id)
+                outcome.pruned_agents.append(action.agent_name)
             outcome.counts["pruned"] += 1
 
     def _create(self, action: CreateJob, outcome: Outcome) -> None:

@@ -243,6 +243,10 @@ class World:
     pods: tuple[AgentPod, ...] = ()
     agents_observed: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
     """When each pool's agents were last listed (kept in the Lease, so CronJob runs share it)."""
+    agent_ids: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Agent ids by lower-case name, learned from the reservedAgent of requests seen in this run."""
+    pruned: frozenset[str] = frozenset()
+    """Lower-case names of agents this run already deleted."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)

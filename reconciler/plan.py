@@ -201,6 +201,21 @@ def _plan_pool(
     gone: set[str] = set()
     for view in views:
         template = templates.get(view.job.template)
+        if view.terminal and not agents_known and view.pod is not None and not view.busy:
+            # The agent ran its one job and its pod is done: its id is known from the request it ran,
+            # so it is pruned without listing the pool's agents (an API call saved per finished job).
+            key = view.pod.name.lower()
+            agent_id = world.agent_ids.get(key)
+            if agent_id is not None and key not in world.pruned:
+                actions.append(
+                    DeleteAgent(
+                        pool=pool.name,
+                        pool_id=state.pool_id,
+                        agent_id=agent_id,
+                        agent_name=view.pod.name,
+                        reason="offline and its pod finished",
+                    )
+                )
         if view.terminal:
             finished = view.job.finished or (view.pod.finished if view.pod else None)
             if (
@@ -529,7 +544,8 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             pod = pods_by_job.get((job.namespace, job.name))
             finished = job.finished or (pod.finished if pod and pod.terminal else None)
             if job.done or (pod is not None and pod.terminal):
-                if finished is None or finished >= observed:
+                known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
+                if not known and (finished is None or finished >= observed):
                     needed.add(pool.name)
                     break
                 continue

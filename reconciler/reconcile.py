@@ -120,6 +120,8 @@ class Reconciler:
         self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
         self.pool_ids: dict[str, int] = {}
         self.agents_observed: dict[str, datetime] = {}
+        self.agent_ids: dict[str, int] = {}
+        self.pruned: set[str] = set()
         self.next_due: dict[str, float] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
@@ -263,12 +265,21 @@ class Reconciler:
                 log.error("could not read the queue of pool %r: %s (the pool is skipped this pass)", name, exc)
                 continue
             states.append(PoolState(name=name, pool_id=pool_id, requests=tuple(requests_)))
+        for state in states:
+            for request in state.requests:
+                if request.reserved_agent_id is not None and request.reserved_agent_name:
+                    self.agent_ids[request.reserved_agent_name.lower()] = request.reserved_agent_id
         jobs, pods = [], []
         for namespace in config.namespaces:
             jobs.extend(self.kube.list_jobs(namespace, release=config.release))
             pods.extend(self.kube.list_pods(namespace, release=config.release))
         world = World(
-            pools=tuple(states), jobs=tuple(jobs), pods=tuple(pods), agents_observed=dict(self.agents_observed)
+            pools=tuple(states),
+            jobs=tuple(jobs),
+            pods=tuple(pods),
+            agents_observed=dict(self.agents_observed),
+            agent_ids=dict(self.agent_ids),
+            pruned=frozenset(self.pruned),
         )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)
@@ -302,6 +313,7 @@ class Reconciler:
         now = self.clock()
         actions = plan(self.config, world, now)
         report.outcome = self.applier.apply(actions)
+        self.pruned.update(name.lower() for name in report.outcome.pruned_agents)
         for state in world.pools:
             queued = sum(1 for r in state.requests if r.queued)
             report.queued += queued

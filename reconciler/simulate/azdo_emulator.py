@@ -420,8 +420,7 @@ class AzureDevOpsEmulator:
         """Every agent of a pool with capabilities, assigned and last completed request."""
         with self._lock:
             return [
-                self._agent_json(a, capabilities=True, assigned=True, last=True)
-                for a in self._pool_agents(pool_id)
+                self._agent_json(a, capabilities=True, assigned=True, last=True) for a in self._pool_agents(pool_id)
             ]
 
     def requests(self, pool_id: int, *, unfinished_only: bool = False) -> list[dict[str, Any]]:
@@ -451,9 +450,7 @@ class AzureDevOpsEmulator:
             if credential is None or credential.expired:
                 raise EmulatorAuthError("TF400813: the token is not valid or has expired")
             if not credential.may_write():
-                raise EmulatorAuthError(
-                    f"the token lacks the {SCOPE_MANAGE} scope needed to register an agent"
-                )
+                raise EmulatorAuthError(f"the token lacks the {SCOPE_MANAGE} scope needed to register an agent")
             self._pool(pool_id)
             existing = self._agent_by_name(pool_id, name)
             if existing is not None:
@@ -673,9 +670,7 @@ class AzureDevOpsEmulator:
     def _pool(self, pool_id: int) -> dict[str, Any]:
         pool = self._pools.get(pool_id)
         if pool is None:
-            raise ApiError(
-                404, f"No agent pool found with identifier {pool_id}.", "TaskAgentPoolNotFoundException"
-            )
+            raise ApiError(404, f"No agent pool found with identifier {pool_id}.", "TaskAgentPoolNotFoundException")
         return pool
 
     def _agent(self, agent_id: int, pool_id: int | None = None) -> _Agent:
@@ -702,9 +697,7 @@ class AzureDevOpsEmulator:
         return sorted((a for a in self._agents.values() if a.pool_id == pool_id), key=lambda a: a.agent_id)
 
     def _pool_requests(self, pool_id: int) -> list[_Request]:
-        return sorted(
-            (r for r in self._requests.values() if r.pool_id == pool_id), key=lambda r: r.request_id
-        )
+        return sorted((r for r in self._requests.values() if r.pool_id == pool_id), key=lambda r: r.request_id)
 
     def _agent_by_name(self, pool_id: int, name: str) -> _Agent | None:
         for agent in self._pool_agents(pool_id):
@@ -751,9 +744,7 @@ class AzureDevOpsEmulator:
             agent.status_changed_on = self.clock()
 
     def _matched_agents(self, request: _Request) -> list[_Agent]:
-        return [
-            a for a in self._pool_agents(request.pool_id) if satisfies_all(request.demands, a.capabilities())
-        ]
+        return [a for a in self._pool_agents(request.pool_id) if satisfies_all(request.demands, a.capabilities())]
 
     # JSON shapes
 
@@ -775,12 +766,8 @@ class AzureDevOpsEmulator:
         return _without_nulls(
             {
                 "_links": {
-                    "self": {
-                        "href": f"{base}/_apis/distributedtask/pools/{agent.pool_id}/agents/{agent.agent_id}"
-                    },
-                    "web": {
-                        "href": f"{base}/_settings/agentpools?agentId={agent.agent_id}&poolId={agent.pool_id}"
-                    },
+                    "self": {"href": f"{base}/_apis/distributedtask/pools/{agent.pool_id}/agents/{agent.agent_id}"},
+                    "web": {"href": f"{base}/_settings/agentpools?agentId={agent.agent_id}&poolId={agent.pool_id}"},
                 },
                 "id": agent.agent_id,
                 "name": agent.name,
@@ -815,9 +802,7 @@ class AzureDevOpsEmulator:
             data["systemCapabilities"] = dict(agent.system_capabilities)
             data["userCapabilities"] = dict(agent.user_capabilities)
         if assigned and agent.assigned_request is not None:
-            data["assignedRequest"] = self._request_json(
-                self._requests[agent.assigned_request], matched=False
-            )
+            data["assignedRequest"] = self._request_json(self._requests[agent.assigned_request], matched=False)
         if last and agent.last_completed_request is not None:
             data["lastCompletedRequest"] = self._request_json(
                 self._requests[agent.last_completed_request], matched=False
@@ -933,14 +918,10 @@ class AzureDevOpsEmulator:
         fields = _agent_body(body)
         name = fields.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ApiError(
-                400, "Value cannot be null.\r\nParameter name: agent.Name", "ArgumentNullException"
-            )
+            raise ApiError(400, "Value cannot be null.\r\nParameter name: agent.Name", "ArgumentNullException")
         version = fields.get("version")
         if not isinstance(version, str) or not version:
-            raise ApiError(
-                400, "Value cannot be null.\r\nParameter name: agent.Version", "ArgumentNullException"
-            )
+            raise ApiError(400, "Value cannot be null.\r\nParameter name: agent.Version", "ArgumentNullException")
         public_key = _public_key(fields)
         agent = self._new_agent(
             pool_id,
@@ -987,9 +968,7 @@ class AzureDevOpsEmulator:
         # A replace keeps the id and the user capabilities; everything else comes from the body.
         kept_user_capabilities = dict(agent.user_capabilities)
         public_key = _public_key(fields) if "authorization" in fields else agent.public_key
-        self._apply_agent_fields(
-            agent, {k: v for k, v in fields.items() if k != "userCapabilities"}, replace=True
-        )
+        self._apply_agent_fields(agent, {k: v for k, v in fields.items() if k != "userCapabilities"}, replace=True)
         agent.user_capabilities = kept_user_capabilities
         if public_key is not None and public_key != agent.public_key:
             agent.public_key = public_key
@@ -1023,9 +1002,7 @@ class AzureDevOpsEmulator:
         agent.user_capabilities = _string_map(body if body is not None else {}, "userCapabilities")
         return self._agent_json(agent, capabilities=True)
 
-    def _list_requests(
-        self, pool_id: int, query: Mapping[str, str]
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    def _list_requests(self, pool_id: int, query: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | None]:
         self._pool(pool_id)
         requests_ = self._pool_requests(pool_id)
         if "planid" in query:
@@ -1298,16 +1275,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         state.identity = credential.identity
         if not credential.may_read():
-            self._send_error(
-                ApiError(401, _tf400813(credential.identity), "UnauthorizedRequestException"), state
-            )
+            self._send_error(ApiError(401, _tf400813(credential.identity), "UnauthorizedRequestException"), state)
             return
 
         if route is None or found is None:
             self._send_error(
-                ApiError(
-                    404, f"The resource cannot be found. Path: {parts.path}", "VssResourceNotFoundException"
-                ),
+                ApiError(404, f"The resource cannot be found. Path: {parts.path}", "VssResourceNotFoundException"),
                 state,
             )
             return
@@ -1505,9 +1478,7 @@ def _tf400813(user: str) -> str:
     return f"TF400813: The user '{user}' is not authorized to access this resource."
 
 
-def _access_denied(
-    credential: Credential, route: Route, ids: Mapping[str, int], emulator: AzureDevOpsEmulator
-) -> str:
+def _access_denied(credential: Credential, route: Route, ids: Mapping[str, int], emulator: AzureDevOpsEmulator) -> str:
     pool = emulator._pools.get(ids.get("poolId", -1))
     resource = f"AgentPools/{pool['name'] if pool else ids.get('poolId', '')}"
     return (

@@ -73,9 +73,7 @@ def error_body(message: str, type_key: str, *, event_id: int = 3000) -> dict[str
 class ApiError(Exception):
     """An HTTP error answer with the service's JSON body."""
 
-    def __init__(
-        self, status: int, message: str, type_key: str, *, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, type_key: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -114,8 +112,7 @@ def check_api_version(version: str | None, *, method: str) -> str:
     if match is None:
         raise ApiError(
             400,
-            f"The api-version '{version}' is not in a valid format. Use a version such as "
-            "'7.1' or '7.2-preview.1'.",
+            f"The api-version '{version}' is not in a valid format. Use a version such as '7.1' or '7.2-preview.1'.",
             "VssInvalidApiVersionException",
         )
     requested = (int(match.group("major")), int(match.group("minor")))
@@ -261,9 +258,7 @@ class Throttle:
             used = sum(c for _, c in records)
             after = used + cost
             if after > policy.limit * policy.block_ratio:
-                retry_after = self._seconds_until_below(
-                    records, now, policy.limit * policy.block_ratio - cost
-                )
+                retry_after = self._seconds_until_below(records, now, policy.limit * policy.block_ratio - cost)
                 headers = self._headers(remaining=0.0, reset=self._reset(records, now))
                 headers["Retry-After"] = str(retry_after)
                 return ThrottleDecision(headers=headers, blocked=True, retry_after=retry_after)

@@ -361,3 +361,20 @@ def test_agents_listed_only_when_needed() -> None:
         world(state("linux", running(2, idle_pod.name)), jobs=(idle_job,), pods=(idle_pod,)), agents_observed=fresh
     )
     assert pools_needing_agents(cfg, busy, NOW) == set()
+
+
+def test_finished_agent_with_known_id_is_pruned_without_listing() -> None:
+    """We test: when the agent's id is known from the request it ran, its finished pod gets its registration
+    deleted without listing the pool's agents, once; the pool's agents are then not listed for it."""
+    job = job_for("linux", request_id=1, finished=5)
+    pod = pod_for(job, phase="Succeeded", finished=5)
+    known = replace(
+        world(state("linux"), jobs=(job,), pods=(pod,)), agent_ids={pod.name: 31}, agents_observed={"linux": ago(60)}
+    )
+    pruned = of(DeleteAgent, plan(config(), known, NOW))
+    assert [(a.agent_id, a.reason) for a in pruned] == [(31, "offline and its pod finished")]
+    assert pools_needing_agents(config(), known, NOW) == set()
+    done = replace(known, pruned=frozenset({pod.name}))
+    assert of(DeleteAgent, plan(config(), done, NOW)) == []
+    unknown = replace(known, agent_ids={})
+    assert pools_needing_agents(config(), unknown, NOW) == {"linux"}
