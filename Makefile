@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 ## lint: ruff, mypy --strict, import-linter (the layers of DESIGN.md)
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
