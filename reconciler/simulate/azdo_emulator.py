@@ -31,7 +31,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -56,11 +56,11 @@ from reconciler.simulate.azdo_support import (
     match_route,
     requested_api_version,
 )
+from reconciler.simulate.serving import ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.azdo")
 
 LOCK_SECONDS = 600.0
-TICK_SECONDS = 0.05
 FIRST_REQUEST_ID = 1000
 DEFAULT_AGENT_VERSION = "4.261.0"
 
@@ -175,7 +175,7 @@ class _Request:
         return self.result is not None
 
 
-class AzureDevOpsEmulator:
+class AzureDevOpsEmulator(ServedEmulator):
     """An emulated Azure DevOps organization with its agent pools, agents and job requests.
 
     World setup (`add_pool`, `add_agent`, `queue_request`, ...) and the agent side
@@ -206,6 +206,9 @@ class AzureDevOpsEmulator:
         self._pools: dict[int, dict[str, Any]] = {}
         self._agents: dict[int, _Agent] = {}
         self._requests: dict[int, _Request] = {}
+        # Per-pool indexes in id order, so list calls and name lookups cost a pool's size, not the org's.
+        self._agents_by_pool: dict[int, dict[int, _Agent]] = {}
+        self._requests_by_pool: dict[int, dict[int, _Request]] = {}
         self._credentials: dict[str, Credential] = {}
         self._calls: list[CallRecord] = []
         self._faults: list[Fault] = []
@@ -215,54 +218,15 @@ class AzureDevOpsEmulator:
         self._next_pool_id = 1
         self._next_agent_id = 1
         self._next_request_id = FIRST_REQUEST_ID
-        self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-        self.base_url = ""
+        self._init_serving()
 
-    # Lifecycle
+    name = "azdo-emulator"
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        """Serve HTTP on host:port (0 = an ephemeral port); returns the organization URL."""
-        if self._server is not None:
-            return self.base_url
-        self._stopping.clear()
-        server = ThreadingHTTPServer((host, port), _make_handler(self))
-        server.daemon_threads = True
-        self._server = server
-        bound_host, bound_port = server.server_address[:2]
-        self.base_url = f"http://{bound_host!s}:{bound_port}/{self.organization}"
-        serve = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="azdo-emulator-http", daemon=True
-        )
-        ticker = threading.Thread(target=self._tick_forever, name="azdo-emulator-ticker", daemon=True)
-        self._threads = [serve, ticker]
-        serve.start()
-        ticker.start()
-        return self.base_url
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
-    def stop(self) -> None:
-        """Stop the server and the ticker; held (timeout-fault) connections are released."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-
-    def __enter__(self) -> AzureDevOpsEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _tick_forever(self) -> None:
-        while not self._stopping.wait(TICK_SECONDS):
-            if self.auto_tick:
-                self.tick()
+    def _url(self, host: str, port: int) -> str:
+        return f"http://{host}:{port}/{self.organization}"
 
     # Credentials
 
@@ -390,6 +354,7 @@ class AzureDevOpsEmulator:
                 scope_id=self.project_id,
             )
             self._requests[request_id] = request
+            self._requests_by_pool.setdefault(pool_id, {})[request_id] = request
             self.stats.jobs_queued += 1
             self.stats.timings[request_id] = RequestTiming(request_id, pool_id, request.queue_time)
             if not self._matched_agents(request):
@@ -694,10 +659,10 @@ class AzureDevOpsEmulator:
         return request
 
     def _pool_agents(self, pool_id: int) -> list[_Agent]:
-        return sorted((a for a in self._agents.values() if a.pool_id == pool_id), key=lambda a: a.agent_id)
+        return list(self._agents_by_pool.get(pool_id, {}).values())
 
     def _pool_requests(self, pool_id: int) -> list[_Request]:
-        return sorted((r for r in self._requests.values() if r.pool_id == pool_id), key=lambda r: r.request_id)
+        return list(self._requests_by_pool.get(pool_id, {}).values())
 
     def _agent_by_name(self, pool_id: int, name: str) -> _Agent | None:
         for agent in self._pool_agents(pool_id):
@@ -735,7 +700,8 @@ class AzureDevOpsEmulator:
         )
         self._next_agent_id += 1
         self._agents[agent.agent_id] = agent
-        self._pools[pool_id]["size"] = len(self._pool_agents(pool_id))
+        self._agents_by_pool.setdefault(pool_id, {})[agent.agent_id] = agent
+        self._pools[pool_id]["size"] = len(self._agents_by_pool[pool_id])
         return agent
 
     def _set_status(self, agent: _Agent, status: str) -> None:
@@ -993,7 +959,8 @@ class AzureDevOpsEmulator:
                 "TaskAgentJobStillRunningException",
             )
         del self._agents[agent_id]
-        pool["size"] = len(self._pool_agents(pool_id))
+        del self._agents_by_pool[pool_id][agent_id]
+        pool["size"] = len(self._agents_by_pool[pool_id])
         self.stats.agents_deleted += 1
 
     def _put_user_capabilities(self, pool_id: int, agent_id: int, body: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -90,12 +90,12 @@ from reconciler.simulate.kube_support import (
     resource_for,
     success_status,
 )
+from reconciler.simulate.serving import TICK_SECONDS, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.kube")
 
 __all__ = ["KubeCall", "KubeError", "KubernetesEmulator", "RbacSubject", "rbac_subject_from_file"]
 
-TICK_SECONDS = 0.05
 ADMIN_USER = "kubernetes-admin"
 IMAGE_MODES = ("ok", "ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "Unschedulable")
 ImagePolicy = Callable[[str], str] | Mapping[str, str]
@@ -176,7 +176,7 @@ class _Target:
         return f"{method} {self.resource.plural}{suffix}"
 
 
-class KubernetesEmulator:
+class KubernetesEmulator(ServedEmulator):
     """An emulated cluster: API server, Job and GC controllers, scheduler and kubelet, in one process.
 
     Set-up helpers (`add_namespace`, `add_secret`, `create`) and observers (`objects`, `get`, `calls`)
@@ -216,7 +216,6 @@ class KubernetesEmulator:
         self._event_times: deque[tuple[float, tuple[str, str], str]] = deque()
         self.on_pod_running: PodHook | None = None
         self.on_pod_deleted: PodHook | None = None
-        self.base_url = ""
         self._random = random.Random(seed)
         self._lock = threading.RLock()
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r.plural: {} for r in RESOURCES if r.stored}
@@ -232,9 +231,7 @@ class KubernetesEmulator:
         self._foreign_writes = 0
         self._hooks: list[tuple[PodHook, dict[str, Any]]] = []
         self._pod_counter = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
+        self._init_serving()
         node_labels = nodes or {
             f"emulator-node-{index}": {"node.kubernetes.io/instance-type": "standard-16"} for index in (1, 2, 3)
         }
@@ -244,52 +241,10 @@ class KubernetesEmulator:
             for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
                 self.add_namespace(namespace)
 
-    # Lifecycle
+    name = "kube-emulator"
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        """Serve HTTP on host:port (0 = an ephemeral port); returns the server URL."""
-        if self._server is not None:
-            return self.base_url
-        self._stopping.clear()
-        server = _Server((host, port), _make_handler(self))
-        server.daemon_threads = True
-        self._server = server
-        bound_host, bound_port = server.server_address[:2]
-        self.base_url = f"http://{bound_host!s}:{bound_port}"
-        serve = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="kube-emulator-http", daemon=True
-        )
-        ticker = threading.Thread(target=self._tick_forever, name="kube-emulator-controllers", daemon=True)
-        self._threads = [serve, ticker]
-        serve.start()
-        ticker.start()
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop the server and the controllers; held (timeout-fault) connections are released."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-
-    def __enter__(self) -> KubernetesEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _tick_forever(self) -> None:
-        while not self._stopping.wait(TICK_SECONDS):
-            if self.auto_tick:
-                try:
-                    self.tick()
-                except Exception:
-                    log.exception("kube emulator controllers failed")
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     def write_kubeconfig(self, path: Path | str, *, token: str | None = None, namespace: str = "default") -> Path:
         """Write a kubeconfig for this server (plain http, optional bearer token); returns its path."""
@@ -2054,15 +2009,6 @@ class _Serialized(bytes):
 
 def _dump(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
-
-
-class _Server(ThreadingHTTPServer):
-    """The HTTP server; a client that hangs up mid-answer is normal here, not an error to print."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s ended abruptly", client_address, exc_info=True)
 
 
 def _truthy(value: str | None) -> bool:
