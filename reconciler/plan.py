@@ -292,60 +292,52 @@ def _plan_pool(
         ((r, t) for t, requests in routed.items() for r in requests),
         key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
     )
+
     # Uncovered requests get a Job first; covered ones only when their Job went to someone else.
+    def create(template_name: str, request: JobRequest | None) -> None:
+        """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
+        if request is None:
+            candidates = (
+                names.standby_job_name(
+                    prefix=config.job_name_prefix, pool_name=pool.name, template=template_name, slot=n
+                )
+                for n in range(10_000)
+            )
+        else:
+            candidates = (
+                names.request_job_name(
+                    prefix=config.job_name_prefix, pool_name=pool.name, request_id=request.request_id, generation=n
+                )
+                for n in range(10_000)
+            )
+        job_name = _next_free(job_names, candidates)
+        job_names.add(job_name)
+        creates.append(
+            CreateJob(
+                pool=pool.name,
+                template=template_name,
+                namespace=pool.namespace,
+                job_name=job_name,
+                request_id=None if request is None else request.request_id,
+                reason="standby (minIdle/minAgents)" if request is None else f"request {request.request_id} is queued",
+                demands=() if request is None else request.demands,
+            )
+        )
+
     for pass_covered in (False, True):
         for request, template_name in ordered:
             if (request.request_id in covered) != pass_covered:
                 continue
             if want[template_name] <= 0 or pool_room <= 0 or len(creates) >= create_budget:
                 continue
-            job_name = _next_free(
-                job_names,
-                (
-                    names.request_job_name(
-                        prefix=config.job_name_prefix, pool_name=pool.name, request_id=request.request_id, generation=g
-                    )
-                    for g in range(10_000)
-                ),
-            )
-            job_names.add(job_name)
-            creates.append(
-                CreateJob(
-                    pool=pool.name,
-                    template=template_name,
-                    namespace=pool.namespace,
-                    job_name=job_name,
-                    request_id=request.request_id,
-                    reason=f"request {request.request_id} is queued",
-                    demands=request.demands,
-                )
-            )
+            create(template_name, request)
             want[template_name] -= 1
             pool_room -= 1
     for template in pool.templates:
         for _ in range(standby[template.name]):
             if pool_room <= 0 or len(creates) >= create_budget:
                 break
-            job_name = _next_free(
-                job_names,
-                (
-                    names.standby_job_name(
-                        prefix=config.job_name_prefix, pool_name=pool.name, template=template.name, slot=s
-                    )
-                    for s in range(10_000)
-                ),
-            )
-            job_names.add(job_name)
-            creates.append(
-                CreateJob(
-                    pool=pool.name,
-                    template=template.name,
-                    namespace=pool.namespace,
-                    job_name=job_name,
-                    request_id=None,
-                    reason="standby (minIdle/minAgents)",
-                )
-            )
+            create(template.name, None)
             pool_room -= 1
     actions.extend(creates)
 
