@@ -122,15 +122,22 @@ def _age(since: datetime | None, now: datetime) -> timedelta:
     return now - since if since is not None else timedelta(0)
 
 
+def _jobs_by_pool(world: World) -> dict[tuple[str, str], list[AgentJob]]:
+    """Jobs grouped by (pool slug, namespace) once, so planning costs pools + jobs, not pools x jobs."""
+    grouped: dict[tuple[str, str], list[AgentJob]] = defaultdict(list)
+    for job in world.jobs:
+        grouped[(job.pool_slug, job.namespace)].append(job)
+    return grouped
+
+
 def _views(
-    pool: PoolConfig, state: PoolState, world: World, pods_by_job: Mapping[tuple[str, str], AgentPod]
+    pool: PoolConfig, state: PoolState, jobs: Iterable[AgentJob], pods_by_job: Mapping[tuple[str, str], AgentPod]
 ) -> list[_JobView]:
-    slug = names.pool_slug(pool.name)
     agents = {a.name.lower(): a for a in state.agents or ()}
     busy = _busy_names(state)
     views = []
-    for job in world.jobs:
-        if job.pool_slug != slug or job.namespace != pool.namespace or job.deleting:
+    for job in jobs:
+        if job.deleting:
             continue
         pod = pods_by_job.get((job.namespace, job.name))
         name = pod.name.lower() if pod else None
@@ -174,13 +181,14 @@ def _plan_pool(
     now: datetime,
     *,
     create_budget: int,
+    jobs: list[AgentJob],
     pods_by_job: Mapping[tuple[str, str], AgentPod],
     job_names: set[str],
 ) -> list[Action]:
     assert state.pool_id is not None
     actions: list[Action] = []
     agents_known = state.agents is not None
-    views = _views(pool, state, world, pods_by_job)
+    views = _views(pool, state, jobs, pods_by_job)
     templates = {t.name: t for t in pool.templates}
 
     # Requests: route every queued one of our shard; report the ones nothing can serve.
@@ -478,6 +486,7 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     actions: list[Action] = []
     pods_by_job = _pods_by_job(world.pods)
     job_names = {j.name for j in world.jobs}
+    by_pool = _jobs_by_pool(world)
     budget = config.max_create_per_pass
     configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
     for pool in config.pools:
@@ -488,7 +497,15 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
             actions.append(ReportMissingPool(pool=pool.name))
             continue
         pool_actions = _plan_pool(
-            config, pool, state, world, now, create_budget=budget, pods_by_job=pods_by_job, job_names=job_names
+            config,
+            pool,
+            state,
+            world,
+            now,
+            create_budget=budget,
+            jobs=by_pool.get((names.pool_slug(pool.name), pool.namespace), []),
+            pods_by_job=pods_by_job,
+            job_names=job_names,
         )
         budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
         actions.extend(pool_actions)
@@ -516,6 +533,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
     beyond the standby allowance that may be due for draining or never came online."""
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
+    by_pool = _jobs_by_pool(world)
     sweep = timedelta(seconds=config.sweep_interval)
     for pool in config.pools:
         state = world.pool(pool.name)
@@ -530,9 +548,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         idle_long = 0
         threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
         allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
-        for job in world.jobs:
-            if job.pool_slug != slug or job.namespace != pool.namespace:
-                continue
+        for job in by_pool.get((slug, pool.namespace), []):
             pod = pods_by_job.get((job.namespace, job.name))
             finished = job.finished or (pod.finished if pod and pod.terminal else None)
             if job.done or (pod is not None and pod.terminal):

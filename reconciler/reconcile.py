@@ -319,7 +319,9 @@ class Reconciler:
             report.queued += queued
             report.running += sum(1 for r in state.requests if not r.queued)
         report.jobs = sum(1 for j in world.jobs if not j.done)
-        active_slugs = {j.pool_slug for j in world.jobs if not j.done}
+        # A pool with Jobs of ours (finished ones stay for ttlSecondsAfterFinished) had work recently
+        # and is polled at `interval`; one that stayed idle that long drops to `idleInterval`.
+        active_slugs = {j.pool_slug for j in world.jobs}
         for pool in self.config.pools:
             observed = world.pool(pool.name)
             if observed is None:
