@@ -1,0 +1,308 @@
+"""API cost, side by side in one run: one emulated organization (pools with 1 to 4 job templates and a
+steady arrival of jobs) is served by the real reconciler (a separate `python -m reconciler reconcile
+--loop-for` process), while the orchestrator and KEDA reference policies poll the same organization
+with their own PATs. The emulator's call log, split by identity, gives each one's bill.
+
+azp-agents runs with interval 2 s (pools with work) and idleInterval 30 s (idle pools; KEDA's
+default poll), the setting of the latency benchmark."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import (
+    Outcome,
+    ReconcilerRun,
+    check_size,
+    parse_time,
+    pool_document,
+    reconcile_command,
+    simulation,
+    wait_until,
+)
+from benchmarks.reference_policies import (
+    KEDA_POLLING_INTERVAL,
+    ORCHESTRATOR_POLLING_DELAY,
+    PolicyPool,
+    keda_policy,
+    orchestrator_policy,
+)
+from reconciler.simulate.azdo_support import SCOPE_READ, RateLimit
+
+AZP_IDENTITY = "Build Admin"
+ORCHESTRATOR = ("orchestrator-pat-5c1d", "ado-agent-orchestrator")
+KEDA = ("keda-pat-7e2a", "keda-azure-pipelines-scaler")
+INTERVAL, IDLE_INTERVAL = 2.0, 30.0
+_POOL_IN_PATH = re.compile(r"/pools/(\d+)(?:/|$)")
+
+
+def world(
+    pools: int, seconds: float, *, interval: float = INTERVAL, idle_interval: float = IDLE_INTERVAL
+) -> dict[str, Any]:
+    """`pools` pools with 1, 2, 3, 4, 1, ... templates; every fifth pool stays idle, the others get a
+    job every few seconds spread over their templates."""
+    documents, arrivals = [], []
+    for index in range(pools):
+        name = f"pool{index:02d}"
+        templates = index % 4 + 1
+        documents.append(pool_document(name, templates=templates, max_agents=4, idleTimeout=5))
+        if index % 5 == 4:
+            continue
+        every = 6.0 + index % 7
+        for template in range(templates):
+            arrivals.append(
+                {
+                    "at": 0.5 + (index * 0.37 + template * 1.3) % every,
+                    "pool": name,
+                    "count": max(1, int(seconds / (every * templates))),
+                    "every": every * templates,
+                    "demands": [f"cap-{name}-t{template}"],
+                    "duration": [1, 3],
+                }
+            )
+    return {
+        "name": "api-cost",
+        "timeout": seconds + 120,
+        "reconciler": {"loopFor": 0, "interval": interval, "idleInterval": idle_interval, "sweepInterval": 300},
+        "pools": documents,
+        "arrivals": arrivals,
+    }
+
+
+def _pool_id(path: str) -> int | None:
+    match = _POOL_IN_PATH.search(path)
+    return int(match.group(1)) if match else None
+
+
+def run(size: str) -> dict[str, Any]:
+    """Serve one world with all three for the same window; report calls per pass, per pool, per minute."""
+    check_size(size)
+    started = time.monotonic()
+    outcome = Outcome(name="api_cost", size=size)
+    # The tiny run shortens the idle interval so that its short window still sees several passes.
+    pools, seconds, interval, idle_interval = (
+        (4, 8.0, 1.0, 4.0) if size == "tiny" else (50, 60.0, INTERVAL, IDLE_INTERVAL)
+    )
+    document = world(pools, seconds, interval=interval, idle_interval=idle_interval)
+    template_counts = {p["name"]: len(p["templates"]) for p in document["pools"]}
+    cost = RateLimit()
+    with (
+        tempfile.TemporaryDirectory(prefix="azp-bench-api-") as temporary,
+        simulation(document, Path(temporary)) as sim,
+    ):
+        for token, identity in (ORCHESTRATOR, KEDA):
+            sim.azdo.add_pat(token, scopes=(SCOPE_READ,), identity=identity)
+        run_ = ReconcilerRun(
+            reconcile_command(
+                sim,
+                "--loop-for",
+                str(int(seconds + 90)),
+                "--interval",
+                str(interval),
+                "--idle-interval",
+                str(idle_interval),
+            )
+        )
+        if not wait_until(sim.installed, timeout=90, poll=0.05):
+            run_.wait(1)
+            raise RuntimeError(f"the first pass did not register the placeholders: {run_.errors[-5:]}")
+        window_start = time.time()
+        stop = threading.Event()
+        policy_pools = [PolicyPool(name, template_counts[name]) for name in template_counts]
+        cycles: dict[str, int] = {}
+        threads = [
+            threading.Thread(
+                target=lambda: cycles.__setitem__(
+                    "orchestrator",
+                    orchestrator_policy(
+                        organization=sim.organization_url, pat=ORCHESTRATOR[0], pools=policy_pools, stop=stop
+                    ),
+                ),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=lambda: cycles.__setitem__(
+                    "keda",
+                    keda_policy(
+                        organization=sim.organization_url,
+                        pat=KEDA[0],
+                        pools=policy_pools,
+                        pool_ids=sim.pool_ids,
+                        stop=stop,
+                    ),
+                ),
+                daemon=True,
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        window_end = time.time()
+        stop.set()
+        run_.process.terminate()
+        run_.wait(60)
+        for thread in threads:
+            thread.join(timeout=30)
+        calls = [c for c in sim.azdo.calls() if window_start <= c.time < window_end]
+        kube_calls = [c for c in sim.kube.calls() if window_start <= c.time < window_end]
+        pool_names = {pool_id: name for name, pool_id in sim.pool_ids.items()}
+        served = sum(1 for p in sim.pool_ids.values() for r in sim.azdo.requests(p) if r.get("result") == "succeeded")
+    minutes = (window_end - window_start) / 60
+    steady = [
+        s
+        for s in run_.summaries
+        if (parse_time(s.get("time")) or 0) >= window_start and (parse_time(s.get("time")) or 0) < window_end
+    ]
+    by_identity: dict[str, list[Any]] = defaultdict(list)
+    for call in calls:
+        by_identity[call.identity or "?"].append(call)
+    ours = by_identity[AZP_IDENTITY]
+    jobrequest_calls = [c for c in ours if c.short == "pools/{poolId}/jobrequests"]
+    observed_pools = max(1, len(jobrequest_calls))
+    per_pool_per_pass = len(ours) / observed_pools
+    # Reads are the observation the peer policies reproduce; writes are actions (prune, placeholders).
+    reads_per_pool_per_pass = sum(1 for c in ours if c.method == "GET") / observed_pools
+    per_group: dict[int, Counter[str]] = defaultdict(Counter)
+    for call in ours:
+        pool_id = _pool_id(call.path)
+        if pool_id is None or pool_id not in pool_names:
+            continue
+        group = template_counts[pool_names[pool_id]]
+        per_group[group]["calls"] += 1
+        per_group[group]["reads"] += call.method == "GET"
+        if call.short == "pools/{poolId}/jobrequests":
+            per_group[group]["passes"] += 1
+    by_templates = {
+        str(group): round(counts["calls"] / max(1, counts["passes"]), 3) for group, counts in sorted(per_group.items())
+    }
+    reads_by_templates = {
+        str(group): round(counts["reads"] / max(1, counts["passes"]), 3) for group, counts in sorted(per_group.items())
+    }
+    passes = max(1, len(steady))
+
+    def bill(identity: str) -> dict[str, Any]:
+        made = by_identity[identity]
+        tstu = sum(cost.cost(c.method, c.short) for c in made)
+        return {
+            "calls": len(made),
+            "calls_per_pool_per_minute": round(len(made) / pools / minutes, 2),
+            "tstu_per_5_minutes": round(tstu * 5 / minutes, 1),
+            "routes": dict(Counter(f"{c.method} {c.short}" for c in made)),
+        }
+
+    orchestrator_bill, keda_bill, azp_bill = bill(ORCHESTRATOR[1]), bill(KEDA[1]), bill(AZP_IDENTITY)
+    orchestrator_cycles = max(1, cycles.get("orchestrator", 0))
+    orchestrator_per_pool_cycle = orchestrator_bill["calls"] / pools / orchestrator_cycles
+    keda_per_pool_cycle = sum(template_counts.values()) / pools
+    kube_lists = sum(1 for c in kube_calls if c.key.endswith("(list)"))
+    kube_lease = sum(1 for c in kube_calls if c.key.endswith("leases"))
+    kube_other = len(kube_calls) - kube_lists - kube_lease
+    actions = sum(
+        int(s.get(k, 0)) for s in steady for k in ("created", "existing", "deleted", "pruned", "drained", "stuck")
+    )
+    azp_bill.update(
+        {
+            "passes": len(steady),
+            "calls_per_pass": round(len(ours) / passes, 2),
+            "pools_observed_per_pass": round(observed_pools / passes, 2),
+            "calls_per_observed_pool_per_pass": round(per_pool_per_pass, 3),
+            "calls_per_pool_per_pass_by_templates": by_templates,
+            "reads_per_observed_pool_per_pass": round(reads_per_pool_per_pass, 3),
+            "reads_per_pool_per_pass_by_templates": reads_by_templates,
+            "kube_calls_per_pass": round(len(kube_calls) / passes, 2),
+            "kube_list_calls_per_pass": round(kube_lists / passes, 2),
+            "kube_lease_calls_per_pass": round(kube_lease / passes, 2),
+            "kube_other_calls": kube_other,
+            "kube_routes": dict(Counter(c.key for c in kube_calls)),
+            "actions": actions,
+        }
+    )
+    orchestrator_bill.update(
+        {"cycles": orchestrator_cycles, "calls_per_pool_per_cycle": round(orchestrator_per_pool_cycle, 2)}
+    )
+    keda_bill.update(
+        {"calls_per_pool_per_cycle": round(keda_per_pool_cycle, 2), "polling_interval": KEDA_POLLING_INTERVAL}
+    )
+    outcome.figures = {
+        "pools": pools,
+        "templates_per_pool": dict(Counter(str(v) for v in template_counts.values())),
+        "window_seconds": round(minutes * 60, 1),
+        "jobs_served": served,
+        "azp_agents": azp_bill,
+        "orchestrator": orchestrator_bill,
+        "keda": keda_bill,
+        "lower_bound_calls_per_pool_per_pass": 1.0,
+        "settings": {
+            "interval": interval,
+            "idle_interval": idle_interval,
+            "orchestrator_polling_delay": ORCHESTRATOR_POLLING_DELAY,
+        },
+    }
+    outcome.check(
+        "AzDO calls per pool per pass (steady)",
+        target="<= 1.1 (full observation 2, lower bound 1)",
+        value=f"{per_pool_per_pass:.3f} over {len(steady)} passes",
+        met=per_pool_per_pass <= 1.1,
+    )
+    outcome.check(
+        "  of which reads (observation)",
+        target="(informational)",
+        value=f"{reads_per_pool_per_pass:.3f}",
+        met=None,
+    )
+    spread_by_templates = max(reads_by_templates.values(), default=0) - min(reads_by_templates.values(), default=0)
+    outcome.check(
+        "reads per pool per pass, by templates",
+        target="independent of templates",
+        value=", ".join(f"{k}t: {v}" for k, v in reads_by_templates.items()),
+        met=spread_by_templates <= 0.1,
+    )
+    ratio_orchestrator = orchestrator_per_pool_cycle / max(reads_per_pool_per_pass, 1e-9)
+    outcome.check(
+        "vs orchestrator, reads per pool per cycle",
+        target=">= 3x fewer",
+        value=f"{orchestrator_per_pool_cycle:.2f} vs {reads_per_pool_per_pass:.2f} = {ratio_orchestrator:.2f}x",
+        met=ratio_orchestrator >= 3.0,
+    )
+    keda_ratios = {k: int(k) / v for k, v in reads_by_templates.items() if v}
+    outcome.check(
+        "vs KEDA, reads per pool per cycle",
+        target=">= template count x fewer",
+        value=", ".join(f"{k}t: {r:.2f}x" for k, r in keda_ratios.items()),
+        met=all(r >= int(k) for k, r in keda_ratios.items()),
+    )
+    outcome.check(
+        "AzDO calls per pool per minute",
+        target="(informational)",
+        value=f"azp {azp_bill['calls_per_pool_per_minute']}, orchestrator "
+        f"{orchestrator_bill['calls_per_pool_per_minute']}, KEDA {keda_bill['calls_per_pool_per_minute']}",
+        met=None,
+    )
+    outcome.check(
+        "TSTU-style cost per 5 min (limit 200)",
+        target="(informational)",
+        value=f"azp {azp_bill['tstu_per_5_minutes']}, orchestrator {orchestrator_bill['tstu_per_5_minutes']}, "
+        f"KEDA {keda_bill['tstu_per_5_minutes']}",
+        met=None,
+    )
+    lists_per_pass = kube_lists / passes
+    outcome.check(
+        "Kubernetes calls per pass",
+        target="2 lists per namespace + 1 write per action",
+        value=f"{lists_per_pass:.2f} lists/pass, {kube_other} other calls for {actions} actions, "
+        f"{kube_lease / passes:.2f} lease calls/pass",
+        met=lists_per_pass <= 2.0 and kube_other <= actions,
+    )
+    outcome.notes.append(
+        f"api_cost: {pools} pools, {seconds:.0f} s window; "
+        f"azp-agents interval {interval:g} s / idle {idle_interval:g} s, "
+        f"orchestrator POLLING_DELAY {ORCHESTRATOR_POLLING_DELAY:g} s, KEDA pollingInterval {KEDA_POLLING_INTERVAL:g} s"
+    )
+    outcome.seconds = time.monotonic() - started
+    return outcome.as_dict()
