@@ -12,12 +12,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import render
 from reconciler.azdo import AzureDevOps
 from reconciler.errors import AuthError, ReconcilerError
-from reconciler.kube import Kubernetes
 from reconciler.model import (
     Action,
     Config,
@@ -30,6 +29,9 @@ from reconciler.model import (
     ReportUnroutable,
     UpdatePlaceholder,
 )
+
+if TYPE_CHECKING:
+    from reconciler.kube import Kubernetes
 
 log = logging.getLogger("reconciler.apply")
 

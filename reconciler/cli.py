@@ -7,8 +7,10 @@ A user's mistake is one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from reconciler import config as config_module
     from reconciler.reconcile import Reconciler, startup_fields
 
+    # Load the Kubernetes client in the background while the configuration is read and the first
+    # Azure DevOps call is made (the client's import is most of the cold start).
+    threading.Thread(target=importlib.import_module, args=("reconciler.kube",), daemon=True).start()
     config, document = _load(args)
     loop = config.loop
     loop = replace(

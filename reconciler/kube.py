@@ -12,8 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import urllib3
@@ -23,27 +22,13 @@ from kubernetes.client.exceptions import ApiException
 
 from reconciler import names
 from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
+from reconciler.lease import format_time, parse_time
 from reconciler.model import AgentJob, AgentPod
 
 log = logging.getLogger("reconciler.kube")
 
 LEASE_NAME_SUFFIX = "-reconciler"
 _TIMEOUT = (5.0, 30.0)
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Parse an RFC 3339 timestamp as Kubernetes writes it."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def job_from_json(item: Mapping[str, Any]) -> AgentJob | None:
@@ -301,53 +286,3 @@ class Kubernetes:
         )
         status = (answer or {}).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
-
-
-def lease_body(
-    *,
-    name: str,
-    namespace: str,
-    holder: str,
-    duration: int,
-    now: datetime,
-    annotations: Mapping[str, str],
-    labels: Mapping[str, str],
-    resource_version: str | None = None,
-    acquire_time: datetime | None = None,
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "name": name,
-        "namespace": namespace,
-        "labels": dict(labels),
-        "annotations": dict(annotations),
-    }
-    if resource_version:
-        metadata["resourceVersion"] = resource_version
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": metadata,
-        "spec": {
-            "holderIdentity": holder,
-            "leaseDurationSeconds": duration,
-            "acquireTime": format_time(acquire_time or now),
-            "renewTime": format_time(now),
-        },
-    }
-
-
-def lease_expired(lease: Mapping[str, Any], *, now: datetime) -> bool:
-    spec = lease.get("spec") or {}
-    if not spec.get("holderIdentity"):
-        return True
-    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-    duration = spec.get("leaseDurationSeconds") or 0
-    return renewed is None or renewed + timedelta(seconds=int(duration)) < now
-
-
-def default_kubeconfig() -> str | None:
-    path = os.environ.get("KUBECONFIG")
-    if path:
-        return path.split(os.pathsep)[0]
-    home = Path.home() / ".kube" / "config"
-    return str(home) if home.exists() else None

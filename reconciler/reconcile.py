@@ -26,7 +26,7 @@ from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
 from reconciler.errors import AuthError, ReconcilerError, TransientError
-from reconciler.kube import Kubernetes, format_time, lease_body, lease_expired, parse_time
+from reconciler.lease import format_time, lease_body, lease_expired, parse_time
 from reconciler.model import Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -112,13 +112,17 @@ class Reconciler:
         self.azdo = AzureDevOps(
             config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=config.azdo_retries
         )
+        # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
+        # larger part of a CronJob run's cold start, and it can load while this call is in flight.
+        self.pool_ids: dict[str, int] = self.azdo.pools_by_name([p.name for p in config.pools])
+        from reconciler.kube import Kubernetes
+
         self.kube = Kubernetes(kubeconfig=kubeconfig)
         self.templates = load_job_templates(config)
         self.applier = Applier(
             config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates, dry_run=dry_run, clock=clock
         )
         self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.pool_ids: dict[str, int] = {}
         self.agents_observed: dict[str, datetime] = {}
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
