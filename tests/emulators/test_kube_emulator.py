@@ -845,7 +845,8 @@ def test_the_reconcilers_adapter_with_exactly_the_rbac_json_permissions(
     from datetime import UTC, datetime, timedelta
 
     from reconciler import names
-    from reconciler.kube import Kubernetes, lease_body
+    from reconciler.kube import Kubernetes
+    from reconciler.lease import lease_body
     from reconciler.simulate.kube_emulator import rbac_subject_from_file
 
     rbac_file = Path(__file__).parents[2] / "reconciler" / "rbac.json"
