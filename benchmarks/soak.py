@@ -5,9 +5,11 @@ AZP_HYPOTHESIS_EXAMPLES examples (5000 there), then 1,000+ in-process passes of 
 Reconciler (the same object a CronJob run with --loop-for drives) over a random world: jobs arriving
 on three pools, cancellations, pods whose agent never registers, agents killed mid-job, and faults
 injected on random Azure DevOps and Kubernetes calls. It prints passes, jobs served, faults injected,
-invariant violations (must be 0), leftovers after the queue empties, and RSS at start and end, and
-exits 1 if anything is wrong. It stops by itself: AZP_SOAK_PASSES passes (default 1200) or
-AZP_SOAK_SECONDS seconds (default 420), whichever comes first, then at most 60 s to settle.
+invariant violations (must be 0), leftovers after the queue empties, RSS at start and end, and the
+growth of the Python heap over a window of 200 passes by owner (reconciler, emulators, other), and
+exits 1 if anything is wrong; AZP_SOAK_JSON=FILE also writes the figures as JSON. It stops by itself:
+AZP_SOAK_PASSES passes (default 1200) or AZP_SOAK_SECONDS seconds (default 480), whichever comes first,
+then at most 60 s to settle.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,14 @@ from reconciler.simulate.world import Simulation, load_world
 REPO = Path(__file__).resolve().parents[1]
 RELIABILITY = REPO / "tests" / "reliability"
 PASSES = int(os.environ.get("AZP_SOAK_PASSES", "1200"))
-SECONDS = float(os.environ.get("AZP_SOAK_SECONDS", "420"))
+SECONDS = float(os.environ.get("AZP_SOAK_SECONDS", "480"))
 SEED = int(os.environ.get("AZP_SOAK_SEED", "7"))
 INTERVAL = 0.05
 SETTLE_SECONDS = 60.0
 RSS_GROWTH_LIMIT_MB = 40.0
+RECONCILER_HEAP_LIMIT_MB = 2.0
+TRACE_DEPTH = 8
+TRACE_PASSES = 200
 
 WORLD: dict[str, Any] = {
     "name": "soak",
@@ -106,6 +112,23 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def heap_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> dict[str, float]:
+    """Python heap growth between two snapshots, MiB, by who allocated it: the reconciler (a frame in
+    reconciler/ outside reconciler/simulate/), the emulators and simulated world (a frame there or in this
+    file), or neither (interpreter, libraries)."""
+    growth: Counter[str] = Counter()
+    for stat in after.compare_to(before, "traceback"):
+        files = [frame.filename for frame in stat.traceback]
+        if any("/reconciler/simulate/" in f or f.endswith("soak.py") for f in files):
+            owner = "emulators and world"
+        elif any("/reconciler/" in f for f in files):
+            owner = "reconciler"
+        else:
+            owner = "other"
+        growth[owner] += stat.size_diff
+    return {key: round(growth[key] / 2**20, 2) for key in ("reconciler", "emulators and world", "other")}
 
 
 def run_properties() -> dict[str, Any]:
@@ -219,6 +242,16 @@ class Soak:
         sim.kube.finish_pod(process.namespace, process.pod_name, exit_code=137)
         self.counts["agents killed"] += 1
 
+    def failure_messages(self) -> Counter[str]:
+        """Why failed requests failed (the service's message, shortened)."""
+        azdo = self.simulation.azdo
+        return Counter(
+            str(r.get("statusMessage") or "no message")[:90]
+            for p in self.simulation.pool_ids.values()
+            for r in azdo.requests(p)
+            if r.get("result") == "failed"
+        )
+
     def results(self) -> Counter[str]:
         """Requests by result (succeeded, canceled, failed, or unfinished)."""
         azdo = self.simulation.azdo
@@ -228,7 +261,7 @@ class Soak:
 
 
 def main() -> int:
-    """Run the soak and print its figures; exit 1 on any violation, leftover or RSS growth."""
+    """Run the soak and print its figures; exit 1 on any violation, leftover, or memory growth."""
     logs.setup(fmt="text", level="critical")
     sys.path.insert(0, str(RELIABILITY))
     started = time.monotonic()
@@ -243,18 +276,30 @@ def main() -> int:
                 raise SystemExit(f"soak: could not take the Lease: {reason}")
             number = 0
             rss_start = 0.0
+            heap_start = tracemalloc.Snapshot((), 1)
+            heap = {"reconciler": 0.0, "emulators and world": 0.0, "other": 0.0}
             while number < PASSES and time.monotonic() - soak_started < SECONDS:
                 number += 1
-                soak.events(arrivals=True)
                 soak.one_pass(number)
+                # After the pass: the first one registers the placeholders, before which jobs fail at once.
+                soak.events(arrivals=True)
                 if number % 50 == 0:
                     # The emulators log every call; that log is the test bench's, not the reconciler's memory.
                     soak.simulation.azdo.reset_calls()
                     soak.simulation.kube.reset_calls()
                 if number == 50:
                     rss_start = rss_mb()  # after warm-up: imports, caches and the first Jobs
+                    tracemalloc.start(TRACE_DEPTH)
+                    heap_start = tracemalloc.take_snapshot()
+                if number == 50 + TRACE_PASSES:
+                    # Tracing every allocation slows passes down several times: trace a window only.
+                    heap = heap_growth(heap_start, tracemalloc.take_snapshot())
+                    tracemalloc.stop()
                 time.sleep(INTERVAL)
             rss_end = rss_mb()
+            if tracemalloc.is_tracing():
+                heap = heap_growth(heap_start, tracemalloc.take_snapshot())
+                tracemalloc.stop()
             soak.simulation.azdo.clear_faults()
             soak.simulation.kube.clear_faults()
             settle_started = time.monotonic()
@@ -283,8 +328,13 @@ def main() -> int:
                 "leftovers after settling": len(left),
                 "rss start MiB": round(rss_start, 1),
                 "rss end MiB": round(rss_end, 1),
+                "heap traced over passes": f"50-{min(number, 50 + TRACE_PASSES)}",
+                "heap growth MiB, reconciler": heap["reconciler"],
+                "heap growth MiB, emulators and world": heap["emulators and world"],
+                "heap growth MiB, other": heap["other"],
                 "property examples": properties["examples"],
             }
+            failures = soak.failure_messages()
         finally:
             soak.close()
     width = max(len(k) for k in figures)
@@ -295,10 +345,14 @@ def main() -> int:
         print(f"  VIOLATION: {violation}")
     for item in left:
         print(f"  LEFTOVER: {item}")
-    (REPO / "benchmarks" / "soak-results.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
+    for message, count in failures.most_common():
+        print(f"  failed job ({count}x): {message}")
+    if os.environ.get("AZP_SOAK_JSON"):
+        Path(os.environ["AZP_SOAK_JSON"]).write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
     print(f"soak finished in {time.monotonic() - started:.0f}s")
     growth = figures["rss end MiB"] - figures["rss start MiB"]
     ok = properties["ok"] and not soak.violations and not left and growth <= RSS_GROWTH_LIMIT_MB
+    ok = ok and figures["heap growth MiB, reconciler"] <= RECONCILER_HEAP_LIMIT_MB
     ok = ok and figures["passes"] >= min(PASSES, 1000)
     return 0 if ok else 1
 

@@ -1,0 +1,208 @@
+"""We test crash anywhere: a pass over the rich world is run as a separate process and SIGKILLed right
+after its k-th write call, for every k from 1 to the number of writes of the pass, in two flavours:
+
+- lost: the (k+1)-th write is held by the emulator and dropped unanswered: it never happens;
+- landed: the (k+1)-th write is held and then carried out after the process died: it happened, but
+  the reconciler never learnt it.
+
+Then normal passes run while the simulated agents work. Afterwards: no duplicate Jobs, no orphaned
+agent registrations, never more agents than maxAgents, every queued job served, nothing left over.
+
+The process is a fork of the test process (a subprocess that needs no fresh interpreter, so the
+26 crash points stay fast); it runs `reconciler.cli.main` exactly as the console script does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invariants import leftovers, max_agents_of, violations
+from reliability_support import RichWorld, Rig, build_rich_world, rich_world_converged
+
+from reconciler import cli, names
+
+pytestmark = pytest.mark.slow
+
+# The writes of one pass over the rich world, in order: (API, method, route).
+EXPECTED_WRITES: tuple[tuple[str, str, str], ...] = (
+    ("kube", "POST", "leases"),
+    ("azdo", "POST", "pools/{poolId}/agents"),
+    ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "POST", "jobs"),
+    ("kube", "POST", "jobs"),
+    ("azdo", "PATCH", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "POST", "events"),
+    ("kube", "DELETE", "jobs"),
+    ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "POST", "events"),
+    ("kube", "DELETE", "jobs"),
+    ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "PUT", "leases"),
+)
+DRAIN_DISABLE = 6  # the 6th write disables the idle agent, the 8th deletes its Job
+DRAIN_JOB_DELETE = 8
+HOLD = 1.0
+CRASH_POINTS: list[tuple[int, str]] = []
+SWEEP_STAND_INS: list[str] = []
+DRAIN_LEFT_HALF_DONE = (
+    "bug: killed between the drain's PATCH enabled=false and its Job deletion, the idle agent stays online, "
+    "disabled and idle with its Job running, forever: reconciler/plan.py _plan_agents drains only enabled agents "
+    "(see test_fault_matrix DRAIN_LEFT_HALF_DONE)"
+)
+
+
+def _completed_writes(rig: Rig) -> list[tuple[str, str, str]]:
+    """Write calls the emulators have answered (a held or dropped one is not answered yet)."""
+    azdo = [("azdo", c.method, c.short, c.time) for c in rig.azdo.calls() if c.method != "GET" and c.status]
+    kube = [
+        ("kube", c.method, c.key.split(" ", 1)[1], c.time)
+        for c in rig.kube.calls()
+        if c.method not in ("GET", "HEAD") and c.status and "selfsubjectaccessreviews" not in c.key
+    ]
+    return [call[:3] for call in sorted(azdo + kube, key=lambda call: call[3])]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[RichWorld]:
+    built = build_rich_world(tmp_path)
+    yield built
+    built.rig.simulation.stop()
+
+
+def test_the_pass_makes_the_expected_writes(world: RichWorld) -> None:
+    """We test the premise of the crash points: a clean pass over the rich world makes exactly these
+    writes in this order (if the product changes its order, EXPECTED_WRITES must follow)."""
+    result = world.rig.reconcile()
+    assert result.code == 0, result.out
+    assert tuple(_completed_writes(world.rig)) == EXPECTED_WRITES
+
+
+def _fork_pass(rig: Rig, log: Path) -> int:
+    """Start one `azp-reconciler reconcile` in a forked child process; returns its pid."""
+    argv = ["reconcile", "--config", str(rig.config_path), "--kubeconfig", str(rig.kubeconfig_path)]
+    pid = os.fork()
+    if pid == 0:  # the child: run the CLI, never return into pytest
+        code = 70
+        try:
+            with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                code = cli.main(argv)
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _hold_write(rig: Rig, index: int, *, landed: bool) -> Callable[[], bool]:
+    """Hold the index-th write (0-based) of the pass: dropped unanswered, or carried out late. Returns a
+    check that the held write has reached the emulator (its fault was taken)."""
+    target, method, route = EXPECTED_WRITES[index]
+    emulator = rig.azdo if target == "azdo" else rig.kube
+    earlier = sum(1 for w in EXPECTED_WRITES[:index] if w == EXPECTED_WRITES[index])
+    if earlier:
+        emulator.inject_fault(method, route, kind="delay", delay=0.0, times=earlier)
+    emulator.inject_fault(method, route, kind="delay" if landed else "timeout", delay=HOLD, times=1)
+    # The emulators keep pending faults in `_faults` and drop each once taken; nothing public tells.
+    pending = getattr(emulator, "_faults", None)
+    if pending is None:
+        return lambda: True
+    held = pending[-1]
+    return lambda: all(fault is not held for fault in pending)
+
+
+def _settle(world: RichWorld, *, timeout: float = 12) -> tuple[list[str], list[Any]]:
+    """Normal passes while the agents work, invariants checked after each; returns what is left over.
+
+    Once the queue is empty: an offline agent of ours still registered after a second is pruned at the
+    next agent scan, which a pod finishing in the same second as the last scan does not trigger
+    (test_properties.test_pod_finished_in_the_second_of_the_last_scan); stand in for the sweep by
+    dropping the Lease that remembers the scan. A state that stops changing for 3 s is final."""
+    rig = world.rig
+    limits = max_agents_of(rig.config())
+    deadline = time.monotonic() + timeout
+    left: list[str] = ["no pass ran"]
+    results = []
+    since, previous = time.monotonic(), None
+    while time.monotonic() < deadline:
+        result = rig.reconcile()
+        results.append(result)
+        found = violations(rig.simulation, max_agents=limits)
+        assert not found, found
+        left = leftovers(rig.simulation, min_idle={"linux": 0}) + rich_world_converged(world)
+        if result.code == 0 and not left:
+            break
+        if left != previous:
+            since, previous = time.monotonic(), left
+        waited = time.monotonic() - since
+        if left and all("offline agents of ours" in item for item in left) and waited > 1:
+            SWEEP_STAND_INS.append(str(left))
+            rig.forget_lease()
+        elif waited > 3:
+            break
+        time.sleep(0.15)
+    return left, results
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for landed in (False, True):
+        for k in range(1, len(EXPECTED_WRITES) + 1):
+            applied = k + 1 if landed and k < len(EXPECTED_WRITES) else k
+            half_drained = DRAIN_DISABLE <= applied < DRAIN_JOB_DELETE
+            marks = [pytest.mark.xfail(reason=DRAIN_LEFT_HALF_DONE, strict=True)] if half_drained else []
+            flavour = "landed" if landed else "lost"
+            cases.append(pytest.param(k, landed, id=f"after-write-{k}-{flavour}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("k", "landed"), _cases())
+def test_sigkill_after_the_kth_write(world: RichWorld, tmp_path: Path, k: int, landed: bool) -> None:
+    """We test: SIGKILL right after the k-th write of a pass, then normal passes: every queued job is
+    served, one Job per request, no orphaned registration, no invariant broken, nothing left over."""
+    rig = world.rig
+    held = _hold_write(rig, k, landed=landed) if k < len(EXPECTED_WRITES) else None
+    log = tmp_path / "killed-run.log"
+    pid = _fork_pass(rig, log)
+    try:
+        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
+        if held is not None:
+            rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    CRASH_POINTS.append((k, "landed" if landed else "lost"))
+    done = _completed_writes(rig)
+    assert tuple(done[:k]) == EXPECTED_WRITES[:k], (done, log.read_text()[-3000:])
+    time.sleep(HOLD + 0.2)  # the held write is dropped or carried out
+    rig.azdo.clear_faults()
+    rig.kube.clear_faults()
+    applied = len(_completed_writes(rig))
+    assert applied == (k + 1 if landed and k < len(EXPECTED_WRITES) else k), (applied, k, landed)
+    # The killed run's Lease expires after durationSeconds; age it instead of waiting.
+    rig.expire_lease()
+    left, results = _settle(world)
+    assert not left, (left, results[-1].out[-3000:])
+    requests = rig.azdo.requests(rig.pool_id())
+    assert all(r.get("result") == "succeeded" for r in requests if r["requestId"] in world.request_ids)
+    request_jobs = [j["metadata"]["labels"].get(names.LABEL_REQUEST_ID) for j in rig.jobs()]
+    request_jobs = [r for r in request_jobs if r]
+    assert sorted(request_jobs) == sorted(str(r) for r in world.request_ids), request_jobs
+    placeholders = [a["name"] for a in rig.agents() if a["name"].startswith("azp-placeholder-")]
+    assert len(placeholders) == len(set(placeholders)) == 3, placeholders
+
+
+def test_crash_points_tried() -> None:
+    """We test the crash matrix ran whole: 2 flavours x every write of the pass."""
+    if len(CRASH_POINTS) < 2 * len(EXPECTED_WRITES):
+        pytest.skip("only part of the crash points ran (tests deselected)")
+    print(
+        f"\ncrash anywhere: {len(CRASH_POINTS)} crash points tried ({len(EXPECTED_WRITES)} writes x lost/landed); "
+        f"{len(SWEEP_STAND_INS)} waited for an agent scan"
+    )
+    assert len(set(CRASH_POINTS)) == 2 * len(EXPECTED_WRITES)

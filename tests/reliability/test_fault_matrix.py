@@ -1,0 +1,283 @@
+"""We test the fault matrix: every fault kind on every call site the reconciler has, in one rich world
+where a single pass calls all of them (see reliability_support.RichWorld).
+
+For each case: the pass finishes, the exit code and the output say what failed (0 when retries
+absorbed the fault, 1 when an action or a read failed, 2 when the credential was refused), no
+invariant breaks, and clean passes afterwards converge (every queued request has its Job, once; the
+leftover agent is pruned, the idle agent drained, the stuck Job deleted, the placeholders right).
+
+Transient faults hit every site of one API at once, once each (`times=1`); the hard kinds hit one
+site at a time, persistently (every retry fails too).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invariants import max_agents_of, violations
+from reliability_support import (
+    AZDO_SITES,
+    KUBE_SITES,
+    RichWorld,
+    build_rich_world,
+    converge,
+    rich_world_converged,
+)
+
+pytestmark = pytest.mark.slow
+
+AZDO_KINDS = ("429", "500", "503", "timeout", "reset", "truncated", "html")
+KUBE_KINDS = (*AZDO_KINDS, "403", "404", "409", "422")
+# 500 is left out of the all-sites runs: the persistent runs below put it on every site already.
+AZDO_TRANSIENT = ("429", "503", "timeout", "reset", "truncated")
+KUBE_TRANSIENT = ("429", "503", "timeout", "reset", "truncated", "html")
+AZDO_PERSISTENT = ("500", "html")
+KUBE_PERSISTENT = ("500", "403", "404", "409", "422")
+RETRY_AFTER = 0.5
+PERSISTENT_TIMES = 1000
+
+FAULT_PAIRS: frozenset[tuple[str, str, str]] = frozenset(
+    {("azdo", f"{m} {r}", k) for m, r in AZDO_SITES for k in AZDO_KINDS}
+    | {("kube", key, k) for _, _, key, _ in KUBE_SITES for k in KUBE_KINDS}
+)
+# Fault kinds x call sites this module tries (8 Azure DevOps sites x 7 kinds + 8 Kubernetes sites x 11).
+FAULT_PAIRS_TRIED = len(FAULT_PAIRS)
+TRIED: set[tuple[str, str, str]] = set()
+RUNS: list[str] = []
+AFTER_SCAN: list[str] = []
+
+
+def _fault_options(target: str, kind: str) -> dict[str, Any]:
+    if kind == "429":
+        return {"kind": "status", "status": 429, "retry_after": RETRY_AFTER}
+    if kind.isdigit():
+        return {"kind": "status", "status": int(kind)}
+    if kind == "timeout":
+        # Azure DevOps: the server holds the request past the client's 0.5 s timeout. Kubernetes: the
+        # client's read timeout is a fixed 30 s (kube.py _TIMEOUT), so the server holds it briefly and
+        # then drops the connection without an answer.
+        return {"kind": "timeout", "delay": 1.0 if target == "azdo" else 0.2}
+    return {"kind": kind}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[RichWorld]:
+    built = build_rich_world(tmp_path)
+    yield built
+    built.rig.simulation.stop()
+
+
+def _faulted(world: RichWorld, target: str) -> set[tuple[str, str]]:
+    """(site, fault kind) of every call the emulator answered with an injected fault."""
+    rig = world.rig
+    if target == "azdo":
+        return {(f"{c.method} {c.short}", c.fault) for c in rig.azdo.calls() if c.fault}
+    return {(c.key, c.fault) for c in rig.kube.calls() if c.fault}
+
+
+def _record(world: RichWorld, target: str, kind: str, *, emulator_kind: str) -> set[str]:
+    sites = {site for site, fault in _faulted(world, target) if fault == emulator_kind}
+    TRIED.update((target, site, kind) for site in sites)
+    return sites
+
+
+def _check_invariants(world: RichWorld, when: str) -> None:
+    rig = world.rig
+    found = violations(rig.simulation, max_agents=max_agents_of(rig.config()))
+    assert not found, f"{when}: {found}"
+
+
+def _converges(world: RichWorld, case: str) -> None:
+    rig = world.rig
+    rig.azdo.clear_faults()
+    rig.kube.clear_faults()
+    result, problems = converge(world)
+    if result.code != 0 or problems:
+        # What an agent action fixes waits for the next scan of the pool's agents (sweepInterval, or
+        # sooner when a pod finishes): stand in for that wait by removing the Lease that remembers the
+        # last scan. test_failed_agent_action_is_retried_next_pass shows why this is needed.
+        AFTER_SCAN.append(case)
+        rig.forget_lease()
+        result, problems = converge(world)
+    _check_invariants(world, "after converging")
+    assert result.code == 0, result.out
+    assert not problems, problems
+
+
+def _failed_count(out: str) -> int:
+    counts = [int(m) for m in re.findall(r'"failed": (\d+)', out)]
+    return max(counts, default=0)
+
+
+def test_one_clean_pass_calls_every_site(world: RichWorld) -> None:
+    """We test the matrix's premise: one clean pass over the rich world calls all 8 Azure DevOps and
+    8 Kubernetes call sites and reaches the converged state at once."""
+    result = world.rig.reconcile()
+    assert result.code == 0, result.out
+    azdo_calls = world.rig.azdo.call_counts()
+    kube_calls = world.rig.kube.call_counts()
+    for method, route in AZDO_SITES:
+        assert azdo_calls.get(f"{method} {route}", 0) >= 1, (method, route, azdo_calls)
+    for _, _, key, _ in KUBE_SITES:
+        assert kube_calls.get(key, 0) >= 1, (key, kube_calls)
+    _check_invariants(world, "after the pass")
+    _converges(world, "clean")
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"), [("azdo", k) for k in AZDO_TRANSIENT] + [("kube", k) for k in KUBE_TRANSIENT]
+)
+def test_transient_fault_on_every_site_is_retried_away(world: RichWorld, target: str, kind: str) -> None:
+    """We test: one fault of this kind on every site of one API at once is absorbed by the retries:
+    exit 0, a warning names each retried site, and for 429 the retry waits the Retry-After."""
+    rig = world.rig
+    emulator = rig.azdo if target == "azdo" else rig.kube
+    options = _fault_options(target, kind)
+    if target == "azdo":
+        for method, route in AZDO_SITES:
+            emulator.inject_fault(method, route, times=1, **options)
+    else:
+        for method, route, _, _ in KUBE_SITES:
+            emulator.inject_fault(method, route, times=1, **options)
+    result = rig.reconcile()
+    RUNS.append(f"{target} {kind} transient")
+    sites = _record(world, target, kind, emulator_kind=options["kind"])
+    expected = {f"{m} {r}" for m, r in AZDO_SITES} if target == "azdo" else {key for _, _, key, _ in KUBE_SITES}
+    assert sites == expected, f"sites that never got the fault: {sorted(expected - sites)}"
+    assert result.code == 0, result.out
+    assert _failed_count(result.out) == 0, result.out
+    assert result.out.count("retry 1 of") >= len(expected), result.out
+    if target == "azdo" and kind == "429":
+        calls = rig.azdo.calls()
+        for index, call in enumerate(calls):
+            if call.fault != "status":
+                continue
+            retry = next(c for c in calls[index + 1 :] if (c.method, c.short) == (call.method, call.short))
+            assert retry.time - call.time >= RETRY_AFTER * 0.9, (call, retry)
+    _check_invariants(world, "after the faulted pass")
+    _converges(world, f"{target} {kind} transient")
+
+
+def _expected_exit(target: str, site: str, kind: str) -> int:
+    """The exit code a persistent fault on one site must give."""
+    if kind in ("html", "403"):
+        # The credential (or the Role) is refused: nothing else can work.
+        return 2 if site != "create event" else 0
+    if target == "azdo":
+        return 1
+    if site == "create event":
+        return 0  # best effort: the decision is logged; a missing Event never fails a pass
+    if site == "update lease":
+        return 0  # releasing: the pass's work is done and the Lease expires by itself
+    if kind == "404" and site in ("delete job", "get lease"):
+        return 0  # already gone is what we wanted; no Lease yet is the first run
+    if kind == "409" and site in ("create job", "create lease"):
+        return 0  # AlreadyExists: an overlapping run made it, which is success
+    return 1
+
+
+DRAIN_LEFT_HALF_DONE = (
+    "bug: a drain interrupted after its PATCH enabled=false (reconciler/apply.py Applier._drain: the re-read, the "
+    "Job deletion or the agent deletion failed) leaves an online, idle, disabled agent and its running Job forever: "
+    "reconciler/plan.py _plan_agents drains only agents with `v.agent.enabled`, _JobView.available needs enabled, "
+    "and _stuck_reason ignores an online agent, so no later pass finishes the drain (the Job also keeps holding a "
+    "maxAgents slot). Fix: drain online idle disabled agents of ours too (we disabled them), or re-enable on failure"
+)
+LEASE_RELEASE_403 = (
+    "bug: reconciler/reconcile.py Reconciler.run's finally block catches ReconcilerError (AuthError included) from "
+    "renew(release=True) and only logs a warning, so a Role without leases/update exits 0 on a run that created the "
+    "Lease; let AuthError through (exit 2) like everywhere else"
+)
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("GET pools/{poolId}/agents/{agentId}", "500"): DRAIN_LEFT_HALF_DONE,
+    ("GET pools/{poolId}/agents/{agentId}", "html"): DRAIN_LEFT_HALF_DONE,
+    ("delete job", "500"): DRAIN_LEFT_HALF_DONE,
+    ("delete job", "403"): DRAIN_LEFT_HALF_DONE,
+    ("delete job", "409"): DRAIN_LEFT_HALF_DONE,
+    ("delete job", "422"): DRAIN_LEFT_HALF_DONE,
+    ("update lease", "403"): LEASE_RELEASE_403,
+}
+
+
+def _persistent_cases() -> list[Any]:
+    sites: list[tuple[str, str, str, str, tuple[str, ...]]] = [
+        ("azdo", m, r, f"{m} {r}", AZDO_PERSISTENT) for m, r in AZDO_SITES
+    ]
+    sites += [("kube", m, r, name, KUBE_PERSISTENT) for m, r, _, name in KUBE_SITES]
+    cases = []
+    for target, method, route, site, kinds in sites:
+        for kind in kinds:
+            reason = KNOWN_BUGS.get((site, kind))
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            cases.append(pytest.param(target, method, route, site, kind, id=f"{target}-{site}-{kind}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("target", "method", "route", "site", "kind"), _persistent_cases())
+def test_persistent_fault_on_one_site(
+    world: RichWorld, target: str, method: str, route: str, site: str, kind: str
+) -> None:
+    """We test: a site that fails every time (retries too) fails only what depends on it; the exit code
+    says how bad it is and the output names the site; nothing unsafe happens; then it converges."""
+    rig = world.rig
+    emulator = rig.azdo if target == "azdo" else rig.kube
+    options = _fault_options(target, kind)
+    emulator.inject_fault(method, route, times=PERSISTENT_TIMES, **options)
+    result = rig.reconcile()
+    key = site if target == "azdo" else next(k for m, r, k, n in KUBE_SITES if n == site)
+    sites = _record(world, target, kind, emulator_kind=options["kind"])
+    RUNS.append(f"{target} {site} {kind} persistent")
+    assert key in sites, f"{key} never got the fault: {sites}"
+    expected = _expected_exit(target, site, kind)
+    assert result.code == expected, result.out
+    assert "Traceback" not in result.out
+    if expected == 2:
+        assert "credentials error" in result.out, result.out
+    elif expected == 1:
+        assert site in result.out, result.out
+        assert _failed_count(result.out) >= 1 or "failed:" in result.out or "azp-reconciler: " in result.out
+    elif site == "create event":
+        assert "could not record event" in result.out, result.out
+    _check_invariants(world, "after the faulted pass")
+    _converges(world, f"{target} {site} {kind}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: reconciler/reconcile.py Reconciler.observe records agents_observed[pool] = now (and the Lease "
+    "keeps it) before apply runs, even when an agent action of that pool then fails; pools_needing_agents skips the "
+    "agent list until sweepInterval (default 300 s), so a failed placeholder POST/PUT or agent DELETE is retried only "
+    "then, and meanwhile Azure DevOps fails demand-matched jobs at once ('no agent satisfies demands'). Fix: do not "
+    "record the scan (or clear it) for a pool whose agent actions failed",
+)
+@pytest.mark.parametrize(
+    ("method", "route"), [("POST", "pools/{poolId}/agents"), ("PUT", "pools/{poolId}/agents/{agentId}")]
+)
+def test_failed_placeholder_action_is_retried_next_pass(world: RichWorld, method: str, route: str) -> None:
+    """We test: a placeholder registration or update that failed is retried by the very next run."""
+    rig = world.rig
+    rig.azdo.inject_fault(method, route, kind="status", status=503, times=PERSISTENT_TIMES)
+    assert rig.reconcile().code == 1
+    rig.azdo.clear_faults()
+    for _ in range(2):
+        assert rig.reconcile().code == 0
+    problems = [p for p in rich_world_converged(world) if "placeholder" in p]
+    assert not problems, problems
+
+
+def test_every_pair_of_the_matrix_was_tried() -> None:
+    """We test the matrix is complete: every (site, kind) pair got its fault in the runs above."""
+    if len(RUNS) < len(AZDO_TRANSIENT) + len(KUBE_TRANSIENT) + len(_persistent_cases()):
+        pytest.skip("only part of the fault matrix ran (tests deselected)")
+    missing = sorted(FAULT_PAIRS - TRIED)
+    print(
+        f"\nfault matrix: {len(TRIED)} of {FAULT_PAIRS_TRIED} fault kinds x call sites tried "
+        f"({len(AZDO_SITES)} Azure DevOps sites x {len(AZDO_KINDS)} kinds + {len(KUBE_SITES)} Kubernetes sites x "
+        f"{len(KUBE_KINDS)} kinds) in {len(RUNS)} faulted passes; {len(AFTER_SCAN)} converged only after the "
+        f"next agent scan: {AFTER_SCAN}"
+    )
+    assert not missing, missing
