@@ -46,6 +46,8 @@ _ORDER = {
     "delete-agent": 7,
 }
 
+_AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
+
 
 @dataclass
 class Outcome:
@@ -55,6 +57,8 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     created: list[CreateJob] = field(default_factory=list)
     pruned_agents: list[str] = field(default_factory=list)
+    failed_agent_pools: set[str] = field(default_factory=set)
+    """Pools where an action on agents failed: their agents must be listed again next pass."""
 
     @property
     def failed(self) -> int:
@@ -95,6 +99,8 @@ class Applier:
                 raise
             except ReconcilerError as exc:
                 outcome.counts["failed"] += 1
+                if action.kind in _AGENT_ACTIONS:
+                    outcome.failed_agent_pools.add(action.pool)
                 outcome.failures.append(
                     f"{action.kind} {getattr(action, 'job_name', '') or getattr(action, 'agent_name', '')}: {exc}"
                 )

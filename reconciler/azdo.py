@@ -79,19 +79,29 @@ def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
     )
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A field that should be an object; anything else reads as absent (payloads are not trusted)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _request_id(value: Any) -> int | None:
+    request_id = _mapping(value).get("requestId")
+    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else None
+
+
 def agent_from_json(item: Mapping[str, Any]) -> Agent | None:
     """An Agent from the service's JSON; None when the payload lacks id or name."""
     agent_id, name = item.get("id"), item.get("name")
     if not isinstance(agent_id, int) or not isinstance(name, str):
         return None
-    capabilities = {**(item.get("systemCapabilities") or {}), **(item.get("userCapabilities") or {})}
+    capabilities = {**_mapping(item.get("systemCapabilities")), **_mapping(item.get("userCapabilities"))}
     return Agent(
         agent_id=agent_id,
         name=name,
         enabled=bool(item.get("enabled", True)),
         status=str(item.get("status", "offline")),
-        assigned_request_id=(item.get("assignedRequest") or {}).get("requestId"),
-        completed_request_id=(item.get("lastCompletedRequest") or {}).get("requestId"),
+        assigned_request_id=_request_id(item.get("assignedRequest")),
+        completed_request_id=_request_id(item.get("lastCompletedRequest")),
         status_changed_on=parse_time(item.get("statusChangedOn")),
         created_on=parse_time(item.get("createdOn")),
         capabilities=frozen_map({str(k): str(v) for k, v in capabilities.items()}),

@@ -20,8 +20,15 @@ class SecretFilter(logging.Filter):
         self.secrets = [s for s in secrets if s]
 
     def add(self, secret: str) -> None:
-        if secret and secret not in self.secrets:
-            self.secrets.append(secret)
+        """Mask a secret and the Basic credentials made from it (a proxy may echo the header back)."""
+        import base64
+
+        forms = [secret] + [
+            base64.b64encode(f"{user}:{secret}".encode()).decode() for user in ("", "user", "VstsAgent")
+        ]
+        for form in forms if secret else ():
+            if form not in self.secrets:
+                self.secrets.append(form)
 
     def scrub(self, text: str) -> str:
         for secret in self.secrets:

@@ -206,6 +206,7 @@ def _plan_pool(
 
     # Jobs: stuck ones go; Jobs of a template no longer configured go once nothing can be running.
     active: dict[str, list[_JobView]] = defaultdict(list)
+    stuck: dict[str, int] = defaultdict(int)
     gone: set[str] = set()
     for view in views:
         template = templates.get(view.job.template)
@@ -266,6 +267,7 @@ def _plan_pool(
                 )
             )
             gone.add(view.job.name)
+            stuck[template.name] += 1
             continue
         active[template.name].append(view)
 
@@ -273,8 +275,9 @@ def _plan_pool(
         return [v for v in active[template_name] if v.available]
 
     # Creation: demand first, in queue order across templates; then standby and minimum counts.
-    # Agents of a removed template still count against the pool's maxAgents until they are gone.
-    pool_active = sum(1 for v in views if not v.terminal and v.job.name not in gone)
+    # Every unfinished Job counts against maxAgents until it is really gone: agents of a removed
+    # template, and stuck Jobs too (if their deletion fails, replacing them must not run away).
+    pool_active = sum(1 for v in views if not v.terminal)
     pool_room = max(0, pool.max_agents - pool_active)
     creates: list[CreateJob] = []
     extra_min_idle = {pool.templates[0].name: pool.min_idle} if pool.templates else {}
@@ -283,7 +286,7 @@ def _plan_pool(
     standby: dict[str, int] = {}
     for template in pool.templates:
         cap = template.max_agents if template.max_agents is not None else pool.max_agents
-        room = max(0, cap - len(active[template.name]))
+        room = max(0, cap - len(active[template.name]) - stuck[template.name])
         supply = len(idle_supply(template.name))
         demand = len(routed[template.name])
         min_idle = template.min_idle + extra_min_idle.get(template.name, 0)
@@ -431,6 +434,24 @@ def _plan_agents(
                 )
             continue
 
+    # A drain an earlier pass left half done (disabled, then the run failed or died): finish it now.
+    # The agent is ours, idle and disabled, so it can serve nothing and only holds a slot.
+    for template in pool.templates:
+        for view in active.get(template.name, []):
+            agent = view.agent
+            if agent is not None and agent.online and not agent.enabled and not view.busy and view.running:
+                actions.append(
+                    DrainAgent(
+                        pool=pool.name,
+                        pool_id=state.pool_id,
+                        agent_id=agent.agent_id,
+                        agent_name=agent.name,
+                        namespace=view.job.namespace,
+                        job_name=view.job.name,
+                        reason="an earlier drain of this agent stopped half way",
+                    )
+                )
+
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
     idle_timeout = timedelta(seconds=pool.idle_timeout)
@@ -543,6 +564,9 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if observed is None or now - observed >= sweep:
             needed.add(pool.name)
             continue
+        # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
+        # the last scan, but after it, must still trigger a scan.
+        observed = observed.replace(microsecond=0)
         busy = _busy_names(state)
         slug = names.pool_slug(pool.name)
         idle_long = 0

@@ -318,6 +318,9 @@ class Reconciler:
         actions = plan(self.config, world, now)
         report.outcome = self.applier.apply(actions)
         self.pruned.update(name.lower() for name in report.outcome.pruned_agents)
+        for pool_name in report.outcome.failed_agent_pools:
+            # The scan is forgotten so the next pass lists the agents again and retries the action.
+            self.agents_observed.pop(pool_name, None)
         for state in world.pools:
             queued = sum(1 for r in state.requests if r.queued)
             report.queued += queued
@@ -386,6 +389,8 @@ class Reconciler:
                 signal.signal(signal.SIGTERM, previous)
             try:
                 self.renew(release=True)
+            except AuthError:
+                raise  # a Role without leases/update is a configuration error, not a passing glitch
             except ReconcilerError as exc:
                 log.warning("could not release the Lease (it expires by itself): %s", exc)
         return exit_code

@@ -107,6 +107,12 @@ def check_policy(job: Mapping[str, Any], *, policy: PodPolicy, key: str, source:
     if pod.get("hostPID") or pod.get("hostIPC"):
         raise ConfigError(f"{where}: the template sets hostPID/hostIPC, which agent pods never need: remove it")
     for volume in pod.get("volumes", []) or []:
+        sources = ((volume.get("projected") or {}).get("sources")) or []
+        if any("serviceAccountToken" in source for source in sources) and not policy.allow_service_account_token:
+            raise ConfigError(
+                f"{where}: volume {volume.get('name')!r} projects a service account token: remove it or set "
+                "podPolicy.allowServiceAccountToken: true"
+            )
         if "hostPath" in volume and not policy.allow_host_path:
             raise ConfigError(
                 f"{where}: volume {volume.get('name')!r} is a hostPath: remove it or set podPolicy.allowHostPath: true"

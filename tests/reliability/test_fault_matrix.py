@@ -180,27 +180,8 @@ def _expected_exit(target: str, site: str, kind: str) -> int:
     return 1
 
 
-DRAIN_LEFT_HALF_DONE = (
-    "bug: a drain interrupted after its PATCH enabled=false (reconciler/apply.py Applier._drain: the re-read, the "
-    "Job deletion or the agent deletion failed) leaves an online, idle, disabled agent and its running Job forever: "
-    "reconciler/plan.py _plan_agents drains only agents with `v.agent.enabled`, _JobView.available needs enabled, "
-    "and _stuck_reason ignores an online agent, so no later pass finishes the drain (the Job also keeps holding a "
-    "maxAgents slot). Fix: drain online idle disabled agents of ours too (we disabled them), or re-enable on failure"
-)
-LEASE_RELEASE_403 = (
-    "bug: reconciler/reconcile.py Reconciler.run's finally block catches ReconcilerError (AuthError included) from "
-    "renew(release=True) and only logs a warning, so a Role without leases/update exits 0 on a run that created the "
-    "Lease; let AuthError through (exit 2) like everywhere else"
-)
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("GET pools/{poolId}/agents/{agentId}", "500"): DRAIN_LEFT_HALF_DONE,
-    ("GET pools/{poolId}/agents/{agentId}", "html"): DRAIN_LEFT_HALF_DONE,
-    ("delete job", "500"): DRAIN_LEFT_HALF_DONE,
-    ("delete job", "403"): DRAIN_LEFT_HALF_DONE,
-    ("delete job", "409"): DRAIN_LEFT_HALF_DONE,
-    ("delete job", "422"): DRAIN_LEFT_HALF_DONE,
-    ("update lease", "403"): LEASE_RELEASE_403,
-}
+# Product defects found by these cases, kept here while open (all found so far are fixed).
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _persistent_cases() -> list[Any]:
@@ -246,14 +227,6 @@ def test_persistent_fault_on_one_site(
     _converges(world, f"{target} {site} {kind}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: reconciler/reconcile.py Reconciler.observe records agents_observed[pool] = now (and the Lease "
-    "keeps it) before apply runs, even when an agent action of that pool then fails; pools_needing_agents skips the "
-    "agent list until sweepInterval (default 300 s), so a failed placeholder POST/PUT or agent DELETE is retried only "
-    "then, and meanwhile Azure DevOps fails demand-matched jobs at once ('no agent satisfies demands'). Fix: do not "
-    "record the scan (or clear it) for a pool whose agent actions failed",
-)
 @pytest.mark.parametrize(
     ("method", "route"), [("POST", "pools/{poolId}/agents"), ("PUT", "pools/{poolId}/agents/{agentId}")]
 )

@@ -129,11 +129,6 @@ def _literal_token(pod: dict[str, Any]) -> None:
     pod["containers"][0]["env"] = [{"name": "AZP_TOKEN", "value": "a-literal-token"}]
 
 
-PROJECTED_TOKEN_BUG = (
-    "bug: reconciler/render.py check_policy refuses automountServiceAccountToken: true but not a projected volume "
-    "with a serviceAccountToken source, which mounts a service account token all the same; refuse it unless "
-    "podPolicy.allowServiceAccountToken"
-)
 FORBIDDEN = [
     pytest.param(
         lambda p: p.update(hostNetwork=True), "podPolicy.allowHostNetwork", "allowHostNetwork", id="hostNetwork"
@@ -153,7 +148,6 @@ FORBIDDEN = [
         "podPolicy.allowServiceAccountToken",
         "allowServiceAccountToken",
         id="projected-token",
-        marks=pytest.mark.xfail(reason=PROJECTED_TOKEN_BUG, strict=True),
     ),
     pytest.param(lambda p: p.update(hostPID=True), "hostPID", None, id="hostPID"),
     pytest.param(_literal_token, "AZP_TOKEN as a literal", None, id="literal-token"),
@@ -304,14 +298,6 @@ def test_agents_without_id_or_name(rig: Rig) -> None:
     assert "azp-linux-6-" not in result.out and "azp-linux-7-" not in result.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AttributeError, TypeError),
-    reason="bug: reconciler/azdo.py agent_from_json trusts the types of an agent's optional fields: "
-    "`(item.get('assignedRequest') or {}).get('requestId')` raises AttributeError for a non-object assignedRequest "
-    "or lastCompletedRequest, and `{**item.get('systemCapabilities')}` raises TypeError for a list. The error "
-    "escapes cli.main as a traceback and stops the run. Read mistyped fields as absent, as job_request_from_json does",
-)
 def test_agents_with_mistyped_fields(rig: Rig) -> None:
     """We test: an agent whose optional fields have the wrong types is read with those fields absent, and
     the pass goes on."""

@@ -59,11 +59,6 @@ def test_exactly_the_granted_rules_are_enough(world: RichWorld) -> None:
     assert "checks: all" in checked.out
 
 
-SUPERFLUOUS_GET = (
-    "finding: no reconciler call reads a single {resource} (kube.py only lists them), so without `get` every pass "
-    "still works and only `check` complains, because it asks for each rule of rbac.json: drop `get` from rbac.json "
-    "and the chart's Role, or give the reconciler a feature that needs it"
-)
 # (rule section, resource, verb) -> what must break without it: exit code and a phrase of the output.
 BREAKS: dict[tuple[str, str, str], tuple[int, str, str]] = {
     ("agentNamespace", "jobs", "create"): (2, "Kubernetes forbids create job", "no Job is created for queued requests"),
@@ -85,11 +80,6 @@ BREAKS: dict[tuple[str, str, str], tuple[int, str, str]] = {
     ("leaseNamespace", "leases", "create"): (2, "Kubernetes forbids create lease", "a first run cannot start"),
     ("leaseNamespace", "leases", "update"): (2, "forbids update lease", "the Lease is never released or renewed"),
 }
-LEASE_RELEASE_403 = (
-    "bug: without leases/update the run that created the Lease exits 0 with a warning: reconciler/reconcile.py "
-    "Reconciler.run's finally block catches AuthError from renew(release=True) (see test_fault_matrix "
-    "LEASE_RELEASE_403)"
-)
 
 
 def _cases() -> list[Any]:
@@ -99,12 +89,7 @@ def _cases() -> list[Any]:
         for rule in document[section]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
-                    marks = []
-                    if verb == "get" and resource in ("jobs", "pods"):
-                        marks.append(pytest.mark.xfail(strict=True, reason=SUPERFLUOUS_GET.format(resource=resource)))
-                    if (resource, verb) == ("leases", "update"):
-                        marks.append(pytest.mark.xfail(strict=True, reason=LEASE_RELEASE_403))
-                    cases.append(pytest.param(section, resource, verb, id=f"{resource}-{verb}", marks=marks))
+                    cases.append(pytest.param(section, resource, verb, id=f"{resource}-{verb}"))
     return cases
 
 

@@ -152,14 +152,6 @@ def test_standby_does_not_starve_another_template() -> None:
     assert not [r for r in model.requests.values() if r.result is None], "the java request was never served"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: runaway creation when stuck Jobs cannot be deleted: reconciler/plan.py _plan_pool frees a stuck "
-    "Job's maxAgents slot in the pass that decides to delete it (`pool_active` leaves out `gone`), and "
-    "reconciler/apply.py runs create-job (_ORDER 4) before delete-job (6); when the deletion fails (API error, "
-    "jobs/delete missing from the Role) every pass past provisioningTimeout adds one more Job, without bound. "
-    "Count a stuck Job until it is gone, or delete before creating and create only after a successful delete",
-)
 def test_stuck_job_replaced_before_it_is_deleted() -> None:
     """We test: pods that never bring an agent online and Job deletions that always fail never take a pool
     beyond maxAgents Jobs."""
@@ -173,11 +165,6 @@ def test_stuck_job_replaced_before_it_is_deleted() -> None:
     assert not model.violations, model.violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a drain stopped after its PATCH enabled=false leaves a disabled idle agent that no later pass "
-    "drains (reconciler/plan.py _plan_agents requires v.agent.enabled); see test_fault_matrix DRAIN_LEFT_HALF_DONE",
-)
 def test_half_done_drains_are_finished_later() -> None:
     """We test: when a drain stops half done (the agent disabled, then its re-read or a deletion failed),
     a later pass still reaps the idle agent and its Job."""
@@ -205,13 +192,6 @@ def test_half_done_drains_are_finished_later() -> None:
     assert not model.leftovers(), model.leftovers()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Kubernetes writes finish times with second precision (metav1.Time), but reconciler/plan.py "
-    "pools_needing_agents compares them with `finished >= observed`, a timestamp with microseconds; a pod that "
-    "finishes in the same second as, but after, the last agent scan never triggers a rescan, so its offline agent "
-    "stays registered until sweepInterval (default 300 s). Compare with observed truncated to the second",
-)
 def test_pod_finished_in_the_second_of_the_last_scan() -> None:
     """We test: a pod that finished after the last agent scan, within the same second (Kubernetes shows
     12:00:00 for 12:00:00.7), makes the next pass list the pool's agents, so its agent is pruned."""

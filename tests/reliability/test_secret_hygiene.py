@@ -149,12 +149,6 @@ def test_errors_that_echo_the_pat_are_scrubbed(rig: Rig, fmt: str) -> None:
     assert_emulators_clean(rig)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: reconciler/cli.py registers only the raw PAT with logs.SECRETS (logs.SecretFilter masks exact "
-    "strings), so the Basic credential base64(':'+PAT) that requests sends, when a server or proxy echoes the "
-    "Authorization header in an error body, is logged unmasked: add its base64 forms to SECRETS",
-)
 def test_errors_that_echo_the_basic_credential_are_scrubbed(rig: Rig) -> None:
     """We test: an error body quoting the Authorization header (base64 of ':PAT', as good as the PAT)
     is masked too."""

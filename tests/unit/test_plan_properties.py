@@ -243,9 +243,9 @@ def test_plan_safety_invariants(data: st.DataObject) -> None:
 
     again = plan(cfg, apply_to_world(world, actions), NOW)
     new_writes = [a for a in again if a.kind in WRITE_KINDS and a not in actions]
-    # A pass that hit the brake leaves the rest for the next one; a drain frees room only once it
-    # succeeded (it may be aborted), so the next pass may fill that room.
-    drained_pools = {a.pool for a in actions if isinstance(a, DrainAgent)}
+    # A pass that hit the brake leaves the rest for the next one; a drain or a Job deletion frees room
+    # only once it succeeded (it may fail or be aborted), so the next pass may fill that room.
+    drained_pools = {a.pool for a in actions if isinstance(a, DrainAgent | DeleteJob)}
     if len(creates) < cfg.max_create_per_pass:
         late = [a for a in new_writes if isinstance(a, CreateJob) and a.pool not in drained_pools]
         assert late == [], late
