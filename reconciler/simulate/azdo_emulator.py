@@ -19,12 +19,9 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
 import logging
-import socket
-import struct
 import threading
 import time
 import uuid
@@ -56,7 +53,7 @@ from reconciler.simulate.azdo_support import (
     match_route,
     requested_api_version,
 )
-from reconciler.simulate.serving import ServedEmulator
+from reconciler.simulate.serving import FaultingHandler, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.azdo")
 
@@ -1177,7 +1174,7 @@ def _make_handler(emulator: AzureDevOpsEmulator) -> type[BaseHTTPRequestHandler]
     return Handler
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FaultingHandler):
     """Turns HTTP requests into emulator calls, in the order the service applies its checks:
     faults (test-only), authentication, route, api-version, throttling, then the handler."""
 
@@ -1325,37 +1322,14 @@ class _Handler(BaseHTTPRequestHandler):
             page = (fault.body or SIGN_IN_PAGE).encode()
             self._send_raw(200, page, "text/html; charset=utf-8", state)
             return True
-        if fault.kind == "timeout":
-            emulator._record(state.record(0, emulator.clock()))
-            emulator._stopping.wait(fault.delay or emulator.hang_seconds)
-            self._drop_connection(reset=False)
-            return True
-        if fault.kind == "reset":
-            emulator._record(state.record(0, emulator.clock()))
-            self._drop_connection(reset=True)
-            return True
-        # "truncated": valid headers, then half the JSON and the connection closes. Without a
-        # Content-Length the client reads to EOF and gets a cut JSON document.
-        payload = (fault.body or _TRUNCATED_DEFAULT).encode()
-        emulator._record(state.record(200, emulator.clock()))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload[: max(1, len(payload) // 2)])
-        self.wfile.flush()
-        self._drop_connection(reset=False)
+        self.transport_fault(
+            fault.kind,
+            record=lambda status: emulator._record(state.record(status, emulator.clock())),
+            hold=lambda: emulator._stopping.wait(fault.delay or emulator.hang_seconds),
+            body=(fault.body or _TRUNCATED_DEFAULT).encode(),
+            content_type="application/json; charset=utf-8",
+        )
         return True
-
-    def _drop_connection(self, *, reset: bool) -> None:
-        self.close_connection = True
-        if reset:
-            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        else:
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-        self.connection.close()
 
     def _refuse_auth(self, method: str, state: _CallState, *, expired: bool) -> None:
         suppress = self.headers.get("X-TFS-FedAuthRedirect", "").strip().casefold() == "suppress"

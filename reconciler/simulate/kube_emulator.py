@@ -26,15 +26,12 @@ Choices where the real server differs or the emulator simplifies:
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import random
 import re
-import socket
-import struct
 import threading
 import time
 import uuid
@@ -90,7 +87,7 @@ from reconciler.simulate.kube_support import (
     resource_for,
     success_status,
 )
-from reconciler.simulate.serving import TICK_SECONDS, ServedEmulator
+from reconciler.simulate.serving import TICK_SECONDS, FaultingHandler, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.kube")
 
@@ -2236,7 +2233,7 @@ class _CallState:
         )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FaultingHandler):
     """Turns HTTP requests into emulator calls in the API server's order: faults (test-only),
     authentication, routing, authorization, then the handler."""
 
@@ -2394,37 +2391,14 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "html":
             self._send_raw(200, (fault.body or _HTML_PAGE).encode(), "text/html", state)
             return True
-        if fault.kind == "timeout":
-            emulator._record(state.record(0, emulator.clock()))
-            emulator._stopping.wait(fault.delay or emulator.hang_seconds)
-            self._drop_connection(reset=False)
-            return True
-        if fault.kind == "reset":
-            emulator._record(state.record(0, emulator.clock()))
-            self._drop_connection(reset=True)
-            return True
-        # "truncated": valid headers, then half the JSON and the connection closes; without a
-        # Content-Length the client reads to EOF and gets a cut JSON document.
-        payload = (fault.body or _TRUNCATED_DEFAULT).encode()
-        emulator._record(state.record(200, emulator.clock()))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload[: max(1, len(payload) // 2)])
-        self.wfile.flush()
-        self._drop_connection(reset=False)
+        self.transport_fault(
+            fault.kind,
+            record=lambda status: emulator._record(state.record(status, emulator.clock())),
+            hold=lambda: emulator._stopping.wait(fault.delay or emulator.hang_seconds),
+            body=(fault.body or _TRUNCATED_DEFAULT).encode(),
+            content_type="application/json",
+        )
         return True
-
-    def _drop_connection(self, *, reset: bool) -> None:
-        self.close_connection = True
-        if reset:
-            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        else:
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-        self.connection.close()
 
     def _send_json(self, status: int, payload: Any, state: _CallState) -> None:
         self._send_raw(status, _dump(payload), "application/json", state)

@@ -3,8 +3,12 @@ emulated controllers (the Azure DevOps scheduler, the Kubernetes Job controller 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -87,3 +91,41 @@ class ServedEmulator:
                 except Exception:
                     # A broken controller must show, not silently stop the emulated world.
                     log.exception("%s controllers failed", self.name)
+
+
+class FaultingHandler(BaseHTTPRequestHandler):
+    """A request handler that can also misbehave at the transport level, the same way in both emulators."""
+
+    def transport_fault(
+        self, kind: str, *, record: Callable[[int], None], hold: Callable[[], object], body: bytes, content_type: str
+    ) -> None:
+        """Answer a "timeout", "reset" or "truncated" fault; `record` logs the call with its status."""
+        if kind == "timeout":
+            record(0)
+            hold()
+            self.drop_connection(reset=False)
+            return
+        if kind == "reset":
+            record(0)
+            self.drop_connection(reset=True)
+            return
+        # "truncated": valid headers, then half the JSON and the connection closes. Without a
+        # Content-Length the client reads to EOF and gets a cut JSON document.
+        record(200)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body[: max(1, len(body) // 2)])
+        self.wfile.flush()
+        self.drop_connection(reset=False)
+
+    def drop_connection(self, *, reset: bool) -> None:
+        self.close_connection = True
+        if reset:
+            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
