@@ -94,7 +94,32 @@ class ServedEmulator:
 
 
 class FaultingHandler(BaseHTTPRequestHandler):
-    """A request handler that can also misbehave at the transport level, the same way in both emulators."""
+    """The request handler both emulators share: every method goes to `_serve`, access logs go to debug,
+    and transport-level faults misbehave the same way in both."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _serve(self, method: str) -> None:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
 
     def transport_fault(
         self, kind: str, *, record: Callable[[int], None], hold: Callable[[], object], body: bytes, content_type: str
