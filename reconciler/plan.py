@@ -357,6 +357,20 @@ def _plan_pool(
     return actions
 
 
+def _drain(pool: PoolConfig, state: PoolState, view: _JobView, agent: Agent, reason: str) -> DrainAgent:
+    """Drain the agent of one of our Jobs: disable, re-read, then delete its Job and registration."""
+    assert state.pool_id is not None
+    return DrainAgent(
+        pool=pool.name,
+        pool_id=state.pool_id,
+        agent_id=agent.agent_id,
+        agent_name=agent.name,
+        namespace=view.job.namespace,
+        job_name=view.job.name,
+        reason=reason,
+    )
+
+
 def _plan_agents(
     config: Config,
     pool: PoolConfig,
@@ -440,17 +454,7 @@ def _plan_agents(
         for view in active.get(template.name, []):
             agent = view.agent
             if agent is not None and agent.online and not agent.enabled and not view.busy and view.running:
-                actions.append(
-                    DrainAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent.agent_id,
-                        agent_name=agent.name,
-                        namespace=view.job.namespace,
-                        job_name=view.job.name,
-                        reason="an earlier drain of this agent stopped half way",
-                    )
-                )
+                actions.append(_drain(pool, state, view, agent, "an earlier drain of this agent stopped half way"))
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
@@ -473,14 +477,12 @@ def _plan_agents(
         for view in candidates[: max(0, removable)]:
             assert view.agent is not None
             actions.append(
-                DrainAgent(
-                    pool=pool.name,
-                    pool_id=state.pool_id,
-                    agent_id=view.agent.agent_id,
-                    agent_name=view.agent.name,
-                    namespace=view.job.namespace,
-                    job_name=view.job.name,
-                    reason=f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it",
+                _drain(
+                    pool,
+                    state,
+                    view,
+                    view.agent,
+                    f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it",
                 )
             )
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
@@ -488,17 +490,7 @@ def _plan_agents(
         if view.job.template in {t.name for t in pool.templates} or view.terminal or view.busy:
             continue
         if view.running and view.agent is not None and view.agent.online:
-            actions.append(
-                DrainAgent(
-                    pool=pool.name,
-                    pool_id=state.pool_id,
-                    agent_id=view.agent.agent_id,
-                    agent_name=view.agent.name,
-                    namespace=view.job.namespace,
-                    job_name=view.job.name,
-                    reason="its template was removed from the configuration",
-                )
-            )
+            actions.append(_drain(pool, state, view, view.agent, "its template was removed from the configuration"))
     return actions
 
 
