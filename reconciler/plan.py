@@ -344,6 +344,8 @@ def _plan_pool(
             create(template_name, request)
             want[template_name] -= 1
             pool_room -= 1
+    # Queued demand that only maxAgents holds back: standby agents of other templates give way to it.
+    blocked = sum(max(0, n) for n in want.values()) if pool_room <= 0 else 0
     for template in pool.templates:
         for _ in range(standby[template.name]):
             if pool_room <= 0 or len(creates) >= create_budget:
@@ -353,7 +355,11 @@ def _plan_pool(
     actions.extend(creates)
 
     if agents_known:
-        actions.extend(_plan_agents(config, pool, state, views, routed=routed, queued=queued, active=active, now=now))
+        actions.extend(
+            _plan_agents(
+                config, pool, state, views, routed=routed, queued=queued, active=active, blocked=blocked, now=now
+            )
+        )
     return actions
 
 
@@ -380,9 +386,13 @@ def _plan_agents(
     routed: Mapping[str, list[JobRequest]],
     queued: list[JobRequest],
     active: Mapping[str, list[_JobView]],
+    blocked: int,
     now: datetime,
 ) -> list[Action]:
-    """Placeholders, prune and drain: the rules that need the pool's agent list."""
+    """Placeholders, prune and drain: the rules that need the pool's agent list. `blocked` is the number
+    of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
+    serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
+    job matters more than a warm spare."""
     assert state.agents is not None and state.pool_id is not None
     actions: list[Action] = []
     busy = _busy_names(state)
@@ -470,11 +480,12 @@ def _plan_agents(
         keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
         keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
         removable = min(len(idle) - keep_idle, len(active.get(template.name, [])) - keep_total)
-        candidates = sorted(
-            (v for v in idle if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout),
-            key=lambda v: v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH,
+        oldest_first = sorted(
+            idle, key=lambda v: v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH
         )
-        for view in candidates[: max(0, removable)]:
+        expired = [v for v in oldest_first if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout]
+        drained = expired[: max(0, removable)]
+        for view in drained:
             assert view.agent is not None
             actions.append(
                 _drain(
@@ -485,6 +496,13 @@ def _plan_agents(
                     f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it",
                 )
             )
+        blocked -= len(drained)
+        for view in [v for v in oldest_first if v not in drained][: max(0, blocked)]:
+            assert view.agent is not None
+            actions.append(
+                _drain(pool, state, view, view.agent, "a queued job of another template needs its slot (maxAgents)")
+            )
+            blocked -= 1
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
     for view in views:
         if view.job.template in {t.name for t in pool.templates} or view.terminal or view.busy:
@@ -559,9 +577,10 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
         # the last scan, but after it, must still trigger a scan.
         observed = observed.replace(microsecond=0)
+        queued = state.requests
         busy = _busy_names(state)
         slug = names.pool_slug(pool.name)
-        idle_long = 0
+        idle_long = idle_now = unfinished = 0
         threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
         allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
         for job in by_pool.get((slug, pool.namespace), []):
@@ -576,9 +595,15 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             if job.pool_name is not None and pool.template(job.template) is None:
                 needed.add(pool.name)
                 break
+            unfinished += 1
             running_idle = pod is not None and pod.phase == "Running" and pod.name.lower() not in busy
-            if running_idle and pod is not None and _age(pod.started or pod.created, now) > threshold:
-                idle_long += 1
-        if idle_long > allowance:
+            if running_idle and pod is not None:
+                idle_now += 1
+                if _age(pod.started or pod.created, now) > threshold:
+                    idle_long += 1
+        # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
+        # idle, and a standby may have to give way to it.
+        blocked = idle_now and unfinished >= pool.max_agents and any(r.queued and in_shard(config, r) for r in queued)
+        if idle_long > allowance or blocked:
             needed.add(pool.name)
     return needed

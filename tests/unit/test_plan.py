@@ -289,6 +289,35 @@ def test_drain_keeps_min_idle() -> None:
     assert [d.agent_id for d in drains] == [1]
 
 
+def test_standby_gives_way_to_queued_demand_of_another_template() -> None:
+    """We test: when maxAgents is held by an idle standby agent of one template and a request only another
+    template serves is queued, the standby agent is drained (even below minIdle, before its idleTimeout),
+    and the agent list is read for it; with a free slot, or with the standby busy, nothing is drained."""
+    cfg = config(
+        pool(
+            "linux",
+            template("default", min_idle=1, placeholder=False),
+            template("java", capabilities={"java": "17"}, placeholder=False),
+            max_agents=1,
+            idle_timeout=3600,
+        )
+    )
+    job = job_for("linux", slot=0, created=900)
+    pod = pod_for(job, created=899, started=898)
+    idle = agent(11, pod.name, online=True, changed=60)
+    blocked = world(state("linux", queued(5, "java"), agents=(idle,)), jobs=(job,), pods=(pod,))
+    actions = plan(cfg, blocked, NOW)
+    assert [(d.agent_id, d.job_name) for d in of(DrainAgent, actions)] == [(11, job.name)]
+    assert of(CreateJob, actions) == []
+    unknown = replace(blocked, pools=(state("linux", queued(5, "java")),), agents_observed={"linux": ago(10)})
+    assert pools_needing_agents(cfg, unknown, NOW) == {"linux"}
+    roomy = config(replace(cfg.pools[0], max_agents=2))
+    assert of(DrainAgent, plan(roomy, blocked, NOW)) == []
+    assert [c.template for c in of(CreateJob, plan(roomy, blocked, NOW))] == ["java"]
+    taken = world(state("linux", queued(5, "java"), running(4, pod.name), agents=(idle,)), jobs=(job,), pods=(pod,))
+    assert of(DrainAgent, plan(cfg, taken, NOW)) == []
+
+
 def test_recently_idle_agent_is_not_drained() -> None:
     """We test: an agent idle for less than idleTimeout stays."""
     cfg = config(pool("linux", template(placeholder=False), idle_timeout=300))
