@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 # Same shape as the service's parser: one name token, then optionally " -op value" where the value
@@ -29,8 +30,12 @@ class Demand:
     value: str | None = None
 
 
+@lru_cache(maxsize=4096)
 def parse_demand(text: str) -> Demand | None:
-    """Parse a demand string; None when the service would not parse it (unknown operator, empty)."""
+    """Parse a demand string; None when the service would not parse it (unknown operator, empty).
+
+    Cached: a queue repeats a few demand strings many times over (plan() and the emulator match every
+    request), the result is immutable, and the cache is bounded."""
     match = _DEMAND.fullmatch(text)
     if match is None:
         return None

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from reconciler import names
 from reconciler.demands import satisfies_all
@@ -62,33 +62,68 @@ def serves(config: Config, template: TemplateConfig, demands: Iterable[str]) -> 
 def route(config: Config, pool: PoolConfig, request: JobRequest) -> TemplateConfig | None:
     """The template that serves a request: its capabilities satisfy every demand; then the
     highest priority, then the cheapest (fewest cpu, then memory), then the first declared."""
-    candidates = [(index, t) for index, t in enumerate(pool.templates) if serves(config, t, request.demands)]
-    if not candidates:
-        return None
-    _, best = min(candidates, key=lambda item: (-item[1].priority, item[1].cost, item[0]))
-    return best
+    return _Router(config, pool).route(request.demands)
+
+
+class _Router:
+    """`route` and `serves` for one pool within one plan() call, computed once per distinct demands tuple.
+
+    Every queued request is routed on every pass, and a pool's requests mostly share a handful of demand
+    sets (one per pipeline job), so routing per request x template (a capability map built, every demand
+    parsed) dominated planning a large queue. Both functions are pure, so a memo that lives no longer
+    than the call changes nothing but the cost."""
+
+    def __init__(self, config: Config, pool: PoolConfig) -> None:
+        self._config = config
+        self._pool = pool
+        self._capabilities: dict[int, Capabilities] = {}
+        self._routes: dict[tuple[str, ...], TemplateConfig | None] = {}
+        self._serves: dict[tuple[int, tuple[str, ...]], bool] = {}
+
+    def serves(self, index: int, demands: tuple[str, ...]) -> bool:
+        """`serves(config, pool.templates[index], demands)`."""
+        key = (index, demands)
+        served = self._serves.get(key)
+        if served is None:
+            template = self._pool.templates[index]
+            if template.match_any:
+                served = True
+            else:
+                capabilities = self._capabilities.get(index)
+                if capabilities is None:
+                    capabilities = self._capabilities[index] = effective_capabilities(self._config, template)
+                served = satisfies_all(demands, capabilities)
+            self._serves[key] = served
+        return served
+
+    def route(self, demands: tuple[str, ...]) -> TemplateConfig | None:
+        """`route(config, pool, request)` for a request with these demands."""
+        if demands in self._routes:
+            return self._routes[demands]
+        candidates = [(index, t) for index, t in enumerate(self._pool.templates) if self.serves(index, demands)]
+        best = min(candidates, key=lambda item: (-item[1].priority, item[1].cost, item[0]))[1] if candidates else None
+        self._routes[demands] = best
+        return best
 
 
 def in_shard(config: Config, request: JobRequest) -> bool:
     return request.request_id % config.shard_count == config.shard_index
 
 
-@dataclass(frozen=True)
-class _JobView:
-    """One of our Jobs as the plan sees it: its pod, its agent and whether it is busy."""
+class _JobView(NamedTuple):
+    """One of our Jobs as the plan sees it: its pod, its agent and whether it is busy. A named tuple with
+    `terminal` worked out once, because planning a large pool builds and asks thousands of them."""
 
     job: AgentJob
     pod: AgentPod | None
     agent: Agent | None
     busy: bool
+    terminal: bool
+    """The Job or its pod finished."""
 
     @property
     def agent_name(self) -> str | None:
         return self.pod.name if self.pod else None
-
-    @property
-    def terminal(self) -> bool:
-        return self.job.done or (self.pod is not None and self.pod.terminal)
 
     @property
     def available(self) -> bool:
@@ -105,21 +140,42 @@ class _JobView:
 
 
 def _pods_by_job(pods: Iterable[AgentPod]) -> dict[tuple[str, str], AgentPod]:
+    """The pod of each Job: the newest (created, then name; the later one listed on a tie) when a Job
+    has several. One pass keeping the greatest, which is what sorting all pods and keeping the last
+    gave, without sorting every pod of the release on every pass."""
     by_job: dict[tuple[str, str], AgentPod] = {}
-    for pod in sorted(pods, key=lambda p: (p.created or _EPOCH, p.name)):
+    for pod in pods:
         if pod.job_name:
-            by_job[(pod.namespace, pod.job_name)] = pod
+            key = (pod.namespace, pod.job_name)
+            held = by_job.get(key)
+            if held is None or (pod.created or _EPOCH, pod.name) >= (held.created or _EPOCH, held.name):
+                by_job[key] = pod
     return by_job
 
 
 def _busy_names(state: PoolState) -> set[str]:
-    busy = {r.reserved_agent_name for r in state.requests if not r.finished and r.reserved_agent_name}
-    busy |= {a.name for a in state.agents or () if a.busy}
-    return {name.lower() for name in busy if name}
+    """Lower-case names of the agents running a job: reserved by an unfinished request, or assigned one."""
+    busy = set()
+    for request in state.requests:
+        name = request.reserved_agent_name
+        if name and not request.finished:
+            busy.add(name.lower())
+    for agent in state.agents or ():
+        if agent.busy and agent.name:
+            busy.add(agent.name.lower())
+    return busy
 
 
 def _age(since: datetime | None, now: datetime) -> timedelta:
     return now - since if since is not None else timedelta(0)
+
+
+def _states_by_name(world: World) -> dict[str, PoolState]:
+    """`world.pool(name)` for every name at once (the first state of a name wins, as there)."""
+    states: dict[str, PoolState] = {}
+    for state in world.pools:
+        states.setdefault(state.name, state)
+    return states
 
 
 def _jobs_by_pool(world: World) -> dict[tuple[str, str], list[AgentJob]]:
@@ -131,20 +187,33 @@ def _jobs_by_pool(world: World) -> dict[tuple[str, str], list[AgentJob]]:
 
 
 def _views(
-    pool: PoolConfig, state: PoolState, jobs: Iterable[AgentJob], pods_by_job: Mapping[tuple[str, str], AgentPod]
+    jobs: Iterable[AgentJob],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    agents: Mapping[str, Agent],
+    busy: set[str],
 ) -> list[_JobView]:
-    agents = {a.name.lower(): a for a in state.agents or ()}
-    busy = _busy_names(state)
+    """Our Jobs not being deleted with their pod and agent (`agents` and `busy` by lower-case name),
+    oldest first."""
     views = []
     for job in jobs:
         if job.deleting:
             continue
         pod = pods_by_job.get((job.namespace, job.name))
-        name = pod.name.lower() if pod else None
+        if pod is None:
+            views.append(_JobView(job, None, None, False, job.done))
+            continue
+        name = pod.name.lower()
         views.append(
-            _JobView(job=job, pod=pod, agent=agents.get(name) if name else None, busy=name in busy if name else False)
+            _JobView(
+                job,
+                pod,
+                agents.get(name) if name else None,
+                name in busy if name else False,
+                job.done or pod.terminal,
+            )
         )
-    return sorted(views, key=lambda v: (v.job.created or _EPOCH, v.job.name))
+    views.sort(key=lambda v: (v.job.created or _EPOCH, v.job.name))
+    return views
 
 
 def _stuck_reason(view: _JobView, *, pool: PoolConfig, agents_known: bool, now: datetime) -> str | None:
@@ -188,8 +257,11 @@ def _plan_pool(
     assert state.pool_id is not None
     actions: list[Action] = []
     agents_known = state.agents is not None
-    views = _views(pool, state, jobs, pods_by_job)
+    agents = {a.name.lower(): a for a in state.agents or ()}
+    busy = _busy_names(state)
+    views = _views(jobs, pods_by_job, agents, busy)
     templates = {t.name: t for t in pool.templates}
+    router = _Router(config, pool)
 
     # Requests: route every queued one of our shard; report the ones nothing can serve.
     queued = sorted(
@@ -198,7 +270,7 @@ def _plan_pool(
     )
     routed: dict[str, list[JobRequest]] = defaultdict(list)
     for request in queued:
-        template = route(config, pool, request)
+        template = router.route(request.demands)
         if template is None:
             actions.append(ReportUnroutable(pool=pool.name, request_id=request.request_id, demands=request.demands))
         else:
@@ -208,29 +280,28 @@ def _plan_pool(
     active: dict[str, list[_JobView]] = defaultdict(list)
     stuck: dict[str, int] = defaultdict(int)
     gone: set[str] = set()
+    ttl = timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE
+    # Every unfinished Job counts against maxAgents until it is really gone (see creation below).
+    pool_active = 0
     for view in views:
-        template = templates.get(view.job.template)
-        if view.terminal and not agents_known and view.pod is not None and not view.busy:
-            # The agent ran its one job and its pod is done: its id is known from the request it ran,
-            # so it is pruned without listing the pool's agents (an API call saved per finished job).
-            key = view.pod.name.lower()
-            agent_id = world.agent_ids.get(key)
-            if agent_id is not None and key not in world.pruned:
-                actions.append(
-                    DeleteAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent_id,
-                        agent_name=view.pod.name,
-                        reason="offline and its pod finished",
-                    )
-                )
         if view.terminal:
+            if not agents_known and view.pod is not None and not view.busy:
+                # The agent ran its one job and its pod is done: its id is known from the request it ran,
+                # so it is pruned without listing the pool's agents (an API call saved per finished job).
+                key = view.pod.name.lower()
+                agent_id = world.agent_ids.get(key)
+                if agent_id is not None and key not in world.pruned:
+                    actions.append(
+                        DeleteAgent(
+                            pool=pool.name,
+                            pool_id=state.pool_id,
+                            agent_id=agent_id,
+                            agent_name=view.pod.name,
+                            reason="offline and its pod finished",
+                        )
+                    )
             finished = view.job.finished or (view.pod.finished if view.pod else None)
-            if (
-                finished is not None
-                and now - finished > timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE
-            ):
+            if finished is not None and now - finished > ttl:
                 actions.append(
                     DeleteJob(
                         pool=pool.name,
@@ -240,6 +311,8 @@ def _plan_pool(
                     )
                 )
             continue
+        pool_active += 1
+        template = templates.get(view.job.template)
         if template is None:
             if not view.busy and not view.running:
                 actions.append(
@@ -252,7 +325,8 @@ def _plan_pool(
                 )
                 gone.add(view.job.name)
             continue
-        reason = _stuck_reason(view, pool=pool, agents_known=agents_known, now=now)
+        # A busy agent is never stuck: most Jobs of a large pool skip the check.
+        reason = None if view.busy else _stuck_reason(view, pool=pool, agents_known=agents_known, now=now)
         if reason is not None:
             agent_id = view.agent.agent_id if view.agent is not None else None
             actions.append(
@@ -272,12 +346,11 @@ def _plan_pool(
         active[template.name].append(view)
 
     def idle_supply(template_name: str) -> list[_JobView]:
-        return [v for v in active[template_name] if v.available]
+        return [v for v in active[template_name] if not v.busy and v.available]
 
     # Creation: demand first, in queue order across templates; then standby and minimum counts.
     # Every unfinished Job counts against maxAgents until it is really gone: agents of a removed
     # template, and stuck Jobs too (if their deletion fails, replacing them must not run away).
-    pool_active = sum(1 for v in views if not v.terminal)
     pool_room = max(0, pool.max_agents - pool_active)
     creates: list[CreateJob] = []
     extra_min_idle = {pool.templates[0].name: pool.min_idle} if pool.templates else {}
@@ -296,13 +369,19 @@ def _plan_pool(
         want[template.name] = for_demand
         standby[template.name] = min(room - for_demand, max(0, total - for_demand))
 
-    covered = {
-        v.job.request_id for views_ in active.values() for v in views_ if not v.busy and v.job.request_id is not None
-    }
-    ordered = sorted(
-        ((r, t) for t, requests in routed.items() for r in requests),
-        key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
-    )
+    if pool_room > 0 and create_budget > 0:
+        covered = {
+            v.job.request_id
+            for views_ in active.values()
+            for v in views_
+            if not v.busy and v.job.request_id is not None
+        }
+        ordered = sorted(
+            ((r, t) for t, requests in routed.items() for r in requests),
+            key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
+        )
+    else:
+        covered, ordered = set(), []  # a pool at maxAgents (or a spent brake) creates nothing: skip the work
 
     # Uncovered requests get a Job first; covered ones only when their Job went to someone else.
     def create(template_name: str, request: JobRequest | None) -> None:
@@ -357,7 +436,18 @@ def _plan_pool(
     if agents_known:
         actions.extend(
             _plan_agents(
-                config, pool, state, views, routed=routed, queued=queued, active=active, blocked=blocked, now=now
+                config,
+                pool,
+                state,
+                views,
+                routed=routed,
+                queued=queued,
+                active=active,
+                blocked=blocked,
+                now=now,
+                busy=busy,
+                by_name=agents,
+                router=router,
             )
         )
     return actions
@@ -388,14 +478,17 @@ def _plan_agents(
     active: Mapping[str, list[_JobView]],
     blocked: int,
     now: datetime,
+    busy: set[str],
+    by_name: Mapping[str, Agent],
+    router: _Router,
 ) -> list[Action]:
     """Placeholders, prune and drain: the rules that need the pool's agent list. `blocked` is the number
     of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
     serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
-    job matters more than a warm spare."""
+    job matters more than a warm spare. `busy`, `by_name` (agents by lower-case name) and `router` are
+    the ones `_plan_pool` made for this pool, passed on so that they are built once."""
     assert state.agents is not None and state.pool_id is not None
     actions: list[Action] = []
-    busy = _busy_names(state)
     ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
     placeholders = {
         names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=t.name).lower(): t
@@ -404,7 +497,6 @@ def _plan_agents(
     }
     placeholder_prefix = names.placeholder_prefix(prefix=config.job_name_prefix, pool_name=pool.name).lower()
     pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
-    by_name = {a.name.lower(): a for a in state.agents}
 
     for key, template in placeholders.items():
         wanted = effective_capabilities(config, template)
@@ -463,14 +555,14 @@ def _plan_agents(
     for template in pool.templates:
         for view in active.get(template.name, []):
             agent = view.agent
-            if agent is not None and agent.online and not agent.enabled and not view.busy and view.running:
+            if not view.busy and agent is not None and not agent.enabled and agent.online and view.running:
                 actions.append(_drain(pool, state, view, agent, "an earlier drain of this agent stopped half way"))
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
     idle_timeout = timedelta(seconds=pool.idle_timeout)
     for index, template in enumerate(pool.templates):
-        if routed.get(template.name) or any(serves(config, template, r.demands) for r in queued):
+        if routed.get(template.name) or any(router.serves(index, r.demands) for r in queued):
             continue
         idle = [
             v
@@ -504,8 +596,9 @@ def _plan_agents(
             )
             blocked -= 1
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
+    configured = {t.name for t in pool.templates}
     for view in views:
-        if view.job.template in {t.name for t in pool.templates} or view.terminal or view.busy:
+        if view.busy or view.terminal or view.job.template in configured:
             continue
         if view.running and view.agent is not None and view.agent.online:
             actions.append(_drain(pool, state, view, view.agent, "its template was removed from the configuration"))
@@ -520,8 +613,9 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     by_pool = _jobs_by_pool(world)
     budget = config.max_create_per_pass
     configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
+    states = _states_by_name(world)
     for pool in config.pools:
-        state = world.pool(pool.name)
+        state = states.get(pool.name)
         if state is None:
             continue  # not observed in this pass (its next poll is not due yet)
         if not state.found:
@@ -541,19 +635,21 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
         budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
         actions.extend(pool_actions)
     # Jobs of pools no longer configured: removed once their pod can no longer be running a job.
-    for job in world.jobs:
-        if (job.pool_slug, job.namespace) in configured or job.deleting:
-            continue
-        pod = pods_by_job.get((job.namespace, job.name))
-        if pod is None or pod.phase != "Running" or job.done:
-            actions.append(
-                DeleteJob(
-                    pool=job.pool_name or job.pool_slug,
-                    namespace=job.namespace,
-                    job_name=job.name,
-                    reason="its pool was removed from the configuration",
+    # The Jobs are grouped by pool already, so when every group is configured none is looked at again.
+    if by_pool.keys() - configured:
+        for job in world.jobs:
+            if (job.pool_slug, job.namespace) in configured or job.deleting:
+                continue
+            pod = pods_by_job.get((job.namespace, job.name))
+            if pod is None or pod.phase != "Running" or job.done:
+                actions.append(
+                    DeleteJob(
+                        pool=job.pool_name or job.pool_slug,
+                        namespace=job.namespace,
+                        job_name=job.name,
+                        reason="its pool was removed from the configuration",
+                    )
                 )
-            )
     return actions
 
 
@@ -565,9 +661,10 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)
+    states = _states_by_name(world)
     sweep = timedelta(seconds=config.sweep_interval)
     for pool in config.pools:
-        state = world.pool(pool.name)
+        state = states.get(pool.name)
         if state is None or not state.found:
             continue
         observed = world.agents_observed.get(pool.name)
@@ -583,21 +680,22 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         idle_long = idle_now = unfinished = 0
         threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
         allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
+        configured = {t.name for t in pool.templates}
         for job in by_pool.get((slug, pool.namespace), []):
             pod = pods_by_job.get((job.namespace, job.name))
-            finished = job.finished or (pod.finished if pod and pod.terminal else None)
-            if job.done or (pod is not None and pod.terminal):
+            pod_done = pod is not None and pod.terminal
+            if job.done or pod_done:
+                finished = job.finished or (pod.finished if pod is not None and pod_done else None)
                 known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
                 if not known and (finished is None or finished >= observed):
                     needed.add(pool.name)
                     break
                 continue
-            if job.pool_name is not None and pool.template(job.template) is None:
+            if job.pool_name is not None and job.template not in configured:
                 needed.add(pool.name)
                 break
             unfinished += 1
-            running_idle = pod is not None and pod.phase == "Running" and pod.name.lower() not in busy
-            if running_idle and pod is not None:
+            if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
                 idle_now += 1
                 if _age(pod.started or pod.created, now) > threshold:
                     idle_long += 1
