@@ -108,6 +108,14 @@ def agent_from_json(item: Mapping[str, Any]) -> Agent | None:
     )
 
 
+def _drop_matched_agents(item: dict[str, Any]) -> dict[str, Any]:
+    """A json.loads object hook for jobrequests: each request's matchedAgents (every agent that can serve it,
+    the bulk of the payload, never read) is dropped as soon as that request is parsed, so a pool's queue is
+    never held parsed with all of them at once."""
+    item.pop("matchedAgents", None)
+    return item
+
+
 def placeholder_public_key() -> dict[str, str]:
     """An RSA public key for a placeholder registration.
 
@@ -168,6 +176,7 @@ class AzureDevOps:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         api_version: str = API_VERSION,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
         url = f"{self.organization}/_apis/{path}"
         query = {**(params or {}), "api-version": api_version}
@@ -186,7 +195,7 @@ class AzureDevOps:
                 retry_after = None
             else:
                 try:
-                    return self._parse(response, method=method, route=route)
+                    return self._parse(response, method=method, route=route, object_hook=object_hook)
                 except TransientError as exc:
                     error = exc
                     retry_after = _retry_after(response)
@@ -198,7 +207,14 @@ class AzureDevOps:
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
             self._sleep(delay)
 
-    def _parse(self, response: requests.Response, *, method: str, route: str) -> Any:
+    def _parse(
+        self,
+        response: requests.Response,
+        *,
+        method: str,
+        route: str,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
         status = response.status_code
         retry_after = _retry_after(response)
         if retry_after is not None and status < 400:
@@ -240,14 +256,22 @@ class AzureDevOps:
                 f"JSON (a sign-in page): {CREDENTIAL_HINT}"
             )
         try:
-            return response.json()
+            return response.json(object_hook=object_hook)
         except ValueError:
             raise TransientError(f"{method} {route}: the response body is not complete JSON") from None
 
     def _list(
-        self, path: str, *, route: str, params: Mapping[str, Any] | None = None, api_version: str = API_VERSION
+        self,
+        path: str,
+        *,
+        route: str,
+        params: Mapping[str, Any] | None = None,
+        api_version: str = API_VERSION,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> list[dict[str, Any]]:
-        payload = self._request("GET", path, route=route, params=params, api_version=api_version)
+        payload = self._request(
+            "GET", path, route=route, params=params, api_version=api_version, object_hook=object_hook
+        )
         if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
             raise TransientError(f"GET {route}: the response is not a list ({{count, value}})")
         return [item for item in payload["value"] if isinstance(item, dict)]
@@ -277,6 +301,7 @@ class AzureDevOps:
             route="pools/{poolId}/jobrequests",
             params={"completedRequestCount": 0},
             api_version=JOBREQUESTS_API_VERSION,
+            object_hook=_drop_matched_agents,
         )
         requests_ = (job_request_from_json(item) for item in items)
         return [r for r in requests_ if r is not None and not r.finished]

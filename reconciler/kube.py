@@ -2,6 +2,9 @@
 
 Lists are read as raw JSON (`_preload_content=False`): building the client's model objects for
 thousands of Jobs and Pods costs far more CPU than the JSON itself, and we need a few fields only.
+They are read in pages of LIST_PAGE_SIZE (one call for a namespace of usual size), each page turned
+into model objects before the next is fetched, and the specs we never read are dropped as each item is
+parsed: a pass's memory does not grow with the whole list's JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -29,6 +32,28 @@ log = logging.getLogger("reconciler.kube")
 
 LEASE_NAME_SUFFIX = "-reconciler"
 _TIMEOUT = (5.0, 30.0)
+LIST_PAGE_SIZE = 1000
+"""Items per list call: a namespace with up to this many Jobs (or Pods) of ours costs one call each."""
+_LIST_RESTARTS = 2
+"""How often a list starts over when its continue token expired (HTTP 410) between two pages."""
+
+T = TypeVar("T")
+
+
+class _ContinueExpired(Exception):
+    """HTTP 410 on a list: its continue token is too old, the list must start over."""
+
+
+def _skim(item: dict[str, Any]) -> dict[str, Any]:
+    """A json.loads object hook for Job and Pod lists: an object's spec and metadata.managedFields, the bulk
+    of each item, are dropped as soon as that item is parsed (job_from_json and pod_from_json read metadata
+    and status only)."""
+    if "metadata" in item:
+        item.pop("spec", None)
+        metadata = item["metadata"]
+        if isinstance(metadata, dict):
+            metadata.pop("managedFields", None)
+    return item
 
 
 def job_from_json(item: Mapping[str, Any]) -> AgentJob | None:
@@ -122,6 +147,7 @@ class Kubernetes:
         context: str | None = None,
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         configuration = k8s.Configuration()
         try:
@@ -142,6 +168,7 @@ class Kubernetes:
         self.calls: Counter[str] = Counter()
         self.retries = retries
         self._sleep = sleep
+        self.page_size = page_size
 
     def close(self) -> None:
         self.api_client.close()
@@ -150,17 +177,26 @@ class Kubernetes:
     def call_count(self) -> int:
         return sum(self.calls.values())
 
-    def _call(self, key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        key: str,
+        function: Callable[..., Any],
+        *args: Any,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         attempt = 0
         while True:
             self.calls[key] += 1
             try:
                 response = function(*args, _preload_content=False, _request_timeout=_TIMEOUT, **kwargs)
                 data = response.data
-                return json.loads(data) if data else None
+                return json.loads(data, object_hook=object_hook) if data else None
             except ApiException as exc:
                 status = exc.status or 0
                 message = _status_message(exc)
+                if status == 410 and kwargs.get("_continue"):
+                    raise _ContinueExpired(message) from None
                 if status == 401:
                     raise AuthError(f"Kubernetes rejected the credentials ({key}): {message}") from None
                 if status == 403:
@@ -186,23 +222,65 @@ class Kubernetes:
 
     # --- reads ---------------------------------------------------------------------------------
 
+    def _list(
+        self,
+        key: str,
+        function: Callable[..., Any],
+        namespace: str,
+        *,
+        release: str,
+        convert: Callable[[Mapping[str, Any]], T | None],
+    ) -> list[T]:
+        """Every object of the release in a namespace, as model objects; read again from the start when the
+        continue token expired between two pages (HTTP 410), as the API conventions ask."""
+        for restart in range(_LIST_RESTARTS + 1):
+            try:
+                return self._list_pages(key, function, namespace, release=release, convert=convert)
+            except _ContinueExpired as exc:
+                if restart == _LIST_RESTARTS:
+                    raise TransientError(f"{key}: the continue token expired {restart + 1} times: {exc}") from None
+                log.warning("%s: the continue token expired (%s); listing again from the start", key, exc)
+        raise AssertionError("unreachable")
+
+    def _list_pages(
+        self,
+        key: str,
+        function: Callable[..., Any],
+        namespace: str,
+        *,
+        release: str,
+        convert: Callable[[Mapping[str, Any]], T | None],
+    ) -> list[T]:
+        """Page by page (limit/continue), each page converted and freed before the next is fetched."""
+        found: list[T] = []
+        token: str | None = None
+        while True:
+            paging: dict[str, Any] = {"limit": self.page_size}
+            if token:
+                paging["_continue"] = token
+            page = self._call(
+                key, function, namespace, label_selector=names.selector(release), object_hook=_skim, **paging
+            )
+            page = page if isinstance(page, dict) else {}
+            found.extend(obj for obj in map(convert, page.get("items") or []) if obj is not None)
+            token = (page.get("metadata") or {}).get("continue") or None
+            del page
+            if token is None:
+                return found
+
     def list_jobs(self, namespace: str, *, release: str) -> list[AgentJob]:
-        data = self._call(
-            "list jobs", self.batch.list_namespaced_job, namespace, label_selector=names.selector(release)
+        return self._list(
+            "list jobs", self.batch.list_namespaced_job, namespace, release=release, convert=job_from_json
         )
-        jobs = (job_from_json(item) for item in (data or {}).get("items") or [])
-        return [j for j in jobs if j is not None]
 
     def list_pods(self, namespace: str, *, release: str) -> list[AgentPod]:
-        data = self._call("list pods", self.core.list_namespaced_pod, namespace, label_selector=names.selector(release))
-        pods = (pod_from_json(item) for item in (data or {}).get("items") or [])
-        return [p for p in pods if p is not None]
+        return self._list("list pods", self.core.list_namespaced_pod, namespace, release=release, convert=pod_from_json)
 
     # --- writes --------------------------------------------------------------------------------
 
     def create_job(self, job: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False when it already existed (an overlapping pass made it: success)."""
-        kwargs = {"dry_run": "All"} if dry_run else {}
+        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         try:
             self._call(
                 "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs

@@ -3,11 +3,13 @@ one call per resource kind, credentials errors, retries with Retry-After, faults
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 
-from reconciler.azdo import AzureDevOps
+from reconciler.azdo import AzureDevOps, _drop_matched_agents, job_request_from_json
 from reconciler.errors import AuthError, TransientError
 from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator
 
@@ -46,6 +48,32 @@ def test_reads_with_one_call_each(emulator: AzureDevOpsEmulator) -> None:
     assert [r.demands for r in requests_] == [("docker",)]
     assert [a.name for a in agents] == ["azp-linux-1-abcde"] and agents[0].capabilities["docker"] == ""
     assert dict(azdo.calls) == {"GET pools": 1, "GET pools/{poolId}/jobrequests": 1, "GET pools/{poolId}/agents": 1}
+
+
+def test_job_requests_are_read_without_their_matched_agents(emulator: AzureDevOpsEmulator) -> None:
+    """We test: matchedAgents (every agent that can serve a request, on every unfinished request: the bulk of
+    the payload) is dropped while parsing, in one call, and the requests read the same as from the whole
+    payload (queued and running ones, the running one's reserved agent)."""
+    azdo = client(emulator)
+    pool_id = azdo.pools_by_name(["linux"])["linux"]
+    for index in range(3):
+        emulator.add_agent(pool_id, f"azp-linux-{index + 2}-abcde", status="offline", capabilities={"docker": ""})
+    running = emulator.queue_request(pool_id, demands=("docker",), duration=600)
+    emulator.add_agent(pool_id, "azp-linux-9-abcde", status="online", capabilities={"docker": ""},
+                       assigned_request=running)
+    emulator.queue_request(pool_id, demands=("docker",), duration=60)
+    url = f"{emulator.base_url}/_apis/distributedtask/pools/{pool_id}/jobrequests"
+    params = {"completedRequestCount": "0", "api-version": "7.0"}
+    body = requests.get(url, params=params, auth=("", PAT), timeout=5).content
+    whole = json.loads(body)["value"]
+    assert [len(item["matchedAgents"]) for item in whole] == [5, 5]
+    skimmed = json.loads(body, object_hook=_drop_matched_agents)["value"]
+    assert all("matchedAgents" not in item for item in skimmed)
+    assert [{k: v for k, v in item.items() if k != "matchedAgents"} for item in whole] == skimmed
+    requests_ = azdo.job_requests(pool_id)
+    assert requests_ == [job_request_from_json(item) for item in whole]
+    assert [(r.queued, r.reserved_agent_name) for r in requests_] == [(False, "azp-linux-9-abcde"), (True, None)]
+    assert azdo.calls["GET pools/{poolId}/jobrequests"] == 1
 
 
 def test_unknown_pat_is_a_credentials_error(emulator: AzureDevOpsEmulator) -> None:

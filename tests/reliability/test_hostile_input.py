@@ -307,11 +307,15 @@ def test_agents_with_mistyped_fields(rig: Rig) -> None:
     assert "Traceback" not in result.out
 
 
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (pytest's here), which would hide
+# what the pass itself used.
 RSS_SCRIPT = """
-import resource, sys
+import sys
 from reconciler.cli import main
 code = main(sys.argv[1:])
-print(f"maxrss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+with open("/proc/self/status") as status:
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print(f"maxrss_kb={peak}", file=sys.stderr)
 sys.exit(code)
 """
 
