@@ -75,6 +75,27 @@ def world(
     }
 
 
+def _pass_spans(
+    summaries: list[dict[str, Any]], window_start: float, window_end: float
+) -> list[tuple[dict[str, Any], float, float]]:
+    """(summary, start, end) of every pass that ran wholly inside the window."""
+    spans = []
+    for summary in summaries:
+        end = parse_time(summary.get("time"))
+        if end is None:
+            continue
+        start = end - float(summary.get("seconds", 0.0))
+        if start >= window_start and end < window_end:
+            spans.append((summary, start, end))
+    return spans
+
+
+def _in_spans(moment: float, spans: list[tuple[dict[str, Any], float, float]], slack: float = 0.05) -> bool:
+    # The server logs a call a few milliseconds after the client started it and before the client's
+    # pass ends; the slack covers clock reads on either side.
+    return any(start - slack <= moment <= end + slack for _, start, end in spans)
+
+
 def _pool_id(path: str) -> int | None:
     match = _POOL_IN_PATH.search(path)
     return int(match.group(1)) if match else None
@@ -153,16 +174,25 @@ def run(size: str) -> dict[str, Any]:
         kube_calls = [c for c in sim.kube.calls() if window_start <= c.time < window_end]
         pool_names = {pool_id: name for name, pool_id in sim.pool_ids.items()}
         served = sum(1 for p in sim.pool_ids.values() for r in sim.azdo.requests(p) if r.get("result") == "succeeded")
+        finished_in_window = sum(
+            1
+            for p in sim.pool_ids.values()
+            for r in sim.azdo.requests(p)
+            if r.get("result") and window_start <= (parse_time(r.get("finishTime")) or 0) < window_end
+        )
     minutes = (window_end - window_start) / 60
-    steady = [
-        s
-        for s in run_.summaries
-        if (parse_time(s.get("time")) or 0) >= window_start and (parse_time(s.get("time")) or 0) < window_end
-    ]
+    # A pass is counted when it ran wholly inside the window; a call belongs to the pass whose span
+    # (its summary's time minus its seconds, to that time) holds it. Lease renewals come between
+    # passes, on their own clock, so they are reported per minute, not per pass.
+    spans = _pass_spans(run_.summaries, window_start, window_end)
+    steady = [summary for summary, _, _ in spans]
     by_identity: dict[str, list[Any]] = defaultdict(list)
     for call in calls:
         by_identity[call.identity or "?"].append(call)
-    ours = by_identity[AZP_IDENTITY]
+    ours_all = by_identity[AZP_IDENTITY]
+    ours = [c for c in ours_all if _in_spans(c.time, spans)]
+    kube_lease = sum(1 for c in kube_calls if c.key.endswith("leases"))
+    kube_calls = [c for c in kube_calls if _in_spans(c.time, spans)]
     jobrequest_calls = [c for c in ours if c.short == "pools/{poolId}/jobrequests"]
     observed_pools = max(1, len(jobrequest_calls))
     per_pool_per_pass = len(ours) / observed_pools
@@ -187,7 +217,7 @@ def run(size: str) -> dict[str, Any]:
     passes = max(1, len(steady))
 
     def bill(identity: str) -> dict[str, Any]:
-        made = by_identity[identity]
+        made = ours_all if identity == AZP_IDENTITY else by_identity[identity]
         tstu = sum(cost.cost(c.method, c.short) for c in made)
         return {
             "calls": len(made),
@@ -201,8 +231,7 @@ def run(size: str) -> dict[str, Any]:
     orchestrator_per_pool_cycle = orchestrator_bill["calls"] / pools / orchestrator_cycles
     keda_per_pool_cycle = sum(template_counts.values()) / pools
     kube_lists = sum(1 for c in kube_calls if c.key.endswith("(list)"))
-    kube_lease = sum(1 for c in kube_calls if c.key.endswith("leases"))
-    kube_other = len(kube_calls) - kube_lists - kube_lease
+    kube_other = len(kube_calls) - kube_lists
     actions = sum(
         int(s.get(k, 0)) for s in steady for k in ("created", "existing", "deleted", "pruned", "drained", "stuck")
     )
@@ -217,7 +246,7 @@ def run(size: str) -> dict[str, Any]:
             "reads_per_pool_per_pass_by_templates": reads_by_templates,
             "kube_calls_per_pass": round(len(kube_calls) / passes, 2),
             "kube_list_calls_per_pass": round(kube_lists / passes, 2),
-            "kube_lease_calls_per_pass": round(kube_lease / passes, 2),
+            "kube_lease_calls_per_minute": round(kube_lease / minutes, 2),
             "kube_other_calls": kube_other,
             "kube_routes": dict(Counter(c.key for c in kube_calls)),
             "actions": actions,
@@ -250,10 +279,19 @@ def run(size: str) -> dict[str, Any]:
         value=f"{per_pool_per_pass:.3f} over {len(steady)} passes",
         met=per_pool_per_pass <= 1.1,
     )
+    writes = len(ours) - sum(1 for c in ours if c.method == "GET")
+    deregistered = sum(1 for c in ours_all if c.method == "DELETE")
     outcome.check(
         "  of which reads (observation)",
-        target="(informational)",
+        target="<= 1.1",
         value=f"{reads_per_pool_per_pass:.3f}",
+        met=reads_per_pool_per_pass <= 1.1,
+    )
+    outcome.check(
+        "  of which writes (agents deregistered)",
+        target="(informational)",
+        value=f"{writes / observed_pools:.3f} ({deregistered} agents deregistered in the window, "
+        f"{finished_in_window} jobs finished)",
         met=None,
     )
     spread_by_templates = max(reads_by_templates.values(), default=0) - min(reads_by_templates.values(), default=0)
@@ -269,6 +307,14 @@ def run(size: str) -> dict[str, Any]:
         target=">= 3x fewer",
         value=f"{orchestrator_per_pool_cycle:.2f} vs {reads_per_pool_per_pass:.2f} = {ratio_orchestrator:.2f}x",
         met=ratio_orchestrator >= 3.0,
+    )
+    same_world = orchestrator_bill["calls_per_pool_per_minute"] / max(azp_bill["calls_per_pool_per_minute"], 1e-9)
+    outcome.check(
+        "vs orchestrator, all calls on the same world",
+        target=">= 3x fewer",
+        value=f"{orchestrator_bill['calls_per_pool_per_minute']} vs {azp_bill['calls_per_pool_per_minute']} "
+        f"per pool per minute = {same_world:.2f}x",
+        met=same_world >= 3.0,
     )
     keda_ratios = {k: int(k) / v for k, v in reads_by_templates.items() if v}
     outcome.check(
@@ -295,8 +341,8 @@ def run(size: str) -> dict[str, Any]:
     outcome.check(
         "Kubernetes calls per pass",
         target="2 lists per namespace + 1 write per action",
-        value=f"{lists_per_pass:.2f} lists/pass, {kube_other} other calls for {actions} actions, "
-        f"{kube_lease / passes:.2f} lease calls/pass",
+        value=f"{lists_per_pass:.2f} lists/pass, {kube_other} writes for {actions} actions, "
+        f"{kube_lease / minutes:.2f} lease calls/min",
         met=lists_per_pass <= 2.0 and kube_other <= actions,
     )
     outcome.notes.append(

@@ -95,20 +95,23 @@ def test_scale_measures_every_point(tiny_run: dict[str, Any]) -> None:
         for key in ("cpu_seconds", "wall_seconds", "peak_rss_mib", "plan_ms", "json_floor_seconds"):
             assert point[key] > 0, key
         assert point["json_bytes"] > 0
-    assert figures["growth"]["size_factor"] == 4
+    assert [step["size_factor"] for step in figures["growth"]] == [4]
 
 
 def test_latency_measures_every_job(tiny_run: dict[str, Any]) -> None:
-    """We test: both settings served all 20 jobs and every job has both latencies, in sane order."""
+    """We test: both settings served all 26 jobs and every job has both latencies, in sane order, split
+    between jobs queued into a pool with work and into an idle pool."""
     figures = _result(tiny_run, "latency")["figures"]
     for setting in ("adaptive", "poll_30s"):
         run = figures[setting]
-        assert run["jobs"] == 20
-        assert run["served"] == 20
+        assert run["jobs"] == 26
+        assert run["served"] == 26
         for key in ("queue_to_job_created", "queue_to_agent_online"):
             spread = run[key]
-            assert spread["count"] == 20
+            assert spread["count"] == 26
             assert 0 <= spread["p50"] <= spread["p95"] <= spread["max"]
+        split = run["queue_to_job_created_active_pool"]["count"] + run["queue_to_job_created_idle_pool"]["count"]
+        assert split == 26
         assert run["azdo_calls"] > 0
 
 
