@@ -29,7 +29,7 @@ from benchmarks.harness import (
     wait_until,
 )
 from reconciler.names import LABEL_REQUEST_ID
-from reconciler.simulate.world import Simulation
+from reconciler.simulate.world import JOB_TTL_SECONDS, Simulation
 
 ADAPTIVE = (2.0, 30.0)
 POLL_30 = (30.0, 30.0)
@@ -134,13 +134,16 @@ def _measure(size: str, intervals: tuple[float, float], directory: Path) -> dict
         kube_calls = [c for c in sim.kube.calls() if c.time >= started]
     to_job: list[float] = []
     to_online: list[float] = []
-    # A job queued while its pool already had a Job of ours is polled at `interval`; one queued into a
-    # pool with none waits for the pool's next idle poll (`idleInterval`), whatever the scheduler does.
-    first_job_at: dict[int, float] = {}
-    for request_id, at in created.items():
-        pool_id = pool_of.get(request_id)
-        if pool_id is not None:
-            first_job_at[pool_id] = min(at, first_job_at.get(pool_id, at))
+    # A job queued while its pool had a Job of ours (from its creation to its request's end plus the
+    # Jobs' TTL, when Kubernetes removes it) finds the pool polled at `interval`; one queued into a pool
+    # with none waits for the pool's next idle poll (`idleInterval`), whatever the scheduler does.
+    job_spans: dict[int, list[tuple[float, float]]] = {}
+    for request in requests_:
+        request_id = request["requestId"]
+        if request_id in created:
+            ended = parse_time(request.get("finishTime"))
+            until = ended + JOB_TTL_SECONDS if ended is not None else float("inf")
+            job_spans.setdefault(pool_of[request_id], []).append((created[request_id], until))
     to_job_active: list[float] = []
     to_job_idle: list[float] = []
     for request in requests_:
@@ -150,7 +153,8 @@ def _measure(size: str, intervals: tuple[float, float], directory: Path) -> dict
         if request["requestId"] in created:
             latency = created[request["requestId"]] - queued
             to_job.append(latency)
-            active = first_job_at.get(pool_of[request["requestId"]], float("inf")) < queued
+            spans = job_spans.get(pool_of[request["requestId"]], [])
+            active = any(start < queued <= until for start, until in spans)
             (to_job_active if active else to_job_idle).append(latency)
         assigned = parse_time(request.get("assignTime"))
         if assigned is not None:

@@ -30,6 +30,8 @@ from reconciler.simulate.kube_emulator import KubernetesEmulator
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
+# ttlSecondsAfterFinished of the simulated release: finished Jobs stay this long.
+JOB_TTL_SECONDS = 30
 NAMESPACE = "azp-agents"
 RELEASE = "azp-agents"
 AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
@@ -311,7 +313,7 @@ class Simulation:
             "namespace": NAMESPACE,
             "jobNamePrefix": "azp",
             "auth": {"patFile": str(self.directory / "pat")},
-            "ttlSecondsAfterFinished": 30,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "sweepInterval": int(self.world.reconciler.get("sweepInterval", 30)),
             "agentVersion": AGENT_VERSION,
             "loop": loop,
