@@ -102,6 +102,22 @@ def _pod_reason(status: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return status.get("reason"), status.get("message")
 
 
+def _published_agent_id(status: Mapping[str, Any]) -> int | None:
+    """The agent id an init container published as its termination message (`start.sh register` does).
+
+    Only init containers count: they finish before the container running pipeline steps starts, so no
+    pipeline can write there, and the id is known as soon as the agent is registered."""
+    for entry in status.get("initContainerStatuses") or []:
+        message = ((entry.get("state") or {}).get("terminated") or {}).get("message")
+        if not isinstance(message, str):
+            continue
+        for line in message.splitlines():
+            value = line.strip().removeprefix(names.AGENT_ID_MESSAGE)
+            if line.strip().startswith(names.AGENT_ID_MESSAGE) and value.isdigit() and value.isascii():
+                return int(value)
+    return None
+
+
 def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
     """An AgentPod from a Pod's JSON, with the reason it is not running, if any."""
     metadata = item.get("metadata") or {}
@@ -116,6 +132,7 @@ def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
         if moment is not None and (finished is None or moment > finished):
             finished = moment
     return AgentPod(
+        agent_id=_published_agent_id(status),
         name=metadata["name"],
         namespace=metadata.get("namespace", ""),
         job_name=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name"),

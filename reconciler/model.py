@@ -207,6 +207,8 @@ class AgentPod:
     """Why the pod is not running, from its status (ImagePullBackOff, Unschedulable, ...)."""
     message: str | None = None
     deleting: bool = False
+    agent_id: int | None = None
+    """The id of the agent the pod registered, from its register init container's termination message."""
 
     @property
     def terminal(self) -> bool:

@@ -22,6 +22,9 @@ ANNOTATION_POOL_NAME = "azp-agents.dev/pool-name"
 ANNOTATION_DEMANDS = "azp-agents.dev/demands"
 ANNOTATION_REASON = "azp-agents.dev/reason"
 ANNOTATION_AGENTS_OBSERVED = "azp-agents.dev/agents-observed"
+ANNOTATION_AGENTS_PRUNED = "azp-agents.dev/agents-pruned"
+# What the image's `start.sh register` writes to its init container's termination message.
+AGENT_ID_MESSAGE = "azp-agents.dev/agent-id="
 AGENT_APP_NAME = "azp-agent"
 
 MAX_JOB_NAME = 52

@@ -37,6 +37,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Names of deregistered agents kept in the Lease (about 40 bytes each, far below its 256 KiB of
+# annotations); beyond that, a later run may delete an agent again and get a harmless 404.
+MAX_PRUNED_REMEMBERED = 2000
+
+
 @dataclass
 class PassReport:
     """The figures of one pass, as the summary line prints them."""
@@ -126,6 +131,8 @@ class Reconciler:
         self.agents_observed: dict[str, datetime] = {}
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
+        # Names of our pods seen by the last observation: the pruned names worth remembering in the Lease.
+        self.pod_names: set[str] = set()
         self.next_due: dict[str, float] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
@@ -148,17 +155,31 @@ class Reconciler:
         return f"{self.config.release}-reconciler"
 
     def _lease_annotations(self) -> dict[str, str]:
+        """What the next run needs to know: when each pool's agents were last listed, and which finished
+        pods already had their agent deregistered (only those whose pod still exists: the plan asks about
+        no other, and the annotation stays small), so that it neither lists nor deletes again."""
         observed = {pool: format_time(moment) for pool, moment in sorted(self.agents_observed.items())}
-        return {names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":"))}
+        pruned = sorted(self.pruned & self.pod_names)[:MAX_PRUNED_REMEMBERED]
+        return {
+            names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":")),
+            names.ANNOTATION_AGENTS_PRUNED: json.dumps(pruned, separators=(",", ":")),
+        }
 
     def _remember(self, lease: Mapping[str, Any] | None) -> None:
         if not lease:
             return
-        raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_AGENTS_OBSERVED)
+        annotations = (lease.get("metadata") or {}).get("annotations") or {}
+        raw = annotations.get(names.ANNOTATION_AGENTS_OBSERVED)
         try:
             observed = json.loads(raw) if raw else {}
         except ValueError:
             observed = {}
+        try:
+            pruned = json.loads(annotations.get(names.ANNOTATION_AGENTS_PRUNED) or "[]")
+        except ValueError:
+            pruned = []
+        if isinstance(pruned, list):
+            self.pruned.update(name.lower() for name in pruned if isinstance(name, str))
         for pool, stamp in observed.items() if isinstance(observed, dict) else ():
             moment = parse_time(stamp)
             if moment is not None and (pool not in self.agents_observed or moment > self.agents_observed[pool]):
@@ -277,6 +298,12 @@ class Reconciler:
         for namespace in config.namespaces:
             jobs.extend(self.kube.list_jobs(namespace, release=config.release))
             pods.extend(self.kube.list_pods(namespace, release=config.release))
+        # The agent id each registered pod published: its agent can be deregistered when the pod
+        # finishes without listing the pool's agents, whether or not a request showed it running.
+        self.pod_names = {pod.name.lower() for pod in pods}
+        for pod in pods:
+            if pod.agent_id is not None:
+                self.agent_ids.setdefault(pod.name.lower(), pod.agent_id)
         world = World(
             pools=tuple(states),
             jobs=tuple(jobs),

@@ -4,7 +4,9 @@
 #
 #   start.sh register  init container: configure the agent with the PAT and save its identity files
 #                      (.agent, .credentials, .credentials_rsaparams, and .env/.path/.capabilities if
-#                      present) to AZP_STATE_DIR, the emptyDir shared with the main container.
+#                      present) to AZP_STATE_DIR, the emptyDir shared with the main container; then
+#                      write `azp-agents.dev/agent-id=<id>` to its termination message, so the
+#                      reconciler learns the agent's id from the pod list, without listing agents.
 #   start.sh run       main container: refuse to start if any token is visible, restore the identity
 #                      files, run `run.sh --once`, forward SIGTERM/SIGINT, exit with the agent's status.
 #   start.sh once      single container: configure in place, re-exec itself without any token variable,
@@ -13,7 +15,8 @@
 # Inputs: AZP_URL (required), AZP_POOL (Default), AZP_AGENT_NAME (the hostname, i.e. the pod name),
 # AZP_WORK (/azp/_work), AZP_TOKEN_FILE (preferred) or AZP_TOKEN (compatibility, warns),
 # AZP_STATE_DIR (/azp/state), AZP_AGENT_DIR (/azp/agent), AZP_SECRET_DIR (/var/run/secrets/azp: where
-# `run` looks for a token mounted by mistake), AZP_DISABLE_LOG_UPLOADS (false).
+# `run` looks for a token mounted by mistake), AZP_DISABLE_LOG_UPLOADS (false), AZP_TERMINATION_LOG
+# (/dev/termination-log, the container's terminationMessagePath).
 # Exit status: the agent's own; 2 for a missing or invalid input, named in the message.
 set -euo pipefail
 umask 077
@@ -40,6 +43,7 @@ load_settings() {
   AZP_AGENT_NAME="${AZP_AGENT_NAME:-${HOSTNAME:-}}"
   AZP_SECRET_DIR="${AZP_SECRET_DIR:-/var/run/secrets/azp}"
   AZP_DISABLE_LOG_UPLOADS="${AZP_DISABLE_LOG_UPLOADS:-false}"
+  AZP_TERMINATION_LOG="${AZP_TERMINATION_LOG:-/dev/termination-log}"
 }
 
 require_agent_script() {
@@ -140,6 +144,22 @@ save_state() {
   log "agent '$AZP_AGENT_NAME' registered; its identity is in $AZP_STATE_DIR for the run container"
 }
 
+# The agent's id, as config.sh saved it in .agent ("agentId": 123), to the termination message of this
+# init container. Kubernetes shows it in the pod's status, which the reconciler lists anyway: it can
+# then deregister the agent once its pod finishes without listing the pool's agents. Pipeline steps
+# run later, in another container, and cannot change it. Best effort: registration stands without it.
+publish_agent_id() {
+  local id
+  id="$(sed -n 's/.*"[Aa]gent[Ii]d"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$AZP_AGENT_DIR/.agent" | head -n 1 || true)"
+  if [[ -z "$id" ]]; then
+    log "no agentId in $AZP_AGENT_DIR/.agent: the reconciler will find the agent by listing the pool"
+    return 0
+  fi
+  if ! printf 'azp-agents.dev/agent-id=%s\n' "$id" 2>/dev/null >"$AZP_TERMINATION_LOG"; then
+    log "could not write $AZP_TERMINATION_LOG: the reconciler will find agent $id by listing the pool"
+  fi
+}
+
 refuse_token_variables() {
   local name
   for name in "${TOKEN_VARS[@]}"; do
@@ -233,6 +253,7 @@ main() {
       read_token
       configure_agent
       save_state
+      publish_agent_id
       ;;
     run)
       refuse_tokens

@@ -15,7 +15,8 @@ scope, so whether `run` can decrypt a key that `register` wrote in another conta
 Inputs are the same as start.sh: AZP_URL (required), AZP_POOL (Default), AZP_AGENT_NAME (computer name),
 AZP_WORK (C:\azp\_work), AZP_TOKEN_FILE (preferred) or AZP_TOKEN (compatibility), AZP_STATE_DIR
 (C:\azp\state), AZP_AGENT_DIR (C:\azp\agent), AZP_SECRET_DIR (C:\var\run\secrets\azp),
-AZP_DISABLE_LOG_UPLOADS (false). Exit status: the agent's own; 2 for a missing or invalid input.
+AZP_DISABLE_LOG_UPLOADS (false), AZP_TERMINATION_LOG (/dev/termination-log: `register` writes the
+agent's id there, as start.sh does). Exit status: the agent's own; 2 for a missing or invalid input.
 #>
 [CmdletBinding()]
 param(
@@ -56,6 +57,7 @@ $Pool = Get-Setting -Name 'AZP_POOL' -Default 'Default'
 $AgentName = Get-Setting -Name 'AZP_AGENT_NAME' -Default $env:COMPUTERNAME
 $SecretDir = Get-Setting -Name 'AZP_SECRET_DIR' -Default 'C:\var\run\secrets\azp'
 $DisableLogUploads = Get-Setting -Name 'AZP_DISABLE_LOG_UPLOADS' -Default 'false'
+$TerminationLog = Get-Setting -Name 'AZP_TERMINATION_LOG' -Default '/dev/termination-log'
 
 function Assert-AgentScript {
     param([string]$Name)
@@ -159,6 +161,28 @@ function Save-AgentState {
     Write-Log "agent '$AgentName' registered; its identity is in $StateDir (DPAPI: see README before relying on run)"
 }
 
+# The agent's id from .agent to this init container's termination message, as start.sh does: the
+# reconciler reads it from the pod list. Best effort: registration stands without it.
+function Publish-AgentId {
+    $settings = Join-Path $AgentDir '.agent'
+    try {
+        $id = (Get-Content -LiteralPath $settings -Raw | ConvertFrom-Json).agentId
+    }
+    catch {
+        $id = $null
+    }
+    if ($null -eq $id) {
+        Write-Log "no agentId in ${settings}: the reconciler will find the agent by listing the pool"
+        return
+    }
+    try {
+        Set-Content -LiteralPath $TerminationLog -Value "azp-agents.dev/agent-id=$id" -ErrorAction Stop
+    }
+    catch {
+        Write-Log "could not write ${TerminationLog}: the reconciler will find agent $id by listing the pool"
+    }
+}
+
 function Assert-NoToken {
     foreach ($name in $TokenVars) {
         if ($null -ne [Environment]::GetEnvironmentVariable($name)) {
@@ -201,6 +225,7 @@ switch ($Mode) {
         Assert-RegistrationInput
         Invoke-AgentConfiguration -Token (Read-Token)
         Save-AgentState
+        Publish-AgentId
     }
     'run' {
         Assert-NoToken

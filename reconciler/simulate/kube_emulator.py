@@ -347,6 +347,23 @@ class KubernetesEmulator(ServedEmulator):
         self._deliver_hooks()
         return True
 
+    def set_termination_message(self, namespace: str, name: str, container: str, message: str) -> bool:
+        """What a container wrote to its terminationMessagePath, shown in its terminated state (as the
+        kubelet does when it exits). False when the pod or a terminated container of that name is gone."""
+        with self._lock:
+            pod = self._objects["pods"].get((namespace, name))
+            if pod is None:
+                return False
+            status = pod["status"]
+            for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+                terminated = (entry.get("state") or {}).get("terminated")
+                if entry.get("name") == container and terminated is not None:
+                    # The kubelet keeps at most 4096 bytes of it.
+                    terminated["message"] = message[:4096]
+                    self._touch(pod)
+                    return True
+        return False
+
     def set_pod_phase(self, namespace: str, name: str, phase: str) -> bool:
         """Force a pod's phase: 'Running' starts it now, 'Succeeded'/'Failed' finish it (exit 0/1)."""
         if phase in ("Succeeded", "Failed"):

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
-from reconciler.names import pool_slug
+from reconciler.names import AGENT_ID_MESSAGE, pool_slug
 from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from reconciler.simulate.azdo_support import ApiError
 from reconciler.simulate.kube_emulator import KubernetesEmulator
@@ -433,12 +433,23 @@ class Simulation:
         capabilities.update(self.capabilities.get((pool, template), {}))
         capabilities.update({"Agent.Name": name, "Agent.Version": AGENT_VERSION})
         capabilities.setdefault("Agent.OS", "Linux")
-        timer = threading.Timer(REGISTER_DELAY, self._register, args=(process, name, pool, token, capabilities))
+        # An init container that registers (the chart's pattern) publishes the agent id when it ends.
+        init_names = {c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []}
+        publisher = registrar.get("name") if registrar is not None and registrar.get("name") in init_names else None
+        timer = threading.Timer(
+            REGISTER_DELAY, self._register, args=(process, name, pool, token, capabilities, publisher)
+        )
         timer.daemon = True
         timer.start()
 
     def _register(
-        self, process: AgentProcess, name: str, pool: str, token: str | None, capabilities: dict[str, str]
+        self,
+        process: AgentProcess,
+        name: str,
+        pool: str,
+        token: str | None,
+        capabilities: dict[str, str],
+        publisher: str | None = None,
     ) -> None:
         pool_id = self.pool_ids.get(pool)
         if process.exited or pool_id is None:
@@ -456,6 +467,11 @@ class Simulation:
             if process.exited:
                 return
             process.online = True
+        if publisher is not None:
+            # What `start.sh register` writes to its termination message.
+            self.kube.set_termination_message(
+                process.namespace, process.pod_name, publisher, f"{AGENT_ID_MESSAGE}{process.agent_id}\n"
+            )
         self.azdo.agent_online(process.agent_id, once=True)
 
     def _agent_exited(self, agent_name: str, exit_code: int) -> None:

@@ -144,3 +144,24 @@ def test_skimming_specs_while_parsing_keeps_the_models_the_same(cluster: Cluster
         assert [convert(item) for item in skimmed] == [convert(item) for item in json.loads(text)["items"]]
         assert all("spec" not in item and "managedFields" not in item["metadata"] for item in skimmed)
         assert all("status" in item for item in skimmed)
+
+
+def test_pods_carry_the_agent_id_their_register_container_published(
+    cluster: Cluster, make_kube: Callable[..., Kubernetes]
+) -> None:
+    """We test: the agent id `start.sh register` writes to its init container's termination message is read
+    from the pod list; a main container's message (pipeline steps run there), a malformed id or no
+    message give none."""
+    pods = sorted(p["metadata"]["name"] for p in cluster.pods())
+    emulator = cluster.emulator
+    assert emulator.set_termination_message(NAMESPACE, pods[0], "register", f"{names.AGENT_ID_MESSAGE}4711\n")
+    assert emulator.set_termination_message(NAMESPACE, pods[1], "register", f"{names.AGENT_ID_MESSAGE}47x1\n")
+    emulator.finish_pod(NAMESPACE, pods[2], exit_code=0)
+    main = next(s["name"] for s in cluster.emulator.objects("pods", NAMESPACE)[0]["status"]["containerStatuses"])
+    assert emulator.set_termination_message(NAMESPACE, pods[2], main, f"{names.AGENT_ID_MESSAGE}666\n")
+
+    listed = {pod.name: pod.agent_id for pod in make_kube().list_pods(NAMESPACE, release=RELEASE)}
+    assert listed[pods[0]] == 4711
+    assert listed[pods[1]] is None
+    assert listed[pods[2]] is None
+    assert all(listed[name] is None for name in pods[3:])

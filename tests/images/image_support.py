@@ -23,7 +23,12 @@ env > "$FAKE_RECORD/config.env"
 pwd > "$FAKE_RECORD/config.cwd"
 if [ "${FAKE_CONFIG_EXIT:-0}" != 0 ]; then exit "$FAKE_CONFIG_EXIT"; fi
 here="$(cd "$(dirname "$0")" && pwd)"
-printf '{"agentName": "fake", "workFolder": "_work"}\n' > "$here/.agent"
+if [ -n "${FAKE_NO_AGENT_ID:-}" ]; then
+  printf '{"agentName": "fake", "workFolder": "_work"}\n' > "$here/.agent"
+else
+  # As the real agent writes it: indented JSON, camelCase names.
+  printf '{\n  "agentId": 4711,\n  "agentName": "fake",\n  "poolId": 12,\n  "workFolder": "_work"\n}\n' > "$here/.agent"
+fi
 printf '{"scheme": "OAuth"}\n' > "$here/.credentials"
 printf '{"d": "private-key"}\n' > "$here/.credentials_rsaparams"
 if [ -n "${FAKE_WRITE_CAPABILITIES:-}" ]; then printf 'fake=1\n' > "$here/.capabilities"; fi
@@ -145,6 +150,8 @@ def base_env(box: Sandbox, *, agent_dir: Path | None = None) -> dict[str, str]:
         "AZP_WORK": str(box.work),
         # Points `run` at a directory with no token unless a test puts one there.
         "AZP_SECRET_DIR": str(box.root / "no-secret-here"),
+        # The container's terminationMessagePath, here a file of the sandbox.
+        "AZP_TERMINATION_LOG": str(box.root / "termination-log"),
     }
 
 

@@ -104,6 +104,25 @@ def test_register_writes_the_identity_files_to_the_state_dir(sandbox: Sandbox) -
     assert files_containing_token(sandbox) == [], "the PAT was written to disk"
 
 
+def test_register_publishes_the_agent_id_as_its_termination_message(sandbox: Sandbox) -> None:
+    """We test: after registering, the agent id from .agent is the init container's termination message
+    (what the reconciler reads from the pod list); without an id, or with an unwritable path, register
+    still succeeds and says why."""
+    register(sandbox)
+    assert (sandbox.root / "termination-log").read_text() == "azp-agents.dev/agent-id=4711\n"
+
+    (sandbox.root / "termination-log").unlink()
+    result = run_start_sh("register", {**registration_env(sandbox), "FAKE_NO_AGENT_ID": "1"})
+    assert result.returncode == 0, result.stderr
+    assert not (sandbox.root / "termination-log").exists()
+    assert "no agentId in" in result.stderr
+
+    unwritable = {**registration_env(sandbox), "AZP_TERMINATION_LOG": str(sandbox.root / "missing" / "log")}
+    result = run_start_sh("register", unwritable)
+    assert result.returncode == 0, result.stderr
+    assert "could not write" in result.stderr and "4711" in result.stderr
+
+
 def test_register_accepts_azp_token_with_a_warning(sandbox: Sandbox) -> None:
     """We test: AZP_TOKEN still works for compatibility, warns, and is removed from config.sh's environment."""
     env = registration_env(sandbox)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import PAT, Sim
+from conftest import PAT, WORLD, Sim
 
 from reconciler import names
 
@@ -84,6 +84,48 @@ def test_prune_only_offline_agents_of_ours(make_sim: Any) -> None:
     assert "azp-linux-11-aaaaa" not in left and "azp-linux-12-bbbbb" not in left
     assert {"build-server-01", "build-server-02", "azp-linux-13-ccccc", "azp-placeholder-linux-default"} <= left
     assert sim.kube.touched_foreign == 0
+
+
+def test_finished_agents_are_deregistered_by_their_published_id_once(make_sim: Any) -> None:
+    """We test: each pod's register init container publishes its agent id; once the pods finished, a new
+    run (a fresh process, as each CronJob run is) deletes their agents by that id without listing the
+    pool's agents, and the run after it, remembering the deletions in the Lease, deletes nothing again."""
+    world = {**WORLD, "reconciler": {**WORLD["reconciler"], "sweepInterval": 600}}
+    sim = make_sim(world)
+    sim.queue(count=2, duration=0.3)
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: len(sim.requests()) == 2 and all(r.get("result") for r in sim.requests()), what="both jobs to finish"
+    )
+    sim.wait_for(
+        lambda: sum(p["status"].get("phase") == "Succeeded" for p in sim.kube.objects("pods", "azp-agents")) == 2,
+        what="both pods to finish",
+    )
+    published = {
+        entry["state"]["terminated"].get("message", "")
+        for pod in sim.kube.objects("pods", "azp-agents")
+        for entry in pod["status"].get("initContainerStatuses") or []
+    }
+    ours = {a["id"] for a in sim.agents() if a["name"].startswith("azp-linux-")}
+    assert published == {f"{names.AGENT_ID_MESSAGE}{agent_id}\n" for agent_id in ours}, published
+
+    before = sim.azdo.call_counts()
+    result = sim.reconcile()
+    assert result.code == 0, result.text
+    after = sim.azdo.call_counts()
+    assert after.get("GET pools/{poolId}/agents", 0) == before.get("GET pools/{poolId}/agents", 0)
+    assert after.get("DELETE pools/{poolId}/agents/{agentId}", 0) - before.get(
+        "DELETE pools/{poolId}/agents/{agentId}", 0
+    ) == len(ours) == 2
+    assert not [a for a in sim.agents() if a["id"] in ours]
+
+    result = sim.reconcile()
+    assert result.code == 0, result.text
+    again = sim.azdo.call_counts()
+    assert again.get("DELETE pools/{poolId}/agents/{agentId}", 0) == after.get(
+        "DELETE pools/{poolId}/agents/{agentId}", 0
+    )
+    assert again.get("GET pools/{poolId}/agents", 0) == after.get("GET pools/{poolId}/agents", 0)
 
 
 def _busy(sim: Sim, agent_id: int) -> bool:

@@ -147,7 +147,8 @@ def test_drain_race_reenables_and_keeps_the_job(make_sim: Any) -> None:
         deadline = time.monotonic() + 20
         while sim.azdo.call_counts().get("GET pools/{poolId}/agents", 0) == listed and time.monotonic() < deadline:
             time.sleep(0.01)
-        sim.azdo.queue_request(pool_id, demands=("docker",), duration=1.0)
+        # Long enough to be still running when the reconciler re-reads the agent after its delayed PATCH.
+        sim.azdo.queue_request(pool_id, demands=("docker",), duration=5.0)
 
     threading.Thread(target=queue_soon, daemon=True).start()
     before = {j["metadata"]["name"] for j in sim.jobs(active_only=True)}
