@@ -300,7 +300,11 @@ class Reconciler:
             pods.extend(self.kube.list_pods(namespace, release=config.release))
         # The agent id each registered pod published: its agent can be deregistered when the pod
         # finishes without listing the pool's agents, whether or not a request showed it running.
+        # What is known of agents whose pod is gone is never asked again: forgetting it keeps a long
+        # loop's memory bounded by the pods that exist.
         self.pod_names = {pod.name.lower() for pod in pods}
+        self.agent_ids = {name: agent_id for name, agent_id in self.agent_ids.items() if name in self.pod_names}
+        self.pruned &= self.pod_names
         for pod in pods:
             if pod.agent_id is not None:
                 self.agent_ids.setdefault(pod.name.lower(), pod.agent_id)
