@@ -41,8 +41,6 @@ from reconciler.simulate.azdo_support import (
     ApiError,
     CallRecord,
     EmulatorStats,
-    Fault,
-    FaultKind,
     RateLimit,
     RequestTiming,
     Route,
@@ -52,8 +50,9 @@ from reconciler.simulate.azdo_support import (
     format_time,
     match_route,
     requested_api_version,
+    short_route,
 )
-from reconciler.simulate.serving import FaultingHandler, ServedEmulator
+from reconciler.simulate.serving import Fault, FaultingHandler, FaultKind, FaultList, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.azdo")
 
@@ -208,7 +207,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._requests_by_pool: dict[int, dict[int, _Request]] = {}
         self._credentials: dict[str, Credential] = {}
         self._calls: list[CallRecord] = []
-        self._faults: list[Fault] = []
+        self._faults = FaultList()
         # Exits of once-agents, reported to on_agent_exit after the lock is released.
         self._pending_exits: list[tuple[str, int]] = []
         self._throttle = Throttle(rate_limit) if rate_limit is not None else None
@@ -595,33 +594,24 @@ class AzureDevOpsEmulator(ServedEmulator):
         body: str | None = None,
     ) -> None:
         """Make the next `times` requests matching method and route template ('*' = any) fail this way."""
-        with self._lock:
-            self._faults.append(
-                Fault(
-                    method=method,
-                    route=route,
-                    kind=kind,
-                    status=status,
-                    times=times,
-                    delay=delay,
-                    retry_after=retry_after,
-                    body=body,
-                )
+        self._faults.add(
+            Fault(
+                method=method,
+                route=route if route == "*" else short_route(route),
+                kind=kind,
+                status=status,
+                times=times,
+                delay=delay,
+                retry_after=retry_after,
+                body=body,
             )
+        )
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
     def _take_fault(self, method: str, route: Route | None) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.times > 0 and fault.matches(method, route.short if route else None):
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
+        return self._faults.take(method, (route.short,) if route else ())
 
     def _record(self, record: CallRecord) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """Building blocks of the Azure DevOps emulator: wire formats, errors, api-version rules, routes,
-throttling, fault rules, the call log and statistics. No HTTP server and no world state here."""
+throttling, the call log and statistics. No HTTP server and no world state here; injected faults are
+shared with the Kubernetes emulator (reconciler/simulate/serving.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-FaultKind = Literal["status", "delay", "timeout", "reset", "truncated", "html"]
+from reconciler.simulate.serving import FaultKind as FaultKind
 
 SCOPE_READ = "vso.agentpools"
 SCOPE_MANAGE = "vso.agentpools_manage"
@@ -295,25 +296,6 @@ class Throttle:
             "X-RateLimit-Remaining": f"{max(0.0, remaining):g}",
             "X-RateLimit-Reset": str(reset),
         }
-
-
-@dataclass
-class Fault:
-    """One injected failure: which calls it hits and how many more times."""
-
-    method: str
-    route: str
-    kind: FaultKind
-    status: int = 500
-    times: int = 1
-    delay: float = 0.0
-    retry_after: float | None = None
-    body: str | None = None
-
-    def matches(self, method: str, short: str | None) -> bool:
-        if self.method != "*" and self.method.upper() != method:
-            return False
-        return self.route == "*" or (short is not None and short_route(self.route) == short)
 
 
 @dataclass(frozen=True)

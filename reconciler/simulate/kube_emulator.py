@@ -64,10 +64,8 @@ from reconciler.simulate.kube_support import (
     RESOURCE_BY_KIND,
     RESOURCE_BY_PLURAL,
     RESOURCES,
-    FaultKind,
     KubeCall,
     KubeError,
-    KubeFault,
     RbacSubject,
     Requirement,
     Resource,
@@ -87,7 +85,7 @@ from reconciler.simulate.kube_support import (
     resource_for,
     success_status,
 )
-from reconciler.simulate.serving import TICK_SECONDS, FaultingHandler, ServedEmulator
+from reconciler.simulate.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, FaultList, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.kube")
 
@@ -224,7 +222,7 @@ class KubernetesEmulator(ServedEmulator):
         self._jobs: dict[str, _JobRuntime] = {}
         self._resource_version = 1000
         self._calls: list[KubeCall] = []
-        self._faults: list[KubeFault] = []
+        self._faults = FaultList()
         self._foreign_writes = 0
         self._hooks: list[tuple[PodHook, dict[str, Any]]] = []
         self._pod_counter = 0
@@ -481,33 +479,24 @@ class KubernetesEmulator(ServedEmulator):
 
         `route` is '*', a resource ('jobs'), a call key without the method ('jobs(list)'), or a path
         template ('/apis/batch/v1/namespaces/{namespace}/jobs')."""
-        with self._lock:
-            self._faults.append(
-                KubeFault(
-                    method=method,
-                    route=route,
-                    kind=kind,
-                    status=status,
-                    times=times,
-                    delay=delay,
-                    retry_after=retry_after,
-                    body=body,
-                )
+        self._faults.add(
+            Fault(
+                method=method,
+                route=route,
+                kind=kind,
+                status=status,
+                times=times,
+                delay=delay,
+                retry_after=retry_after,
+                body=body,
             )
+        )
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
-    def _take_fault(self, method: str, names: Sequence[str]) -> KubeFault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.times > 0 and fault.matches(method, names):
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
+    def _take_fault(self, method: str, names: Sequence[str]) -> Fault | None:
+        return self._faults.take(method, names)
 
     def _record(self, call: KubeCall) -> None:
         with self._lock:
@@ -2370,7 +2359,7 @@ class _Handler(FaultingHandler):
             pass
         self.close_connection = True
 
-    def _apply_fault(self, fault: KubeFault, state: _CallState) -> bool:
+    def _apply_fault(self, fault: Fault, state: _CallState) -> bool:
         """Carry out a fault; True when the request is answered (or dropped) by it."""
         emulator = self.emulator
         if fault.kind == "delay":

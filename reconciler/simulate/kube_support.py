@@ -1,5 +1,5 @@
 """Building blocks of the Kubernetes API emulator: Status errors, the resource table, label and field
-selectors, name and object validation, quantities, RBAC rules, fault rules and the call log. No HTTP
+selectors, name and object validation, quantities, RBAC rules, injected-fault bodies and the call log. No HTTP
 server and no cluster state here."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from reconciler.simulate.azdo_support import FaultKind as FaultKind
+from reconciler.simulate.serving import FaultKind as FaultKind
 
 KUBE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -754,25 +754,6 @@ def rbac_subject_from_file(
 
 
 # Faults and the call log.
-
-
-@dataclass
-class KubeFault:
-    """One injected failure: which calls it hits and how many more times."""
-
-    method: str
-    route: str
-    kind: FaultKind
-    status: int = 500
-    times: int = 1
-    delay: float = 0.0
-    retry_after: float | None = None
-    body: str | None = None
-
-    def matches(self, method: str, names: Sequence[str]) -> bool:
-        if self.method != "*" and self.method.upper() != method:
-            return False
-        return self.route == "*" or self.route in names
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""What both emulators share: an HTTP server on a loopback port and a ticker thread that runs the
-emulated controllers (the Azure DevOps scheduler, the Kubernetes Job controller and kubelet)."""
+"""What both emulators share: an HTTP server on a loopback port, a ticker thread that runs the
+emulated controllers (the Azure DevOps scheduler, the Kubernetes Job controller and kubelet), and the
+injected faults."""
 
 from __future__ import annotations
 
@@ -8,11 +9,62 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 log = logging.getLogger("reconciler.simulate")
+
+
+FaultKind = Literal["status", "delay", "timeout", "reset", "truncated", "html"]
+
+
+@dataclass
+class Fault:
+    """One injected failure: which calls it hits and how many more times. `route` is '*' or one of the
+    names an emulator gives a call (a route template, a resource, a call key)."""
+
+    method: str
+    route: str
+    kind: FaultKind
+    status: int = 500
+    times: int = 1
+    delay: float = 0.0
+    retry_after: float | None = None
+    body: str | None = None
+
+    def matches(self, method: str, routes: Collection[str]) -> bool:
+        if self.method != "*" and self.method.upper() != method:
+            return False
+        return self.route == "*" or self.route in routes
+
+
+class FaultList:
+    """The faults injected into one emulator, each taken by the next `times` calls it matches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, method: str, routes: Collection[str]) -> Fault | None:
+        """The first fault this call matches, counted down (and forgotten when spent), or None."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.times > 0 and fault.matches(method, routes):
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
 
 TICK_SECONDS = 0.05
 
