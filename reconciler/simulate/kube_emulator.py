@@ -1408,24 +1408,7 @@ class KubernetesEmulator(ServedEmulator):
         status = pod["status"]
         if any(entry["state"].get("terminated") for entry in status.get("initContainerStatuses") or []):
             return
-        stamp = format_time(now)
-        status["initContainerStatuses"] = [
-            {
-                **_base_status(c),
-                "state": {
-                    "terminated": {
-                        "exitCode": 0,
-                        "reason": "Completed",
-                        "startedAt": stamp,
-                        "finishedAt": stamp,
-                        "containerID": _container_id(),
-                    }
-                },
-                "ready": True,
-                "started": False,
-            }
-            for c in pod["spec"].get("initContainers") or []
-        ]
+        status["initContainerStatuses"] = _completed_init_statuses(pod["spec"], format_time(now))
         status["conditions"] = [
             _condition("PodReadyToStartContainers", "True", now),
             _condition("Initialized", "True", now),
@@ -1439,26 +1422,8 @@ class KubernetesEmulator(ServedEmulator):
         spec = pod["spec"]
         status = pod["status"]
         stamp = format_time(now)
-        init = spec.get("initContainers") or []
-        if init:
-            status["initContainerStatuses"] = [
-                {
-                    **_base_status(c),
-                    "state": {
-                        "terminated": {
-                            "exitCode": 0,
-                            "reason": "Completed",
-                            "startedAt": stamp,
-                            "finishedAt": stamp,
-                            "containerID": _container_id(),
-                        }
-                    },
-                    "ready": True,
-                    "started": False,
-                    "containerID": _container_id(),
-                }
-                for c in init
-            ]
+        if spec.get("initContainers"):
+            status["initContainerStatuses"] = _completed_init_statuses(spec, stamp)
         crashing = any(self._image_mode(str(c.get("image", ""))) == "CrashLoopBackOff" for c in spec["containers"])
         status["containerStatuses"] = [
             {
@@ -2181,6 +2146,30 @@ def _image_id(image: str) -> str:
 
 def _container_id() -> str:
     return f"containerd://{uuid.uuid4().hex}{uuid.uuid4().hex}"
+
+
+def _completed_init_statuses(spec: Mapping[str, Any], stamp: str) -> list[dict[str, Any]]:
+    """The statuses of a pod's init containers once each ran and exited 0 at `stamp`."""
+    statuses = []
+    for container in spec.get("initContainers") or []:
+        container_id = _container_id()
+        terminated = {
+            "exitCode": 0,
+            "reason": "Completed",
+            "startedAt": stamp,
+            "finishedAt": stamp,
+            "containerID": container_id,
+        }
+        statuses.append(
+            {
+                **_base_status(container),
+                "state": {"terminated": terminated},
+                "ready": True,
+                "started": False,
+                "containerID": container_id,
+            }
+        )
+    return statuses
 
 
 def _base_status(container: Mapping[str, Any]) -> dict[str, Any]:
