@@ -259,11 +259,8 @@ def test_run_without_registration_exits_2(sandbox: Sandbox) -> None:
     assert f"AZP_STATE_DIR={sandbox.state} has no .agent" in result.stderr
 
 
-@pytest.mark.parametrize(("sig", "name"), [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT")])
-def test_run_forwards_signals_to_the_agent(sandbox: Sandbox, sig: signal.Signals, name: str) -> None:
-    """We test: a SIGTERM/SIGINT sent to start.sh reaches the agent, and start.sh exits with the agent's status."""
-    register(sandbox)
-    env = {**base_env(sandbox), "FAKE_RUN_WAIT": "1", "FAKE_RUN_EXIT": "0"}
+def signal_run(env: dict[str, str], ready: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Start `start.sh run`, send it `sig` once `ready` exists; its exit status and stderr."""
     with subprocess.Popen(
         ["bash", str(START_SH), "run"],
         env=env,
@@ -273,15 +270,24 @@ def test_run_forwards_signals_to_the_agent(sandbox: Sandbox, sig: signal.Signals
         start_new_session=True,
     ) as proc:
         try:
-            wait_for(sandbox.record / "run.ready")
+            wait_for(ready)
             os.kill(proc.pid, sig)
             _, stderr = proc.communicate(timeout=10)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize(("sig", "name"), [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT")])
+def test_run_forwards_signals_to_the_agent(sandbox: Sandbox, sig: signal.Signals, name: str) -> None:
+    """We test: a SIGTERM/SIGINT sent to start.sh reaches the agent, and start.sh exits with the agent's status."""
+    register(sandbox)
+    env = {**base_env(sandbox), "FAKE_RUN_WAIT": "1", "FAKE_RUN_EXIT": "0"}
+    code, stderr = signal_run(env, sandbox.record / "run.ready", sig)
 
     assert sandbox.recorded("run.signal").strip() == name
-    assert proc.returncode == 0, stderr
+    assert code == 0, stderr
     assert f"received SIG{name}" in stderr
 
 
@@ -292,24 +298,10 @@ def test_run_signals_the_listener_that_run_sh_starts(sandbox: Sandbox) -> None:
     """
     register(sandbox)
     env = {**base_env(sandbox), "FAKE_RUN_VIA_LISTENER": "1"}
-    with subprocess.Popen(
-        ["bash", str(START_SH), "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            wait_for(sandbox.record / "listener.ready")
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    code, _ = signal_run(env, sandbox.record / "listener.ready", signal.SIGTERM)
 
     assert sandbox.recorded("listener.signal").strip() == "TERM"
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert code == 128 + signal.SIGTERM
 
 
 def test_once_configures_then_runs_without_the_token(sandbox: Sandbox) -> None:
