@@ -112,8 +112,9 @@ def _published_agent_id(status: Mapping[str, Any]) -> int | None:
         if not isinstance(message, str):
             continue
         for line in message.splitlines():
-            value = line.strip().removeprefix(names.AGENT_ID_MESSAGE)
-            if line.strip().startswith(names.AGENT_ID_MESSAGE) and value.isdigit() and value.isascii():
+            text = line.strip()
+            value = text.removeprefix(names.AGENT_ID_MESSAGE)
+            if value != text and value.isascii() and value.isdigit():
                 return int(value)
     return None
 

@@ -674,7 +674,6 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
         # the last scan, but after it, must still trigger a scan.
         observed = observed.replace(microsecond=0)
-        queued = state.requests
         busy = _busy_names(state)
         slug = names.pool_slug(pool.name)
         idle_long = idle_now = unfinished = 0
@@ -701,7 +700,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
                     idle_long += 1
         # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
         # idle, and a standby may have to give way to it.
-        blocked = idle_now and unfinished >= pool.max_agents and any(r.queued and in_shard(config, r) for r in queued)
-        if idle_long > allowance or blocked:
+        full = idle_now > 0 and unfinished >= pool.max_agents
+        if idle_long > allowance or (full and any(r.queued and in_shard(config, r) for r in state.requests)):
             needed.add(pool.name)
     return needed

@@ -131,8 +131,6 @@ class Reconciler:
         self.agents_observed: dict[str, datetime] = {}
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
-        # Names of our pods seen by the last observation: the pruned names worth remembering in the Lease.
-        self.pod_names: set[str] = set()
         self.next_due: dict[str, float] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
@@ -156,10 +154,11 @@ class Reconciler:
 
     def _lease_annotations(self) -> dict[str, str]:
         """What the next run needs to know: when each pool's agents were last listed, and which finished
-        pods already had their agent deregistered (only those whose pod still exists: the plan asks about
-        no other, and the annotation stays small), so that it neither lists nor deletes again."""
+        pods already had their agent deregistered (observe keeps only those whose pod still exists: the
+        plan asks about no other, and the annotation stays small), so that it neither lists nor deletes
+        again."""
         observed = {pool: format_time(moment) for pool, moment in sorted(self.agents_observed.items())}
-        pruned = sorted(self.pruned & self.pod_names)[:MAX_PRUNED_REMEMBERED]
+        pruned = sorted(self.pruned)[:MAX_PRUNED_REMEMBERED]
         return {
             names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":")),
             names.ANNOTATION_AGENTS_PRUNED: json.dumps(pruned, separators=(",", ":")),
@@ -302,9 +301,9 @@ class Reconciler:
         # finishes without listing the pool's agents, whether or not a request showed it running.
         # What is known of agents whose pod is gone is never asked again: forgetting it keeps a long
         # loop's memory bounded by the pods that exist.
-        self.pod_names = {pod.name.lower() for pod in pods}
-        self.agent_ids = {name: agent_id for name, agent_id in self.agent_ids.items() if name in self.pod_names}
-        self.pruned &= self.pod_names
+        present = {pod.name.lower() for pod in pods}
+        self.agent_ids = {name: agent_id for name, agent_id in self.agent_ids.items() if name in present}
+        self.pruned &= present
         for pod in pods:
             if pod.agent_id is not None:
                 self.agent_ids.setdefault(pod.name.lower(), pod.agent_id)
