@@ -52,7 +52,7 @@ from reconciler.simulate.azdo_support import (
     requested_api_version,
     short_route,
 )
-from reconciler.simulate.serving import Fault, FaultingHandler, FaultKind, FaultList, ServedEmulator
+from reconciler.simulate.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.azdo")
 
@@ -207,7 +207,6 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._requests_by_pool: dict[int, dict[int, _Request]] = {}
         self._credentials: dict[str, Credential] = {}
         self._calls: list[CallRecord] = []
-        self._faults = FaultList()
         # Exits of once-agents, reported to on_agent_exit after the lock is released.
         self._pending_exits: list[tuple[str, int]] = []
         self._throttle = Throttle(rate_limit) if rate_limit is not None else None
@@ -581,34 +580,9 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             self._calls.clear()
 
-    def inject_fault(
-        self,
-        method: str,
-        route: str,
-        *,
-        kind: FaultKind,
-        status: int = 500,
-        times: int = 1,
-        delay: float = 0.0,
-        retry_after: float | None = None,
-        body: str | None = None,
-    ) -> None:
-        """Make the next `times` requests matching method and route template ('*' = any) fail this way."""
-        self._faults.add(
-            Fault(
-                method=method,
-                route=route if route == "*" else short_route(route),
-                kind=kind,
-                status=status,
-                times=times,
-                delay=delay,
-                retry_after=retry_after,
-                body=body,
-            )
-        )
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
+    def _fault_route(self, route: str) -> str:
+        """A fault's route is a route template, matched in its short form ('pools/{poolId}/agents')."""
+        return route if route == "*" else short_route(route)
 
     def _take_fault(self, method: str, route: Route | None) -> Fault | None:
         return self._faults.take(method, (route.short,) if route else ())

@@ -85,7 +85,7 @@ from reconciler.simulate.kube_support import (
     resource_for,
     success_status,
 )
-from reconciler.simulate.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, FaultList, ServedEmulator
+from reconciler.simulate.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, ServedEmulator
 
 log = logging.getLogger("reconciler.simulate.kube")
 
@@ -222,7 +222,6 @@ class KubernetesEmulator(ServedEmulator):
         self._jobs: dict[str, _JobRuntime] = {}
         self._resource_version = 1000
         self._calls: list[KubeCall] = []
-        self._faults = FaultList()
         self._foreign_writes = 0
         self._hooks: list[tuple[PodHook, dict[str, Any]]] = []
         self._pod_counter = 0
@@ -462,38 +461,6 @@ class KubernetesEmulator(ServedEmulator):
     def reset_calls(self) -> None:
         with self._lock:
             self._calls.clear()
-
-    def inject_fault(
-        self,
-        method: str,
-        route: str,
-        *,
-        kind: FaultKind,
-        status: int = 500,
-        times: int = 1,
-        delay: float = 0.0,
-        retry_after: float | None = None,
-        body: str | None = None,
-    ) -> None:
-        """Make the next `times` requests matching the method ('*' = any) and route fail this way.
-
-        `route` is '*', a resource ('jobs'), a call key without the method ('jobs(list)'), or a path
-        template ('/apis/batch/v1/namespaces/{namespace}/jobs')."""
-        self._faults.add(
-            Fault(
-                method=method,
-                route=route,
-                kind=kind,
-                status=status,
-                times=times,
-                delay=delay,
-                retry_after=retry_after,
-                body=body,
-            )
-        )
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
 
     def _take_fault(self, method: str, names: Sequence[str]) -> Fault | None:
         return self._faults.take(method, names)

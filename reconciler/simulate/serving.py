@@ -88,7 +88,43 @@ class ServedEmulator:
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._faults = FaultList()
         self.base_url = ""
+
+    def inject_fault(
+        self,
+        method: str,
+        route: str,
+        *,
+        kind: FaultKind,
+        status: int = 500,
+        times: int = 1,
+        delay: float = 0.0,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
+        """Make the next `times` requests matching the method ('*' = any) and route fail this way. `route`
+        is '*' or a name the emulator gives a call: for Azure DevOps a route template; for Kubernetes a
+        resource ('jobs'), a call key without the method ('jobs(list)') or a path template
+        ('/apis/batch/v1/namespaces/{namespace}/jobs')."""
+        self._faults.add(
+            Fault(
+                method=method,
+                route=self._fault_route(route),
+                kind=kind,
+                status=status,
+                times=times,
+                delay=delay,
+                retry_after=retry_after,
+                body=body,
+            )
+        )
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _fault_route(self, route: str) -> str:
+        return route
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
