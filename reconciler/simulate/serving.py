@@ -55,6 +55,11 @@ class FaultList:
         with self._lock:
             self._faults.clear()
 
+    def pending(self, fault: Fault) -> bool:
+        """Whether this very fault is still waiting for a call it matches."""
+        with self._lock:
+            return any(held is fault for held in self._faults)
+
     def take(self, method: str, routes: Collection[str]) -> Fault | None:
         """The first fault this call matches, counted down (and forgotten when spent), or None."""
         with self._lock:
@@ -102,23 +107,27 @@ class ServedEmulator:
         delay: float = 0.0,
         retry_after: float | None = None,
         body: str | None = None,
-    ) -> None:
+    ) -> Fault:
         """Make the next `times` requests matching the method ('*' = any) and route fail this way. `route`
         is '*' or a name the emulator gives a call: for Azure DevOps a route template; for Kubernetes a
         resource ('jobs'), a call key without the method ('jobs(list)') or a path template
-        ('/apis/batch/v1/namespaces/{namespace}/jobs')."""
-        self._faults.add(
-            Fault(
-                method=method,
-                route=self._fault_route(route),
-                kind=kind,
-                status=status,
-                times=times,
-                delay=delay,
-                retry_after=retry_after,
-                body=body,
-            )
+        ('/apis/batch/v1/namespaces/{namespace}/jobs'). Returns the fault, for `fault_pending`."""
+        fault = Fault(
+            method=method,
+            route=self._fault_route(route),
+            kind=kind,
+            status=status,
+            times=times,
+            delay=delay,
+            retry_after=retry_after,
+            body=body,
         )
+        self._faults.add(fault)
+        return fault
+
+    def fault_pending(self, fault: Fault) -> bool:
+        """Whether an injected fault still waits for a call (it is dropped once taken `times` times)."""
+        return self._faults.pending(fault)
 
     def clear_faults(self) -> None:
         self._faults.clear()

@@ -99,13 +99,8 @@ def _hold_write(rig: Rig, index: int, *, landed: bool) -> Callable[[], bool]:
     earlier = sum(1 for w in EXPECTED_WRITES[:index] if w == EXPECTED_WRITES[index])
     if earlier:
         emulator.inject_fault(method, route, kind="delay", delay=0.0, times=earlier)
-    emulator.inject_fault(method, route, kind="delay" if landed else "timeout", delay=HOLD, times=1)
-    # The emulators keep pending faults in `_faults` and drop each once taken; nothing public tells.
-    pending = getattr(emulator, "_faults", None)
-    if pending is None:
-        return lambda: True
-    held = pending[-1]
-    return lambda: all(fault is not held for fault in pending)
+    held = emulator.inject_fault(method, route, kind="delay" if landed else "timeout", delay=HOLD, times=1)
+    return lambda: not emulator.fault_pending(held)
 
 
 def _settle(world: RichWorld, *, timeout: float = 12) -> tuple[list[str], list[Any]]:
