@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from azp_simulation.azdo_support import SCOPE_READ, RateLimit
 from benchmarks.harness import (
     Outcome,
     ReconcilerRun,
@@ -33,7 +34,6 @@ from benchmarks.reference_policies import (
     keda_policy,
     orchestrator_policy,
 )
-from reconciler.simulate.azdo_support import SCOPE_READ, RateLimit
 
 AZP_IDENTITY = "Build Admin"
 ORCHESTRATOR = ("orchestrator-pat-5c1d", "ado-agent-orchestrator")

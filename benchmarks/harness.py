@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from reconciler.simulate.runner import percentile
-from reconciler.simulate.world import Simulation, load_world
+from azp_simulation.runner import percentile
+from azp_simulation.world import Simulation, load_world
 
 SIZES = ("tiny", "full")
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from azp_simulation.world import JOB_TTL_SECONDS, Simulation
 from benchmarks.harness import (
     Outcome,
     ReconcilerRun,
@@ -29,7 +30,6 @@ from benchmarks.harness import (
     wait_until,
 )
 from reconciler.names import LABEL_REQUEST_ID
-from reconciler.simulate.world import JOB_TTL_SECONDS, Simulation
 
 ADAPTIVE = (2.0, 30.0)
 POLL_30 = (30.0, 30.0)

@@ -21,12 +21,12 @@ from typing import Any
 
 import requests
 
+from azp_simulation.world import NAMESPACE, PAT, RELEASE, Simulation, load_world
 from benchmarks.harness import Outcome, check_size, pool_document, reconciler_env, run_reconciler
 from reconciler import config as config_module
 from reconciler.names import LABEL_REQUEST_ID, request_job_name
 from reconciler.reconcile import load_job_templates
 from reconciler.render import render_job
-from reconciler.simulate.world import NAMESPACE, PAT, RELEASE, Simulation, load_world
 
 POOLS = 50
 # Up to 5,000, N queued requests, N running agents and N Jobs/Pods. Beyond, the queue grows while the

@@ -31,11 +31,11 @@ from typing import Any
 
 import yaml
 
+from azp_simulation.world import Simulation, load_world
 from reconciler import logs
 from reconciler.config import load, read_credentials
 from reconciler.errors import ReconcilerError
 from reconciler.reconcile import Reconciler
-from reconciler.simulate.world import Simulation, load_world
 
 REPO = Path(__file__).resolve().parents[1]
 RELIABILITY = REPO / "tests" / "reliability"
@@ -124,12 +124,12 @@ def heap_snapshot() -> tracemalloc.Snapshot:
 
 def heap_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> dict[str, float]:
     """Python heap growth between two snapshots, MiB, by who allocated it: the reconciler (a frame in
-    reconciler/ outside reconciler/simulate/), the emulators and simulated world (a frame there or in this
+    reconciler/ outside azp_simulation/), the emulators and simulated world (a frame there or in this
     file), or neither (interpreter, libraries)."""
     growth: Counter[str] = Counter()
     for stat in after.compare_to(before, "traceback"):
         files = [frame.filename for frame in stat.traceback]
-        if any("/reconciler/simulate/" in f or f.endswith("soak.py") for f in files):
+        if any("/azp_simulation/" in f or f.endswith("soak.py") for f in files):
             owner = "emulators and world"
         elif any("/reconciler/" in f for f in files):
             owner = "reconciler"

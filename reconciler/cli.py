@@ -154,18 +154,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_checks(config, document, kubeconfig=args.kubeconfig)
 
 
+def _simulation() -> Any:
+    """The emulators' package, which the reconciler image does not ship."""
+    try:
+        import azp_simulation.runner
+    except ImportError:
+        raise ConfigError(
+            "the emulators are not installed here (the reconciler image ships without them): "
+            "install the project from a clone with `pip install -e '.[simulate]'` or run `make demo`"
+        ) from None
+    return azp_simulation.runner
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from reconciler.simulate.runner import simulate
+    simulate = _simulation().simulate
 
     logs.setup(fmt=args.log_format, level="warning")
-    return simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out)
+    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out))
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from reconciler.simulate.runner import emulate
+    emulate = _simulation().emulate
 
     logs.setup(fmt="text", level="info")
-    return emulate(args.world, azdo_port=args.azdo_port, kube_port=args.kube_port, directory=args.dir)
+    return int(emulate(args.world, azdo_port=args.azdo_port, kube_port=args.kube_port, directory=args.dir))
 
 
 COMMANDS = {

@@ -72,7 +72,7 @@ def test_kubectl_watch_command_against_the_emulator(tmp_path: Path) -> None:
     kubectl = TOOLS / "kubectl" if (TOOLS / "kubectl").exists() else shutil.which("kubectl")
     if not kubectl:
         pytest.skip("no kubectl binary (scripts/fetch-tools.sh provides one)")
-    from reconciler.simulate.kube_emulator import KubernetesEmulator
+    from azp_simulation.kube_emulator import KubernetesEmulator
 
     get_jobs = next(c for block in code_blocks() for c in commands(block) if c.startswith("kubectl get jobs"))
     with KubernetesEmulator() as kube:

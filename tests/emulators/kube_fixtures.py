@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from reconciler.simulate.kube_emulator import KubernetesEmulator
+from azp_simulation.kube_emulator import KubernetesEmulator
 
 NAMESPACE = "azp-agents"
 MANAGED = {"app.kubernetes.io/managed-by": "azp-agents"}

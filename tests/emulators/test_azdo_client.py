@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from reconciler.azdo import AzureDevOps, _drop_matched_agents, job_request_from_json
 from reconciler.errors import AuthError, TransientError
-from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator
 
 PAT = "client-test-pat-9d1c"
 

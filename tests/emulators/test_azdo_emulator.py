@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import requests
 
-from reconciler.simulate.azdo_emulator import (
+from azp_simulation.azdo_emulator import (
     AzureDevOpsEmulator,
     EmulatorAuthError,
     EmulatorConflictError,
     RateLimit,
 )
-from reconciler.simulate.azdo_support import FaultKind
+from azp_simulation.azdo_support import FaultKind
 
 PAT = "manage-pat"
 READ_PAT = "read-pat"

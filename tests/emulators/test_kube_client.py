@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kube_fixtures import NAMESPACE, PAT, Cluster, agent_job, connect
 
+from azp_simulation.kube_emulator import KubernetesEmulator
 from reconciler import names
 from reconciler.errors import TransientError
 from reconciler.kube import LIST_PAGE_SIZE, Kubernetes, _skim, job_from_json, pod_from_json
-from reconciler.simulate.kube_emulator import KubernetesEmulator
 
 RELEASE = "azp-agents"
 JOBS = 5

@@ -20,8 +20,8 @@ from kube_fixtures import NAMESPACE, PAT, Cluster, FakeClock, agent_job, connect
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from reconciler.simulate.kube_emulator import KubernetesEmulator, RbacSubject
-from reconciler.simulate.kube_support import parse_label_selector
+from azp_simulation.kube_emulator import KubernetesEmulator, RbacSubject
+from azp_simulation.kube_support import parse_label_selector
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SA_USER = "system:serviceaccount:azp-agents:azp-agents-reconciler"
@@ -844,10 +844,10 @@ def test_the_reconcilers_adapter_with_exactly_the_rbac_json_permissions(
     (None on a stale resourceVersion), deletes the Job, and can_i answers from the same rules."""
     from datetime import UTC, datetime, timedelta
 
+    from azp_simulation.kube_emulator import rbac_subject_from_file
     from reconciler import names
     from reconciler.kube import Kubernetes
     from reconciler.lease import lease_body
-    from reconciler.simulate.kube_emulator import rbac_subject_from_file
 
     rbac_file = Path(__file__).parents[2] / "reconciler" / "rbac.json"
     subject = rbac_subject_from_file(rbac_file, name=SA_USER, agent_namespace=NAMESPACE)

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from azp_simulation.world import NAMESPACE, RELEASE
 from reconciler import names
-from reconciler.simulate.world import NAMESPACE, RELEASE
 
 AGENT_DELETED_MARKERS = ("deleted", "removed from the pool")
 

@@ -21,8 +21,8 @@ from typing import Any
 import requests
 import yaml
 
+from azp_simulation.world import NAMESPACE, PAT, RELEASE, Simulation, load_world
 from reconciler import cli, names
-from reconciler.simulate.world import NAMESPACE, PAT, RELEASE, Simulation, load_world
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = f"{RELEASE}-reconciler"

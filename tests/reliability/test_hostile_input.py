@@ -19,8 +19,8 @@ import yaml
 from invariants import max_agents_of, violations
 from reliability_support import NAMESPACE, Rig, base_env, run_cli, start_rig
 
+from azp_simulation.world import job_template
 from reconciler import names
-from reconciler.simulate.world import job_template
 
 TEMPLATE_KEY = "pools[0].templates[0].jobTemplate"
 WORLD: dict[str, Any] = {

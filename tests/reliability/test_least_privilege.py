@@ -15,7 +15,7 @@ import pytest
 from invariants import max_agents_of, violations
 from reliability_support import NAMESPACE, REPO, RichWorld, build_rich_world, converge, run_cli
 
-from reconciler.simulate.kube_emulator import rbac_subject_from_file
+from azp_simulation.kube_emulator import rbac_subject_from_file
 
 RBAC = REPO / "reconciler" / "rbac.json"
 TOKEN = "reconciler-sa-token"

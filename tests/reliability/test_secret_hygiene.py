@@ -19,7 +19,7 @@ import pytest
 import yaml
 from reliability_support import PAT, REPO, Result, Rig, base_env, run_cli, start_rig
 
-from reconciler.simulate.world import SCENARIOS
+from azp_simulation.world import SCENARIOS
 
 FORMS = (PAT, base64.b64encode(PAT.encode()).decode(), base64.b64encode(f":{PAT}".encode()).decode())
 HELM = REPO / ".tools" / "bin" / "helm"

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from reconciler.simulate.world import PAT, Simulation, load_world
+from azp_simulation.world import PAT, Simulation, load_world
 
 
 @dataclass

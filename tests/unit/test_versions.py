@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from azp_simulation import world
 from reconciler import config as config_module
 from reconciler.model import Config
-from reconciler.simulate import world
 
 ROOT = Path(__file__).resolve().parents[2]
 

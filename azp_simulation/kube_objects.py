@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.simulate.kube_support import (
+from azp_simulation.kube_support import (
     Cause,
     KubeError,
     Resource,
@@ -188,7 +188,7 @@ def validate_object(resource: Resource, obj: Mapping[str, Any], *, version: str,
 
 
 def _invalid(resource: Resource, name: str, causes: list[Cause]) -> KubeError:
-    from reconciler.simulate.kube_support import invalid
+    from azp_simulation.kube_support import invalid
 
     return invalid(resource, name, causes)
 

@@ -32,8 +32,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from reconciler.demands import satisfies_all
-from reconciler.simulate.azdo_support import (
+from azp_simulation.azdo_support import (
     SCOPE_MANAGE,
     SCOPE_READ,
     SERVICE_OWNER,
@@ -52,9 +51,10 @@ from reconciler.simulate.azdo_support import (
     requested_api_version,
     short_route,
 )
-from reconciler.simulate.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
+from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
+from reconciler.demands import satisfies_all
 
-log = logging.getLogger("reconciler.simulate.azdo")
+log = logging.getLogger("azp_simulation.azdo")
 
 LOCK_SECONDS = 600.0
 FIRST_REQUEST_ID = 1000

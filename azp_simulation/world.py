@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
+from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
+from azp_simulation.azdo_support import ApiError
+from azp_simulation.kube_emulator import KubernetesEmulator
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
-from reconciler.simulate.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
-from reconciler.simulate.azdo_support import ApiError
-from reconciler.simulate.kube_emulator import KubernetesEmulator
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"

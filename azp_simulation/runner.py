@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler.simulate.world import PAT, Simulation, load_world, scenario_path
+from azp_simulation.world import PAT, Simulation, load_world, scenario_path
 
 
 def _time(value: Any) -> datetime | None:

@@ -1,6 +1,6 @@
 """Building blocks of the Azure DevOps emulator: wire formats, errors, api-version rules, routes,
 throttling, the call log and statistics. No HTTP server and no world state here; injected faults are
-shared with the Kubernetes emulator (reconciler/simulate/serving.py)."""
+shared with the Kubernetes emulator (azp_simulation/serving.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.simulate.serving import FaultKind as FaultKind
+from azp_simulation.serving import FaultKind as FaultKind
 
 SCOPE_READ = "vso.agentpools"
 SCOPE_MANAGE = "vso.agentpools_manage"

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from reconciler.simulate.serving import FaultKind as FaultKind
+from azp_simulation.serving import FaultKind as FaultKind
 
 KUBE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

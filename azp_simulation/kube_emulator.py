@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from reconciler.simulate.kube_objects import (
+from azp_simulation.kube_objects import (
     default_object,
     immutable_causes,
     json_patch,
@@ -56,7 +56,7 @@ from reconciler.simulate.kube_objects import (
     table,
     validate_object,
 )
-from reconciler.simulate.kube_support import (
+from azp_simulation.kube_support import (
     GROUP_VERSIONS,
     KUBE_ALPHABET,
     MANAGED_BY_LABEL,
@@ -85,9 +85,9 @@ from reconciler.simulate.kube_support import (
     resource_for,
     success_status,
 )
-from reconciler.simulate.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, ServedEmulator
+from azp_simulation.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, ServedEmulator
 
-log = logging.getLogger("reconciler.simulate.kube")
+log = logging.getLogger("azp_simulation.kube")
 
 __all__ = ["KubeCall", "KubeError", "KubernetesEmulator", "RbacSubject", "rbac_subject_from_file"]
 
@@ -1951,7 +1951,7 @@ def _truthy(value: str | None) -> bool:
 
 
 def _cause(field_name: str, message: str) -> Any:
-    from reconciler.simulate.kube_support import Cause
+    from azp_simulation.kube_support import Cause
 
     return Cause(field_name, "FieldValueInvalid", message)
 

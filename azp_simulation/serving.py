@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 
-log = logging.getLogger("reconciler.simulate")
+log = logging.getLogger("azp_simulation")
 
 
 FaultKind = Literal["status", "delay", "timeout", "reset", "truncated", "html"]
