@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -242,6 +243,252 @@ def _next_free(existing: set[str], make: Iterable[str]) -> str:
     return next(name for name in make if name not in existing)
 
 
+@dataclass
+class _PoolPass:
+    """One pool's inputs to plan(), worked out once and shared by its rules."""
+
+    config: Config
+    pool: PoolConfig
+    state: PoolState
+    world: World
+    now: datetime
+    pool_id: int
+    agents_known: bool
+    agents: dict[str, Agent]
+    """The pool's agents by lower-case name (empty when they were not listed)."""
+    busy: set[str]
+    views: list[_JobView]
+    router: _Router
+
+
+@dataclass
+class _JobCounts:
+    """Our unfinished Jobs of a pool after the job rules: kept ones by template, and stuck ones."""
+
+    active: dict[str, list[_JobView]] = field(default_factory=lambda: defaultdict(list))
+    stuck: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    pool_active: int = 0
+    """Every unfinished Job, which counts against maxAgents until it is really gone."""
+
+
+def _pool_pass(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    world: World,
+    now: datetime,
+    *,
+    jobs: list[AgentJob],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+) -> _PoolPass:
+    assert state.pool_id is not None
+    agents = {a.name.lower(): a for a in state.agents or ()}
+    busy = _busy_names(state)
+    return _PoolPass(
+        config=config,
+        pool=pool,
+        state=state,
+        world=world,
+        now=now,
+        pool_id=state.pool_id,
+        agents_known=state.agents is not None,
+        agents=agents,
+        busy=busy,
+        views=_views(jobs, pods_by_job, agents, busy),
+        router=_Router(config, pool),
+    )
+
+
+def _route_queued(p: _PoolPass) -> tuple[list[JobRequest], dict[str, list[JobRequest]], list[Action]]:
+    """Route every queued request of our shard, oldest first; report the ones nothing can serve."""
+    queued = sorted(
+        (r for r in p.state.requests if r.queued and in_shard(p.config, r)),
+        key=lambda r: (r.queue_time or _EPOCH, r.request_id),
+    )
+    routed: dict[str, list[JobRequest]] = defaultdict(list)
+    reports: list[Action] = []
+    for request in queued:
+        template = p.router.route(request.demands)
+        if template is None:
+            reports.append(ReportUnroutable(pool=p.pool.name, request_id=request.request_id, demands=request.demands))
+        else:
+            routed[template.name].append(request)
+    return queued, routed, reports
+
+
+def _plan_finished_job(p: _PoolPass, view: _JobView) -> list[Action]:
+    """A finished Job: prune its agent without a list when its id is known; delete it past its TTL."""
+    actions: list[Action] = []
+    if not p.agents_known and view.pod is not None and not view.busy:
+        # The agent ran its one job and its pod is done: its id is known from the request it ran,
+        # so it is pruned without listing the pool's agents (an API call saved per finished job).
+        key = view.pod.name.lower()
+        agent_id = p.world.agent_ids.get(key)
+        if agent_id is not None and key not in p.world.pruned:
+            actions.append(
+                DeleteAgent(
+                    pool=p.pool.name,
+                    pool_id=p.pool_id,
+                    agent_id=agent_id,
+                    agent_name=view.pod.name,
+                    reason="offline and its pod finished",
+                )
+            )
+    ttl = timedelta(seconds=p.config.ttl_seconds_after_finished) + TTL_GRACE
+    finished = view.job.finished or (view.pod.finished if view.pod else None)
+    if finished is not None and p.now - finished > ttl:
+        actions.append(
+            DeleteJob(
+                pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason="finished past its TTL"
+            )
+        )
+    return actions
+
+
+def _delete_stuck(p: _PoolPass, view: _JobView, detail: str) -> DeleteJob:
+    return DeleteJob(
+        pool=p.pool.name,
+        namespace=view.job.namespace,
+        job_name=view.job.name,
+        reason="stuck: its agent did not come online within provisioningTimeout",
+        detail=detail,
+        agent_id=view.agent.agent_id if view.agent is not None else None,
+        pool_id=p.pool_id,
+    )
+
+
+def _plan_jobs(p: _PoolPass) -> tuple[list[Action], _JobCounts]:
+    """Finished Jobs are pruned, stuck ones go, Jobs of a template no longer configured go once
+    nothing can be running; the rest are the pool's active Jobs."""
+    actions: list[Action] = []
+    counts = _JobCounts()
+    templates = {t.name: t for t in p.pool.templates}
+    for view in p.views:
+        if view.terminal:
+            actions.extend(_plan_finished_job(p, view))
+            continue
+        counts.pool_active += 1
+        template = templates.get(view.job.template)
+        if template is None:
+            if not view.busy and not view.running:
+                actions.append(
+                    DeleteJob(
+                        pool=p.pool.name,
+                        namespace=view.job.namespace,
+                        job_name=view.job.name,
+                        reason="its template was removed from the configuration",
+                    )
+                )
+            continue
+        # A busy agent is never stuck: most Jobs of a large pool skip the check.
+        reason = None if view.busy else _stuck_reason(view, pool=p.pool, agents_known=p.agents_known, now=p.now)
+        if reason is not None:
+            actions.append(_delete_stuck(p, view, reason))
+            counts.stuck[template.name] += 1
+            continue
+        counts.active[template.name].append(view)
+    return actions, counts
+
+
+def _sizes(
+    pool: PoolConfig, routed: Mapping[str, list[JobRequest]], counts: _JobCounts
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Jobs to create per template: for queued demand, and for standby (minIdle, minAgents).
+
+    demand - supply, at least minAgents - active, never past the template's maxAgents; stuck Jobs
+    count too (if their deletion fails, replacing them must not run away)."""
+    want: dict[str, int] = {}
+    standby: dict[str, int] = {}
+    for index, template in enumerate(pool.templates):
+        active = counts.active[template.name]
+        cap = template.max_agents if template.max_agents is not None else pool.max_agents
+        room = max(0, cap - len(active) - counts.stuck[template.name])
+        supply = sum(1 for v in active if not v.busy and v.available)
+        demand = len(routed.get(template.name, ()))
+        min_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+        min_agents = template.min_agents + (pool.min_agents if index == 0 else 0)
+        for_demand = min(room, max(0, demand - supply))
+        total = max(demand + min_idle - supply, min_agents - len(active), 0)
+        want[template.name] = for_demand
+        standby[template.name] = min(room - for_demand, max(0, total - for_demand))
+    return want, standby
+
+
+def _create_job(p: _PoolPass, template_name: str, request: JobRequest | None, *, job_names: set[str]) -> CreateJob:
+    """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
+    prefix, pool_name = p.config.job_name_prefix, p.pool.name
+    if request is None:
+        candidates = (
+            names.standby_job_name(prefix=prefix, pool_name=pool_name, template=template_name, slot=n)
+            for n in range(10_000)
+        )
+    else:
+        candidates = (
+            names.request_job_name(prefix=prefix, pool_name=pool_name, request_id=request.request_id, generation=n)
+            for n in range(10_000)
+        )
+    job_name = _next_free(job_names, candidates)
+    job_names.add(job_name)
+    return CreateJob(
+        pool=pool_name,
+        template=template_name,
+        namespace=p.pool.namespace,
+        job_name=job_name,
+        request_id=None if request is None else request.request_id,
+        reason="standby (minIdle/minAgents)" if request is None else f"request {request.request_id} is queued",
+        demands=() if request is None else request.demands,
+    )
+
+
+def _demand_order(routed: Mapping[str, list[JobRequest]], counts: _JobCounts) -> list[tuple[JobRequest, str]]:
+    """Routed requests in queue order across templates: uncovered ones first, then those whose Job
+    (one not busy, made for that request) went to someone else."""
+    covered = {
+        v.job.request_id
+        for views in counts.active.values()
+        for v in views
+        if not v.busy and v.job.request_id is not None
+    }
+    ordered = sorted(
+        ((r, t) for t, requests in routed.items() for r in requests),
+        key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
+    )
+    return [item for item in ordered if item[0].request_id not in covered] + [
+        item for item in ordered if item[0].request_id in covered
+    ]
+
+
+def _plan_creates(
+    p: _PoolPass,
+    routed: Mapping[str, list[JobRequest]],
+    counts: _JobCounts,
+    *,
+    create_budget: int,
+    job_names: set[str],
+) -> tuple[list[CreateJob], int]:
+    """Creation: demand first, in queue order; then standby and minimum counts. Also returns how many
+    queued requests only maxAgents holds back (standby agents of other templates give way to them)."""
+    pool_room = max(0, p.pool.max_agents - counts.pool_active)
+    want, standby = _sizes(p.pool, routed, counts)
+    creates: list[CreateJob] = []
+    # A pool at maxAgents (or a spent brake) creates nothing: skip the ordering work.
+    ordered = _demand_order(routed, counts) if pool_room > 0 and create_budget > 0 else []
+    for request, template_name in ordered:
+        if want[template_name] <= 0 or pool_room <= 0 or len(creates) >= create_budget:
+            continue
+        creates.append(_create_job(p, template_name, request, job_names=job_names))
+        want[template_name] -= 1
+        pool_room -= 1
+    blocked = sum(max(0, n) for n in want.values()) if pool_room <= 0 else 0
+    for template in p.pool.templates:
+        for _ in range(standby[template.name]):
+            if pool_room <= 0 or len(creates) >= create_budget:
+                break
+            creates.append(_create_job(p, template.name, None, job_names=job_names))
+            pool_room -= 1
+    return creates, blocked
+
+
 def _plan_pool(
     config: Config,
     pool: PoolConfig,
@@ -254,200 +501,27 @@ def _plan_pool(
     pods_by_job: Mapping[tuple[str, str], AgentPod],
     job_names: set[str],
 ) -> list[Action]:
-    assert state.pool_id is not None
-    actions: list[Action] = []
-    agents_known = state.agents is not None
-    agents = {a.name.lower(): a for a in state.agents or ()}
-    busy = _busy_names(state)
-    views = _views(jobs, pods_by_job, agents, busy)
-    templates = {t.name: t for t in pool.templates}
-    router = _Router(config, pool)
-
-    # Requests: route every queued one of our shard; report the ones nothing can serve.
-    queued = sorted(
-        (r for r in state.requests if r.queued and in_shard(config, r)),
-        key=lambda r: (r.queue_time or _EPOCH, r.request_id),
-    )
-    routed: dict[str, list[JobRequest]] = defaultdict(list)
-    for request in queued:
-        template = router.route(request.demands)
-        if template is None:
-            actions.append(ReportUnroutable(pool=pool.name, request_id=request.request_id, demands=request.demands))
-        else:
-            routed[template.name].append(request)
-
-    # Jobs: stuck ones go; Jobs of a template no longer configured go once nothing can be running.
-    active: dict[str, list[_JobView]] = defaultdict(list)
-    stuck: dict[str, int] = defaultdict(int)
-    gone: set[str] = set()
-    ttl = timedelta(seconds=config.ttl_seconds_after_finished) + TTL_GRACE
-    # Every unfinished Job counts against maxAgents until it is really gone (see creation below).
-    pool_active = 0
-    for view in views:
-        if view.terminal:
-            if not agents_known and view.pod is not None and not view.busy:
-                # The agent ran its one job and its pod is done: its id is known from the request it ran,
-                # so it is pruned without listing the pool's agents (an API call saved per finished job).
-                key = view.pod.name.lower()
-                agent_id = world.agent_ids.get(key)
-                if agent_id is not None and key not in world.pruned:
-                    actions.append(
-                        DeleteAgent(
-                            pool=pool.name,
-                            pool_id=state.pool_id,
-                            agent_id=agent_id,
-                            agent_name=view.pod.name,
-                            reason="offline and its pod finished",
-                        )
-                    )
-            finished = view.job.finished or (view.pod.finished if view.pod else None)
-            if finished is not None and now - finished > ttl:
-                actions.append(
-                    DeleteJob(
-                        pool=pool.name,
-                        namespace=view.job.namespace,
-                        job_name=view.job.name,
-                        reason="finished past its TTL",
-                    )
-                )
-            continue
-        pool_active += 1
-        template = templates.get(view.job.template)
-        if template is None:
-            if not view.busy and not view.running:
-                actions.append(
-                    DeleteJob(
-                        pool=pool.name,
-                        namespace=view.job.namespace,
-                        job_name=view.job.name,
-                        reason="its template was removed from the configuration",
-                    )
-                )
-                gone.add(view.job.name)
-            continue
-        # A busy agent is never stuck: most Jobs of a large pool skip the check.
-        reason = None if view.busy else _stuck_reason(view, pool=pool, agents_known=agents_known, now=now)
-        if reason is not None:
-            agent_id = view.agent.agent_id if view.agent is not None else None
-            actions.append(
-                DeleteJob(
-                    pool=pool.name,
-                    namespace=view.job.namespace,
-                    job_name=view.job.name,
-                    reason="stuck: its agent did not come online within provisioningTimeout",
-                    detail=reason,
-                    agent_id=agent_id,
-                    pool_id=state.pool_id,
-                )
-            )
-            gone.add(view.job.name)
-            stuck[template.name] += 1
-            continue
-        active[template.name].append(view)
-
-    def idle_supply(template_name: str) -> list[_JobView]:
-        return [v for v in active[template_name] if not v.busy and v.available]
-
-    # Creation: demand first, in queue order across templates; then standby and minimum counts.
-    # Every unfinished Job counts against maxAgents until it is really gone: agents of a removed
-    # template, and stuck Jobs too (if their deletion fails, replacing them must not run away).
-    pool_room = max(0, pool.max_agents - pool_active)
-    creates: list[CreateJob] = []
-    extra_min_idle = {pool.templates[0].name: pool.min_idle} if pool.templates else {}
-    extra_min_agents = {pool.templates[0].name: pool.min_agents} if pool.templates else {}
-    want: dict[str, int] = {}
-    standby: dict[str, int] = {}
-    for template in pool.templates:
-        cap = template.max_agents if template.max_agents is not None else pool.max_agents
-        room = max(0, cap - len(active[template.name]) - stuck[template.name])
-        supply = len(idle_supply(template.name))
-        demand = len(routed[template.name])
-        min_idle = template.min_idle + extra_min_idle.get(template.name, 0)
-        min_agents = template.min_agents + extra_min_agents.get(template.name, 0)
-        for_demand = min(room, max(0, demand - supply))
-        total = max(demand + min_idle - supply, min_agents - len(active[template.name]), 0)
-        want[template.name] = for_demand
-        standby[template.name] = min(room - for_demand, max(0, total - for_demand))
-
-    if pool_room > 0 and create_budget > 0:
-        covered = {
-            v.job.request_id
-            for views_ in active.values()
-            for v in views_
-            if not v.busy and v.job.request_id is not None
-        }
-        ordered = sorted(
-            ((r, t) for t, requests in routed.items() for r in requests),
-            key=lambda item: (item[0].queue_time or _EPOCH, item[0].request_id),
-        )
-    else:
-        covered, ordered = set(), []  # a pool at maxAgents (or a spent brake) creates nothing: skip the work
-
-    # Uncovered requests get a Job first; covered ones only when their Job went to someone else.
-    def create(template_name: str, request: JobRequest | None) -> None:
-        """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
-        if request is None:
-            candidates = (
-                names.standby_job_name(
-                    prefix=config.job_name_prefix, pool_name=pool.name, template=template_name, slot=n
-                )
-                for n in range(10_000)
-            )
-        else:
-            candidates = (
-                names.request_job_name(
-                    prefix=config.job_name_prefix, pool_name=pool.name, request_id=request.request_id, generation=n
-                )
-                for n in range(10_000)
-            )
-        job_name = _next_free(job_names, candidates)
-        job_names.add(job_name)
-        creates.append(
-            CreateJob(
-                pool=pool.name,
-                template=template_name,
-                namespace=pool.namespace,
-                job_name=job_name,
-                request_id=None if request is None else request.request_id,
-                reason="standby (minIdle/minAgents)" if request is None else f"request {request.request_id} is queued",
-                demands=() if request is None else request.demands,
-            )
-        )
-
-    for pass_covered in (False, True):
-        for request, template_name in ordered:
-            if (request.request_id in covered) != pass_covered:
-                continue
-            if want[template_name] <= 0 or pool_room <= 0 or len(creates) >= create_budget:
-                continue
-            create(template_name, request)
-            want[template_name] -= 1
-            pool_room -= 1
-    # Queued demand that only maxAgents holds back: standby agents of other templates give way to it.
-    blocked = sum(max(0, n) for n in want.values()) if pool_room <= 0 else 0
-    for template in pool.templates:
-        for _ in range(standby[template.name]):
-            if pool_room <= 0 or len(creates) >= create_budget:
-                break
-            create(template.name, None)
-            pool_room -= 1
+    p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
+    queued, routed, actions = _route_queued(p)
+    job_actions, counts = _plan_jobs(p)
+    actions.extend(job_actions)
+    creates, blocked = _plan_creates(p, routed, counts, create_budget=create_budget, job_names=job_names)
     actions.extend(creates)
-
-    if agents_known:
+    if p.agents_known:
         actions.extend(
             _plan_agents(
                 config,
                 pool,
                 state,
-                views,
+                p.views,
                 routed=routed,
                 queued=queued,
-                active=active,
+                active=counts.active,
                 blocked=blocked,
                 now=now,
-                busy=busy,
-                by_name=agents,
-                router=router,
+                busy=p.busy,
+                by_name=p.agents,
+                router=p.router,
             )
         )
     return actions
@@ -550,6 +624,30 @@ def _plan_agents(
                 )
             continue
 
+    actions.extend(
+        _plan_drains(
+            pool, state, views, routed=routed, queued=queued, active=active, blocked=blocked, now=now, router=router
+        )
+    )
+    return actions
+
+
+def _plan_drains(
+    pool: PoolConfig,
+    state: PoolState,
+    views: list[_JobView],
+    *,
+    routed: Mapping[str, list[JobRequest]],
+    queued: list[JobRequest],
+    active: Mapping[str, list[_JobView]],
+    blocked: int,
+    now: datetime,
+    router: _Router,
+) -> list[Action]:
+    """Idle agents of ours to drain: half-drained ones, expired ones, ones in the way of blocked demand
+    (see `_plan_agents`), and those of a removed template."""
+    actions: list[Action] = []
+
     # A drain an earlier pass left half done (disabled, then the run failed or died): finish it now.
     # The agent is ours, idle and disabled, so it can serve nothing and only holds a slot.
     for template in pool.templates:
@@ -560,41 +658,12 @@ def _plan_agents(
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
-    idle_timeout = timedelta(seconds=pool.idle_timeout)
     for index, template in enumerate(pool.templates):
         if routed.get(template.name) or any(router.serves(index, r.demands) for r in queued):
             continue
-        idle = [
-            v
-            for v in active.get(template.name, [])
-            if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
-        ]
-        keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
-        keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
-        removable = min(len(idle) - keep_idle, len(active.get(template.name, [])) - keep_total)
-        oldest_first = sorted(
-            idle, key=lambda v: v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH
-        )
-        expired = [v for v in oldest_first if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout]
-        drained = expired[: max(0, removable)]
-        for view in drained:
-            assert view.agent is not None
-            actions.append(
-                _drain(
-                    pool,
-                    state,
-                    view,
-                    view.agent,
-                    f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it",
-                )
-            )
-        blocked -= len(drained)
-        for view in [v for v in oldest_first if v not in drained][: max(0, blocked)]:
-            assert view.agent is not None
-            actions.append(
-                _drain(pool, state, view, view.agent, "a queued job of another template needs its slot (maxAgents)")
-            )
-            blocked -= 1
+        drains = _drain_idle(pool, state, index, active.get(template.name, []), blocked=blocked, now=now)
+        blocked -= len(drains)
+        actions.extend(drains)
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
     configured = {t.name for t in pool.templates}
     for view in views:
@@ -603,6 +672,35 @@ def _plan_agents(
         if view.running and view.agent is not None and view.agent.online:
             actions.append(_drain(pool, state, view, view.agent, "its template was removed from the configuration"))
     return actions
+
+
+def _drain_idle(
+    pool: PoolConfig, state: PoolState, index: int, active: list[_JobView], *, blocked: int, now: datetime
+) -> list[DrainAgent]:
+    """Drains of one template's idle agents: those idle past idleTimeout beyond its minIdle and
+    minAgents, then up to `blocked` more (oldest first) for queued jobs maxAgents holds back."""
+    template = pool.templates[index]
+    idle = [
+        v for v in active if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
+    ]
+    keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+    keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
+    removable = min(len(idle) - keep_idle, len(active) - keep_total)
+    oldest_first = sorted(
+        idle, key=lambda v: v.agent.status_changed_on if v.agent and v.agent.status_changed_on else _EPOCH
+    )
+    idle_timeout = timedelta(seconds=pool.idle_timeout)
+    expired = [v for v in oldest_first if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout]
+    drained = expired[: max(0, removable)]
+    reason = f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it"
+    drains = [_drain(pool, state, v, v.agent, reason) for v in drained if v.agent is not None]
+    blocked -= len(drained)
+    for view in [v for v in oldest_first if v not in drained][: max(0, blocked)]:
+        assert view.agent is not None
+        drains.append(
+            _drain(pool, state, view, view.agent, "a queued job of another template needs its slot (maxAgents)")
+        )
+    return drains
 
 
 def plan(config: Config, world: World, now: datetime) -> list[Action]:
