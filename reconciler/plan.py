@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from reconciler import names
-from reconciler.demands import satisfies_all
+from reconciler.demands import Demand, demand_satisfied, satisfies_all
 from reconciler.model import (
     Action,
     Agent,
@@ -386,8 +386,28 @@ def _plan_jobs(p: _PoolPass) -> tuple[list[Action], _JobCounts]:
             actions.append(_delete_stuck(p, view, reason))
             counts.stuck[template.name] += 1
             continue
+        if _stale(view, template):
+            assert view.agent is not None
+            actions.append(_drain(p.pool, p.state, view, view.agent, _STALE_REASON))
+            counts.stuck[template.name] += 1
+            continue
         counts.active[template.name].append(view)
     return actions, counts
+
+
+_STALE_REASON = "idle, and its capabilities no longer match what its template declares"
+
+
+def _stale(view: _JobView, template: TemplateConfig) -> bool:
+    """An idle, online agent of ours that lacks a capability its template now declares (or has another
+    value): it was started from an older template, so it cannot serve what is routed to the template."""
+    agent = view.agent
+    if agent is None or view.busy or not agent.online or not view.running or not template.capabilities:
+        return False
+    return not all(
+        demand_satisfied(Demand(name=name, op="equals", value=value), agent.capabilities)
+        for name, value in template.capabilities.items()
+    )
 
 
 def _sizes(
