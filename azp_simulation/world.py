@@ -65,6 +65,22 @@ class Arrival:
 
 
 @dataclass(frozen=True)
+class CrashPods:
+    """Pods of a pool whose agent container exits before the agent comes online (config.sh rejected, an
+    image for another architecture, a broken entrypoint): the `first`.. `first + count - 1`-th pods the
+    pool starts end Failed with `exit_code` and `message` as their termination message."""
+
+    pool: str
+    first: int = 1
+    count: int = 1
+    exit_code: int = 1
+    message: str = ""
+
+    def covers(self, pool: str, nth: int) -> bool:
+        return pool == self.pool and self.first <= nth < self.first + self.count
+
+
+@dataclass(frozen=True)
 class WorldFile:
     """A parsed, checked world file."""
 
@@ -75,6 +91,7 @@ class WorldFile:
     arrivals: tuple[Arrival, ...]
     cancellations: tuple[dict[str, Any], ...]
     stuck_pods: tuple[dict[str, Any], ...]
+    crash_pods: tuple[CrashPods, ...]
     faults: tuple[dict[str, Any], ...]
     reconciler: Mapping[str, Any]
     timeout: float
@@ -90,6 +107,16 @@ def _require(mapping: Mapping[str, Any], key: str, kind: type, where: str) -> An
     if not isinstance(value, kind):
         raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
     return value
+
+
+def _crash_pods(raw: Any, where: str, pools: set[str]) -> CrashPods:
+    if not isinstance(raw, dict) or raw.get("pool") not in pools:
+        raise ConfigError(f"{where}.pool: expected one of the world's pools {sorted(pools)}")
+    numbers = {key: raw.get(key, default) for key, default in (("first", 1), ("count", 1), ("exit_code", 1))}
+    for key, value in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key != "count" else 0):
+            raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+    return CrashPods(pool=raw["pool"], message=str(raw.get("message", "")), **numbers)
 
 
 def load_world(path: Path) -> WorldFile:
@@ -126,6 +153,9 @@ def load_world(path: Path) -> WorldFile:
                 result=str(raw.get("result", "succeeded")),
             )
         )
+    crash_pods = tuple(
+        _crash_pods(raw, f"{where}: crash_pods[{i}]", names) for i, raw in enumerate(document.get("crash_pods") or [])
+    )
     for index, agent in enumerate(document.get("agents") or []):
         if agent.get("pool") not in names:
             raise ConfigError(f"{where}: agents[{index}].pool: {agent.get('pool')!r} is not one of the world's pools")
@@ -137,6 +167,7 @@ def load_world(path: Path) -> WorldFile:
         arrivals=tuple(arrivals),
         cancellations=tuple(document.get("cancellations") or ()),
         stuck_pods=tuple(document.get("stuck_pods") or ()),
+        crash_pods=crash_pods,
         faults=tuple(document.get("faults") or ()),
         reconciler=document.get("reconciler") or {},
         timeout=float(document.get("timeout", 120)),
@@ -423,6 +454,12 @@ class Simulation:
             self.processes[name] = process
             if self._is_stuck(pool):
                 return
+            crash = next((c for c in self.world.crash_pods if c.covers(pool, self.pods_started[pool])), None)
+        if crash is not None:
+            timer = threading.Timer(REGISTER_DELAY, self._crash, args=(process, main.get("name", ""), crash))
+            timer.daemon = True
+            timer.start()
+            return
         token = None
         if registrar is not None:
             token_file = self.kube.resolve_env(pod, registrar).get("AZP_TOKEN_FILE", "")
@@ -473,6 +510,15 @@ class Simulation:
                 process.namespace, process.pod_name, publisher, f"{AGENT_ID_MESSAGE}{process.agent_id}\n"
             )
         self.azdo.agent_online(process.agent_id, once=True)
+
+    def _crash(self, process: AgentProcess, container: str, crash: CrashPods) -> None:
+        """The agent container exits before its agent came online, leaving its termination message."""
+        with self._lock:
+            if process.exited:
+                return
+            process.exited = True
+        if self.kube.finish_pod(process.namespace, process.pod_name, exit_code=crash.exit_code) and crash.message:
+            self.kube.set_termination_message(process.namespace, process.pod_name, container, crash.message)
 
     def _agent_exited(self, agent_name: str, exit_code: int) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from reconciler.model import (
     DeleteJob,
     DrainAgent,
     RegisterPlaceholder,
+    ReportCrashBackoff,
     ReportMissingPool,
     ReportUnroutable,
     UpdatePlaceholder,
@@ -38,6 +39,7 @@ log = logging.getLogger("reconciler.apply")
 _ORDER = {
     "report-missing-pool": 0,
     "report-unroutable": 1,
+    "report-crash-backoff": 1,
     "register-placeholder": 2,
     "update-placeholder": 3,
     "create-job": 4,
@@ -124,6 +126,22 @@ class Applier:
         except ReconcilerError as exc:
             log.warning("could not record event %s on Job %s/%s: %s", reason, namespace, job_name, exc)
 
+    def _report_backoff(self, action: ReportCrashBackoff, outcome: Outcome) -> None:
+        outcome.counts["crash_backoff"] += 1
+        message = (
+            f"{action.failures} pod(s) of template {action.template!r} failed before their agent came online, "
+            f"the last with {action.reason}; no new Job for it before {action.retry_at.isoformat()}: fix the "
+            "image, its credentials or the job template"
+        )
+        log.warning("pool %r: %s", action.pool, message)
+        self._event(
+            namespace=action.namespace,
+            job_name=action.job_name,
+            reason="AgentCrashBackoff",
+            message=message,
+            warning=True,
+        )
+
     def _run(self, action: Action, outcome: Outcome) -> None:
         dry = self.dry_run
         if isinstance(action, ReportMissingPool):
@@ -143,6 +161,8 @@ class Applier:
                 action.pool,
                 list(action.demands),
             )
+        elif isinstance(action, ReportCrashBackoff):
+            self._report_backoff(action, outcome)
         elif isinstance(action, RegisterPlaceholder):
             log.info(
                 "%s placeholder agent %s in pool %r with capabilities %s",

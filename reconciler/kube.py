@@ -102,6 +102,15 @@ def _pod_reason(status: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return status.get("reason"), status.get("message")
 
 
+def _exit_code(status: Mapping[str, Any]) -> int | None:
+    """The first non-zero exit code among the pod's (init) containers, if one failed."""
+    for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        code = ((entry.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if isinstance(code, int) and code != 0:
+            return code
+    return None
+
+
 def _published_agent_id(status: Mapping[str, Any]) -> int | None:
     """The agent id an init container published as its termination message (`start.sh register` does).
 
@@ -134,6 +143,7 @@ def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
             finished = moment
     return AgentPod(
         agent_id=_published_agent_id(status),
+        exit_code=_exit_code(status),
         name=metadata["name"],
         namespace=metadata.get("namespace", ""),
         job_name=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name"),

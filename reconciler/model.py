@@ -209,6 +209,8 @@ class AgentPod:
     deleting: bool = False
     agent_id: int | None = None
     """The id of the agent the pod registered, from its register init container's termination message."""
+    exit_code: int | None = None
+    """The non-zero exit code of the container that failed, if one did."""
 
     @property
     def terminal(self) -> bool:
@@ -340,6 +342,22 @@ class ReportUnroutable:
 
 
 @dataclass(frozen=True)
+class ReportCrashBackoff:
+    """Pods of a template keep failing before their agent comes online: its new Jobs wait until `retry_at`."""
+
+    pool: str
+    template: str
+    namespace: str
+    job_name: str
+    """The Job whose pod failed last (the Event goes on it)."""
+    failures: int
+    reason: str
+    """The failed pod's reason, exit code and termination message."""
+    retry_at: datetime
+    kind: Literal["report-crash-backoff"] = "report-crash-backoff"
+
+
+@dataclass(frozen=True)
 class ReportMissingPool:
     pool: str
     kind: Literal["report-missing-pool"] = "report-missing-pool"
@@ -353,6 +371,7 @@ Action = (
     | RegisterPlaceholder
     | UpdatePlaceholder
     | ReportUnroutable
+    | ReportCrashBackoff
     | ReportMissingPool
 )
 

@@ -35,6 +35,7 @@ from reconciler.model import (
     PoolConfig,
     PoolState,
     RegisterPlaceholder,
+    ReportCrashBackoff,
     ReportMissingPool,
     ReportUnroutable,
     TemplateConfig,
@@ -44,6 +45,8 @@ from reconciler.model import (
 )
 
 TTL_GRACE = timedelta(seconds=60)
+CRASH_BACKOFF_BASE = timedelta(seconds=10)
+CRASH_BACKOFF_CAP = timedelta(minutes=5)
 _EPOCH = datetime.min
 
 
@@ -434,6 +437,64 @@ def _sizes(
     return want, standby
 
 
+class _Backoff(NamedTuple):
+    failures: int
+    last: _JobView
+    """The Job whose pod failed last."""
+    retry_at: datetime
+
+
+def _crash_backoff(p: _PoolPass) -> dict[str, _Backoff]:
+    """Templates whose pods failed before their agent came online, and that are still backing off.
+
+    A failed Job stays listed until its TTL (ttlSecondsAfterFinished), so the pods of the pool's finished
+    Jobs are the failure history: plan() needs nothing outside the World. The failures since the template's
+    last pod that succeeded count; after the n-th, new Jobs wait CRASH_BACKOFF_BASE * 2**(n-1), at most
+    CRASH_BACKOFF_CAP, from when it failed. A pod whose agent ran a job (an OOM kill mid-job) is no crash."""
+    crashes: dict[str, list[tuple[datetime, _JobView]]] = defaultdict(list)
+    succeeded: dict[str, datetime] = {}
+    for view in p.views:
+        pod = view.pod
+        when = (pod.finished or view.job.finished or pod.created) if pod is not None else None
+        if not view.terminal or pod is None or when is None:
+            continue
+        template = view.job.template
+        if pod.phase == "Succeeded":
+            succeeded[template] = max(when, succeeded.get(template, when))
+        elif not view.busy and not (view.agent is not None and view.agent.completed_request_id is not None):
+            crashes[template].append((when, view))
+    backoff: dict[str, _Backoff] = {}
+    for template, failed in crashes.items():
+        last_success = succeeded.get(template)
+        recent = sorted((i for i in failed if last_success is None or i[0] > last_success), key=lambda i: i[0])
+        if not recent:
+            continue
+        when, last = recent[-1]
+        retry_at = when + min(CRASH_BACKOFF_CAP, CRASH_BACKOFF_BASE * 2 ** min(len(recent) - 1, 16))
+        if retry_at > p.now:
+            backoff[template] = _Backoff(len(recent), last, retry_at)
+    return backoff
+
+
+def _report_backoff(p: _PoolPass, template: str, backoff: _Backoff) -> ReportCrashBackoff:
+    pod = backoff.last.pod
+    assert pod is not None
+    detail = pod.reason or pod.phase
+    if pod.exit_code is not None:
+        detail += f" (exit code {pod.exit_code})"
+    if pod.message:
+        detail += f": {pod.message.strip()[:500]}"
+    return ReportCrashBackoff(
+        pool=p.pool.name,
+        template=template,
+        namespace=backoff.last.job.namespace,
+        job_name=backoff.last.job.name,
+        failures=backoff.failures,
+        reason=detail,
+        retry_at=backoff.retry_at,
+    )
+
+
 def _create_job(p: _PoolPass, template_name: str, request: JobRequest | None, *, job_names: set[str]) -> CreateJob:
     """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
     prefix, pool_name = p.config.job_name_prefix, p.pool.name
@@ -483,13 +544,18 @@ def _plan_creates(
     routed: Mapping[str, list[JobRequest]],
     counts: _JobCounts,
     *,
+    backoff: Mapping[str, _Backoff],
     create_budget: int,
     job_names: set[str],
-) -> tuple[list[CreateJob], int]:
-    """Creation: demand first, in queue order; then standby and minimum counts. Also returns how many
-    queued requests only maxAgents holds back (standby agents of other templates give way to them)."""
+) -> tuple[list[CreateJob], int, list[str]]:
+    """Creation: demand first, in queue order; then standby and minimum counts; none for a template in
+    crash backoff. Also returns how many queued requests only maxAgents holds back (standby agents of
+    other templates give way to them), and the templates whose wanted Jobs the backoff held back."""
     pool_room = max(0, p.pool.max_agents - counts.pool_active)
     want, standby = _sizes(p.pool, routed, counts)
+    held = [name for name in backoff if want.get(name, 0) + standby.get(name, 0) > 0]
+    for name in held:
+        want[name] = standby[name] = 0
     creates: list[CreateJob] = []
     # A pool at maxAgents (or a spent brake) creates nothing: skip the ordering work.
     ordered = _demand_order(routed, counts) if pool_room > 0 and create_budget > 0 else []
@@ -506,7 +572,7 @@ def _plan_creates(
                 break
             creates.append(_create_job(p, template.name, None, job_names=job_names))
             pool_room -= 1
-    return creates, blocked
+    return creates, blocked, held
 
 
 def _plan_pool(
@@ -525,8 +591,12 @@ def _plan_pool(
     queued, routed, actions = _route_queued(p)
     job_actions, counts = _plan_jobs(p)
     actions.extend(job_actions)
-    creates, blocked = _plan_creates(p, routed, counts, create_budget=create_budget, job_names=job_names)
+    backoff = _crash_backoff(p)
+    creates, blocked, held = _plan_creates(
+        p, routed, counts, backoff=backoff, create_budget=create_budget, job_names=job_names
+    )
     actions.extend(creates)
+    actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
         actions.extend(
             _plan_agents(

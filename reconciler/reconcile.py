@@ -78,6 +78,7 @@ class PassReport:
             "deleted": counts["deleted"],
             "placeholders": counts["placeholders"],
             "unroutable": counts["unroutable"],
+            "crash_backoff": counts["crash_backoff"],
             "failed": self.failed,
             "azdo_calls": self.azdo_calls,
             "kube_calls": self.kube_calls,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from plan_builders import NOW, agent, config, job_for, of, pod_for, pool, queued, state, template, world
+from dataclasses import replace
 
-from reconciler.model import CreateJob, DrainAgent
-from reconciler.plan import plan
+from plan_builders import NOW, agent, ago, config, job_for, of, pod_for, pool, queued, state, template, world
+
+from reconciler.model import AgentJob, AgentPod, CreateJob, DrainAgent, ReportCrashBackoff
+from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, plan
 
 
 def test_idle_agent_with_stale_capabilities_is_drained_and_not_supply() -> None:
@@ -40,3 +42,51 @@ def test_stale_capabilities_never_touch_busy_or_unlisted_agents() -> None:
     busy = agent(11, pod.name, busy_with=3, capabilities={"java": "17"})
     assert of(DrainAgent, plan(cfg, world(state("linux", agents=(busy,)), jobs=(job,), pods=(pod,)), NOW)) == []
     assert plan(cfg, world(state("linux"), jobs=(job,), pods=(pod,)), NOW) == []
+
+
+def _crashed(request_id: int, *, finished: float, generation: int = 0) -> tuple[AgentJob, AgentPod]:
+    job = job_for("linux", request_id=request_id, created=finished + 20, failed=True)
+    if generation:
+        job = replace(job, name=f"{job.name}-g{generation}")
+    pod = replace(
+        pod_for(job, phase="Failed", created=finished + 19, started=finished + 18, finished=finished),
+        reason="Error",
+        message="config.sh: 401 Unauthorized",
+        exit_code=1,
+    )
+    return job, pod
+
+
+def test_pods_failing_before_their_agent_came_online_back_off_exponentially() -> None:
+    """We test: after the n-th pod of a template failed before its agent came online, no new Job is made
+    for CRASH_BACKOFF_BASE * 2**(n-1) after the failure; meanwhile a report names the last failed Job with
+    its reason, exit code and termination message; once the backoff has passed the request gets a Job."""
+    one = _crashed(1, finished=5)
+    actions = plan(config(), world(state("linux", queued(1)), jobs=(one[0],), pods=(one[1],)), NOW)
+    assert of(CreateJob, actions) == []
+    [report] = of(ReportCrashBackoff, actions)
+    assert (report.failures, report.job_name, report.retry_at) == (1, one[0].name, ago(5) + CRASH_BACKOFF_BASE)
+    assert report.reason == "Error (exit code 1): config.sh: 401 Unauthorized"
+    later = plan(config(), world(state("linux", queued(1)), jobs=(one[0],), pods=(one[1],)), ago(-10))
+    assert [c.job_name for c in of(CreateJob, later)] == ["azp-linux-1-g1"] and of(ReportCrashBackoff, later) == []
+    three = [_crashed(1, finished=30), _crashed(1, finished=20, generation=1), _crashed(1, finished=10, generation=2)]
+    w = world(state("linux", queued(1)), jobs=tuple(j for j, _ in three), pods=tuple(p for _, p in three))
+    [report] = of(ReportCrashBackoff, plan(config(), w, NOW))
+    assert (report.failures, report.retry_at) == (3, ago(10) + 4 * CRASH_BACKOFF_BASE)
+
+
+def test_crash_backoff_is_capped_reset_by_a_success_and_per_template() -> None:
+    """We test: the backoff never exceeds CRASH_BACKOFF_CAP; a pod of the template that succeeded after the
+    failures resets it; another template of the pool is not held back; nothing is reported with no demand."""
+    many = [_crashed(1, finished=5 + n, generation=n) for n in range(12)]
+    jobs, pods = tuple(j for j, _ in many), tuple(p for _, p in many)
+    [report] = of(ReportCrashBackoff, plan(config(), world(state("linux", queued(1)), jobs=jobs, pods=pods), NOW))
+    assert report.retry_at == ago(5) + CRASH_BACKOFF_CAP
+    ok_job = job_for("linux", request_id=2, created=8, finished=3)
+    ok_pod = pod_for(ok_job, phase="Succeeded", finished=3)
+    w = world(state("linux", queued(1)), jobs=(*jobs, ok_job), pods=(*pods, ok_pod))
+    assert len(of(CreateJob, plan(config(), w, NOW))) == 1
+    cfg = config(pool("linux", template("default", placeholder=False), template("java", capabilities={"java": ""})))
+    w = world(state("linux", queued(1), queued(3, "java")), jobs=jobs, pods=pods)
+    assert [c.request_id for c in of(CreateJob, plan(cfg, w, NOW))] == [3]
+    assert plan(config(), world(state("linux"), jobs=jobs, pods=pods), NOW) == []
