@@ -12,6 +12,12 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
 - a busy agent's DELETE gets 400 (TaskAgentJobStillRunningException);
 - `usercapabilities` lives at `.../agents/{agentId}/usercapabilities`;
 - `$top` pages with the `continuationToken` query parameter (newest first), no 200-item cap;
+- the race of a job assigned to an exiting `--once` agent (azure-pipelines-agent #2332, #3994): with
+  `once_exit_window` > 0 the agent stays online that long after its job while its listener has already
+  exited, so the service may assign it another job that is never received. Deleting such an agent once it
+  is offline is accepted and fails that job with "We stopped hearing from agent" (#3994: the delete was
+  refused while the agent ran a job, then succeeded, and the job assigned in between failed that way); the
+  job is not queued again. The default window is 0 (the race is timing-dependent in the real service);
 - an api-version is required on every route, jobrequests included (the real jobrequests route is
   reported to answer KEDA without one), so a client that forgets it fails here first.
 """
@@ -131,6 +137,8 @@ class _Agent:
     last_completed_request: int | None = None
     once: bool = False
     jobs_taken: int = 0
+    exiting_until: float | None = None
+    """Set when a `--once` listener exited after its job: it still shows online until then."""
 
     def capabilities(self) -> dict[str, str]:
         """System capabilities overlaid with user capabilities (user ones win, names case-insensitive)."""
@@ -187,6 +195,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         pickup_delay: float = 0.0,
         hang_seconds: float = 35.0,
         auto_tick: bool = True,
+        once_exit_window: float = 0.0,
     ) -> None:
         self.organization = organization
         self.clock = clock
@@ -194,6 +203,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self.pickup_delay = pickup_delay
         self.hang_seconds = hang_seconds
         self.auto_tick = auto_tick
+        self.once_exit_window = once_exit_window
         self.on_agent_exit: Callable[[str, int], None] | None = None
         self.stats = EmulatorStats()
         self.instance_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}"))
@@ -431,6 +441,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             agent = self._agent(agent_id)
             agent.once = once
             agent.jobs_taken = 0
+            agent.exiting_until = None
             self._set_status(agent, "online")
         self.tick()
 
@@ -449,13 +460,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             if agent.assigned_request is not None:
                 request = self._requests[agent.assigned_request]
                 self.stats.jobs_aborted_by_agent_loss += 1
-                self._finish(
-                    request,
-                    "failed",
-                    self.clock(),
-                    message=f"We stopped hearing from agent {agent.name}. Verify the agent machine is "
-                    "running and has a healthy network connection.",
-                )
+                self._finish(request, "failed", self.clock(), message=_stopped_hearing(agent.name))
             self._set_status(agent, "offline")
 
     def agent_id(self, pool_id: int, name: str) -> int | None:
@@ -471,11 +476,14 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             now = self.clock() if now is None else now
             self._progress(now)
+            for exiting in self._agents.values():
+                if exiting.exiting_until is not None and now >= exiting.exiting_until and exiting.status == "online":
+                    self._set_status(exiting, "offline")
             for request in sorted(
                 (r for r in self._requests.values() if r.reserved_agent is None and not r.finished),
                 key=lambda r: (r.queue_time, r.request_id),
             ):
-                agent = self._free_agent_for(request)
+                agent = self._free_agent_for(request, now)
                 if agent is not None:
                     self._assign(request, agent, now)
             self._progress(now)
@@ -485,10 +493,12 @@ class AzureDevOpsEmulator(ServedEmulator):
         for request in list(self._requests.values()):
             if request.finished or request.reserved_agent is None:
                 continue
+            agent = self._agents.get(request.reserved_agent)
             if (
                 request.receive_time is None
                 and request.assign_time is not None
                 and now >= request.assign_time + self.pickup_delay
+                and (agent is None or agent.exiting_until is None)
             ):
                 self._receive(request, request.assign_time + self.pickup_delay)
             if request.receive_time is not None:
@@ -499,13 +509,13 @@ class AzureDevOpsEmulator(ServedEmulator):
                     # The agent renews its lock every minute while the job runs.
                     request.locked_until = now + LOCK_SECONDS
 
-    def _free_agent_for(self, request: _Request) -> _Agent | None:
+    def _free_agent_for(self, request: _Request, now: float) -> _Agent | None:
         for agent in self._pool_agents(request.pool_id):
             if (
                 agent.status == "online"
                 and agent.enabled
                 and agent.assigned_request is None
-                and not (agent.once and agent.jobs_taken > 0)
+                and not (agent.once and agent.jobs_taken > 0 and (agent.exiting_until or now) <= now)
                 and satisfies_all(request.demands, agent.capabilities())
             ):
                 return agent
@@ -518,7 +528,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         agent.jobs_taken += 1
         self.stats.jobs_assigned += 1
         self.stats.timings[request.request_id].assign_time = now
-        if self.pickup_delay <= 0:
+        if self.pickup_delay <= 0 and agent.exiting_until is None:
             self._receive(request, now)
 
     def _receive(self, request: _Request, when: float) -> None:
@@ -544,8 +554,11 @@ class AzureDevOpsEmulator(ServedEmulator):
         if agent is not None and agent.assigned_request == request.request_id:
             agent.assigned_request = None
             agent.last_completed_request = request.request_id
-            if agent.once and agent.status == "online":
-                self._set_status(agent, "offline")
+            if agent.once and agent.status == "online" and agent.exiting_until is None:
+                if self.once_exit_window > 0:
+                    agent.exiting_until = when + self.once_exit_window
+                else:
+                    self._set_status(agent, "offline")
                 self._pending_exits.append((agent.name, 0))
 
     def _deliver_exits(self) -> None:
@@ -912,7 +925,10 @@ class AzureDevOpsEmulator(ServedEmulator):
     def _delete_agent(self, pool_id: int, agent_id: int) -> None:
         pool = self._pool(pool_id)
         agent = self._agent(agent_id, pool_id)
-        if agent.assigned_request is not None:
+        assigned = self._requests.get(agent.assigned_request) if agent.assigned_request is not None else None
+        if assigned is not None and agent.status == "offline" and assigned.receive_time is None:
+            self._finish(assigned, "failed", self.clock(), message=_stopped_hearing(agent.name))
+        elif agent.assigned_request is not None:
             self.stats.busy_agent_deletes_refused += 1
             raise ApiError(
                 400,
@@ -1041,6 +1057,13 @@ class AzureDevOpsEmulator(ServedEmulator):
             return {}, 0.0, None
         decision = self._throttle.charge(identity, method=method, short=route.short, now=self.clock())
         return decision.headers, decision.delay, (decision.retry_after if decision.blocked else None)
+
+
+def _stopped_hearing(agent_name: str) -> str:
+    return (
+        f"We stopped hearing from agent {agent_name}. Verify the agent machine is running and has a healthy "
+        "network connection."
+    )
 
 
 def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class FaultList:
                     return fault
         return None
 
+
 TICK_SECONDS = 0.05
 
 

@@ -92,6 +92,8 @@ class WorldFile:
     cancellations: tuple[dict[str, Any], ...]
     stuck_pods: tuple[dict[str, Any], ...]
     crash_pods: tuple[CrashPods, ...]
+    once_exit_window: float
+    """Seconds a `--once` agent still shows online after its job (see AzureDevOpsEmulator)."""
     faults: tuple[dict[str, Any], ...]
     reconciler: Mapping[str, Any]
     timeout: float
@@ -168,6 +170,7 @@ def load_world(path: Path) -> WorldFile:
         cancellations=tuple(document.get("cancellations") or ()),
         stuck_pods=tuple(document.get("stuck_pods") or ()),
         crash_pods=crash_pods,
+        once_exit_window=float(document.get("once_exit_window", 0)),
         faults=tuple(document.get("faults") or ()),
         reconciler=document.get("reconciler") or {},
         timeout=float(document.get("timeout", 120)),
@@ -250,7 +253,7 @@ class Simulation:
         self.world = world
         self.directory = directory
         self.random = random.Random(seed)
-        self.azdo = AzureDevOpsEmulator(organization="contoso")
+        self.azdo = AzureDevOpsEmulator(organization="contoso", once_exit_window=world.once_exit_window)
         self.kube = KubernetesEmulator(image_policy=dict(world.images) or None)
         self.processes: dict[str, AgentProcess] = {}
         self.metrics = Metrics()

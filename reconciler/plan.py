@@ -348,6 +348,36 @@ def _plan_finished_job(p: _PoolPass, view: _JobView) -> list[Action]:
     return actions
 
 
+def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
+    """Agents of ours holding a request they will never start: Azure DevOps assigned it to an agent whose
+    pod has finished (the race of a job given to an exiting `--once` agent) or vanished (evicted) for longer
+    than TTL_GRACE, and the agent has not received it. Deleting the agent ends the wait, which would otherwise
+    last until the service gives up on the agent; a listed agent that is online is left alone."""
+    prefix = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
+    rescues = []
+    for request in p.state.requests:
+        name, agent_id = request.reserved_agent_name, request.reserved_agent_id
+        if not name or agent_id is None or request.finished or request.receive_time is not None:
+            continue
+        key = name.lower()
+        agent = p.agents.get(key)
+        if not key.startswith(prefix) or key in p.world.pruned or (agent is not None and agent.online):
+            continue
+        pod = pods.get(key)
+        if pod is None and _age(request.assign_time, p.now) > TTL_GRACE:
+            why = "its pod is gone"
+        elif pod is not None and pod.terminal:
+            why = "its pod finished"
+        else:
+            continue
+        reason = f"request {request.request_id} was assigned to it but {why} before the job started"
+        rescues.append(
+            DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
+        )
+    return rescues
+
+
 def _delete_stuck(p: _PoolPass, view: _JobView, detail: str) -> DeleteJob:
     return DeleteJob(
         pool=p.pool.name,
@@ -591,6 +621,7 @@ def _plan_pool(
     queued, routed, actions = _route_queued(p)
     job_actions, counts = _plan_jobs(p)
     actions.extend(job_actions)
+    actions.extend(_plan_rescues(p))
     backoff = _crash_backoff(p)
     creates, blocked, held = _plan_creates(
         p, routed, counts, backoff=backoff, create_budget=create_budget, job_names=job_names

@@ -43,3 +43,30 @@ def test_pods_that_crash_before_coming_online_back_off_and_are_reported(make_sim
     events = [e for e in sim.kube.objects("events", "azp-agents") if e.get("reason") == "AgentCrashBackoff"]
     assert events and {e["type"] for e in events} == {"Warning"}
     assert {e["involvedObject"]["name"] for e in events} == {j["metadata"]["name"] for j in sim.jobs()}
+
+
+def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> None:
+    """We test: with the race of a job assigned to an exiting --once agent (the emulator's once_exit_window),
+    the second request is reserved by an agent whose pod has finished and never starts; a pass deletes that
+    agent once it shows offline, so the request ends (failed, as the service fails a job whose agent is
+    deleted) instead of hanging, and no agent of ours is left registered."""
+    sim = make_sim({**WORLD, "once_exit_window": 3})
+    [first] = sim.queue(duration=1)
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: any(r["requestId"] == first and r.get("result") for r in sim.requests()), timeout=20, what="job 1"
+    )
+    [second] = sim.queue(duration=1)
+    sim.azdo.tick()
+    held = {r["requestId"]: r for r in sim.requests(unfinished_only=True)}[second]
+    assert held["reservedAgent"]["name"].startswith("azp-linux-") and "receiveTime" not in held
+    sim.wait_for(lambda: not [a for a in sim.agents() if a["status"] == "online"], timeout=10, what="offline")
+    sim.azdo.tick()
+    sim.forget_agents_scan()
+    result = sim.reconcile()
+    assert result.code == 0, result.text
+    assert "before the job started" in result.text
+    [ended] = [r for r in sim.requests() if r["requestId"] == second]
+    assert ended["result"] == "failed" and "We stopped hearing from agent" in ended["statusMessage"]
+    assert [a["name"] for a in sim.agents()] == ["azp-placeholder-linux-default"]
+    assert sim.azdo.stats.busy_agent_deletes_refused == 0

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from plan_builders import NOW, agent, ago, config, job_for, of, pod_for, pool, queued, state, template, world
 
-from reconciler.model import AgentJob, AgentPod, CreateJob, DrainAgent, ReportCrashBackoff
+from reconciler.model import AgentJob, AgentPod, CreateJob, DeleteAgent, DrainAgent, JobRequest, ReportCrashBackoff
 from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, plan
 
 
@@ -90,3 +90,40 @@ def test_crash_backoff_is_capped_reset_by_a_success_and_per_template() -> None:
     w = world(state("linux", queued(1), queued(3, "java")), jobs=jobs, pods=pods)
     assert [c.request_id for c in of(CreateJob, plan(cfg, w, NOW))] == [3]
     assert plan(config(), world(state("linux"), jobs=jobs, pods=pods), NOW) == []
+
+
+def _assigned(request_id: int, agent_name: str, agent_id: int, *, at: float) -> JobRequest:
+    """A request the service assigned to an agent that has not received it."""
+    return JobRequest(
+        request_id=request_id,
+        queue_time=ago(at + 5),
+        assign_time=ago(at),
+        reserved_agent_id=agent_id,
+        reserved_agent_name=agent_name,
+    )
+
+
+def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -> None:
+    """We test: a request assigned to an agent of ours that never received it is released by deleting that
+    agent when its pod finished (the exiting --once agent race) or is gone for longer than TTL_GRACE
+    (eviction), with or without the agent list; never when the job started, the pod still runs, the pod
+    vanished only just now, the listed agent is online, or the agent is not ours."""
+    done_job = job_for("linux", request_id=1, created=100, finished=20)
+    done_pod = pod_for(done_job, phase="Succeeded", finished=20)
+    live_job = job_for("linux", request_id=2, created=100)
+    live_pod = pod_for(live_job)
+    requests = (
+        _assigned(11, done_pod.name, 31, at=10),  # pod finished: released
+        _assigned(12, "azp-linux-9-zzzzz", 32, at=120),  # pod gone for 2 minutes: released
+        _assigned(13, "azp-linux-8-yyyyy", 33, at=5),  # pod gone only just now: not yet
+        _assigned(14, live_pod.name, 34, at=10),  # pod still running: it may yet receive it
+        _assigned(15, "build-server-01", 35, at=120),  # not ours
+        replace(_assigned(16, "azp-linux-7-xxxxx", 36, at=120), receive_time=ago(100)),  # the job started
+    )
+    w = world(state("linux", *requests), jobs=(done_job, live_job), pods=(done_pod, live_pod))
+    rescued = of(DeleteAgent, plan(config(), w, NOW))
+    assert sorted((d.agent_id, d.agent_name) for d in rescued) == [(31, done_pod.name), (32, "azp-linux-9-zzzzz")]
+    assert all("before the job started" in d.reason for d in rescued)
+    online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-linux-9-zzzzz", online=False))
+    w = world(state("linux", *requests, agents=online), jobs=(done_job, live_job), pods=(done_pod, live_pod))
+    assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
