@@ -20,6 +20,11 @@ from reconciler.errors import AuthError, ConfigError, ReconcilerError
 
 log = logging.getLogger("reconciler")
 
+DEFAULT_DEADLINE_MARGIN = 30.0
+"""Without --deadline, the run may last loopFor plus this long (one last pass and releasing the Lease)."""
+LEASE_RELEASE_RESERVE = 5.0
+"""Seconds of the deadline kept back from every other call, so the Lease can always be released."""
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -45,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--loop-for", type=float, help="keep running passes for this many seconds")
     reconcile.add_argument("--interval", type=float, help="seconds between passes while work is queued")
     reconcile.add_argument("--idle-interval", type=float, help="seconds between passes of an idle pool")
+    reconcile.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds after its start the run is killed (the CronJob's activeDeadlineSeconds): no call, retry "
+        f"or wait goes past it (default: the loop time plus {DEFAULT_DEADLINE_MARGIN:.0f})",
+    )
 
     check = commands.add_parser("check", help="verify credentials, pools, permissions and templates")
     _common(check)
@@ -87,6 +98,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from reconciler import config as config_module
+    from reconciler.deadline import Deadline
     from reconciler.reconcile import Reconciler, startup_fields
 
     # Load the Kubernetes client in the background while the configuration is read and the first
@@ -107,7 +119,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     log.info(
         "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
     )
-    reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+    seconds = args.deadline if args.deadline is not None else loop.loop_for + DEFAULT_DEADLINE_MARGIN
+    if seconds <= 0:
+        raise ConfigError(f"--deadline: {seconds} must be a positive number of seconds")
+    deadline = Deadline.after(seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
+    reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline)
     try:
         return reconciler.run()
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from reconciler import names
@@ -43,7 +43,7 @@ from reconciler.model import (
 )
 
 TTL_GRACE = timedelta(seconds=60)
-_EPOCH = datetime.min
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def effective_capabilities(config: Config, template: TemplateConfig) -> Capabilities:
