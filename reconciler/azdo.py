@@ -297,9 +297,11 @@ class AzureDevOps:
         data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
         return data if isinstance(data, dict) else {}
 
-    def pools_by_name(self, names: list[str]) -> dict[str, int]:
-        """Pool ids for the given names with one call: every automation pool, matched by name."""
-        pools = self._list("distributedtask/pools", route="pools", params={"poolType": "automation"})
+    def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
+        """Pool ids for the given names with one call: every automation pool, matched by name; with
+        `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2)."""
+        params = {"poolType": "automation", **({"actionFilter": "manage"} if manageable else {})}
+        pools = self._list("distributedtask/pools", route="pools", params=params)
         found: dict[str, int] = {}
         for pool in pools:
             name, pool_id = pool.get("name"), pool.get("id")

@@ -314,7 +314,9 @@ class Kubernetes:
 
     def create_job(self, job: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False when it already existed (an overlapping pass made it: success)."""
-        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        # Strict: a mistyped field of a job template (`resource:` for `resources:`) is refused with its name
+        # instead of dropped with a warning nobody reads (pods without limits).
+        kwargs: dict[str, Any] = {"field_validation": "Strict", **({"dry_run": "All"} if dry_run else {})}
         try:
             self._call(
                 "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs
