@@ -306,6 +306,17 @@ class AzureDevOpsEmulator(ServedEmulator):
             self._pools[pool_id] = pool
             return self._pool_json(pool_id)
 
+    def remove_pool(self, pool_id: int) -> None:
+        """Delete an agent pool with its agents and queue (Organization settings > Agent pools > Delete). Pool
+        ids are never reused: a pool created again under the same name gets a new id, as on the service."""
+        with self._lock:
+            self._pool(pool_id)
+            del self._pools[pool_id]
+            for agent_id in self._agents_by_pool.pop(pool_id, {}):
+                self._agents.pop(agent_id, None)
+            self._requests = {rid: r for rid, r in self._requests.items() if r.pool_id != pool_id}
+            self._next_pool_id = max(self._next_pool_id, pool_id + 1)
+
     def add_agent(
         self,
         pool_id: int,

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from reconciler.deadline import Deadline
     from reconciler.reconcile import Reconciler, startup_fields
 
+    started = time.monotonic()  # the deadline counts from here, before the configuration is read
     # Load the Kubernetes client in the background while the configuration is read and the first
     # Azure DevOps call is made (the client's import is most of the cold start).
     threading.Thread(target=importlib.import_module, args=("reconciler.kube",), daemon=True).start()
@@ -122,7 +124,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     seconds = args.deadline if args.deadline is not None else loop.loop_for + DEFAULT_DEADLINE_MARGIN
     if seconds <= 0:
         raise ConfigError(f"--deadline: {seconds} must be a positive number of seconds")
-    deadline = Deadline.after(seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
+    deadline = Deadline(at=started + seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
     reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline)
     try:
         return reconciler.run()

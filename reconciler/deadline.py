@@ -35,10 +35,6 @@ class Deadline:
     def unbounded(cls) -> Deadline:
         return cls()
 
-    @classmethod
-    def after(cls, seconds: float, *, reserve: float = 0.0) -> Deadline:
-        return cls(at=time.monotonic() + seconds, reserve=reserve)
-
     def left(self) -> float:
         """Seconds left for ordinary calls (the reserve excluded)."""
         return self.at - self.reserve - time.monotonic()

@@ -378,7 +378,7 @@ class Reconciler:
                 # A pool deleted and created again under its name has a new id: look it up next time.
                 self.pool_ids.pop(name, None)
             delay = self._pool_failed(name)
-            log.error("could not read the queue of pool %r: %s (the pool is tried again in %.0fs)", name, exc, delay)
+            log.error("could not read the queue of pool %r: %s (the pool is tried again in %.1fs)", name, exc, delay)
             return None
         self.pool_failures.pop(name, None)
         return PoolState(name=name, pool_id=pool_id, requests=tuple(requests_))
