@@ -9,6 +9,11 @@ to online, enabled, idle agents whose capabilities satisfy the demands, the way 
 Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unconfirmed]:
 - a valid PAT without `vso.agentpools_manage` on a write gets 403 with an "Access Denied ... needs
   the following permission(s)" message that names the scope;
+- pool roles (reference, section 1: the identity needs the pool's Administrator role to register agents,
+  documented, and by the same rule to disable or delete them, inferred): an identity given a lesser role
+  on a pool with `set_pool_role` gets the same 403 on that pool's writes, and `actionFilter=manage`
+  (section 2) leaves that pool out; every identity is Administrator of every pool unless told otherwise.
+  Roles on other resources (projects, queues, organization-level security) are not emulated;
 - a busy agent's DELETE gets 400 (TaskAgentJobStillRunningException);
 - `usercapabilities` lives at `.../agents/{agentId}/usercapabilities`;
 - `$top` pages with the `continuationToken` query parameter (newest first), no 200-item cap;
@@ -62,6 +67,7 @@ from reconciler.demands import satisfies_all
 
 log = logging.getLogger("azp_simulation.azdo")
 
+POOL_ADMIN = "Administrator"
 LOCK_SECONDS = 600.0
 FIRST_REQUEST_ID = 1000
 DEFAULT_AGENT_VERSION = "4.261.0"
@@ -216,6 +222,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._agents_by_pool: dict[int, dict[int, _Agent]] = {}
         self._requests_by_pool: dict[int, dict[int, _Request]] = {}
         self._credentials: dict[str, Credential] = {}
+        self._pool_roles: dict[tuple[str, int], str] = {}
         self._calls: list[CallRecord] = []
         # Exits of once-agents, reported to on_agent_exit after the lock is released.
         self._pending_exits: list[tuple[str, int]] = []
@@ -261,6 +268,17 @@ class AzureDevOpsEmulator(ServedEmulator):
                 token.strip(), frozenset(scopes), expired, identity, kind="bearer"
             )
 
+    def set_pool_role(self, pool_id: int, identity: str, role: str) -> None:
+        """Give `identity` this role on a pool (Agent pools > Security): Reader, User or Administrator."""
+        with self._lock:
+            self._pool_roles[(identity, pool_id)] = role
+
+    def may_manage_pool(self, credential: Credential, pool_id: int | None) -> bool:
+        """A write on a pool needs the manage scope and the pool's Administrator role."""
+        if not credential.may_write():
+            return False
+        return pool_id is None or self._pool_roles.get((credential.identity, pool_id), POOL_ADMIN) == POOL_ADMIN
+
     def _identity_id(self, identity: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.instance_id}/identity/{identity}"))
 
@@ -297,6 +315,17 @@ class AzureDevOpsEmulator(ServedEmulator):
             pool.update(fields)
             self._pools[pool_id] = pool
             return self._pool_json(pool_id)
+
+    def remove_pool(self, pool_id: int) -> None:
+        """Delete an agent pool with its agents and queue (Organization settings > Agent pools > Delete). Pool
+        ids are never reused: a pool created again under the same name gets a new id, as on the service."""
+        with self._lock:
+            self._pool(pool_id)
+            del self._pools[pool_id]
+            for agent_id in self._agents_by_pool.pop(pool_id, {}):
+                self._agents.pop(agent_id, None)
+            self._requests = {rid: r for rid, r in self._requests.items() if r.pool_id != pool_id}
+            self._next_pool_id = max(self._next_pool_id, pool_id + 1)
 
     def add_agent(
         self,
@@ -839,8 +868,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             wanted = set(_int_list(query["poolids"], "poolIds"))
             pools = [p for p in pools if p["id"] in wanted]
         action = query.get("actionfilter", "none").casefold()
-        if action == "manage" and not credential.may_write():
-            pools = []
+        if action == "manage":
+            pools = [p for p in pools if self.may_manage_pool(credential, p["id"])]
         return [self._pool_json(p["id"]) for p in pools]
 
     def _list_agents(self, pool_id: int, query: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -1232,7 +1261,7 @@ class _Handler(FaultingHandler):
             return
         state.api_version = version
 
-        if method != "GET" and not credential.may_write():
+        if method != "GET" and not emulator.may_manage_pool(credential, found[1].get("poolId")):
             self._send_error(
                 ApiError(403, _access_denied(credential, route, found[1], emulator), "AccessCheckException"),
                 state,
@@ -1388,8 +1417,13 @@ def _tf400813(user: str) -> str:
 def _access_denied(credential: Credential, route: Route, ids: Mapping[str, int], emulator: AzureDevOpsEmulator) -> str:
     pool = emulator._pools.get(ids.get("poolId", -1))
     resource = f"AgentPools/{pool['name'] if pool else ids.get('poolId', '')}"
-    return (
+    denied = (
         f"Access Denied: {credential.identity} needs the following permission(s) on the resource {resource} to "
-        f"perform this action: Manage. The access token does not have the scope {SCOPE_MANAGE} "
-        f"(Agent Pools: Read & manage) that {route.short} requires."
+        "perform this action: Manage."
+    )
+    if credential.may_write():
+        return denied
+    return (
+        f"{denied} The access token does not have the scope {SCOPE_MANAGE} (Agent Pools: Read & manage) that "
+        f"{route.short} requires."
     )

@@ -13,8 +13,12 @@ garbage-collect by ownerReferences, and a simulated kubelet schedules and starts
 Pending for an image-pull failure or an unschedulable request.
 
 Choices where the real server differs or the emulator simplifies:
-- validation is strict: an unknown field is 422 Invalid (a real server with the default
-  fieldValidation=Warn drops it with a Warning header), so mistakes in templates fail loudly;
+- unknown fields on create and update follow the `fieldValidation` parameter as the API server's decoder
+  does (k8s.io/apiserver handlers/create.go and update.go; KEP-2885 "Server Side Unknown Field
+  Validation"): `Strict` answers 400 BadRequest `Job in version "v1" cannot be handled as a Job: strict
+  decoding error: unknown field "spec.x"`, `Warn` (the default since 1.27) drops them and sends one
+  `Warning: 299 - "unknown field \"spec.x\""` header per field, `Ignore` drops them silently. Duplicate
+  JSON keys (also reported by Strict) are not detected: the body is parsed before validation;
 - a list with limit/continue pages through the current state, not a snapshot at the first page's
   resourceVersion; continue tokens never expire;
 - there is one ResourceVersion counter for all kinds, and no watch history: a watch streams the
@@ -70,6 +74,7 @@ from azp_simulation.kube_support import (
     Requirement,
     Resource,
     SelectorError,
+    _field_path,
     already_exists,
     conflict,
     forbidden,
@@ -85,6 +90,7 @@ from azp_simulation.kube_support import (
     resource_for,
     success_status,
 )
+from azp_simulation.kube_support import _validator as _schema_validator
 from azp_simulation.serving import TICK_SECONDS, Fault, FaultingHandler, FaultKind, ServedEmulator
 
 log = logging.getLogger("azp_simulation.kube")
@@ -2168,6 +2174,48 @@ def _make_handler(emulator: KubernetesEmulator) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _unknown_fields(body: dict[str, Any], version: str) -> list[tuple[list[Any], str]]:
+    """(path of the object, name) of every field the schema does not know."""
+    try:
+        validator = _schema_validator(str(body.get("apiVersion")), str(body.get("kind")), version)
+    except (LookupError, OSError, ValueError):
+        return []
+    found = []
+    for error in validator.iter_errors(body):
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            extra = set(error.instance) - set((error.schema or {}).get("properties") or {})
+            found += [(list(error.absolute_path), name) for name in sorted(extra)]
+    return found
+
+
+def _field_validation(body: dict[str, Any], query: Mapping[str, str], version: str) -> dict[str, str]:
+    """Apply `fieldValidation` to a create or update body: raise for Strict, drop unknown fields otherwise;
+    returns the Warning header to send (Warn)."""
+    mode = query.get("fieldValidation") or "Warn"
+    if mode not in ("Strict", "Warn", "Ignore"):
+        raise KubeError(400, f'Invalid fieldValidation value: "{mode}"; supported values: "Ignore", "Warn", "Strict"')
+    unknown = _unknown_fields(body, version)
+    if not unknown:
+        return {}
+    paths = [".".join(filter(None, [_field_path(path), name])) for path, name in unknown]
+    if mode == "Strict":
+        kind, group_version = str(body.get("kind")), str(body.get("apiVersion"))
+        fields = ", ".join(f'unknown field "{path}"' for path in paths)
+        raise KubeError(
+            400,
+            f'{kind} in version "{group_version.rsplit("/", 1)[-1]}" cannot be handled as a {kind}: strict decoding '
+            f"error: {fields}",
+        )
+    for path, name in unknown:
+        parent: Any = body
+        for part in path:
+            parent = parent[part]
+        parent.pop(name, None)
+    if mode == "Ignore":
+        return {}
+    return {"Warning": ", ".join("299 - " + json.dumps(f'unknown field "{path}"') for path in paths)}
+
+
 @dataclass
 class _CallState:
     method: str
@@ -2268,6 +2316,8 @@ class _Handler(FaultingHandler):
             body = _parse_body(raw_body, content_type)
             verb = target.verb(method, query)
             emulator.authorize(user, target, verb)
+            if verb in ("create", "update") and isinstance(body, dict) and emulator.validate_version:
+                state.headers.update(_field_validation(body, query, emulator.validate_version))
             if verb == "watch":
                 self._stream_watch(target, query, state)
                 return

@@ -1,7 +1,10 @@
 """Carry out a plan: actions in a safe order, each idempotent, one failure never stopping the rest.
 
-Order: placeholders first (so Azure DevOps queues demand-matched jobs instead of failing them),
-then new Jobs, then drains, Job deletions and agent deletions. Every action has a dry-run path
+Order: deletions first (a stuck Job holding a ResourceQuota must go even while every create is refused),
+then placeholders (so Azure DevOps queues demand-matched jobs instead of failing them), then new Jobs.
+A refusal (403: a missing role on a pool, an exceeded quota, a namespace being terminated, an admission
+webhook) fails that action, and the same kind of write to that pool or namespace is not tried again in
+the pass; only credentials the service rejects (AuthError) stop it. Every action has a dry-run path
 that logs what it would do in the same words as the real run, and makes no call at all.
 """
 
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import render
 from reconciler.azdo import AzureDevOps
-from reconciler.errors import AuthError, ReconcilerError
+from reconciler.errors import AuthError, ForbiddenError, ReconcilerError
 from reconciler.model import (
     Action,
     Config,
@@ -40,12 +43,12 @@ _ORDER = {
     "report-missing-pool": 0,
     "report-unroutable": 1,
     "report-crash-backoff": 1,
-    "register-placeholder": 2,
-    "update-placeholder": 3,
-    "create-job": 4,
-    "drain-agent": 5,
-    "delete-job": 6,
-    "delete-agent": 7,
+    "delete-job": 2,
+    "delete-agent": 3,
+    "drain-agent": 4,
+    "register-placeholder": 5,
+    "update-placeholder": 6,
+    "create-job": 7,
 }
 
 _AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
@@ -65,6 +68,16 @@ class Outcome:
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+
+def _refusal_scope(action: Action) -> tuple[str, str] | None:
+    """Where a 403 on this action means the same write would be refused again this pass: creating Jobs in
+    one namespace (quota, terminating namespace, webhook), registering placeholders in one pool (role)."""
+    if isinstance(action, CreateJob):
+        return ("create-job", action.namespace)
+    if isinstance(action, RegisterPlaceholder | UpdatePlaceholder):
+        return ("placeholder", action.pool)
+    return None
 
 
 def _verb(dry_run: bool, done: str, would: str) -> str:
@@ -94,20 +107,31 @@ class Applier:
     def apply(self, actions: Sequence[Action]) -> Outcome:
         """Run every action; an AuthError stops the pass (nothing else can work), others are counted."""
         outcome = Outcome()
+        refused: dict[tuple[str, str], str] = {}
         for action in sorted(actions, key=lambda a: _ORDER[a.kind]):
+            scope = _refusal_scope(action)
             try:
+                if scope in refused:
+                    raise ForbiddenError(f"not tried: {refused[scope]}")
                 self._run(action, outcome)
             except AuthError:
                 raise
             except ReconcilerError as exc:
-                outcome.counts["failed"] += 1
-                if action.kind in _AGENT_ACTIONS:
-                    outcome.failed_agent_pools.add(action.pool)
-                outcome.failures.append(
-                    f"{action.kind} {getattr(action, 'job_name', '') or getattr(action, 'agent_name', '')}: {exc}"
-                )
-                log.error("%s failed: %s", action.kind, exc)
+                if isinstance(exc, ForbiddenError) and scope is not None:
+                    refused.setdefault(scope, str(exc))
+                self._failed(action, exc, outcome)
         return outcome
+
+    def _failed(self, action: Action, exc: ReconcilerError, outcome: Outcome) -> None:
+        """Count and report a failed action with its object, its pool and the reason."""
+        outcome.counts["failed"] += 1
+        if action.kind in _AGENT_ACTIONS:
+            outcome.failed_agent_pools.add(action.pool)
+        target = getattr(action, "job_name", None) or getattr(action, "agent_name", None) or ""
+        namespace = getattr(action, "namespace", None)
+        where = f"pool {action.pool!r}" + (f", namespace {namespace}" if namespace else "")
+        outcome.failures.append(f"{action.kind} {target} ({where}): {exc}")
+        log.error("%s %s (%s) failed: %s", action.kind, target, where, exc)
 
     def _event(
         self, *, namespace: str | None, job_name: str | None, reason: str, message: str, warning: bool = False

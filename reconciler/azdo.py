@@ -1,8 +1,9 @@
 """The Azure DevOps REST client: the only module that talks to Azure DevOps (with `requests`).
 
 One session, timeouts, retries with exponential backoff and jitter on throttling, 5xx and broken
-connections, `Retry-After` and `X-RateLimit-Delay` honoured, sign-in pages and 401s turned into
-AuthError, and a count of every call so each pass can report what it cost.
+connections, `Retry-After` and `X-RateLimit-Delay` honoured (capped, and never past the run's deadline),
+sign-in pages and 401s turned into AuthError, a 403 on one pool into a ForbiddenError that fails that pool
+only, and a count of every call so each pass can report what it cost.
 """
 
 from __future__ import annotations
@@ -16,11 +17,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
-from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
+from reconciler.deadline import Deadline
+from reconciler.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from reconciler.model import Agent, JobRequest, frozen_map
 
 log = logging.getLogger("reconciler.azdo")
@@ -29,6 +38,8 @@ API_VERSION = "7.1"
 # jobrequests is undocumented; 7.0 is a version public clients use successfully (reference, section 4).
 JOBREQUESTS_API_VERSION = "7.0"
 CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
+MAX_RETRY_AFTER = 60.0
+"""The longest `Retry-After` waited for: an answer of an hour must not outlive the run (it is reported)."""
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -140,13 +151,13 @@ class AzureDevOps:
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
-        sleep: Callable[[float], None] = time.sleep,
+        deadline: Deadline | None = None,
     ) -> None:
         self.organization = organization.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._sleep = sleep
+        self.deadline = deadline or Deadline.unbounded()
         self.calls: Counter[str] = Counter()
         self.session = requests.Session()
         self.session.auth = ("", pat)
@@ -184,11 +195,12 @@ class AzureDevOps:
         while True:
             wait = self._not_before - time.monotonic()
             if wait > 0:
-                self._sleep(wait)
+                self.deadline.sleep(wait, what=f"{method} {route}")
+            timeout = self.deadline.timeout(self.timeout, what=f"{method} {route}")
             self.calls[f"{method} {route}"] += 1
             try:
                 response = self.session.request(
-                    method, url, params=query, json=body, timeout=self.timeout, allow_redirects=False
+                    method, url, params=query, json=body, timeout=timeout, allow_redirects=False
                 )
             except requests.RequestException as exc:  # timeouts, resets, bodies cut short
                 error: Exception = TransientError(f"{method} {route}: {type(exc).__name__}: the service did not answer")
@@ -205,7 +217,7 @@ class AzureDevOps:
             delay = retry_after if retry_after is not None else self.backoff * (2 ** (attempt - 1))
             delay += random.uniform(0, self.backoff)
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
-            self._sleep(delay)
+            self.deadline.sleep(delay, what=f"{method} {route}", error=error)
 
     def _parse(
         self,
@@ -216,8 +228,8 @@ class AzureDevOps:
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
         status = response.status_code
-        retry_after = _retry_after(response)
-        if retry_after is not None and status < 400:
+        retry_after = _retry_after(response) if status < 400 else None
+        if retry_after is not None:
             # An early warning on a success: slow down before the next call (reference, section 7).
             self._not_before = time.monotonic() + retry_after
         delay = response.headers.get("X-RateLimit-Delay")
@@ -236,9 +248,11 @@ class AzureDevOps:
                 f"the PAT was rejected by {self.organization} (HTTP {status} on {method} {route}): {CREDENTIAL_HINT}"
             )
         if status == 403:
-            raise AuthError(
-                f"the PAT lacks a permission for {method} {route} (HTTP 403: {_message(response)}): it needs the "
-                "Agent Pools (read & manage) scope and the Administrator role on the pool"
+            # A valid token refused on one object (reference, section 1): the other pools may work.
+            raise ForbiddenError(
+                f"{method} {urlsplit(response.url).path} was refused (HTTP 403: "
+                f"{_message(response)}): the PAT needs the Agent Pools (read & manage) scope and the identity the "
+                "Administrator role on the pool"
             )
         if status == 429 or status >= 500:
             raise TransientError(f"{method} {route}: HTTP {status}: {_message(response)}")
@@ -283,9 +297,11 @@ class AzureDevOps:
         data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
         return data if isinstance(data, dict) else {}
 
-    def pools_by_name(self, names: list[str]) -> dict[str, int]:
-        """Pool ids for the given names with one call: every automation pool, matched by name."""
-        pools = self._list("distributedtask/pools", route="pools", params={"poolType": "automation"})
+    def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
+        """Pool ids for the given names with one call: every automation pool, matched by name; with
+        `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2)."""
+        params = {"poolType": "automation", **({"actionFilter": "manage"} if manageable else {})}
+        pools = self._list("distributedtask/pools", route="pools", params=params)
         found: dict[str, int] = {}
         for pool in pools:
             name, pool_id = pool.get("name"), pool.get("id")
@@ -400,13 +416,17 @@ class AzureDevOps:
 
 
 def _retry_after(response: requests.Response) -> float | None:
+    """The `Retry-After` header in seconds, capped at MAX_RETRY_AFTER (and reported when it was capped)."""
     raw = response.headers.get("Retry-After")
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        seconds = max(0.0, float(raw))
     except ValueError:
         return None
+    if seconds > MAX_RETRY_AFTER:
+        log.warning("Azure DevOps asked to retry after %.0fs: waiting %.0fs at most", seconds, MAX_RETRY_AFTER)
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _message(response: requests.Response) -> str:

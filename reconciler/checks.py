@@ -1,7 +1,11 @@
 """`azp-reconciler check`: verify credentials, pools, Kubernetes permissions and job templates.
 
 Prints one row per finding and exits 0 when everything passed, 1 otherwise. The chart's
-`helm test` hook runs it, so a broken install shows up at once.
+`helm test` hook runs it, so a broken install shows up at once. Rights are checked as they will be
+used: one row per pool says whether the credential may manage it (a read-only PAT, or an identity
+without the pool's Administrator role, fails), one row per permission in each namespace comes from the
+API server's SelfSubjectAccessReview, and each template's Job is created in a server-side dry run with
+fieldValidation=Strict, so a mistyped field is named before a pass drops it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler import config as config_module
 from reconciler import logs, names, render
 from reconciler.errors import ReconcilerError
 from reconciler.model import Config
+
+if TYPE_CHECKING:
+    from reconciler.azdo import AzureDevOps
+    from reconciler.kube import Kubernetes
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,10 @@ def required_permissions(config: Config) -> list[tuple[str, str, str, str]]:
     return wanted
 
 
-def _template_findings(config: Config) -> list[Finding]:
+def _template_findings(config: Config) -> tuple[list[Finding], list[tuple[str, dict[str, Any]]]]:
+    """A finding per template, and the Jobs that rendered (with their label) for the server's dry run."""
     findings = []
+    jobs = []
     try:
         import kubernetes_validate
     except ImportError:
@@ -77,6 +87,44 @@ def _template_findings(config: Config) -> list[Finding]:
             else:
                 detail = "renders (schema check skipped: kubernetes-validate is not installed)"
             findings.append(Finding(label, True, detail))
+            jobs.append((label, job))
+    return findings, jobs
+
+
+def _pool_findings(config: Config, azdo: AzureDevOps) -> list[Finding]:
+    """One row per pool: it exists, and the credential may manage it (register, disable, delete agents)."""
+    found = azdo.pools_by_name([p.name for p in config.pools])
+    manageable = azdo.pools_by_name([p.name for p in config.pools], manageable=True)
+    findings = []
+    for pool in config.pools:
+        label = f"pool {pool.name}"
+        if pool.name not in found:
+            findings.append(Finding(label, False, f"not found in {config.organization}: check pools[].name"))
+        elif pool.name not in manageable:
+            findings.append(
+                Finding(
+                    label,
+                    False,
+                    f"exists (id {found[pool.name]}) but the credential may not manage it: give the PAT the Agent "
+                    "Pools (read & manage) scope and its identity the Administrator role on the pool (Organization "
+                    "settings > Agent pools > Security)",
+                )
+            )
+        else:
+            findings.append(Finding(label, True, f"exists (id {found[pool.name]}), may be managed"))
+    return findings
+
+
+def _dry_run_findings(kube: Kubernetes, jobs: list[tuple[str, dict[str, Any]]]) -> list[Finding]:
+    """Each rendered Job created by the API server in a dry run, unknown fields refused (Strict)."""
+    findings = []
+    for label, job in jobs:
+        try:
+            kube.create_job(job, dry_run=True)
+        except ReconcilerError as exc:
+            findings.append(Finding(f"{label} (server dry run)", False, str(exc)))
+        else:
+            findings.append(Finding(f"{label} (server dry run)", True, "accepted with fieldValidation=Strict"))
     return findings
 
 
@@ -86,7 +134,8 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     from reconciler.kube import Kubernetes
 
     findings = [Finding("configuration", True, f"{config.source} is valid ({len(config.pools)} pools)")]
-    findings += _template_findings(config)
+    template_findings, jobs = _template_findings(config)
+    findings += template_findings
     try:
         credentials = config_module.read_credentials(document)
     except ReconcilerError as exc:
@@ -102,14 +151,7 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
                 f"accepted by {config.organization} as {who.get('providerDisplayName', 'an unnamed identity')}",
             )
         )
-        found = azdo.pools_by_name([p.name for p in config.pools])
-        for pool in config.pools:
-            if pool.name in found:
-                findings.append(Finding(f"pool {pool.name}", True, f"exists (id {found[pool.name]})"))
-            else:
-                findings.append(
-                    Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name")
-                )
+        findings += _pool_findings(config, azdo)
     except ReconcilerError as exc:
         findings.append(Finding("credentials", False, str(exc)))
     finally:
@@ -135,6 +177,7 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
                     else f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role",
                 )
             )
+        findings += _dry_run_findings(kube, jobs)
     finally:
         kube.close()
     return findings

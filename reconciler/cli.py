@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from reconciler import __version__, logs
 from reconciler.errors import AuthError, ConfigError, ReconcilerError
 
 log = logging.getLogger("reconciler")
+
+DEFAULT_DEADLINE_MARGIN = 30.0
+"""Without --deadline, the run may last loopFor plus this long (one last pass and releasing the Lease)."""
+LEASE_RELEASE_RESERVE = 5.0
+"""Seconds of the deadline kept back from every other call, so the Lease can always be released."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--loop-for", type=float, help="keep running passes for this many seconds")
     reconcile.add_argument("--interval", type=float, help="seconds between passes while work is queued")
     reconcile.add_argument("--idle-interval", type=float, help="seconds between passes of an idle pool")
+    reconcile.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds after its start the run is killed (the CronJob's activeDeadlineSeconds): no call, retry "
+        f"or wait goes past it (default: the loop time plus {DEFAULT_DEADLINE_MARGIN:.0f})",
+    )
 
     check = commands.add_parser("check", help="verify credentials, pools, permissions and templates")
     _common(check)
@@ -87,8 +99,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from reconciler import config as config_module
+    from reconciler.deadline import Deadline
     from reconciler.reconcile import Reconciler, startup_fields
 
+    started = time.monotonic()  # the deadline counts from here, before the configuration is read
     # Load the Kubernetes client in the background while the configuration is read and the first
     # Azure DevOps call is made (the client's import is most of the cold start).
     threading.Thread(target=importlib.import_module, args=("reconciler.kube",), daemon=True).start()
@@ -107,7 +121,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     log.info(
         "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
     )
-    reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+    seconds = args.deadline if args.deadline is not None else loop.loop_for + DEFAULT_DEADLINE_MARGIN
+    if seconds <= 0:
+        raise ConfigError(f"--deadline: {seconds} must be a positive number of seconds")
+    deadline = Deadline(at=started + seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
+    reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline)
     try:
         return reconciler.run()
     finally:

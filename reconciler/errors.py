@@ -29,6 +29,12 @@ class PermanentError(ReconcilerError):
     """A call was refused for good (404 on a pool, 422 on a Job): retrying will not help."""
 
 
+class ForbiddenError(PermanentError):
+    """One object was refused (HTTP 403): a missing role on one pool, a ResourceQuota's "exceeded quota", an
+    admission webhook's denial, a namespace being terminated. It fails that action, pool or namespace only;
+    credentials the service rejects as a whole are an AuthError."""
+
+
 class ConflictError(PermanentError):
     """The object exists already or changed under us (HTTP 409)."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -24,7 +23,15 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from reconciler import names
-from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
+from reconciler.deadline import Deadline
+from reconciler.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from reconciler.lease import format_time, parse_time
 from reconciler.model import AgentJob, AgentPod
 
@@ -165,6 +172,14 @@ def _status_message(exc: ApiException) -> str:
     return str(body.get("message") or exc.reason or "no details")
 
 
+def _forbidden_hint(message: str) -> str:
+    """What to do about a 403, from the API server's message: a quota, a namespace being deleted and an
+    admission webhook's denial are not for the Role to fix."""
+    if "exceeded quota" in message or "being terminated" in message or "denied the request" in message:
+        return ""
+    return ": grant it in the reconciler's Role"
+
+
 class Kubernetes:
     """Lists, creates and deletes the objects of one release, counting every call."""
 
@@ -174,7 +189,7 @@ class Kubernetes:
         kubeconfig: str | None = None,
         context: str | None = None,
         retries: int = 3,
-        sleep: Callable[[float], None] = time.sleep,
+        deadline: Deadline | None = None,
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         configuration = k8s.Configuration()
@@ -195,7 +210,7 @@ class Kubernetes:
         self.authorization = k8s.AuthorizationV1Api(self.api_client)
         self.calls: Counter[str] = Counter()
         self.retries = retries
-        self._sleep = sleep
+        self.deadline = deadline or Deadline.unbounded()
         self.page_size = page_size
 
     def close(self) -> None:
@@ -215,9 +230,10 @@ class Kubernetes:
     ) -> Any:
         attempt = 0
         while True:
+            timeout = tuple(self.deadline.timeout(part, what=key) for part in _TIMEOUT)
             self.calls[key] += 1
             try:
-                response = function(*args, _preload_content=False, _request_timeout=_TIMEOUT, **kwargs)
+                response = function(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
                 data = response.data
                 return json.loads(data, object_hook=object_hook) if data else None
             except ApiException as exc:
@@ -228,7 +244,7 @@ class Kubernetes:
                 if status == 401:
                     raise AuthError(f"Kubernetes rejected the credentials ({key}): {message}") from None
                 if status == 403:
-                    raise AuthError(f"Kubernetes forbids {key}: {message}: grant it in the reconciler's Role") from None
+                    raise ForbiddenError(f"Kubernetes forbids {key}: {message}{_forbidden_hint(message)}") from None
                 if status == 404:
                     raise NotFoundError(f"{key}: {message}") from None
                 if status == 409:
@@ -246,7 +262,7 @@ class Kubernetes:
                 raise error
             delay = 0.2 * (2 ** (attempt - 1))
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
-            self._sleep(delay)
+            self.deadline.sleep(delay, what=key, error=error)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -308,7 +324,9 @@ class Kubernetes:
 
     def create_job(self, job: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False when it already existed (an overlapping pass made it: success)."""
-        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        # Strict: a mistyped field of a job template (`resource:` for `resources:`) is refused with its name
+        # instead of dropped with a warning nobody reads (pods without limits).
+        kwargs: dict[str, Any] = {"field_validation": "Strict", **({"dry_run": "All"} if dry_run else {})}
         try:
             self._call(
                 "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs

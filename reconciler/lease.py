@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+CLOCK_TOLERANCE = timedelta(seconds=30)
+"""How far another clock (the Lease's writer, the services) may be ahead of ours and still be trusted."""
+
 
 def parse_time(value: Any) -> datetime | None:
     """Parse an RFC 3339 timestamp as Kubernetes writes it."""
@@ -56,9 +59,15 @@ def lease_body(
 
 
 def lease_expired(lease: Mapping[str, Any], *, now: datetime) -> bool:
+    """Whether the Lease's holder lost it. Its renewTime comes from the holder's clock: one more than
+    CLOCK_TOLERANCE ahead of ours is not trusted (a skewed clock must not hold it for hours), so the
+    Lease counts as expired and taking it over is left to the resourceVersion check of the update."""
     spec = lease.get("spec") or {}
     if not spec.get("holderIdentity"):
         return True
     renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-    duration = spec.get("leaseDurationSeconds") or 0
-    return renewed is None or renewed + timedelta(seconds=int(duration)) < now
+    if renewed is None or renewed > now + CLOCK_TOLERANCE:
+        return True
+    duration = spec.get("leaseDurationSeconds")
+    seconds = duration if isinstance(duration, int) and not isinstance(duration, bool) else 0
+    return renewed + timedelta(seconds=seconds) < now

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from reconciler import names
@@ -47,7 +47,7 @@ from reconciler.model import (
 TTL_GRACE = timedelta(seconds=60)
 CRASH_BACKOFF_BASE = timedelta(seconds=10)
 CRASH_BACKOFF_CAP = timedelta(minutes=5)
-_EPOCH = datetime.min
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def effective_capabilities(config: Config, template: TemplateConfig) -> Capabilities:

@@ -25,8 +25,9 @@ from reconciler import __version__, names, render
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
-from reconciler.errors import AuthError, ReconcilerError, TransientError
-from reconciler.lease import format_time, lease_body, lease_expired, parse_time
+from reconciler.deadline import Deadline
+from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
+from reconciler.lease import CLOCK_TOLERANCE, format_time, lease_body, lease_expired, parse_time
 from reconciler.model import Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -40,6 +41,8 @@ def utc_now() -> datetime:
 # Names of deregistered agents kept in the Lease (about 40 bytes each, far below its 256 KiB of
 # annotations); beyond that, a later run may delete an agent again and get a harmless 404.
 MAX_PRUNED_REMEMBERED = 2000
+MAX_POOL_BACKOFF = 300.0
+"""The longest wait before a pool whose reads keep failing is tried again (it doubles from `interval`)."""
 
 
 @dataclass
@@ -109,21 +112,25 @@ class Reconciler:
         dry_run: bool = False,
         kubeconfig: str | None = None,
         clock: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], None] = time.sleep,
+        deadline: Deadline | None = None,
     ) -> None:
         self.config = config
         self.dry_run = dry_run
         self.clock = clock
-        self.sleep = sleep
+        self.deadline = deadline or Deadline.unbounded()
         self.azdo = AzureDevOps(
-            config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=config.azdo_retries
+            config.organization,
+            pat=credentials.pat,
+            timeout=config.azdo_timeout,
+            retries=config.azdo_retries,
+            deadline=self.deadline,
         )
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.
         self.pool_ids: dict[str, int] = self.azdo.pools_by_name([p.name for p in config.pools])
         from reconciler.kube import Kubernetes
 
-        self.kube = Kubernetes(kubeconfig=kubeconfig)
+        self.kube = Kubernetes(kubeconfig=kubeconfig, deadline=self.deadline)
         self.templates = load_job_templates(config)
         self.applier = Applier(
             config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates, dry_run=dry_run, clock=clock
@@ -133,10 +140,11 @@ class Reconciler:
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
         self.next_due: dict[str, float] = {}
+        self.pool_failures: dict[str, int] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
-        self.reports: list[PassReport] = []
-        self.stopping = threading.Event()
+        self.last_report: PassReport | None = None
+        self.stopping = self.deadline.stop
 
     def _terminate(self, signum: int, frame: object) -> None:
         """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
@@ -180,8 +188,14 @@ class Reconciler:
             pruned = []
         if isinstance(pruned, list):
             self.pruned.update(name.lower() for name in pruned if isinstance(name, str))
+        # A stamp written by a clock ahead of ours is not trusted beyond the tolerance: the pool's agents
+        # would otherwise not be listed again until our clock caught up.
+        latest = self.clock() + CLOCK_TOLERANCE
         for pool, stamp in observed.items() if isinstance(observed, dict) else ():
             moment = parse_time(stamp)
+            if moment is not None and moment > latest:
+                log.warning("the Lease says pool %r was observed at %s, in the future: ignored", pool, stamp)
+                continue
             if moment is not None and (pool not in self.agents_observed or moment > self.agents_observed[pool]):
                 self.agents_observed[pool] = moment
 
@@ -191,6 +205,14 @@ class Reconciler:
         if not config.lease_enabled:
             return None
         namespace = config.lease_namespace
+        try:
+            return self._acquire(namespace)
+        except ForbiddenError as exc:
+            # Without the Lease no run can work safely: a Role to fix, not a passing refusal.
+            raise AuthError(str(exc)) from None
+
+    def _acquire(self, namespace: str) -> str | None:
+        config = self.config
         current = self.kube.read_lease(namespace, self.lease_name)
         self._remember(current)
         if self.dry_run:
@@ -251,6 +273,8 @@ class Reconciler:
         )
         try:
             renewed = self.kube.replace_lease(self.config.lease_namespace, body)
+        except ForbiddenError as exc:
+            raise AuthError(str(exc)) from None
         except TransientError as exc:
             if release:
                 raise
@@ -275,29 +299,32 @@ class Reconciler:
         missing = [name for name in due if name not in self.pool_ids]
         if missing:
             self.pool_ids.update(self.azdo.pools_by_name(missing))
+        jobs, pods = [], []
+        failed_namespaces = set()
+        for namespace in config.namespaces:
+            try:
+                jobs.extend(self.kube.list_jobs(namespace, release=config.release))
+                pods.extend(self.kube.list_pods(namespace, release=config.release))
+            except AuthError:
+                raise
+            except ReconcilerError as exc:
+                # Without its Jobs a namespace's pools cannot be planned (they would get duplicates).
+                failed_namespaces.add(namespace)
+                report.observe_failures += 1
+                log.error("could not list namespace %s: %s (its pools are skipped this pass)", namespace, exc)
         states: list[PoolState] = []
         for name in due:
-            pool_id = self.pool_ids.get(name)
-            if pool_id is None:
-                states.append(PoolState(name=name, pool_id=None))
+            pool = config.pool(name)
+            if pool is not None and pool.namespace in failed_namespaces:
+                self._pool_failed(name)
                 continue
-            try:
-                requests_ = self.azdo.job_requests(pool_id)
-            except (TransientError, ReconcilerError) as exc:
-                if isinstance(exc, AuthError):
-                    raise
-                report.observe_failures += 1
-                log.error("could not read the queue of pool %r: %s (the pool is skipped this pass)", name, exc)
-                continue
-            states.append(PoolState(name=name, pool_id=pool_id, requests=tuple(requests_)))
+            state = self._read_queue(report, name)
+            if state is not None:
+                states.append(state)
         for state in states:
             for request in state.requests:
                 if request.reserved_agent_id is not None and request.reserved_agent_name:
                     self.agent_ids[request.reserved_agent_name.lower()] = request.reserved_agent_id
-        jobs, pods = [], []
-        for namespace in config.namespaces:
-            jobs.extend(self.kube.list_jobs(namespace, release=config.release))
-            pods.extend(self.kube.list_pods(namespace, release=config.release))
         # The agent id each registered pod published: its agent can be deregistered when the pod
         # finishes without listing the pool's agents, whether or not a request showed it running.
         # What is known of agents whose pod is gone is never asked again: forgetting it keeps a long
@@ -336,6 +363,35 @@ class Reconciler:
                 updated.append(state)
             world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
         return world
+
+    def _read_queue(self, report: PassReport, name: str) -> PoolState | None:
+        """A due pool's queue; None when it cannot be read (the pool backs off, the rest of the pass goes on)."""
+        pool_id = self.pool_ids.get(name)
+        if pool_id is None:
+            return PoolState(name=name, pool_id=None)
+        try:
+            requests_ = self.azdo.job_requests(pool_id)
+        except AuthError:
+            raise
+        except ReconcilerError as exc:
+            report.observe_failures += 1
+            if isinstance(exc, NotFoundError):
+                # A pool deleted and created again under its name has a new id: look it up next time.
+                self.pool_ids.pop(name, None)
+            delay = self._pool_failed(name)
+            log.error("could not read the queue of pool %r: %s (the pool is tried again in %.1fs)", name, exc, delay)
+            return None
+        self.pool_failures.pop(name, None)
+        return PoolState(name=name, pool_id=pool_id, requests=tuple(requests_))
+
+    def _pool_failed(self, name: str) -> float:
+        """Back a failed pool off: `interval` doubled per failure in a row, at most MAX_POOL_BACKOFF."""
+        failures = self.pool_failures.get(name, 0) + 1
+        self.pool_failures[name] = failures
+        interval = self.config.loop.interval
+        delay: float = max(interval, min(interval * 2 ** (failures - 1), MAX_POOL_BACKOFF))
+        self.next_due[name] = time.monotonic() + delay
+        return delay
 
     def one_pass(self, number: int) -> PassReport:
         """Observe, plan, apply and report once."""
@@ -381,7 +437,7 @@ class Reconciler:
     def run(self) -> int:
         """Run passes until loopFor has passed (one pass when it is 0); returns the exit code."""
         loop_for = self.config.loop.loop_for
-        deadline = time.monotonic() + loop_for
+        deadline = min(time.monotonic() + loop_for, self.deadline.at - self.deadline.reserve)
         reason = self.acquire()
         if reason is not None:
             log.info("another run is reconciling this release, nothing to do: %s", reason)
@@ -403,7 +459,7 @@ class Reconciler:
                     for pool in self.config.pools:
                         self.next_due[pool.name] = time.monotonic() + self.config.loop.interval
                 else:
-                    self.reports.append(report)
+                    self.last_report = report
                     if report.failed:
                         exit_code = 1
                 if not self.renew():
@@ -418,6 +474,7 @@ class Reconciler:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            self.deadline.release_reserve()
             try:
                 self.renew(release=True)
             except AuthError:

@@ -11,7 +11,8 @@ import requests
 
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from reconciler.azdo import AzureDevOps, _drop_matched_agents, job_request_from_json
-from reconciler.errors import AuthError, TransientError
+from reconciler.deadline import Deadline
+from reconciler.errors import AuthError, ForbiddenError, TransientError
 
 PAT = "client-test-pat-9d1c"
 
@@ -31,8 +32,14 @@ def emulator() -> Iterator[AzureDevOpsEmulator]:
 
 def client(emu: AzureDevOpsEmulator, pat: str = PAT, **kwargs: float) -> AzureDevOps:
     sleeps: list[float] = []
-    azdo = AzureDevOps(emu.base_url, pat=pat, timeout=kwargs.get("timeout", 5.0), retries=int(kwargs.get("retries", 3)),
-                       backoff=0.01, sleep=sleeps.append)
+    azdo = AzureDevOps(
+        emu.base_url,
+        pat=pat,
+        timeout=kwargs.get("timeout", 5.0),
+        retries=int(kwargs.get("retries", 3)),
+        backoff=0.01,
+        deadline=Deadline(sleep_for=sleeps.append),
+    )
     azdo.sleeps = sleeps  # type: ignore[attr-defined]
     return azdo
 
@@ -59,8 +66,9 @@ def test_job_requests_are_read_without_their_matched_agents(emulator: AzureDevOp
     for index in range(3):
         emulator.add_agent(pool_id, f"azp-linux-{index + 2}-abcde", status="offline", capabilities={"docker": ""})
     running = emulator.queue_request(pool_id, demands=("docker",), duration=600)
-    emulator.add_agent(pool_id, "azp-linux-9-abcde", status="online", capabilities={"docker": ""},
-                       assigned_request=running)
+    emulator.add_agent(
+        pool_id, "azp-linux-9-abcde", status="online", capabilities={"docker": ""}, assigned_request=running
+    )
     emulator.queue_request(pool_id, demands=("docker",), duration=60)
     url = f"{emulator.base_url}/_apis/distributedtask/pools/{pool_id}/jobrequests"
     params = {"completedRequestCount": "0", "api-version": "7.0"}
@@ -91,11 +99,14 @@ def test_sign_in_page_is_a_credentials_error(emulator: AzureDevOpsEmulator) -> N
 
 
 def test_read_only_pat_cannot_manage(emulator: AzureDevOpsEmulator) -> None:
-    """We test: a read-only PAT observes fine but a write says which scope is missing."""
+    """We test: a read-only PAT observes fine but a write is refused as that object only (not an AuthError,
+    which would stop every pool) with the missing scope and the object named."""
     azdo = client(emulator, pat="reader-pat")
     pool_id = azdo.pools_by_name(["linux"])["linux"]
-    with pytest.raises(AuthError, match="read & manage"):
+    with pytest.raises(ForbiddenError, match="read & manage") as caught:
         azdo.delete_agent(pool_id, 1)
+    assert not isinstance(caught.value, AuthError)
+    assert f"DELETE /contoso/_apis/distributedtask/pools/{pool_id}/agents/1 was refused" in str(caught.value)
 
 
 @pytest.mark.parametrize("kind", ["status", "reset", "truncated", "timeout"])
@@ -137,14 +148,23 @@ def test_placeholder_registration_and_drain_calls(emulator: AzureDevOpsEmulator)
     """We test: a placeholder registers disabled with its capabilities; enable/disable and delete work."""
     azdo = client(emulator)
     pool_id = azdo.pools_by_name(["linux"])["linux"]
-    agent_id = azdo.register_placeholder(pool_id, name="azp-placeholder-linux-docker",
-                                         capabilities={"docker": "", "Agent.Version": "4.261.0"}, version="4.261.0")
+    agent_id = azdo.register_placeholder(
+        pool_id,
+        name="azp-placeholder-linux-docker",
+        capabilities={"docker": "", "Agent.Version": "4.261.0"},
+        version="4.261.0",
+    )
     agent = azdo.agent(pool_id, agent_id)
     assert agent is not None and not agent.enabled and agent.status == "offline"
     listed = {a.name: a for a in azdo.agents(pool_id)}
     assert listed["azp-placeholder-linux-docker"].capabilities["docker"] == ""
-    azdo.update_placeholder(pool_id, agent_id, name="azp-placeholder-linux-docker",
-                            capabilities={"java": "17", "Agent.Version": "4.261.0"}, version="4.261.0")
+    azdo.update_placeholder(
+        pool_id,
+        agent_id,
+        name="azp-placeholder-linux-docker",
+        capabilities={"java": "17", "Agent.Version": "4.261.0"},
+        version="4.261.0",
+    )
     listed = {a.name: a for a in azdo.agents(pool_id)}
     assert "java" in listed["azp-placeholder-linux-docker"].capabilities
     assert not listed["azp-placeholder-linux-docker"].enabled

@@ -14,6 +14,7 @@ from kube_fixtures import NAMESPACE, PAT, Cluster, agent_job, connect
 
 from azp_simulation.kube_emulator import KubernetesEmulator
 from reconciler import names
+from reconciler.deadline import Deadline
 from reconciler.errors import TransientError
 from reconciler.kube import LIST_PAGE_SIZE, Kubernetes, _skim, job_from_json, pod_from_json
 
@@ -44,7 +45,7 @@ def make_kube(cluster: Cluster) -> Iterator[Callable[..., Kubernetes]]:
     made: list[Kubernetes] = []
 
     def build(**options: Any) -> Kubernetes:
-        kube = Kubernetes(kubeconfig=str(cluster.kubeconfig), sleep=lambda _: None, **options)
+        kube = Kubernetes(kubeconfig=str(cluster.kubeconfig), deadline=Deadline(sleep_for=lambda _: None), **options)
         made.append(kube)
         return kube
 
