@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from reconciler import capabilities, logs, names, render
 from reconciler import config as config_module
-from reconciler import logs, names, render
 from reconciler.errors import ReconcilerError
-from reconciler.model import Config
+from reconciler.model import Agent, Config, PoolConfig
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,27 @@ def _template_findings(config: Config) -> list[Finding]:
     return findings
 
 
+def capability_findings(pool: PoolConfig, agents: Iterable[Agent]) -> list[Finding]:
+    """One failed finding per online agent of a template (it advertises AZP_TEMPLATE) that lacks a
+    capability its template declares: jobs demanding it would match the placeholder but never this agent."""
+    findings = []
+    for agent in agents:
+        template = pool.template(agent.capabilities.get(capabilities.TEMPLATE_CAPABILITY, ""))
+        if template is None or not agent.online:
+            continue
+        wrong = sorted(k for k, v in template.capabilities.items() if agent.capabilities.get(k) != v)
+        if wrong:
+            findings.append(
+                Finding(
+                    f"agent {pool.name}/{agent.name}",
+                    False,
+                    f"lacks capabilities its template {template.name!r} declares: {', '.join(wrong)}: its agent "
+                    "container must set them as environment variables (the reconciler adds them to the one it renders)",
+                )
+            )
+    return findings
+
+
 def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None) -> list[Finding]:
     """Every finding, in the order a user would fix them."""
     from reconciler.azdo import AzureDevOps
@@ -106,6 +128,7 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
         for pool in config.pools:
             if pool.name in found:
                 findings.append(Finding(f"pool {pool.name}", True, f"exists (id {found[pool.name]})"))
+                findings += capability_findings(pool, azdo.agents(found[pool.name]))
             else:
                 findings.append(
                     Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name")

@@ -46,9 +46,13 @@ TTL_GRACE = timedelta(seconds=60)
 _EPOCH = datetime.min
 
 
-def effective_capabilities(config: Config, template: TemplateConfig) -> Capabilities:
-    """What a template's agents advertise: its declared capabilities plus the agent's version."""
-    capabilities = dict(template.capabilities)
+def effective_capabilities(
+    config: Config, template: TemplateConfig, learned: Capabilities | None = None
+) -> Capabilities:
+    """What a template's agents advertise, as its placeholder shows it and routing assumes: what they are
+    known to advertise before one registered, what a registered one did advertise (`learned`), and the
+    declared capabilities, which reach the agent as environment variables and win; plus the agent's version."""
+    capabilities = {**template.known_capabilities, **(learned or {}), **template.capabilities}
     if not any(k.lower() == "agent.version" for k in capabilities):
         capabilities["Agent.Version"] = config.agent_version
     return frozen_map(capabilities)
@@ -62,7 +66,7 @@ def serves(config: Config, template: TemplateConfig, demands: Iterable[str]) -> 
 def route(config: Config, pool: PoolConfig, request: JobRequest) -> TemplateConfig | None:
     """The template that serves a request: its capabilities satisfy every demand; then the
     highest priority, then the cheapest (fewest cpu, then memory), then the first declared."""
-    return _Router(config, pool).route(request.demands)
+    return _Router(config, pool, {}).route(request.demands)
 
 
 class _Router:
@@ -73,9 +77,10 @@ class _Router:
     parsed) dominated planning a large queue. Both functions are pure, so a memo that lives no longer
     than the call changes nothing but the cost."""
 
-    def __init__(self, config: Config, pool: PoolConfig) -> None:
+    def __init__(self, config: Config, pool: PoolConfig, learned: Mapping[tuple[str, str], Capabilities]) -> None:
         self._config = config
         self._pool = pool
+        self._learned = learned
         self._capabilities: dict[int, Capabilities] = {}
         self._routes: dict[tuple[str, ...], TemplateConfig | None] = {}
         self._serves: dict[tuple[int, tuple[str, ...]], bool] = {}
@@ -86,15 +91,18 @@ class _Router:
         served = self._serves.get(key)
         if served is None:
             template = self._pool.templates[index]
-            if template.match_any:
-                served = True
-            else:
-                capabilities = self._capabilities.get(index)
-                if capabilities is None:
-                    capabilities = self._capabilities[index] = effective_capabilities(self._config, template)
-                served = satisfies_all(demands, capabilities)
+            served = template.match_any or satisfies_all(demands, self.capabilities(index))
             self._serves[key] = served
         return served
+
+    def capabilities(self, index: int) -> Capabilities:
+        """`effective_capabilities` of pool.templates[index], with what its agents were seen to advertise."""
+        capabilities = self._capabilities.get(index)
+        if capabilities is None:
+            template = self._pool.templates[index]
+            learned = self._learned.get((self._pool.name, template.name))
+            capabilities = self._capabilities[index] = effective_capabilities(self._config, template, learned)
+        return capabilities
 
     def route(self, demands: tuple[str, ...]) -> TemplateConfig | None:
         """`route(config, pool, request)` for a request with these demands."""
@@ -261,7 +269,7 @@ def _plan_pool(
     busy = _busy_names(state)
     views = _views(jobs, pods_by_job, agents, busy)
     templates = {t.name: t for t in pool.templates}
-    router = _Router(config, pool)
+    router = _Router(config, pool, world.learned)
 
     # Requests: route every queued one of our shard; report the ones nothing can serve.
     queued = sorted(
@@ -499,7 +507,7 @@ def _plan_agents(
     pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
 
     for key, template in placeholders.items():
-        wanted = effective_capabilities(config, template)
+        wanted = router.capabilities(pool.templates.index(template))
         agent = by_name.get(key)
         name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
         if agent is None:
