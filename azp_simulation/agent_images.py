@@ -135,7 +135,11 @@ def _linux(env: Mapping[str, str] | None = None, tools: Mapping[str, str] | None
 
 
 BUILT_IN: tuple[tuple[str, ImageEntry], ...] = (
-    *((f"ghcr.io/azp-agents/agent-linux:*-{name}", _linux(*parts)) for name, parts in _TOOLCHAINS.items()),
+    *(
+        (pattern, _linux(*parts))
+        for name, parts in _TOOLCHAINS.items()
+        for pattern in (f"ghcr.io/azp-agents/agent-linux:*-{name}", f"ghcr.io/azp-agents/agent-linux-{name}:*")
+    ),
     ("ghcr.io/azp-agents/agent-linux:*", _linux()),
     (
         "ghcr.io/azp-agents/agent-windows:*",

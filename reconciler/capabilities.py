@@ -50,10 +50,16 @@ _TOOLCHAINS: dict[str, dict[str, str]] = {
     "docker-cli": {"docker": "/usr/local/bin/docker"},
 }
 BUILT_IN_IMAGES: tuple[tuple[str, Mapping[str, str]], ...] = (
-    *((f"ghcr.io/azp-agents/agent-linux:*-{name}", {**_LINUX_BASE, **tools}) for name, tools in _TOOLCHAINS.items()),
-    ("ghcr.io/azp-agents/agent-linux*", _LINUX_BASE),
+    # agent-images/README.md tags a toolchain as agent-linux:<version>-<name>; values files also use
+    # agent-linux-<name>:<version>.
+    *(
+        (pattern, {**_LINUX_BASE, **tools})
+        for name, tools in _TOOLCHAINS.items()
+        for pattern in (f"ghcr.io/azp-agents/agent-linux:*-{name}", f"ghcr.io/azp-agents/agent-linux-{name}:*")
+    ),
+    ("ghcr.io/azp-agents/agent-linux:*", _LINUX_BASE),
     # agent-images/windows/Dockerfile: Server Core with the agent; Agent.OS is Windows_NT on Windows.
-    ("ghcr.io/azp-agents/agent-windows*", {"Agent.OS": "Windows_NT", "agent.disableupdate": "true"}),
+    ("ghcr.io/azp-agents/agent-windows:*", {"Agent.OS": "Windows_NT", "agent.disableupdate": "true"}),
 )
 """(image pattern, capabilities) of the project's agent images, the first match wins."""
 
@@ -66,6 +72,8 @@ TEMPLATE_CAPABILITY = "AZP_TEMPLATE"
 
 def image_capabilities(image: str) -> Mapping[str, str]:
     """What a built-in image is known to advertise ({} for any other image)."""
+    # A digest pins an image without naming its tag: image@sha256:... is matched as image:*.
+    image = image.replace("@", ":@", 1) if "@" in image and ":" not in image.split("/")[-1] else image
     for pattern, capabilities in BUILT_IN_IMAGES:
         if fnmatch.fnmatchcase(image, pattern):
             return capabilities
