@@ -63,6 +63,38 @@ BUILT_IN_IMAGES: tuple[tuple[str, Mapping[str, str]], ...] = (
 )
 """(image pattern, capabilities) of the project's agent images, the first match wins."""
 
+# NixCapabilitiesProvider's names: found on PATH, they override an environment variable of the name.
+NIX_TOOLS = frozenset(
+    [
+        "AndroidSDK",
+        "ant",
+        "AzureGuestAgent",
+        "bundler",
+        "clang",
+        "cmake",
+        "curl",
+        "git",
+        "gulp",
+        "java",
+        "JDK",
+        "make",
+        "maven",
+        "meteor",
+        "MSBuild",
+        "node.js",
+        "npm",
+        "python",
+        "python3",
+        "sh",
+        "subversion",
+        "ruby",
+        "rake",
+        "svn",
+        "Xamarin.iOS",
+        "Xamarin.Android",
+        "xcode",
+    ]
+)
 _ARCHITECTURES = {"amd64": "X64", "arm64": "ARM64", "arm": "ARM"}
 # Names whose value is set by the reconciler per Job or per pod: never part of what a template advertises.
 PER_AGENT = ("Agent.Name", "Agent.ComputerName", "HOSTNAME", "AZP_AGENT_NAME")
@@ -81,22 +113,29 @@ def image_capabilities(image: str) -> Mapping[str, str]:
 
 
 def defaults(*, pod_spec: Mapping[str, Any], container: Mapping[str, Any], declared: Mapping[str, str]) -> Capabilities:
-    """A template's capabilities before any of its agents registered: OS and architecture (image, else
-    the pod's nodeSelector / `os`, else Linux X64), the image's known tools, the agent container's
-    literal environment, and the declared capabilities, which win."""
+    """A template's capabilities before any of its agents registered, in the agent's own order: the
+    image's environment, the agent container's literal environment, the declared capabilities (render.py
+    makes them environment variables), then the tools of a built-in image (NixCapabilitiesProvider
+    overrides a variable of the same name), then Agent.OS and Agent.OSArchitecture (from the image, else
+    the pod's `os` / nodeSelector, else Linux X64)."""
     selector = pod_spec.get("nodeSelector") or {}
     os_name = str((pod_spec.get("os") or {}).get("name") or selector.get("kubernetes.io/os") or "linux")
     arch = str(selector.get("kubernetes.io/arch") or "amd64")
-    capabilities = {
-        "Agent.OS": "Windows_NT" if os_name.lower() == "windows" else "Linux",
-        "Agent.OSArchitecture": _ARCHITECTURES.get(arch, arch.upper()),
-    }
-    capabilities.update(image_capabilities(str(container.get("image", ""))))
+    image = image_capabilities(str(container.get("image", "")))
+    capabilities = {k: v for k, v in image.items() if k not in NIX_TOOLS and k != "Agent.OS"}
     for entry in container.get("env") or []:
         if isinstance(entry, dict) and "value" in entry and not str(entry.get("name", "")).startswith("AZP_"):
             capabilities[str(entry["name"])] = str(entry.get("value") or "")
     capabilities.update(declared)
+    capabilities.update({k: v for k, v in image.items() if k in NIX_TOOLS})
+    capabilities["Agent.OS"] = image.get("Agent.OS") or ("Windows_NT" if os_name.lower() == "windows" else "Linux")
+    capabilities["Agent.OSArchitecture"] = _ARCHITECTURES.get(arch, arch.upper())
     return frozen_map(capabilities)
+
+
+def overridden(declared: Mapping[str, str], known: Mapping[str, str]) -> dict[str, str]:
+    """Declared capabilities the agent would advertise with another value (a tool found on PATH, Agent.*)."""
+    return {k: known[k] for k, v in declared.items() if k in known and known[k] != v}
 
 
 def learn(agents: Iterable[Agent], *, template: str, placeholder: str) -> Capabilities | None:

@@ -186,7 +186,20 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     log.warning("%s", note)
                 cost = render.resource_cost(job)
                 runner = render.agent_containers(job, where=f"{source}: {key}").runner
-                known = capabilities.defaults(pod_spec=job["spec"]["template"]["spec"], container=runner, declared={})
+                pod_spec = job["spec"]["template"]["spec"]
+                known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
+                for name, value in capabilities.overridden(declared, known).items():
+                    log.warning(
+                        "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
+                        "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
+                        "it is advertised",
+                        f"{source}: {key}",
+                        name,
+                        declared[name],
+                        runner.get("image"),
+                        name,
+                        value,
+                    )
             templates.append(
                 TemplateConfig(
                     name=template["name"],

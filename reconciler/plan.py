@@ -51,8 +51,11 @@ def effective_capabilities(
 ) -> Capabilities:
     """What a template's agents advertise, as its placeholder shows it and routing assumes: what they are
     known to advertise before one registered, what a registered one did advertise (`learned`), and the
-    declared capabilities, which reach the agent as environment variables and win; plus the agent's version."""
-    capabilities = {**template.known_capabilities, **(learned or {}), **template.capabilities}
+    declared capabilities, which reach the agent as environment variables and win over a stale learned
+    value, unless the known set says the agent overrides them (a tool on PATH); plus the agent's version."""
+    known = template.known_capabilities
+    declared = {k: v for k, v in template.capabilities.items() if known.get(k, v) == v}
+    capabilities = {**template.capabilities, **known, **(learned or {}), **declared}
     if not any(k.lower() == "agent.version" for k in capabilities):
         capabilities["Agent.Version"] = config.agent_version
     return frozen_map(capabilities)

@@ -127,3 +127,18 @@ def test_check_reports_an_agent_lacking_a_declared_capability() -> None:
     findings = checks.capability_findings(big, [good, bad, gone, foreign])
     assert [(f.check, f.ok) for f in findings] == [("agent linux/a2", False)]
     assert "declares: gpu, size" in findings[0].detail
+
+
+def test_declared_tool_name_loses_to_the_tool_on_path() -> None:
+    """We test: as in the agent (NixCapabilitiesProvider runs after the environment provider), a declared
+    `java: "17"` on the java image is advertised as the path of java; `overridden` names it for the warning."""
+    runner = {"name": "agent", "image": "ghcr.io/azp-agents/agent-linux-java:0.1.0", "args": ["run"]}
+    declared = {"java": "17", "size": "large"}
+    known_set = capabilities.defaults(pod_spec={"containers": [runner]}, container=runner, declared=declared)
+    assert (known_set["java"], known_set["size"]) == ("/opt/java/openjdk/bin/java", "large")
+    assert capabilities.overridden(declared, known_set) == {"java": "/opt/java/openjdk/bin/java"}
+    cfg = config(pool("linux", replace(template("java", capabilities=declared), known_capabilities=known_set)))
+    advertised = effective_capabilities(cfg, cfg.pools[0].templates[0])
+    assert not satisfies_all(("java -equals 17",), advertised) and satisfies_all(
+        ("java", "size -equals large"), advertised
+    )
