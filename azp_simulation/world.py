@@ -344,8 +344,9 @@ class Simulation:
             "azureDevOps": {"timeoutSeconds": 10, "retries": 3},
             "pools": pools,
         }
-        if "allowTokenInAgentContainer" in self.world.reconciler:
-            config["allowTokenInAgentContainer"] = bool(self.world.reconciler["allowTokenInAgentContainer"])
+        for key in ("allowTokenInAgentContainer", "podPolicy"):
+            if key in self.world.reconciler:
+                config[key] = self.world.reconciler[key]
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _build_timeline(self) -> None:

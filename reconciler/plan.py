@@ -664,11 +664,29 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     return actions
 
 
+def _learning_due(
+    pool: PoolConfig,
+    world: World,
+    by_pool: Mapping[tuple[str, str], list[AgentJob]],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+) -> bool:
+    """A template whose placeholder has not learned what its agents advertise has an agent registered
+    now (its pod published the agent id): one agent list teaches it, and its placeholder keeps it."""
+    unlearned = {t.name for t in pool.templates if t.placeholder and (pool.name, t.name) not in world.learned}
+    return bool(unlearned) and any(
+        job.template in unlearned
+        and (pod := pods_by_job.get((job.namespace, job.name))) is not None
+        and pod.agent_id is not None
+        for job in by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
+    )
+
+
 def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
     """Pools whose agent list this pass must read: listing agents costs an API call per pool, so it
     is read only when something may have changed (DESIGN: one list per resource kind, and only when
-    needed): no scan for `sweepInterval`, a pod of ours finished since the last scan, or idle pods
-    beyond the standby allowance that may be due for draining or never came online."""
+    needed): no scan for `sweepInterval`, a registered agent to learn a placeholder's capabilities
+    from, a pod of ours finished since the last scan, or idle pods beyond the standby allowance that
+    may be due for draining or never came online."""
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)
@@ -679,7 +697,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if state is None or not state.found:
             continue
         observed = world.agents_observed.get(pool.name)
-        if observed is None or now - observed >= sweep:
+        if observed is None or now - observed >= sweep or _learning_due(pool, world, by_pool, pods_by_job):
             needed.add(pool.name)
             continue
         # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as

@@ -315,6 +315,7 @@ class Reconciler:
             agents_observed=dict(self.agents_observed),
             agent_ids=dict(self.agent_ids),
             pruned=frozenset(self.pruned),
+            learned=dict(self.learned),
         )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)

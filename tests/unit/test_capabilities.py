@@ -12,12 +12,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from plan_builders import NOW, agent, config, of, pool, queued, state, template, world
+from plan_builders import NOW, agent, config, job_for, of, pod_for, pool, queued, state, template, world
 
 from reconciler import capabilities, checks, names
 from reconciler.demands import satisfies_all
 from reconciler.model import ReportUnroutable, UpdatePlaceholder, frozen_map
-from reconciler.plan import effective_capabilities, plan
+from reconciler.plan import effective_capabilities, plan, pools_needing_agents
 
 NPM = ("npm", "Agent.Version -gtVersion 1.91.0")
 MAVEN = ("maven", "Agent.Version -gtVersion 1.89.0")
@@ -142,3 +142,17 @@ def test_declared_tool_name_loses_to_the_tool_on_path() -> None:
     assert not satisfies_all(("java -equals 17",), advertised) and satisfies_all(
         ("java", "size -equals large"), advertised
     )
+
+
+def test_agents_are_listed_once_to_learn_a_template() -> None:
+    """We test: a pass lists the pool's agents when a template whose placeholder has not learned yet has an
+    agent registered (its pod published the agent id), and no longer once the World knows what it learned;
+    a pod that never registered does not make every pass list agents."""
+    cfg = config(pool("linux", template("java", capabilities={"size": "large"})))
+    job = job_for("linux", request_id=1, template_name="java")
+    registered_pod = replace(pod_for(job), agent_id=77)
+    base = replace(world(state("linux", queued(2))), agents_observed={"linux": NOW}, jobs=(job,))
+    assert pools_needing_agents(cfg, replace(base, pods=(registered_pod,)), NOW) == {"linux"}
+    assert pools_needing_agents(cfg, replace(base, pods=(pod_for(job),)), NOW) == set()
+    learned = replace(base, pods=(registered_pod,), learned={("linux", "java"): frozen_map({"AZP_TEMPLATE": "java"})})
+    assert pools_needing_agents(cfg, learned, NOW) == set()
