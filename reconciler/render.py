@@ -123,6 +123,7 @@ def check_policy(job: Mapping[str, Any], *, policy: PodPolicy, key: str, source:
     """Refuse templates that ask for more than the pod policy allows, or carry a token literal."""
     pod = job["spec"]["template"]["spec"]
     where = f"{source}: {key}"
+    _check_shape(pod, where)
     if pod.get("hostNetwork") and not policy.allow_host_network:
         raise ConfigError(f"{where}: the template sets hostNetwork: remove it or set podPolicy.allowHostNetwork: true")
     if pod.get("hostPID") or pod.get("hostIPC"):
@@ -158,7 +159,7 @@ def _check_token(container: Mapping[str, Any], *, where: str) -> None:
     a command line) would reach a container the reconciler cannot keep steps out of: refused."""
     name = container.get("name")
     for env in container.get("env") or []:
-        if isinstance(env, dict) and env.get("name") in TOKEN_ENV_NAMES:
+        if env["name"] in TOKEN_ENV_NAMES:
             how = "as a literal" if "value" in env else "from a Secret"
             raise ConfigError(
                 f"{where}: container {name!r} sets {env['name']} {how}: remove it; the reconciler mounts the "
@@ -192,7 +193,7 @@ def _names(containers: list[dict[str, Any]]) -> str:
 
 def _wired_as_agent(container: Mapping[str, Any]) -> bool:
     """A container the user set up as the agent: AZP_*/VSTS_AGENT_* variables, or a built-in agent image."""
-    env_names = [str(e.get("name", "")) for e in container.get("env") or [] if isinstance(e, dict)]
+    env_names = [str(e["name"]) for e in container.get("env") or []]
     return any(n.startswith(("AZP_", "VSTS_AGENT_")) for n in env_names) or bool(
         capabilities.image_capabilities(str(container.get("image", "")))
     )
@@ -244,10 +245,21 @@ def _registrar(
     return same_image[0] if same_image else runner
 
 
+def _check_shape(pod: Mapping[str, Any], where: str) -> None:
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(pod.get(key) or []):
+            if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+                raise ConfigError(f"{where}: spec.{key}[{index}] must be a container with a name")
+            env = container.get("env") or []
+            if not isinstance(env, list) or not all(isinstance(e, dict) and "name" in e for e in env):
+                raise ConfigError(f"{where}: container {container['name']!r}: env must be a list of {{name, value}}")
+
+
 def agent_containers(job: Mapping[str, Any], *, where: str) -> AgentContainers:
     """Which container runs the agent and which registers it: marked by annotation, else told from the
     template's shape; a ConfigError naming the containers and the annotation when it cannot be told."""
     pod_template = job["spec"]["template"]
+    _check_shape(pod_template["spec"], where)
     annotations = (pod_template.get("metadata") or {}).get("annotations") or {}
     runner = _runner(pod_template["spec"], annotations, where)
     return AgentContainers(runner=runner, registrar=_registrar(pod_template["spec"], runner, annotations, where))

@@ -328,3 +328,20 @@ def test_tokens_in_command_and_args(command: list[str] | None, args: list[str] |
         assert "xyz123" not in str(raised.value)
     else:
         render.check_policy(job, policy=render.PodPolicy(), key="k", source="s")
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        {"containers": ["agent"]},
+        {"containers": [{"image": "x"}]},
+        {"containers": [RUN | {"env": ["AZP_URL=x"]}]},
+        {"containers": [RUN | {"env": {"AZP_URL": "x"}}]},
+    ],
+)
+def test_malformed_containers_are_refused(pod: dict[str, Any]) -> None:
+    """We test: a container that is not a mapping with a name, or an env that is not a list of {name, ...},
+    is a ConfigError naming where, not a traceback."""
+    job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": pod}}}
+    with pytest.raises(ConfigError, match=r"k: spec\.containers|container 'agent': env must be"):
+        render.check_policy(job, policy=render.PodPolicy(), key="k", source="s")
