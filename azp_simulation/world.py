@@ -5,8 +5,17 @@ agents already registered, job requests arriving over time (with demands and dur
 cancellations, pods whose agent never comes online, and faults. `Simulation` builds both
 emulators from it, writes the reconciler's configuration, kubeconfig and PAT file, and plays the
 part of the agents: when a pod of an agent image runs in the Kubernetes emulator, a simulated agent
-registers in the Azure DevOps emulator under the pod's name, goes online, takes one job (`--once`),
-and when the job ends the pod completes, the agent stays registered and offline, as the real one does.
+registers in the Azure DevOps emulator under the name its registering container was given, goes
+online, takes one job (`--once`), and when the job ends the pod completes, the agent stays registered
+and offline, as the real one does.
+
+The simulated agents are honest (agent_images.py has the sources): which container runs the agent and
+which registers it follows from each container's image (the world's image catalogue) and arguments, as
+the image's start script decides, never from anything the reconciler marks; an agent advertises its
+running container's environment (less VSO_AGENT_IGNORE and the variables its script hides), the tools
+of its image and `Agent.*`, never the capabilities the reconciler's configuration declares. config.sh
+fails (the container exits 1) when AZP_URL is not this organization or AZP_POOL not one of its pools,
+and the linux image's `run` exits 2 when it sees a token.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from azp_simulation import agent_images
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
@@ -98,6 +108,8 @@ class WorldFile:
     reconciler: Mapping[str, Any]
     timeout: float
     images: Mapping[str, str]
+    image_catalogue: tuple[tuple[str, agent_images.ImageEntry], ...] = ()
+    """The world file's own image entries; the built-in ones (agent_images.BUILT_IN) come after them."""
 
     @property
     def total_jobs(self) -> int:
@@ -175,6 +187,7 @@ def load_world(path: Path) -> WorldFile:
         reconciler=document.get("reconciler") or {},
         timeout=float(document.get("timeout", 120)),
         images=document.get("images") or {},
+        image_catalogue=agent_images.parse_catalogue(document.get("image_catalogue"), where=where),
     )
 
 
@@ -222,6 +235,18 @@ def job_template(image: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What the registering container's config.sh sends, and the runner's listener then advertises."""
+
+    name: str
+    pool: str
+    url: str
+    token: str
+    capabilities: dict[str, str]
+    publisher: str | None
+
+
 @dataclass
 class AgentProcess:
     """One simulated agent living in one pod."""
@@ -259,7 +284,7 @@ class Simulation:
         self.metrics = Metrics()
         self.pool_ids: dict[str, int] = {}
         self.request_ids: dict[str, list[int]] = {}
-        self.capabilities: dict[tuple[str, str], dict[str, str]] = {}
+        self.catalogue = (*world.image_catalogue, *agent_images.BUILT_IN)
         self.pods_started: dict[str, int] = {}
         self._timeline: list[tuple[float, str, Any]] = []
         self._lock = threading.RLock()
@@ -280,10 +305,6 @@ class Simulation:
         for pool in self.world.pools:
             created = self.azdo.add_pool(pool["name"])
             self.pool_ids[pool["name"]] = int(created["id"])
-            for template in pool["templates"]:
-                self.capabilities[(pool["name"], template["name"])] = {
-                    str(k): str(v) for k, v in (template.get("capabilities") or {}).items()
-                }
         for agent in self.world.agents:
             self.azdo.add_agent(
                 self.pool_ids[agent["pool"]],
@@ -330,11 +351,13 @@ class Simulation:
             }
             entry["templates"] = []
             for template in pool["templates"]:
-                image = template.get("image", AGENT_IMAGE)
-                path = templates_dir / f"{template['name']}.yaml"
-                path.write_text(yaml.safe_dump(job_template(image), sort_keys=False))
+                # A world file may give a template's job.yaml inline; else the chart's default shape.
+                document = template.get("jobTemplate") or job_template(template.get("image", AGENT_IMAGE))
+                path = templates_dir / f"{pool_slug(pool['name'])}-{template['name']}.yaml"
+                path.write_text(yaml.safe_dump(document, sort_keys=False))
                 entry["templates"].append(
-                    {k: v for k, v in template.items() if k not in ("image",)} | {"jobTemplate": str(path)}
+                    {k: v for k, v in template.items() if k not in ("image", "jobTemplate")}
+                    | {"jobTemplate": str(path)}
                 )
             pools.append(entry)
         loop = {
@@ -355,6 +378,9 @@ class Simulation:
             "azureDevOps": {"timeoutSeconds": 10, "retries": 3},
             "pools": pools,
         }
+        for key in ("allowTokenInAgentContainer", "podPolicy"):
+            if key in self.world.reconciler:
+                config[key] = self.world.reconciler[key]
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _build_timeline(self) -> None:
@@ -425,20 +451,31 @@ class Simulation:
 
     # --- simulated agents ----------------------------------------------------------------------
 
-    def _agent_container(self, pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def _entry(self, container: Mapping[str, Any]) -> agent_images.ImageEntry | None:
+        return agent_images.lookup(self.catalogue, str(container.get("image", "")))
+
+    def _environment(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        """What the process in the container sees: the image's ENV, HOSTNAME and the kubelet's service
+        variables, then the container's own env (which wins)."""
+        entry = self._entry(container)
         spec = pod.get("spec") or {}
-        main = next(
-            (c for c in spec.get("containers", []) if any(e.get("name") == "AZP_URL" for e in c.get("env", []))), None
-        )
-        registrar = next(
-            (
-                c
-                for c in [*spec.get("initContainers", []), *spec.get("containers", [])]
-                if any(e.get("name") == "AZP_TOKEN_FILE" for e in c.get("env", []))
-            ),
-            None,
-        )
-        return main, registrar
+        env = {**(entry.env if entry else {}), **agent_images.KUBERNETES_ENV}
+        env["HOSTNAME"] = str(spec.get("hostname") or pod["metadata"]["name"])
+        return env | self.kube.resolve_env(pod, container)
+
+    def _agent_containers(self, pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+        """(the container that runs the agent, the one that registers it, whether an agent image was
+        given a mode its script does not know): told by image and arguments, as the scripts decide."""
+        spec = pod.get("spec") or {}
+        inits = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") != "Always"]
+        mains = list(spec.get("containers") or [])
+        found = {id(c): agent_images.roles(c, self._entry(c)) for c in [*inits, *mains]}
+        if any(r is None for r in found.values()):
+            return None, None, True
+        runner = next((c for c in mains if "run" in (found[id(c)] or ())), None)
+        if runner is not None and "register" in (found[id(runner)] or ()):
+            return runner, runner, False
+        return runner, next((c for c in inits if "register" in (found[id(c)] or ())), None), False
 
     def _is_stuck(self, pool: str) -> bool:
         self.pods_started[pool] = self.pods_started.get(pool, 0) + 1
@@ -446,57 +483,86 @@ class Simulation:
             s.get("pool") == pool and int(s.get("nth", 0)) == self.pods_started[pool] for s in self.world.stuck_pods
         )
 
+    def _token(self, pod: Mapping[str, Any], container: Mapping[str, Any], entry: agent_images.ImageEntry) -> str:
+        """The PAT the register step of the image's script reads: its token file, else its token variable."""
+        env = self._environment(pod, container)
+        path = env.get(entry.token_file_env, "") if entry.token_file_env else ""
+        if path:
+            return self.kube.read_secret_file(pod, container, path) or ""
+        return next((env[n] for n in entry.token_env if env.get(n)), "")
+
+    def _sees_token(self, pod: Mapping[str, Any], container: Mapping[str, Any], entry: agent_images.ImageEntry) -> bool:
+        """What start.sh `run` refuses: a token variable, or a token readable in AZP_SECRET_DIR."""
+        env = self._environment(pod, container)
+        secret_dir = env.get(entry.token_dir_env, "") or entry.token_dir
+        return any(n in env for n in entry.hidden_env) or (
+            self.kube.read_secret_file(pod, container, f"{secret_dir}/token") is not None
+        )
+
     def _pod_running(self, pod: dict[str, Any]) -> None:
-        main, registrar = self._agent_container(pod)
-        if main is None:
+        runner, registrar, bad_mode = self._agent_containers(pod)
+        namespace, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if bad_mode:
+            self.kube.finish_pod(namespace, pod_name, exit_code=2)  # start.sh: unknown mode
             return
-        env = self.kube.resolve_env(pod, main)
-        name, pool = env.get("AZP_AGENT_NAME", pod["metadata"]["name"]), env.get("AZP_POOL", "")
-        process = AgentProcess(pod_name=pod["metadata"]["name"], namespace=pod["metadata"]["namespace"], pool=pool)
+        if runner is None:
+            return  # no container of this pod runs an agent
+        entry = self._entry(runner)
+        assert entry is not None
+        if registrar is None or (
+            registrar is not runner and entry.refuses_tokens and self._sees_token(pod, runner, entry)
+        ):
+            # No registration to restore, or start.sh run finds a token where steps run: exit 2.
+            self.kube.finish_pod(namespace, pod_name, exit_code=2)
+            return
+        register_env = self._environment(pod, registrar)
+        name = register_env.get("AZP_AGENT_NAME") or register_env["HOSTNAME"]
+        pool = register_env.get("AZP_POOL") or "Default"
+        process = AgentProcess(pod_name=pod_name, namespace=namespace, pool=pool)
         with self._lock:
             self.processes[name] = process
             if self._is_stuck(pool):
                 return
             crash = next((c for c in self.world.crash_pods if c.covers(pool, self.pods_started[pool])), None)
         if crash is not None:
-            timer = threading.Timer(REGISTER_DELAY, self._crash, args=(process, main.get("name", ""), crash))
+            timer = threading.Timer(REGISTER_DELAY, self._crash, args=(process, runner.get("name", ""), crash))
             timer.daemon = True
             timer.start()
             return
-        token = None
-        if registrar is not None:
-            token_file = self.kube.resolve_env(pod, registrar).get("AZP_TOKEN_FILE", "")
-            token = self.kube.read_secret_file(pod, registrar, token_file)
-        template = env.get("AZP_TEMPLATE", "")
-        ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
-        capabilities = {k: v for k, v in env.items() if k not in ignored}
-        capabilities.update(self.capabilities.get((pool, template), {}))
-        capabilities.update({"Agent.Name": name, "Agent.Version": AGENT_VERSION})
-        capabilities.setdefault("Agent.OS", "Linux")
-        # An init container that registers (the chart's pattern) publishes the agent id when it ends.
-        init_names = {c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []}
-        publisher = registrar.get("name") if registrar is not None and registrar.get("name") in init_names else None
-        timer = threading.Timer(
-            REGISTER_DELAY, self._register, args=(process, name, pool, token, capabilities, publisher)
+        registrar_entry = self._entry(registrar)
+        assert registrar_entry is not None
+        env = self._environment(pod, runner)
+        capabilities = agent_images.advertised(
+            env=env, entry=entry, name=name, hostname=env["HOSTNAME"], version=AGENT_VERSION
         )
+        registration = Registration(
+            name=name,
+            pool=pool,
+            url=register_env.get("AZP_URL", ""),
+            token=self._token(pod, registrar, registrar_entry),
+            capabilities=capabilities,
+            # An init container that registers (the chart's pattern) publishes the agent id when it ends.
+            publisher=registrar.get("name") if registrar is not runner else None,
+        )
+        timer = threading.Timer(REGISTER_DELAY, self._register, args=(process, registration))
         timer.daemon = True
         timer.start()
 
-    def _register(
-        self,
-        process: AgentProcess,
-        name: str,
-        pool: str,
-        token: str | None,
-        capabilities: dict[str, str],
-        publisher: str | None = None,
-    ) -> None:
-        pool_id = self.pool_ids.get(pool)
-        if process.exited or pool_id is None:
+    def _register(self, process: AgentProcess, registration: Registration) -> None:
+        pool_id = self.pool_ids.get(registration.pool)
+        if process.exited:
+            return
+        if pool_id is None or registration.url.rstrip("/") != self.organization_url.rstrip("/"):
+            # config.sh cannot find the pool in the organization it was pointed at: the container fails.
+            self.kube.finish_pod(process.namespace, process.pod_name, exit_code=1)
             return
         try:
             agent = self.azdo.register_agent(
-                pool_id=pool_id, name=name, capabilities=capabilities, version=AGENT_VERSION, token=token or ""
+                pool_id=pool_id,
+                name=registration.name,
+                capabilities=registration.capabilities,
+                version=AGENT_VERSION,
+                token=registration.token,
             )
         except EmulatorAuthError:
             # config.sh fails: the pod's container exits with an error.
@@ -507,10 +573,10 @@ class Simulation:
             if process.exited:
                 return
             process.online = True
-        if publisher is not None:
+        if registration.publisher is not None:
             # What `start.sh register` writes to its termination message.
             self.kube.set_termination_message(
-                process.namespace, process.pod_name, publisher, f"{AGENT_ID_MESSAGE}{process.agent_id}\n"
+                process.namespace, process.pod_name, registration.publisher, f"{AGENT_ID_MESSAGE}{process.agent_id}\n"
             )
         self.azdo.agent_online(process.agent_id, once=True)
 
@@ -535,7 +601,7 @@ class Simulation:
     def _pod_deleted(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
         with self._lock:
-            process = self.processes.get(name)
+            process = next((p for p in self.processes.values() if p.pod_name == name), None)
             if process is None or process.exited:
                 return
             process.exited = True

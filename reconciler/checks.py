@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from reconciler import capabilities, logs, names, render
 from reconciler import config as config_module
-from reconciler import logs, names, render
 from reconciler.errors import ReconcilerError
-from reconciler.model import Config
+from reconciler.model import Agent, Config, PoolConfig
 
 if TYPE_CHECKING:
     from reconciler.azdo import AzureDevOps
@@ -112,6 +113,7 @@ def _pool_findings(config: Config, azdo: AzureDevOps) -> list[Finding]:
             )
         else:
             findings.append(Finding(label, True, f"exists (id {found[pool.name]}), may be managed"))
+            findings += capability_findings(pool, azdo.agents(found[pool.name]))
     return findings
 
 
@@ -125,6 +127,27 @@ def _dry_run_findings(kube: Kubernetes, jobs: list[tuple[str, dict[str, Any]]]) 
             findings.append(Finding(f"{label} (server dry run)", False, str(exc)))
         else:
             findings.append(Finding(f"{label} (server dry run)", True, "accepted with fieldValidation=Strict"))
+    return findings
+
+
+def capability_findings(pool: PoolConfig, agents: Iterable[Agent]) -> list[Finding]:
+    """One failed finding per online agent of a template (it advertises AZP_TEMPLATE) that lacks a
+    capability its template declares: jobs demanding it would match the placeholder but never this agent."""
+    findings = []
+    for agent in agents:
+        template = pool.template(agent.capabilities.get(capabilities.TEMPLATE_CAPABILITY, ""))
+        if template is None or not agent.online:
+            continue
+        wrong = sorted(k for k, v in template.capabilities.items() if agent.capabilities.get(k) != v)
+        if wrong:
+            findings.append(
+                Finding(
+                    f"agent {pool.name}/{agent.name}",
+                    False,
+                    f"lacks capabilities its template {template.name!r} declares: {', '.join(wrong)}: its agent "
+                    "container must set them as environment variables (the reconciler adds them to the one it renders)",
+                )
+            )
     return findings
 
 

@@ -7,6 +7,7 @@ the configuration file itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -19,9 +20,11 @@ from urllib.parse import urlsplit
 import jsonschema
 import yaml
 
-from reconciler import render
+from reconciler import capabilities, render
 from reconciler.errors import ConfigError
-from reconciler.model import Config, LoopConfig, PodPolicy, PoolConfig, TemplateConfig, frozen_map
+from reconciler.model import Capabilities, Config, LoopConfig, PodPolicy, PoolConfig, TemplateConfig, frozen_map
+
+log = logging.getLogger("reconciler.config")
 
 DEFAULT_PAT_ENV = "AZP_TOKEN"
 ORCHESTRATOR_ENV = (
@@ -161,6 +164,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         allow_service_account_token=policy_doc.get("allowServiceAccountToken", False),
     )
     namespace = document.get("namespace", "azp-agents")
+    allow_once = bool(document.get("allowTokenInAgentContainer", False))
     pools: list[PoolConfig] = []
     for index, pool in enumerate(document["pools"]):
         templates: list[TemplateConfig] = []
@@ -171,15 +175,37 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 else f"pools[{index}].jobTemplate"
             )
             cost = (0, 0)
+            known: Capabilities = frozen_map()
+            declared = template.get("capabilities", {})
             if check_templates:
                 job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
                 render.check_policy(job, policy=policy, key=key, source=source)
+                for note in render.check_agent_containers(
+                    job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
+                ):
+                    log.warning("%s", note)
                 cost = render.resource_cost(job)
+                runner = render.agent_containers(job, where=f"{source}: {key}").runner
+                pod_spec = job["spec"]["template"]["spec"]
+                known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
+                for name, value in capabilities.overridden(declared, known).items():
+                    log.warning(
+                        "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
+                        "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
+                        "it is advertised",
+                        f"{source}: {key}",
+                        name,
+                        declared[name],
+                        runner.get("image"),
+                        name,
+                        value,
+                    )
             templates.append(
                 TemplateConfig(
                     name=template["name"],
                     job_template=template["jobTemplate"],
-                    capabilities=frozen_map(template.get("capabilities", {})),
+                    capabilities=frozen_map(declared),
+                    known_capabilities=known,
                     match_any="capabilities" not in template,
                     priority=template.get("priority", 0),
                     max_agents=template.get("maxAgents"),
@@ -235,6 +261,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         log_level=document.get("logLevel", "info"),
         azdo_timeout=client.get("timeoutSeconds", 30),
         azdo_retries=client.get("retries", 4),
+        allow_token_in_agent_container=allow_once,
         source=source,
     )
 
@@ -297,6 +324,9 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
     namespace = env.get("JOB_NAMESPACE", "").strip() or "azp-agents"
     template_path = env.get("JOB_DEFINITION_FILE", "").strip()
     socket = env.get("JOB_DOCKER_SOCKET_PATH", "").strip() or None
+    # Not one of the orchestrator's variables: its single-container Jobs expose the PAT to steps, so
+    # that shape is ours only on request.
+    allow_once = env.get("ALLOW_TOKEN_IN_AGENT_CONTAINER", "").strip().lower() in ("1", "true", "yes")
     if not template_path:
         image = env.get("JOB_IMAGE", "").strip()
         if not image:
@@ -305,7 +335,7 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
             )
         work_dir.mkdir(parents=True, exist_ok=True)
         generated = work_dir / "orchestrator-job.yaml"
-        generated.write_text(yaml.safe_dump(render.single_container_template(image=image, docker_socket=socket)))
+        generated.write_text(yaml.safe_dump(render.image_template(image=image, once=allow_once, docker_socket=socket)))
         template_path = str(generated)
     document: dict[str, Any] = {
         "organization": url,
@@ -315,6 +345,7 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
         "auth": {"patEnv": "ORG_PAT"},
         "agentSecret": {"name": env.get("AZP_SECRET_NAME", "azp-agents-pat"), "key": "pat"},
         "lease": {"namespace": namespace},
+        "allowTokenInAgentContainer": allow_once,
         "pools": [],
     }
     if socket:

@@ -49,6 +49,9 @@ class TemplateConfig:
     """No capabilities declared: serve any request, as ado-agent-orchestrator does (no routing)."""
     cost: tuple[int, int] = (0, 0)
     """(cpu millicores, memory bytes) requested by the template: cheaper wins a tie."""
+    known_capabilities: Capabilities = field(default_factory=frozen_map)
+    """What its agents are known to advertise before one has registered (capabilities.defaults):
+    Agent.OS/OSArchitecture, the tools of a built-in image, the agent container's literal env."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class Config:
     log_level: str = "info"
     azdo_timeout: float = 30.0
     azdo_retries: int = 4
+    allow_token_in_agent_container: bool = False
+    """Accept `once` templates, whose agent container registers too (its steps can read the PAT)."""
     source: str = "config"
 
     def pool(self, name: str) -> PoolConfig | None:
@@ -251,6 +256,9 @@ class World:
     """Agent ids by lower-case name, learned from the reservedAgent of requests seen in this run."""
     pruned: frozenset[str] = frozenset()
     """Lower-case names of agents this run already deleted."""
+    learned: Mapping[tuple[str, str], Capabilities] = field(default_factory=lambda: MappingProxyType({}))
+    """System capabilities a registered agent of (pool, template) advertised (capabilities.learn),
+    remembered by the run from the last agent list that showed one."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)

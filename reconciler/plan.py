@@ -50,9 +50,16 @@ CRASH_BACKOFF_CAP = timedelta(minutes=5)
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
-def effective_capabilities(config: Config, template: TemplateConfig) -> Capabilities:
-    """What a template's agents advertise: its declared capabilities plus the agent's version."""
-    capabilities = dict(template.capabilities)
+def effective_capabilities(
+    config: Config, template: TemplateConfig, learned: Capabilities | None = None
+) -> Capabilities:
+    """What a template's agents advertise, as its placeholder shows it and routing assumes: what they are
+    known to advertise before one registered, what a registered one did advertise (`learned`), and the
+    declared capabilities, which reach the agent as environment variables and win over a stale learned
+    value, unless the known set says the agent overrides them (a tool on PATH); plus the agent's version."""
+    known = template.known_capabilities
+    declared = {k: v for k, v in template.capabilities.items() if known.get(k, v) == v}
+    capabilities = {**template.capabilities, **known, **(learned or {}), **declared}
     if not any(k.lower() == "agent.version" for k in capabilities):
         capabilities["Agent.Version"] = config.agent_version
     return frozen_map(capabilities)
@@ -66,7 +73,7 @@ def serves(config: Config, template: TemplateConfig, demands: Iterable[str]) -> 
 def route(config: Config, pool: PoolConfig, request: JobRequest) -> TemplateConfig | None:
     """The template that serves a request: its capabilities satisfy every demand; then the
     highest priority, then the cheapest (fewest cpu, then memory), then the first declared."""
-    return _Router(config, pool).route(request.demands)
+    return _Router(config, pool, {}).route(request.demands)
 
 
 class _Router:
@@ -77,9 +84,10 @@ class _Router:
     parsed) dominated planning a large queue. Both functions are pure, so a memo that lives no longer
     than the call changes nothing but the cost."""
 
-    def __init__(self, config: Config, pool: PoolConfig) -> None:
+    def __init__(self, config: Config, pool: PoolConfig, learned: Mapping[tuple[str, str], Capabilities]) -> None:
         self._config = config
         self._pool = pool
+        self._learned = learned
         self._capabilities: dict[int, Capabilities] = {}
         self._routes: dict[tuple[str, ...], TemplateConfig | None] = {}
         self._serves: dict[tuple[int, tuple[str, ...]], bool] = {}
@@ -90,15 +98,18 @@ class _Router:
         served = self._serves.get(key)
         if served is None:
             template = self._pool.templates[index]
-            if template.match_any:
-                served = True
-            else:
-                capabilities = self._capabilities.get(index)
-                if capabilities is None:
-                    capabilities = self._capabilities[index] = effective_capabilities(self._config, template)
-                served = satisfies_all(demands, capabilities)
+            served = template.match_any or satisfies_all(demands, self.capabilities(index))
             self._serves[key] = served
         return served
+
+    def capabilities(self, index: int) -> Capabilities:
+        """`effective_capabilities` of pool.templates[index], with what its agents were seen to advertise."""
+        capabilities = self._capabilities.get(index)
+        if capabilities is None:
+            template = self._pool.templates[index]
+            learned = self._learned.get((self._pool.name, template.name))
+            capabilities = self._capabilities[index] = effective_capabilities(self._config, template, learned)
+        return capabilities
 
     def route(self, demands: tuple[str, ...]) -> TemplateConfig | None:
         """`route(config, pool, request)` for a request with these demands."""
@@ -298,7 +309,7 @@ def _pool_pass(
         agents=agents,
         busy=busy,
         views=_views(jobs, pods_by_job, agents, busy),
-        router=_Router(config, pool),
+        router=_Router(config, pool, world.learned),
     )
 
 
@@ -694,7 +705,7 @@ def _plan_agents(
     pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
 
     for key, template in placeholders.items():
-        wanted = effective_capabilities(config, template)
+        wanted = router.capabilities(pool.templates.index(template))
         agent = by_name.get(key)
         name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
         if agent is None:
@@ -872,11 +883,29 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     return actions
 
 
+def _learning_due(
+    pool: PoolConfig,
+    world: World,
+    by_pool: Mapping[tuple[str, str], list[AgentJob]],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+) -> bool:
+    """A template whose placeholder has not learned what its agents advertise has an agent registered
+    now (its pod published the agent id): one agent list teaches it, and its placeholder keeps it."""
+    unlearned = {t.name for t in pool.templates if t.placeholder and (pool.name, t.name) not in world.learned}
+    return bool(unlearned) and any(
+        job.template in unlearned
+        and (pod := pods_by_job.get((job.namespace, job.name))) is not None
+        and pod.agent_id is not None
+        for job in by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
+    )
+
+
 def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
     """Pools whose agent list this pass must read: listing agents costs an API call per pool, so it
     is read only when something may have changed (DESIGN: one list per resource kind, and only when
-    needed): no scan for `sweepInterval`, a pod of ours finished since the last scan, or idle pods
-    beyond the standby allowance that may be due for draining or never came online."""
+    needed): no scan for `sweepInterval`, a registered agent to learn a placeholder's capabilities
+    from, a pod of ours finished since the last scan, or idle pods beyond the standby allowance that
+    may be due for draining or never came online."""
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)
@@ -887,7 +916,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if state is None or not state.found:
             continue
         observed = world.agents_observed.get(pool.name)
-        if observed is None or now - observed >= sweep:
+        if observed is None or now - observed >= sweep or _learning_due(pool, world, by_pool, pods_by_job):
             needed.add(pool.name)
             continue
         # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as

@@ -21,14 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__, names, render
+from reconciler import __version__, capabilities, names, render
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
 from reconciler.lease import CLOCK_TOLERANCE, format_time, lease_body, lease_expired, parse_time
-from reconciler.model import Config, PoolState, World
+from reconciler.model import Agent, Capabilities, Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
 log = logging.getLogger("reconciler")
@@ -139,6 +139,7 @@ class Reconciler:
         self.agents_observed: dict[str, datetime] = {}
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
+        self.learned: dict[tuple[str, str], Capabilities] = {}
         self.next_due: dict[str, float] = {}
         self.pool_failures: dict[str, int] = {}
         self._lease: dict[str, Any] | None = None
@@ -342,6 +343,7 @@ class Reconciler:
             agents_observed=dict(self.agents_observed),
             agent_ids=dict(self.agent_ids),
             pruned=frozenset(self.pruned),
+            learned=dict(self.learned),
         )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)
@@ -360,9 +362,21 @@ class Reconciler:
                         continue
                     self.agents_observed[state.name] = now
                     state = replace(state, agents=tuple(agents))
+                    self._learn(state.name, agents)
                 updated.append(state)
             world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
-        return world
+        return replace(world, learned=dict(self.learned))
+
+    def _learn(self, pool_name: str, agents: list[Agent]) -> None:
+        """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
+        pool = self.config.pool(pool_name)
+        for template in pool.templates if pool is not None else ():
+            placeholder = names.placeholder_name(
+                prefix=self.config.job_name_prefix, pool_name=pool_name, template=template.name
+            )
+            learned = capabilities.learn(agents, template=template.name, placeholder=placeholder)
+            if learned is not None:
+                self.learned[(pool_name, template.name)] = learned
 
     def _read_queue(self, report: PassReport, name: str) -> PoolState | None:
         """A due pool's queue; None when it cannot be read (the pool backs off, the rest of the pass goes on)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reconciler import names
+from reconciler import capabilities, names
 from reconciler.errors import ConfigError
 from reconciler.model import Config, PodPolicy, PoolConfig, TemplateConfig
 
@@ -35,7 +36,27 @@ _VARIABLE = re.compile(r"\$\{(" + "|".join(VARIABLES) + r")\}")
 TOKEN_VOLUME = "azp-token"
 TOKEN_DIR = "/var/run/secrets/azp"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
-_TOKEN_ENV_NAMES = ("AZP_TOKEN", "ORG_PAT", "VSTS_AGENT_INPUT_TOKEN")
+TOKEN_ENV_NAMES = (
+    "AZP_TOKEN",  # Microsoft's container start script (MS:pipelines/agents/docker)
+    "VSTS_TOKEN",  # the retired microsoft/vsts-agent images
+    "VSTS_AGENT_INPUT_TOKEN",  # config.sh reads --token from it (agent CommandSettings)
+    "ORG_PAT",  # akanieski/ado-agent-orchestrator
+    "AZURE_DEVOPS_EXT_PAT",  # az devops CLI
+    "AZURE_DEVOPS_TOKEN",
+    "AZDO_PERSONAL_ACCESS_TOKEN",  # terraform provider azuredevops
+    "AZP_PAT",
+    "ADO_PAT",
+    "SYSTEM_ACCESSTOKEN",
+)
+"""Names real images and tools read a PAT from: never set by a template, the reconciler mounts the token."""
+AGENT_CONTAINER_ANNOTATION = "azp-agents.dev/agent-container"
+"""Pod template annotation naming the container that runs the agent, when the template has several."""
+REGISTER_CONTAINER_ANNOTATION = "azp-agents.dev/register-container"
+"""Pod template annotation naming the init container that registers the agent (gets the token)."""
+OWNED_ENV = ("AZP_URL", "AZP_POOL", "AZP_AGENT_NAME", "AZP_TEMPLATE")
+"""The reconciler's values always win over a template's: the agent must join this pool under its pod's name."""
+_TOKEN_ARGUMENT = re.compile(r"--token(?:=|\s+)[\"']?(?P<value>[^\s\"'$-]\S*)")
+_TOKEN_ASSIGNMENT = re.compile(r"\b(?P<name>" + "|".join(TOKEN_ENV_NAMES) + r")=[\"']?(?P<value>[^\s\"'$-]\S*)")
 
 
 def _is_pod_spec(value: Any) -> bool:
@@ -95,13 +116,14 @@ def as_job(document: dict[str, Any], *, where: str) -> dict[str, Any]:
 
 
 def _containers(pod_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]
+    return [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]
 
 
 def check_policy(job: Mapping[str, Any], *, policy: PodPolicy, key: str, source: str) -> None:
     """Refuse templates that ask for more than the pod policy allows, or carry a token literal."""
     pod = job["spec"]["template"]["spec"]
     where = f"{source}: {key}"
+    _check_shape(pod, where)
     if pod.get("hostNetwork") and not policy.allow_host_network:
         raise ConfigError(f"{where}: the template sets hostNetwork: remove it or set podPolicy.allowHostNetwork: true")
     if pod.get("hostPID") or pod.get("hostIPC"):
@@ -129,12 +151,151 @@ def check_policy(job: Mapping[str, Any], *, policy: PodPolicy, key: str, source:
                 f"{where}: container {container.get('name')!r} asks for privilege: remove privileged/"
                 "allowPrivilegeEscalation or set podPolicy.allowPrivileged: true"
             )
-        for env in container.get("env", []) or []:
-            if env.get("name") in _TOKEN_ENV_NAMES and "value" in env:
-                raise ConfigError(
-                    f"{where}: container {container.get('name')!r} sets {env['name']} as a literal: remove it; "
-                    "the reconciler gives agents the token from a Secret"
+        _check_token(container, where=where)
+
+
+def _check_token(container: Mapping[str, Any], *, where: str) -> None:
+    """A PAT in a template (literal, or from a Secret under a name images read a token from, or on
+    a command line) would reach a container the reconciler cannot keep steps out of: refused."""
+    name = container.get("name")
+    for env in container.get("env") or []:
+        if env["name"] in TOKEN_ENV_NAMES:
+            how = "as a literal" if "value" in env else "from a Secret"
+            raise ConfigError(
+                f"{where}: container {name!r} sets {env['name']} {how}: remove it; the reconciler mounts the "
+                f"token from its own Secret into the one container that registers the agent (AZP_TOKEN_FILE)"
+            )
+    line = " ".join(str(word) for word in [*(container.get("command") or []), *(container.get("args") or [])])
+    found = _TOKEN_ARGUMENT.search(line) or _TOKEN_ASSIGNMENT.search(line)
+    if found and found.group("value"):
+        raise ConfigError(
+            f"{where}: container {name!r} passes a token in its command/args: remove it; the reconciler mounts "
+            "the token from a Secret into the container that registers the agent, which reads AZP_TOKEN_FILE"
+        )
+
+
+@dataclass(frozen=True)
+class AgentContainers:
+    """The container that runs the agent (`runner`) and the one that registers it (`registrar`, the
+    only one that gets the token); the same container in `once` mode."""
+
+    runner: dict[str, Any]
+    registrar: dict[str, Any]
+
+    @property
+    def once(self) -> bool:
+        return self.runner is self.registrar
+
+
+def _names(containers: list[dict[str, Any]]) -> str:
+    return ", ".join(repr(c.get("name")) for c in containers)
+
+
+def _wired_as_agent(container: Mapping[str, Any]) -> bool:
+    """A container the user set up as the agent: AZP_*/VSTS_AGENT_* variables, or a built-in agent image."""
+    env_names = [str(e["name"]) for e in container.get("env") or []]
+    return any(n.startswith(("AZP_", "VSTS_AGENT_")) for n in env_names) or bool(
+        capabilities.image_capabilities(str(container.get("image", "")))
+    )
+
+
+def _runner(pod: Mapping[str, Any], annotations: Mapping[str, Any], where: str) -> dict[str, Any]:
+    mains: list[dict[str, Any]] = list(pod.get("containers") or [])
+    named = annotations.get(AGENT_CONTAINER_ANNOTATION)
+    if named is not None:
+        found = next((c for c in mains if c.get("name") == named), None)
+        if found is None:
+            raise ConfigError(
+                f"{where}: annotation {AGENT_CONTAINER_ANNOTATION}: {named!r} is not one of the containers "
+                f"({_names(mains)}): name the container that runs the agent"
+            )
+        return found
+    wired = mains if len(mains) == 1 else [c for c in mains if _wired_as_agent(c)]
+    if len(wired) != 1:
+        raise ConfigError(
+            f"{where}: cannot tell which of the containers {_names(mains)} runs the agent: add the annotation "
+            f"{AGENT_CONTAINER_ANNOTATION}: <container name> to spec.template.metadata.annotations"
+        )
+    return wired[0]
+
+
+def _registrar(
+    pod: Mapping[str, Any], runner: dict[str, Any], annotations: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    # Native sidecars (init containers with restartPolicy Always) run beside the agent: never the registrar.
+    inits: list[dict[str, Any]] = [c for c in pod.get("initContainers") or [] if c.get("restartPolicy") != "Always"]
+    named = annotations.get(REGISTER_CONTAINER_ANNOTATION)
+    if named is not None:
+        if named == runner.get("name"):
+            return runner
+        found = next((c for c in inits if c.get("name") == named), None)
+        if found is None:
+            raise ConfigError(
+                f"{where}: annotation {REGISTER_CONTAINER_ANNOTATION}: {named!r} is neither an init container "
+                f"({_names(inits) or 'none'}; native sidecars excluded) nor the agent container {runner.get('name')!r}"
+            )
+        return found
+    # The chart's pattern: an init container of the agent's own image registers (start.sh register).
+    same_image = [c for c in inits if c.get("image") == runner.get("image")]
+    if len(same_image) > 1:
+        raise ConfigError(
+            f"{where}: cannot tell which of the init containers {_names(same_image)} registers the agent: add the "
+            f"annotation {REGISTER_CONTAINER_ANNOTATION}: <container name> to spec.template.metadata.annotations"
+        )
+    return same_image[0] if same_image else runner
+
+
+def _check_shape(pod: Mapping[str, Any], where: str) -> None:
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(pod.get(key) or []):
+            if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+                raise ConfigError(f"{where}: spec.{key}[{index}] must be a container with a name")
+            env = container.get("env") or []
+            if not isinstance(env, list) or not all(isinstance(e, dict) and "name" in e for e in env):
+                raise ConfigError(f"{where}: container {container['name']!r}: env must be a list of {{name, value}}")
+
+
+def agent_containers(job: Mapping[str, Any], *, where: str) -> AgentContainers:
+    """Which container runs the agent and which registers it: marked by annotation, else told from the
+    template's shape; a ConfigError naming the containers and the annotation when it cannot be told."""
+    pod_template = job["spec"]["template"]
+    _check_shape(pod_template["spec"], where)
+    annotations = (pod_template.get("metadata") or {}).get("annotations") or {}
+    runner = _runner(pod_template["spec"], annotations, where)
+    return AgentContainers(runner=runner, registrar=_registrar(pod_template["spec"], runner, annotations, where))
+
+
+def check_agent_containers(
+    job: Mapping[str, Any], *, declared: Mapping[str, str], allow_token_in_agent_container: bool, where: str
+) -> list[str]:
+    """Refuse a template whose agent container cannot be told, that would put the token where steps run
+    without the opt-in, or that sets a declared capability to another value; return a note for each
+    AZP_* value of the template the reconciler replaces."""
+    containers = agent_containers(job, where=where)
+    runner = containers.runner.get("name")
+    if containers.once and not allow_token_in_agent_container:
+        raise ConfigError(
+            f"{where}: container {runner!r} both registers and runs the agent, so pipeline steps could read "
+            "the PAT: register in an init container of the same image (args [register], main container args "
+            f"[run]; or mark it with the annotation {REGISTER_CONTAINER_ANNOTATION}), or accept the risk with "
+            "allowTokenInAgentContainer: true (chart: agent.allowTokenInAgentContainer)"
+        )
+    literal = {e.get("name"): e.get("value") for e in containers.runner.get("env") or [] if "value" in e}
+    for name, value in declared.items():
+        if name in literal and str(literal[name]) != str(value):
+            raise ConfigError(
+                f"{where}: capability {name}={value!r} is declared, but container {runner!r} sets {name}="
+                f"{literal[name]!r}, which its agent would advertise instead: make them agree"
+            )
+    notes = []
+    for container in {id(c): c for c in (containers.runner, containers.registrar)}.values():
+        for entry in container.get("env") or []:
+            if entry.get("name") in OWNED_ENV:
+                notes.append(
+                    f"{where}: container {container.get('name')!r} sets {entry['name']}: the reconciler's value "
+                    "replaces it (agents join the configured pool under their pod's name)"
                 )
+    return notes
 
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
@@ -177,9 +338,16 @@ def _substitute(value: Any, variables: Mapping[str, str]) -> Any:
 
 
 def _add_env(container: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    env = container.setdefault("env", [])
+    """Add the entries the container does not set itself."""
+    env = container["env"] = list(container.get("env") or [])
     declared = {e.get("name") for e in env}
     env.extend(e for e in entries if e["name"] not in declared)
+
+
+def _set_env(container: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Set the entries, replacing the container's own values of those names."""
+    replaced = {e["name"] for e in entries}
+    container["env"] = [e for e in container.get("env") or [] if e.get("name") not in replaced] + entries
 
 
 def render_job(
@@ -247,10 +415,14 @@ def render_job(
         {"name": "AZP_TEMPLATE", "value": template.name},
         {"name": "AZP_AGENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    for container in _containers(pod):
-        _add_env(container, agent_env)
+    # A real agent turns its environment into capabilities: the declared ones reach it that way.
+    declared = [{"name": k, "value": str(v)} for k, v in template.capabilities.items()]
+    containers = agent_containers(job, where=f"template {pool.name}/{template.name}")
+    for container in {id(c): c for c in (containers.runner, containers.registrar)}.values():
+        _set_env(container, agent_env)
+        _add_env(container, declared)
 
-    volumes = pod.setdefault("volumes", [])
+    volumes = pod["volumes"] = list(pod.get("volumes") or [])
     if not any(v.get("name") == TOKEN_VOLUME for v in volumes):
         volumes.append(
             {
@@ -262,27 +434,36 @@ def render_job(
                 },
             }
         )
-    # Only the container that registers the agent sees the token; the one running steps never does.
-    registrars = pod.get("initContainers") or pod["containers"]
-    for container in registrars:
-        mounts = container.setdefault("volumeMounts", [])
-        if not any(m.get("name") == TOKEN_VOLUME for m in mounts):
-            mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
-        _add_env(container, [{"name": "AZP_TOKEN_FILE", "value": TOKEN_FILE}])
+    # Exactly one container sees the token: the one that registers the agent; sidecars, user init
+    # containers and (in split mode) the container running steps never do.
+    registrar = containers.registrar
+    mounts = registrar["volumeMounts"] = list(registrar.get("volumeMounts") or [])
+    if not any(m.get("name") == TOKEN_VOLUME for m in mounts):
+        mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
+    _set_env(registrar, [{"name": "AZP_TOKEN_FILE", "value": TOKEN_FILE}])
     return job
 
 
-def single_container_template(*, image: str, docker_socket: str | None = None) -> dict[str, Any]:
-    """The job template ado-agent-orchestrator users get from JOB_IMAGE alone: one `once` container."""
+def image_template(*, image: str, once: bool = False, docker_socket: str | None = None) -> dict[str, Any]:
+    """The job template ado-agent-orchestrator users get from JOB_IMAGE alone: a `register` init
+    container and a `run` container sharing the agent's state, or with `once` (an explicit opt-in:
+    steps could read the token) one container that does both, as the orchestrator's own Jobs do."""
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    state = {"name": "agent-state", "mountPath": "/azp/state"}
     container: dict[str, Any] = {
         "name": "agent",
         "image": image,
-        "args": ["once"],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "args": ["once" if once else "run"],
+        "securityContext": security,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        "volumeMounts": [] if once else [state],
     }
-    pod: dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
+    pod: dict[str, Any] = {"containers": [container], "restartPolicy": "Never", "volumes": []}
+    if not once:
+        register = {"name": "register", "image": image, "args": ["register"], "securityContext": security}
+        pod["initContainers"] = [register | {"volumeMounts": [state]}]
+        pod["volumes"].append({"name": "agent-state", "emptyDir": {}})
     if docker_socket:
-        container["volumeMounts"] = [{"name": "docker-socket", "mountPath": "/var/run/docker.sock"}]
-        pod["volumes"] = [{"name": "docker-socket", "hostPath": {"path": docker_socket, "type": "Socket"}}]
+        container["volumeMounts"].append({"name": "docker-socket", "mountPath": "/var/run/docker.sock"})
+        pod["volumes"].append({"name": "docker-socket", "hostPath": {"path": docker_socket, "type": "Socket"}})
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "spec": {"template": {"spec": pod}}}

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from chart_helpers import helm_template, job_templates_of, only, parse_documents, render_chart, with_defaults
+from chart_helpers import (
+    config_of,
+    helm_template,
+    job_templates_of,
+    only,
+    parse_documents,
+    render_chart,
+    render_failure,
+    with_defaults,
+)
 from chart_reconciler import agent_jobs
 
 from reconciler import render
@@ -83,13 +92,21 @@ def test_reconciler_puts_the_token_only_in_the_init_container(tmp_path: Path) ->
     assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "azp-agents"
 
 
-def test_once_mode_is_a_single_container(tmp_path: Path) -> None:
-    """We test: agent.mode=once gives one `once` container, which then receives the token."""
-    pod = _pod(_template(agent={"mode": "once"}))
+def test_once_mode_is_a_single_container_and_needs_the_opt_in(tmp_path: Path) -> None:
+    """We test: agent.mode=once gives one `once` container, which then receives the token, only with
+    agent.allowTokenInAgentContainer (passed to the config, warned about in NOTES); without it helm fails
+    naming both keys."""
+    once = {"mode": "once", "allowTokenInAgentContainer": True}
+    pod = _pod(_template(agent=once))
     assert "initContainers" not in pod
     assert pod["containers"][0]["args"] == ["once"]
-    (job,) = agent_jobs(render_chart(with_defaults(agent={"mode": "once"})), tmp_path)
+    objects = render_chart(with_defaults(agent=once))
+    assert config_of(objects)["allowTokenInAgentContainer"] is True
+    (job,) = agent_jobs(objects, tmp_path)
     assert {"name": "AZP_TOKEN_FILE", "value": render.TOKEN_FILE} in _pod(job)["containers"][0]["env"]
+    error = render_failure(with_defaults(agent={"mode": "once"}))
+    assert "agent.mode=once" in error and "agent.allowTokenInAgentContainer=true" in error
+    assert "allowTokenInAgentContainer" not in config_of(render_chart(with_defaults()))
 
 
 def test_caches_are_mounted_where_the_tools_look() -> None:

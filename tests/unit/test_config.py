@@ -18,9 +18,15 @@ JOB = {
     "spec": {
         "template": {
             "spec": {
+                "initContainers": [{"name": "register", "image": "agent:1", "args": ["register"]}],
                 "containers": [
-                    {"name": "agent", "image": "agent:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
-                ]
+                    {
+                        "name": "agent",
+                        "image": "agent:1",
+                        "args": ["run"],
+                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                    }
+                ],
             }
         }
     },
@@ -183,7 +189,21 @@ def test_orchestrator_environment(tmp_path: Path) -> None:
     assert config.pod_policy.allow_host_path
     assert config_module.read_credentials(document, env=env).pat == "p"
     generated = yaml.safe_load(Path(config.pools[0].templates[0].job_template).read_text())
-    assert generated["spec"]["template"]["spec"]["containers"][0]["image"] == env["JOB_IMAGE"]
+    pod = generated["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == pod["initContainers"][0]["image"] == env["JOB_IMAGE"]
+    assert (pod["initContainers"][0]["args"], pod["containers"][0]["args"]) == (["register"], ["run"])
+    assert not config.allow_token_in_agent_container
+
+
+def test_orchestrator_once_mode_needs_the_opt_in(tmp_path: Path) -> None:
+    """We test: JOB_IMAGE gives one `once` container (the orchestrator's shape) only with
+    ALLOW_TOKEN_IN_AGENT_CONTAINER, and the configuration then accepts it."""
+    env = {"ORG_URL": "https://dev.azure.com/c", "AGENT_POOLS": "a", "JOB_IMAGE": "agent:1", "ORG_PAT": "p"}
+    config, _ = config_module.load(None, env={**env, "ALLOW_TOKEN_IN_AGENT_CONTAINER": "true"}, work_dir=tmp_path)
+    generated = yaml.safe_load(Path(config.pools[0].templates[0].job_template).read_text())
+    pod = generated["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and pod["containers"][0]["args"] == ["once"]
+    assert config.allow_token_in_agent_container
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_router_routes_and_serves_like_route_and_serves() -> None:
         )
     )
     pool_cfg = cfg.pools[0]
-    router = _Router(cfg, pool_cfg)
+    router = _Router(cfg, pool_cfg, {})
     demand_sets = [tuple(c) for n in range(3) for c in itertools.permutations(DEMANDS, n)]
     for demands in demand_sets * 2:
         # The rule spelled out plainly: every serving template, then priority, cost, declaration order.
