@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import requests
 
-from reconciler.errors import AuthError, ConflictError, NotFoundError, PermanentError, TransientError
+from reconciler.errors import AuthError, ConfigError, ConflictError, NotFoundError, PermanentError, TransientError
 from reconciler.model import Agent, JobRequest, frozen_map
 
 log = logging.getLogger("reconciler.azdo")
@@ -29,6 +29,8 @@ API_VERSION = "7.1"
 # jobrequests is undocumented; 7.0 is a version public clients use successfully (reference, section 4).
 JOBREQUESTS_API_VERSION = "7.0"
 CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
+# Pool names a "pool not found" message lists at most (an organization can have hundreds).
+LISTED_POOLS = 20
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -159,6 +161,7 @@ class AzureDevOps:
             }
         )
         self._not_before = 0.0
+        self.visible_pools: list[str] | None = None
 
     def close(self) -> None:
         self.session.close()
@@ -278,21 +281,49 @@ class AzureDevOps:
 
     # --- reads ---------------------------------------------------------------------------------
 
+    def _organization_not_found(self, error: NotFoundError) -> ConfigError:
+        """A 404 on an organization-wide route: the URL names no organization (or collection)."""
+        return ConfigError(
+            f"organization: {self.organization} is not an Azure DevOps organization or collection ({error}): "
+            "check organization.url in the chart's values (organization in a config file), "
+            "e.g. https://dev.azure.com/ORG"
+        )
+
     def connection_data(self) -> dict[str, Any]:
         """Who the credential belongs to (proves it works)."""
-        data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+        try:
+            data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+        except NotFoundError as exc:
+            raise self._organization_not_found(exc) from None
         return data if isinstance(data, dict) else {}
 
     def pools_by_name(self, names: list[str]) -> dict[str, int]:
-        """Pool ids for the given names with one call: every automation pool, matched by name."""
-        pools = self._list("distributedtask/pools", route="pools", params={"poolType": "automation"})
+        """Pool ids for the given names with one call: every automation pool, matched by name. The names
+        of every pool the PAT can see are kept for `missing_pool_message`."""
+        try:
+            pools = self._list("distributedtask/pools", route="pools", params={"poolType": "automation"})
+        except NotFoundError as exc:
+            raise self._organization_not_found(exc) from None
         found: dict[str, int] = {}
         for pool in pools:
             name, pool_id = pool.get("name"), pool.get("id")
             if isinstance(name, str) and isinstance(pool_id, int):
                 found[name] = pool_id
+        self.visible_pools = sorted(found, key=str.lower)
         lowered = {name.lower(): pool_id for name, pool_id in found.items()}
         return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
+
+    def missing_pool_message(self, name: str) -> str:
+        """Why pool `name` was not found, with the pools this PAT can see (from the last pools call)."""
+        visible = self.visible_pools
+        if visible is None:
+            seen = "the pools could not be listed"
+        elif not visible:
+            seen = "this PAT sees no agent pool (it needs the Agent Pools (read) scope)"
+        else:
+            more = f" and {len(visible) - LISTED_POOLS} more" if len(visible) > LISTED_POOLS else ""
+            seen = f"pools visible to this PAT: {', '.join(visible[:LISTED_POOLS])}{more}"
+        return f"pool {name!r} not found in {self.organization}; {seen}: check pools[].name"
 
     def job_requests(self, pool_id: int) -> list[JobRequest]:
         """Unfinished requests of a pool (queued, assigned, running), one call."""

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from reconciler import config as config_module
 from reconciler import logs, names, render
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.model import Config
 
 
@@ -107,9 +107,9 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
             if pool.name in found:
                 findings.append(Finding(f"pool {pool.name}", True, f"exists (id {found[pool.name]})"))
             else:
-                findings.append(
-                    Finding(f"pool {pool.name}", False, f"not found in {config.organization}: check pools[].name")
-                )
+                findings.append(Finding(f"pool {pool.name}", False, azdo.missing_pool_message(pool.name)))
+    except ConfigError as exc:
+        findings.append(Finding("organization", False, str(exc)))
     except ReconcilerError as exc:
         findings.append(Finding("credentials", False, str(exc)))
     finally:
