@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
 from reconciler.errors import AuthError, ReconcilerError, TransientError
-from reconciler.lease import format_time, lease_body, lease_expired, parse_time
+from reconciler.lease import ANNOTATION_RUN_UNTIL, format_time, lease_body, lease_expired, parse_time, wait_limit
 from reconciler.model import Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -40,6 +40,10 @@ def utc_now() -> datetime:
 # Names of deregistered agents kept in the Lease (about 40 bytes each, far below its 256 KiB of
 # annotations); beyond that, a later run may delete an agent again and get a harmless 404.
 MAX_PRUNED_REMEMBERED = 2000
+# A run that finds the Lease held polls it this often, and waits this long past the holder's announced
+# end for its last pass and the release before it gives up.
+LEASE_POLL_SECONDS = 1.0
+LEASE_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Reconciler:
         self.next_due: dict[str, float] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
+        self.run_until: datetime | None = None
         self.reports: list[PassReport] = []
         self.stopping = threading.Event()
 
@@ -159,10 +164,13 @@ class Reconciler:
         again."""
         observed = {pool: format_time(moment) for pool, moment in sorted(self.agents_observed.items())}
         pruned = sorted(self.pruned)[:MAX_PRUNED_REMEMBERED]
-        return {
+        annotations = {
             names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":")),
             names.ANNOTATION_AGENTS_PRUNED: json.dumps(pruned, separators=(",", ":")),
         }
+        if self.run_until is not None:
+            annotations[ANNOTATION_RUN_UNTIL] = format_time(self.run_until)
+        return annotations
 
     def _remember(self, lease: Mapping[str, Any] | None) -> None:
         if not lease:
@@ -228,6 +236,26 @@ class Reconciler:
                 return "another run took the Lease at the same moment"
         self._lease_renewed = time.monotonic()
         return None
+
+    def acquire_waiting(self) -> str | None:
+        """Take the Lease, waiting while another run holds it: at most until the holder's announced end
+        (plus LEASE_GRACE_SECONDS) and never longer than this run's loopFor or the Lease duration. A Job
+        created by hand from the CronJob thus runs after the scheduled run's loop instead of giving up.
+        Returns why not when the holder is still there."""
+        reason = self.acquire()
+        if reason is None:
+            return None
+        config = self.config
+        cap = max(config.loop.loop_for, config.lease_duration) + LEASE_GRACE_SECONDS
+        current = self.kube.read_lease(config.lease_namespace, self.lease_name)
+        limit = wait_limit(current, now=self.clock(), grace=LEASE_GRACE_SECONDS, cap=cap)
+        log.info("%s: waiting for it until %s at the latest", reason, format_time(limit))
+        while self.clock() < limit and not self.stopping.wait(LEASE_POLL_SECONDS):
+            reason = self.acquire()
+            if reason is None:
+                log.info("took the Lease: running")
+                return None
+        return reason
 
     def renew(self, *, release: bool = False, force: bool = False) -> bool:
         """Renew (or release) our Lease when due; False when we lost it."""
@@ -381,7 +409,8 @@ class Reconciler:
         """Run passes until loopFor has passed (one pass when it is 0); returns the exit code."""
         loop_for = self.config.loop.loop_for
         deadline = time.monotonic() + loop_for
-        reason = self.acquire()
+        self.run_until = self.clock() + timedelta(seconds=loop_for)
+        reason = self.acquire_waiting()
         if reason is not None:
             log.info("another run is reconciling this release, nothing to do: %s", reason)
             return 0
