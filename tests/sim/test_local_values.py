@@ -143,3 +143,11 @@ def test_once_runs_one_pass_whatever_loop_for_says(bare: Sim) -> None:
     assert time.monotonic() - started < 20
     both = bare.reconcile("--once", "--loop-for", "5")
     assert both.code == 2 and "not allowed with argument" in both.err
+
+
+def test_values_without_azp_token_says_where_the_pat_goes(bare: Sim, tmp_path: Path) -> None:
+    """We test: with --values and no $AZP_TOKEN, reconcile --dry-run exits 2 saying to set $AZP_TOKEN (the
+    chart's in-pod PAT file is not used locally)."""
+    result = bare.cli("reconcile", "--dry-run", "--values", str(values_file(bare, tmp_path)), config=False)
+    assert result.code == 2, result.text
+    assert "the PAT is empty: set $AZP_TOKEN to a personal access token" in result.err
