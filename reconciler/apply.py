@@ -171,10 +171,7 @@ class Applier:
         if isinstance(action, ReportMissingPool):
             outcome.counts["missing_pools"] += 1
             log.error(
-                "pool %r not found in organization %s: check pools[].name (names must match an agent pool, not a "
-                "project queue)",
-                action.pool,
-                self.config.organization,
+                "%s (names must match an agent pool, not a project queue)", self.azdo.missing_pool_message(action.pool)
             )
         elif isinstance(action, ReportUnroutable):
             outcome.counts["unroutable"] += 1

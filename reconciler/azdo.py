@@ -24,6 +24,7 @@ import requests
 from reconciler.deadline import Deadline
 from reconciler.errors import (
     AuthError,
+    ConfigError,
     ConflictError,
     ForbiddenError,
     NotFoundError,
@@ -40,6 +41,8 @@ JOBREQUESTS_API_VERSION = "7.0"
 CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
 MAX_RETRY_AFTER = 60.0
 """The longest `Retry-After` waited for: an answer of an hour must not outlive the run (it is reported)."""
+# Pool names a "pool not found" message lists at most (an organization can have hundreds).
+LISTED_POOLS = 20
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -170,6 +173,7 @@ class AzureDevOps:
             }
         )
         self._not_before = 0.0
+        self.visible_pools: list[str] | None = None
 
     def close(self) -> None:
         self.session.close()
@@ -292,23 +296,52 @@ class AzureDevOps:
 
     # --- reads ---------------------------------------------------------------------------------
 
+    def _organization_not_found(self, error: NotFoundError) -> ConfigError:
+        """A 404 on an organization-wide route: the URL names no organization (or collection)."""
+        return ConfigError(
+            f"organization: {self.organization} is not an Azure DevOps organization or collection ({error}): "
+            "check organization.url in the chart's values (organization in a config file), "
+            "e.g. https://dev.azure.com/ORG"
+        )
+
     def connection_data(self) -> dict[str, Any]:
         """Who the credential belongs to (proves it works)."""
-        data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+        try:
+            data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+        except NotFoundError as exc:
+            raise self._organization_not_found(exc) from None
         return data if isinstance(data, dict) else {}
 
     def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
         """Pool ids for the given names with one call: every automation pool, matched by name; with
-        `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2)."""
+        `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2).
+        The names of every pool the PAT can see are kept for `missing_pool_message`."""
         params = {"poolType": "automation", **({"actionFilter": "manage"} if manageable else {})}
-        pools = self._list("distributedtask/pools", route="pools", params=params)
+        try:
+            pools = self._list("distributedtask/pools", route="pools", params=params)
+        except NotFoundError as exc:
+            raise self._organization_not_found(exc) from None
         found: dict[str, int] = {}
         for pool in pools:
             name, pool_id = pool.get("name"), pool.get("id")
             if isinstance(name, str) and isinstance(pool_id, int):
                 found[name] = pool_id
+        if not manageable:
+            self.visible_pools = sorted(found, key=str.lower)
         lowered = {name.lower(): pool_id for name, pool_id in found.items()}
         return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
+
+    def missing_pool_message(self, name: str) -> str:
+        """Why pool `name` was not found, with the pools this PAT can see (from the last pools call)."""
+        visible = self.visible_pools
+        if visible is None:
+            seen = "the pools could not be listed"
+        elif not visible:
+            seen = "this PAT sees no agent pool (it needs the Agent Pools (read) scope)"
+        else:
+            more = f" and {len(visible) - LISTED_POOLS} more" if len(visible) > LISTED_POOLS else ""
+            seen = f"pools visible to this PAT: {', '.join(visible[:LISTED_POOLS])}{more}"
+        return f"pool {name!r} not found in {self.organization}; {seen}: check pools[].name"
 
     def job_requests(self, pool_id: int) -> list[JobRequest]:
         """Unfinished requests of a pool (queued, assigned, running), one call."""

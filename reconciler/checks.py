@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler import capabilities, logs, names, render
 from reconciler import config as config_module
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.model import Agent, Config, PoolConfig
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def _pool_findings(config: Config, azdo: AzureDevOps) -> list[Finding]:
     for pool in config.pools:
         label = f"pool {pool.name}"
         if pool.name not in found:
-            findings.append(Finding(label, False, f"not found in {config.organization}: check pools[].name"))
+            findings.append(Finding(label, False, azdo.missing_pool_message(pool.name)))
         elif pool.name not in manageable:
             findings.append(
                 Finding(
@@ -175,6 +175,8 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
             )
         )
         findings += _pool_findings(config, azdo)
+    except ConfigError as exc:
+        findings.append(Finding("organization", False, str(exc)))
     except ReconcilerError as exc:
         findings.append(Finding("credentials", False, str(exc)))
     finally:

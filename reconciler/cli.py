@@ -12,7 +12,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["text", "json"], help="log format (default: the config's logFormat)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    chart = parser.add_argument_group(
+        "the chart's values instead of --config (rendered with helm template; the PAT is read from $AZP_TOKEN)"
+    )
+    chart.add_argument(
+        "-f", "--values", type=Path, action="append", metavar="FILE", help="a values file of the chart (repeatable)"
+    )
+    chart.add_argument("--set", action="append", metavar="KEY=VALUE", help="a value, as helm's --set (repeatable)")
+    chart.add_argument("--chart", type=Path, metavar="PATH", help="the chart directory (default: chart/ of this clone)")
+    chart.add_argument("--release", default="azp-agents", help="release name to render with (default: azp-agents)")
+    chart.add_argument("--namespace", default="azp-agents", help="release namespace (default: azp-agents)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"azp-reconciler {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    reconcile = commands.add_parser("reconcile", help="run one pass (or loop for --loop-for seconds)")
+    reconcile = commands.add_parser("reconcile", help="run passes for the config's loopFor (--once: one pass)")
     _common(reconcile)
     reconcile.add_argument("--dry-run", action="store_true", help="change nothing; log what would be done")
-    reconcile.add_argument("--loop-for", type=float, help="keep running passes for this many seconds")
+    duration = reconcile.add_mutually_exclusive_group()
+    duration.add_argument("--once", action="store_true", help="run exactly one pass, whatever the config's loopFor")
+    duration.add_argument("--loop-for", type=float, help="keep running passes for this many seconds")
     reconcile.add_argument("--interval", type=float, help="seconds between passes while work is queued")
     reconcile.add_argument("--idle-interval", type=float, help="seconds between passes of an idle pool")
     reconcile.add_argument(
@@ -82,11 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+@contextmanager
+def _load(args: argparse.Namespace) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The configuration from --config (or the environment), or from the chart's values (--values)."""
     from reconciler import config as config_module
 
-    config, document = config_module.load(args.config)
-    return config, document
+    if not args.values:
+        if args.set or args.chart:
+            raise ConfigError("--set and --chart apply to the chart's values: give them with --values FILE")
+        yield config_module.load(args.config)
+        return
+    if args.config is not None:
+        raise ConfigError("give either --config (the reconciler's configuration) or --values (the chart's), not both")
+    from reconciler import values
+
+    chart_values = values.ChartValues(
+        files=tuple(args.values),
+        sets=tuple(args.set or ()),
+        chart=args.chart,
+        release=args.release,
+        namespace=args.namespace,
+    )
+    with values.load(chart_values) as loaded:
+        yield loaded
 
 
 def _setup_logging(args: argparse.Namespace, config: Any | None = None) -> None:
@@ -95,62 +126,73 @@ def _setup_logging(args: argparse.Namespace, config: Any | None = None) -> None:
     logs.setup(fmt=fmt, level=level)
 
 
-def cmd_reconcile(args: argparse.Namespace) -> int:
+def _loop_overrides(args: argparse.Namespace, config: Any) -> Any:
+    """The config with the command line's loop settings; --once is exactly one pass."""
     from dataclasses import replace
 
+    loop = config.loop
+    loop_for = 0 if args.once else args.loop_for
+    loop = replace(
+        loop,
+        loop_for=loop_for if loop_for is not None else loop.loop_for,
+        interval=args.interval if args.interval is not None else loop.interval,
+        idle_interval=args.idle_interval if args.idle_interval is not None else loop.idle_interval,
+    )
+    return replace(config, loop=loop)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
     from reconciler import config as config_module
     from reconciler.deadline import Deadline
     from reconciler.reconcile import Reconciler, startup_fields
 
     started = time.monotonic()  # the deadline counts from here, before the configuration is read
+    if args.values and not args.dry_run:
+        raise ConfigError(
+            "--values tries the chart's configuration before installing: add --dry-run (the installed "
+            "release's CronJob runs the real passes)"
+        )
     # Load the Kubernetes client in the background while the configuration is read and the first
     # Azure DevOps call is made (the client's import is most of the cold start).
     threading.Thread(target=importlib.import_module, args=("reconciler.kube",), daemon=True).start()
-    config, document = _load(args)
-    loop = config.loop
-    loop = replace(
-        loop,
-        loop_for=args.loop_for if args.loop_for is not None else loop.loop_for,
-        interval=args.interval if args.interval is not None else loop.interval,
-        idle_interval=args.idle_interval if args.idle_interval is not None else loop.idle_interval,
-    )
-    config = replace(config, loop=loop)
-    credentials = config_module.read_credentials(document)
-    logs.SECRETS.add(credentials.pat)
-    _setup_logging(args, config)
-    log.info(
-        "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
-    )
-    seconds = args.deadline if args.deadline is not None else loop.loop_for + DEFAULT_DEADLINE_MARGIN
-    if seconds <= 0:
-        raise ConfigError(f"--deadline: {seconds} must be a positive number of seconds")
-    deadline = Deadline(at=started + seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
-    reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline)
-    try:
-        return reconciler.run()
-    finally:
-        reconciler.close()
+    with _load(args) as (config, document):
+        config = _loop_overrides(args, config)
+        credentials = config_module.read_credentials(document)
+        logs.SECRETS.add(credentials.pat)
+        _setup_logging(args, config)
+        log.info(
+            "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
+        )
+        seconds = args.deadline if args.deadline is not None else config.loop.loop_for + DEFAULT_DEADLINE_MARGIN
+        if seconds <= 0:
+            raise ConfigError(f"--deadline: {seconds} must be a positive number of seconds")
+        deadline = Deadline(at=started + seconds, reserve=min(LEASE_RELEASE_RESERVE, seconds / 5))
+        reconciler = Reconciler(
+            config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline
+        )
+        try:
+            return reconciler.run()
+        finally:
+            reconciler.close()
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import yaml
-
     from reconciler import names, render
 
-    config, _ = _load(args)
-    pool = config.pool(args.pool)
-    if pool is None:
-        raise ConfigError(
-            f"--pool {args.pool!r}: no such pool in {config.source} (pools: {[p.name for p in config.pools]})"
+    with _load(args) as (config, _):
+        pool = config.pool(args.pool)
+        if pool is None:
+            raise ConfigError(
+                f"--pool {args.pool!r}: no such pool in {config.source} (pools: {[p.name for p in config.pools]})"
+            )
+        template = pool.template(args.template) if args.template else pool.templates[0]
+        if template is None:
+            raise ConfigError(
+                f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}"
+            )
+        job_template = render.load_template(
+            Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
         )
-    template = pool.template(args.template) if args.template else pool.templates[0]
-    if template is None:
-        raise ConfigError(
-            f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}"
-        )
-    job_template = render.load_template(
-        Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
-    )
     job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
     job = render.render_job(
         config=config,
@@ -160,16 +202,28 @@ def cmd_render(args: argparse.Namespace) -> int:
         job_name=job_name,
         request_id=args.request_id,
     )
-    sys.stdout.write(yaml.safe_dump(job, sort_keys=False))
+    sys.stdout.write(_plain_yaml(job))
     return 0
+
+
+def _plain_yaml(document: Any) -> str:
+    """YAML without anchors and aliases (`&id001`): a value two keys share is written twice, as in the
+    job.yaml a user compares the output with."""
+    import yaml
+
+    class PlainDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(document, Dumper=PlainDumper, sort_keys=False)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from reconciler.checks import run_checks
 
-    config, document = _load(args)
-    _setup_logging(args, config)
-    return run_checks(config, document, kubeconfig=args.kubeconfig)
+    with _load(args) as (config, document):
+        _setup_logging(args, config)
+        return run_checks(config, document, kubeconfig=args.kubeconfig)
 
 
 def _simulation() -> Any:

@@ -398,15 +398,15 @@ def read_credentials(document: Mapping[str, Any], *, env: Mapping[str, str] | No
             ) from None
         source = f"file {path}"
         key = "auth.patFile"
+        where = "put a personal access token with Agent Pools (read & manage) there"
     else:
         name = auth.get("patEnv", DEFAULT_PAT_ENV)
         pat = env.get(name, "").strip()
         source = f"environment variable {name}"
         key = f"auth.patEnv ({name})"
+        where = f"set ${name} to a personal access token with Agent Pools (read & manage)"
     if not pat:
-        raise ConfigError(
-            f"{key}: the PAT is empty: put a personal access token with Agent Pools (read & manage) there"
-        )
+        raise ConfigError(f"{key}: the PAT is empty: {where}")
     if any(c.isspace() for c in pat):
         raise ConfigError(f"{key}: the PAT contains whitespace inside it: copy the token again")
     return Credentials(pat=pat, source=source)

@@ -71,3 +71,24 @@ def lease_expired(lease: Mapping[str, Any], *, now: datetime) -> bool:
     duration = spec.get("leaseDurationSeconds")
     seconds = duration if isinstance(duration, int) and not isinstance(duration, bool) else 0
     return renewed + timedelta(seconds=seconds) < now
+
+
+# When the holder's run means to stop looping (RFC 3339), written with every renewal: a run that finds
+# the Lease held (a Job created by hand from the CronJob while the scheduled run loops) knows how long
+# to wait for it.
+ANNOTATION_RUN_UNTIL = "azp-agents.dev/run-until"
+
+
+def wait_limit(lease: Mapping[str, Any] | None, *, now: datetime, grace: float, cap: float) -> datetime:
+    """Until when a run that found `lease` held waits for it: the holder's announced end plus `grace` (for
+    its last pass and the release), or the Lease's expiry when it announced none; at most `cap` seconds
+    from now. A Lease that is gone or free by now gets `grace` for the retry."""
+    spec = (lease or {}).get("spec") or {}
+    if not spec.get("holderIdentity"):
+        return now + timedelta(seconds=grace)
+    annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+    announced = parse_time(annotations.get(ANNOTATION_RUN_UNTIL))
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime")) or now
+    expiry = renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+    end = announced + timedelta(seconds=grace) if announced is not None else expiry
+    return min(end, now + timedelta(seconds=cap))

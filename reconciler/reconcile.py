@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,15 @@ from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
-from reconciler.lease import CLOCK_TOLERANCE, format_time, lease_body, lease_expired, parse_time
+from reconciler.lease import (
+    ANNOTATION_RUN_UNTIL,
+    CLOCK_TOLERANCE,
+    format_time,
+    lease_body,
+    lease_expired,
+    parse_time,
+    wait_limit,
+)
 from reconciler.model import Agent, Capabilities, Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -43,6 +51,10 @@ def utc_now() -> datetime:
 MAX_PRUNED_REMEMBERED = 2000
 MAX_POOL_BACKOFF = 300.0
 """The longest wait before a pool whose reads keep failing is tried again (it doubles from `interval`)."""
+# A run that finds the Lease held polls it this often, and waits this long past the holder's announced
+# end for its last pass and the release before it gives up.
+LEASE_POLL_SECONDS = 1.0
+LEASE_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -144,6 +156,7 @@ class Reconciler:
         self.pool_failures: dict[str, int] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
+        self.run_until: datetime | None = None
         self.last_report: PassReport | None = None
         self.stopping = self.deadline.stop
 
@@ -169,10 +182,13 @@ class Reconciler:
         again."""
         observed = {pool: format_time(moment) for pool, moment in sorted(self.agents_observed.items())}
         pruned = sorted(self.pruned)[:MAX_PRUNED_REMEMBERED]
-        return {
+        annotations = {
             names.ANNOTATION_AGENTS_OBSERVED: json.dumps(observed, separators=(",", ":")),
             names.ANNOTATION_AGENTS_PRUNED: json.dumps(pruned, separators=(",", ":")),
         }
+        if self.run_until is not None:
+            annotations[ANNOTATION_RUN_UNTIL] = format_time(self.run_until)
+        return annotations
 
     def _remember(self, lease: Mapping[str, Any] | None) -> None:
         if not lease:
@@ -252,6 +268,31 @@ class Reconciler:
                 return "another run took the Lease at the same moment"
         self._lease_renewed = time.monotonic()
         return None
+
+    def acquire_waiting(self) -> str | None:
+        """Take the Lease, waiting while another run holds it: at most until the holder's announced end
+        (plus LEASE_GRACE_SECONDS) and never longer than this run's loopFor or the Lease duration. A Job
+        created by hand from the CronJob thus runs after the scheduled run's loop instead of giving up.
+        Returns why not when the holder is still there."""
+        reason = self.acquire()
+        if reason is None:
+            return None
+        config = self.config
+        cap = max(config.loop.loop_for, config.lease_duration) + LEASE_GRACE_SECONDS
+        current = self.kube.read_lease(config.lease_namespace, self.lease_name)
+        limit = wait_limit(current, now=self.clock(), grace=LEASE_GRACE_SECONDS, cap=cap)
+        log.info("%s: waiting for it until %s at the latest", reason, format_time(limit))
+        # Leave this run time for at least one pass of its own before its deadline.
+        while (
+            self.clock() < limit
+            and self.deadline.left() > LEASE_GRACE_SECONDS
+            and not self.stopping.wait(LEASE_POLL_SECONDS)
+        ):
+            reason = self.acquire()
+            if reason is None:
+                log.info("took the Lease: running")
+                return None
+        return reason
 
     def renew(self, *, release: bool = False, force: bool = False) -> bool:
         """Renew (or release) our Lease when due; False when we lost it."""
@@ -451,8 +492,11 @@ class Reconciler:
     def run(self) -> int:
         """Run passes until loopFor has passed (one pass when it is 0); returns the exit code."""
         loop_for = self.config.loop.loop_for
+        self.run_until = self.clock() + timedelta(seconds=loop_for)
+        reason = self.acquire_waiting()
+        # The loop ends by loopFor from when the Lease was taken, and always by the run's deadline.
         deadline = min(time.monotonic() + loop_for, self.deadline.at - self.deadline.reserve)
-        reason = self.acquire()
+        self.run_until = self.clock() + timedelta(seconds=max(0.0, deadline - time.monotonic()))
         if reason is not None:
             log.info("another run is reconciling this release, nothing to do: %s", reason)
             return 0

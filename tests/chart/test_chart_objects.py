@@ -4,8 +4,10 @@ request, cache claims per agent namespace, the helm test Pod, and the NOTES prin
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 
+import pytest
 from chart_helpers import (
     CHART,
     NAMESPACE,
@@ -132,10 +134,26 @@ def test_notes_tell_how_to_watch_and_run_a_pass() -> None:
     notes = _notes()
     selector = f"app.kubernetes.io/managed-by=azp-agents,app.kubernetes.io/instance={RELEASE}"
     assert f"kubectl get jobs -n {NAMESPACE} -l {selector}" in notes
-    assert f"kubectl create job --from=cronjob/azp-agents-reconciler {RELEASE}-now -n {NAMESPACE}" in notes
+    assert "kubectl create job --from=cronjob/azp-agents-reconciler " in notes
     assert "kubectl logs" in notes and "job-name=" in notes
     assert "WARNING" not in notes
     assert TEST_PAT not in notes
+
+
+@pytest.mark.parametrize("sets", [(), ("fullnameOverride=" + "a" * 40,)])
+def test_notes_run_a_pass_command_names_a_new_valid_job_each_time(sets: tuple[str, ...]) -> None:
+    """We test: the run-a-pass-now command, run by a shell, names a Job after the CronJob with a timestamp
+    (a second run does not collide with the first) that is a valid Job name (a DNS label, at most 63
+    characters, as its pods' job-name label needs), also for a long release name."""
+    notes = _notes(*sets)
+    line = next(line for line in notes.splitlines() if "kubectl create job --from=cronjob/" in line)
+    cronjob = line.split("--from=cronjob/", 1)[1].split()[0]
+    quoted = re.findall(r'"([^"]+)"', line)
+    assert len(quoted) == 1 and "$(date +%s)" in quoted[0], line
+    name = subprocess.run(["bash", "-c", f'printf %s "{quoted[0]}"'], capture_output=True, text=True).stdout
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+    assert name.startswith(cronjob[:44].rstrip("-")) and re.search(r"-manual-[0-9]{10}$", name), name
+    assert f"-n {NAMESPACE}" in line
 
 
 def test_notes_warn_on_risky_values() -> None:

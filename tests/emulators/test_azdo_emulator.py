@@ -66,15 +66,23 @@ def get(s: requests.Session, emu: AzureDevOpsEmulator, path: str, **params: Any)
     return s.get(api(emu, path), params={"api-version": "7.1", **params}, timeout=5)
 
 
-def send(s: requests.Session, method: str, emu: AzureDevOpsEmulator, path: str, body: Any = None,
-         **params: Any) -> requests.Response:
+def send(
+    s: requests.Session, method: str, emu: AzureDevOpsEmulator, path: str, body: Any = None, **params: Any
+) -> requests.Response:
     return s.request(method, api(emu, path), params={"api-version": "7.1", **params}, json=body, timeout=5)
 
 
 def new_agent_body(name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "version": "4.261.0", "osDescription": "Linux 6.6", "maxParallelism": 1,
-            "provisioningState": "Provisioned", "systemCapabilities": dict(DOCKER),
-            "authorization": {"publicKey": KEY}, **extra}
+    return {
+        "name": name,
+        "version": "4.261.0",
+        "osDescription": "Linux 6.6",
+        "maxParallelism": 1,
+        "provisioningState": "Provisioned",
+        "systemCapabilities": dict(DOCKER),
+        "authorization": {"publicKey": KEY},
+        **extra,
+    }
 
 
 def assert_error(response: requests.Response, status: int, type_key: str, text: str = "") -> dict[str, Any]:
@@ -88,8 +96,7 @@ def assert_error(response: requests.Response, status: int, type_key: str, text: 
     return body
 
 
-def test_connection_data_names_the_authenticated_user(emulator: AzureDevOpsEmulator,
-                                                      session: requests.Session) -> None:
+def test_connection_data_names_the_authenticated_user(emulator: AzureDevOpsEmulator, session: requests.Session) -> None:
     """We test: connectionData proves the credential and names its identity."""
     response = get(session, emulator, "connectionData")
     assert response.status_code == 200
@@ -108,8 +115,21 @@ def test_pools_list_filters_and_shape(emulator: AzureDevOpsEmulator, session: re
     assert everything["count"] == 3 == len(everything["value"])
     pool = get(session, emulator, "distributedtask/pools", poolName="LINUX K8S").json()["value"]
     assert [p["id"] for p in pool] == [linux["id"]]
-    assert set(pool[0]) >= {"id", "name", "isHosted", "isLegacy", "poolType", "size", "options", "autoProvision",
-                            "autoSize", "autoUpdate", "scope", "createdOn", "owner"}
+    assert set(pool[0]) >= {
+        "id",
+        "name",
+        "isHosted",
+        "isLegacy",
+        "poolType",
+        "size",
+        "options",
+        "autoProvision",
+        "autoSize",
+        "autoUpdate",
+        "scope",
+        "createdOn",
+        "owner",
+    }
     assert "targetSize" not in pool[0] and "agentCloudId" not in pool[0]
     assert TIMESTAMP.match(pool[0]["createdOn"])
     automation = get(session, emulator, "distributedtask/pools", poolType="automation").json()
@@ -130,8 +150,7 @@ def test_api_version_required_and_checked(emulator: AzureDevOpsEmulator, session
     assert ok.status_code == 200 and "api-version=7.1-preview.1" in ok.headers["Content-Type"]
     assert session.get(url, params={"api-version": "5.1-preview.1"}, timeout=5).status_code == 200
     assert_error(session.get(url, params={"api-version": "9.0"}, timeout=5), 400, "VssVersionOutOfRangeException")
-    assert_error(session.get(url, params={"api-version": "7.2"}, timeout=5), 400,
-                 "VssInvalidPreviewVersionException")
+    assert_error(session.get(url, params={"api-version": "7.2"}, timeout=5), 400, "VssInvalidPreviewVersionException")
     assert_error(session.get(url, params={"api-version": "latest"}, timeout=5), 400, "VssInvalidApiVersionException")
 
 
@@ -155,8 +174,9 @@ def test_pat_whitespace_is_stripped_and_user_name_ignored(emulator: AzureDevOpsE
 
 def test_expired_pat_is_401_even_without_suppress(emulator: AzureDevOpsEmulator) -> None:
     """We test: an expired PAT gets 401 TF400813 on a GET."""
-    response = requests.get(api(emulator, "distributedtask/pools") + "?api-version=7.1", auth=("", EXPIRED_PAT),
-                            timeout=5)
+    response = requests.get(
+        api(emulator, "distributedtask/pools") + "?api-version=7.1", auth=("", EXPIRED_PAT), timeout=5
+    )
     assert_error(response, 401, "UnauthorizedRequestException", "TF400813")
 
 
@@ -165,8 +185,12 @@ def test_bearer_tokens(emulator: AzureDevOpsEmulator) -> None:
     emulator.add_bearer("jwt-1")
     url = api(emulator, "connectionData") + "?api-version=7.1-preview"
     assert requests.get(url, headers={"Authorization": "Bearer jwt-1"}, timeout=5).status_code == 200
-    assert requests.get(url, headers={"Authorization": "Bearer jwt-2", "X-TFS-FedAuthRedirect": "Suppress"},
-                        timeout=5).status_code == 401
+    assert (
+        requests.get(
+            url, headers={"Authorization": "Bearer jwt-2", "X-TFS-FedAuthRedirect": "Suppress"}, timeout=5
+        ).status_code
+        == 401
+    )
 
 
 def test_read_scope_may_read_but_not_write(emulator: AzureDevOpsEmulator) -> None:
@@ -176,8 +200,13 @@ def test_read_scope_may_read_but_not_write(emulator: AzureDevOpsEmulator) -> Non
     with requests.Session() as reader:
         reader.auth = ("", READ_PAT)
         assert get(reader, emulator, f"distributedtask/pools/{pool['id']}/agents").status_code == 200
-        refused = send(reader, "PATCH", emulator, f"distributedtask/pools/{pool['id']}/agents/{agent['id']}",
-                       {"id": agent["id"], "enabled": False})
+        refused = send(
+            reader,
+            "PATCH",
+            emulator,
+            f"distributedtask/pools/{pool['id']}/agents/{agent['id']}",
+            {"id": agent["id"], "enabled": False},
+        )
         body = assert_error(refused, 403, "AccessCheckException", "needs the following permission(s)")
         assert "vso.agentpools_manage" in body["message"]
         manageable = get(reader, emulator, "distributedtask/pools", actionFilter="manage").json()
@@ -188,8 +217,11 @@ def test_read_scope_may_read_but_not_write(emulator: AzureDevOpsEmulator) -> Non
 def test_unknown_route_404_and_wrong_method_405(emulator: AzureDevOpsEmulator, session: requests.Session) -> None:
     """We test: unknown routes and organizations give 404 JSON, a wrong method 405."""
     assert_error(get(session, emulator, "distributedtask/nothing"), 404, "VssResourceNotFoundException")
-    wrong_org = session.get(emulator.base_url.replace("/contoso", "/fabrikam") + "/_apis/connectionData",
-                            params={"api-version": "7.1"}, timeout=5)
+    wrong_org = session.get(
+        emulator.base_url.replace("/contoso", "/fabrikam") + "/_apis/connectionData",
+        params={"api-version": "7.1"},
+        timeout=5,
+    )
     assert wrong_org.status_code == 404
     response = send(session, "DELETE", emulator, "distributedtask/pools")
     assert response.status_code == 405 and "GET" in response.headers["Allow"]
@@ -206,8 +238,9 @@ def test_agent_registration_like_config_sh(emulator: AzureDevOpsEmulator, sessio
     assert agent["authorization"]["clientId"] and agent["authorization"]["authorizationUrl"].startswith("https://")
     assert agent["status"] == "offline" and agent["enabled"] is True and agent["provisioningState"] == "Provisioned"
     duplicate = send(session, "POST", emulator, path, new_agent_body("azp-linux-1"))
-    assert_error(duplicate, 409, "TaskAgentExistsException",
-                 "Pool linux already contains an agent with name azp-linux-1.")
+    assert_error(
+        duplicate, 409, "TaskAgentExistsException", "Pool linux already contains an agent with name azp-linux-1."
+    )
     no_key = new_agent_body("azp-linux-2")
     del no_key["authorization"]
     assert send(session, "POST", emulator, path, no_key).status_code == 400
@@ -237,8 +270,14 @@ def test_agent_list_flags_control_optional_fields(emulator: AzureDevOpsEmulator,
     assert plain[0]["name"] == "busy"
     for key in ("systemCapabilities", "userCapabilities", "assignedRequest", "lastCompletedRequest"):
         assert key not in plain[0]
-    full = get(session, emulator, path, includeCapabilities="true", includeAssignedRequest="true",
-               includeLastCompletedRequest="true").json()["value"]
+    full = get(
+        session,
+        emulator,
+        path,
+        includeCapabilities="true",
+        includeAssignedRequest="true",
+        includeLastCompletedRequest="true",
+    ).json()["value"]
     assert full[0]["systemCapabilities"]["docker"] == "/usr/bin/docker"
     assert full[0]["assignedRequest"]["requestId"] == second
     assert full[0]["lastCompletedRequest"]["requestId"] == first
@@ -254,15 +293,19 @@ def test_agent_list_flags_control_optional_fields(emulator: AzureDevOpsEmulator,
 def test_patch_put_and_user_capabilities(emulator: AzureDevOpsEmulator, session: requests.Session) -> None:
     """We test: PATCH is partial, PUT replaces but keeps id and user capabilities, usercapabilities PUT."""
     pool = emulator.add_pool("linux")
-    agent = send(session, "POST", emulator, f"distributedtask/pools/{pool['id']}/agents",
-                 new_agent_body("a1")).json()
+    agent = send(session, "POST", emulator, f"distributedtask/pools/{pool['id']}/agents", new_agent_body("a1")).json()
     path = f"distributedtask/pools/{pool['id']}/agents/{agent['id']}"
     patched = send(session, "PATCH", emulator, path, {"id": agent["id"], "name": "a1", "enabled": False}).json()
     assert patched["enabled"] is False and patched["version"] == "4.261.0"
     caps = send(session, "PUT", emulator, path + "/usercapabilities", {"gpu": "true"}).json()
     assert caps["userCapabilities"] == {"gpu": "true"}
-    replaced = send(session, "PUT", emulator, path, new_agent_body("a1", version="4.262.0", id=agent["id"],
-                                                                   systemCapabilities={"java": "17"})).json()
+    replaced = send(
+        session,
+        "PUT",
+        emulator,
+        path,
+        new_agent_body("a1", version="4.262.0", id=agent["id"], systemCapabilities={"java": "17"}),
+    ).json()
     assert replaced["id"] == agent["id"] and replaced["version"] == "4.262.0"
     assert replaced["systemCapabilities"] == {"java": "17"} and replaced["userCapabilities"] == {"gpu": "true"}
     assert send(session, "PATCH", emulator, path, {"id": 12345, "enabled": True}).status_code == 400
@@ -277,8 +320,9 @@ def test_delete_agent_refused_while_busy(emulator: AzureDevOpsEmulator, session:
     emulator.tick()
     path = f"distributedtask/pools/{pool['id']}/agents/{agent['id']}"
     refused = send(session, "DELETE", emulator, path)
-    assert_error(refused, 400, "TaskAgentJobStillRunningException",
-                 'Agent "azp-linux-7f9c2" is running a job for pool "linux"')
+    assert_error(
+        refused, 400, "TaskAgentJobStillRunningException", 'Agent "azp-linux-7f9c2" is running a job for pool "linux"'
+    )
     assert emulator.stats.busy_agent_deletes_refused == 1
     emulator.cancel_request(request_id)
     deleted = send(session, "DELETE", emulator, path)
@@ -324,9 +368,26 @@ def test_jobrequests_query_shapes(emulator: AzureDevOpsEmulator, session: reques
         assert absent not in queued
     assert sorted(a["name"] for a in queued["matchedAgents"]) == ["placeholder", "worker"]
     assert queued["matchesAllAgentsInPool"] is True
-    assert set(queued) >= {"requestId", "queueTime", "demands", "poolId", "queueId", "planType", "planId", "jobId",
-                           "orchestrationId", "definition", "owner", "data", "priority", "scopeId", "hostId",
-                           "serviceOwner", "planGroup", "jobName"}
+    assert set(queued) >= {
+        "requestId",
+        "queueTime",
+        "demands",
+        "poolId",
+        "queueId",
+        "planType",
+        "planId",
+        "jobId",
+        "orchestrationId",
+        "definition",
+        "owner",
+        "data",
+        "priority",
+        "scopeId",
+        "hostId",
+        "serviceOwner",
+        "planGroup",
+        "jobName",
+    }
     assert queued["data"] == {"ParallelismTag": "Private", "IsScheduledKey": "False"}
 
     top = get(session, emulator, path, **{"$top": 2, "completedRequestCount": 0})
@@ -464,17 +525,23 @@ def test_background_ticker_runs_jobs_over_http(emulator: AzureDevOpsEmulator, se
     deadline = time.monotonic() + 3
     result = None
     while time.monotonic() < deadline and result is None:
-        result = get(session, emulator, f"distributedtask/pools/{pool['id']}/jobrequests/{request_id}").json().get(
-            "result")
+        result = (
+            get(session, emulator, f"distributedtask/pools/{pool['id']}/jobrequests/{request_id}").json().get("result")
+        )
         time.sleep(0.05)
     assert result == "succeeded"
 
 
 def test_throttling_headers_delay_then_429() -> None:
     """We test: headers once usage passes the warning level, a delay past the limit, then 429 + Retry-After."""
-    policy = RateLimit(limit=10.0, window_seconds=300.0, cost_per_call={"default": 1.0,
-                                                                        "pools/{poolId}/jobrequests": 2.0},
-                       warning_ratio=0.5, block_ratio=1.5, delay_seconds=0.01)
+    policy = RateLimit(
+        limit=10.0,
+        window_seconds=300.0,
+        cost_per_call={"default": 1.0, "pools/{poolId}/jobrequests": 2.0},
+        warning_ratio=0.5,
+        block_ratio=1.5,
+        delay_seconds=0.01,
+    )
     with AzureDevOpsEmulator(rate_limit=policy) as emu, requests.Session() as s:
         emu.add_pat(PAT)
         pool = emu.add_pool("linux")
@@ -549,8 +616,11 @@ def test_call_log(emulator: AzureDevOpsEmulator, session: requests.Session) -> N
     send(session, "PATCH", emulator, f"distributedtask/pools/{pool['id']}/agents/{agent['id']}", {"enabled": False})
     requests.get(api(emulator, "connectionData"), timeout=5)
     counts = emulator.call_counts()
-    assert counts == {"GET pools/{poolId}/jobrequests": 2, "PATCH pools/{poolId}/agents/{agentId}": 1,
-                      "GET connectionData": 1}
+    assert counts == {
+        "GET pools/{poolId}/jobrequests": 2,
+        "PATCH pools/{poolId}/agents/{agentId}": 1,
+        "GET connectionData": 1,
+    }
     calls = emulator.calls()
     assert calls[0].route == "/_apis/distributedtask/pools/{poolId}/jobrequests"
     assert calls[0].query == {"api-version": "7.1", "completedRequestCount": "0"}
@@ -569,8 +639,9 @@ def test_concurrent_clients_are_safe(emulator: AzureDevOpsEmulator) -> None:
     def register(index: int) -> None:
         with requests.Session() as s:
             s.auth = ("", PAT)
-            response = send(s, "POST", emulator, f"distributedtask/pools/{pool['id']}/agents",
-                            new_agent_body(f"agent-{index}"))
+            response = send(
+                s, "POST", emulator, f"distributedtask/pools/{pool['id']}/agents", new_agent_body(f"agent-{index}")
+            )
             if response.status_code != 200:
                 errors.append(response.status_code)
 

@@ -74,8 +74,28 @@ def test_unknown_pool_is_reported(sim: Sim) -> None:
     sim.write_config(config)
     result = sim.reconcile()
     assert result.code == 1, result.text
-    assert "pool 'no-such-pool' not found in organization" in result.err
+    organization = config["organization"]
+    assert f"pool 'no-such-pool' not found in {organization}; pools visible to this PAT: linux" in result.err
     assert "check pools[].name" in result.err
+    checked = sim.cli("check")
+    assert checked.code == 1, checked.text
+    assert "pool no-such-pool" in checked.out and "pools visible to this PAT: linux" in checked.out
+
+
+def test_wrong_organization_exits_2_naming_the_key(sim: Sim) -> None:
+    """We test: an organization URL the service answers with 404 is a configuration error (exit 2) that
+    names organization.url, for `reconcile`; `check` reports it as a failed organization row."""
+    config = sim.config()
+    config["organization"] = config["organization"].rsplit("/", 1)[0] + "/no-such-org"
+    sim.write_config(config)
+    result = sim.reconcile()
+    assert result.code == 2, result.text
+    assert "configuration error: organization: " in result.err and "check organization.url" in result.err
+    assert_clean_error(result.text)
+    checked = sim.cli("check")
+    assert checked.code == 1, checked.text
+    row = next(line for line in checked.out.splitlines() if line.startswith("organization "))
+    assert row.split()[1] == "FAILED" and "check organization.url" in row, checked.out
 
 
 def test_kubernetes_forbidden_exits_2(sim: Sim) -> None:

@@ -114,9 +114,11 @@ def test_finished_agents_are_deregistered_by_their_published_id_once(make_sim: A
     assert result.code == 0, result.text
     after = sim.azdo.call_counts()
     assert after.get("GET pools/{poolId}/agents", 0) == before.get("GET pools/{poolId}/agents", 0)
-    assert after.get("DELETE pools/{poolId}/agents/{agentId}", 0) - before.get(
-        "DELETE pools/{poolId}/agents/{agentId}", 0
-    ) == len(ours) == 2
+    assert (
+        after.get("DELETE pools/{poolId}/agents/{agentId}", 0) - before.get("DELETE pools/{poolId}/agents/{agentId}", 0)
+        == len(ours)
+        == 2
+    )
     assert not [a for a in sim.agents() if a["id"] in ours]
 
     result = sim.reconcile()

@@ -162,7 +162,7 @@ def test_credentials_from_file_and_env(tmp_path: Path) -> None:
     assert config_module.read_credentials({"auth": {"patEnv": "MY_PAT"}}, env={"MY_PAT": " xyz "}).pat == "xyz"
     with pytest.raises(ConfigError, match=r"auth\.patFile: cannot read"):
         config_module.read_credentials({"auth": {"patFile": str(tmp_path / "none")}})
-    with pytest.raises(ConfigError, match=r"auth.patEnv \(AZP_TOKEN\): the PAT is empty"):
+    with pytest.raises(ConfigError, match=r"auth.patEnv \(AZP_TOKEN\): the PAT is empty: set \$AZP_TOKEN to a"):
         config_module.read_credentials({}, env={})
 
 
