@@ -179,6 +179,7 @@ The shortest time in seconds between two runs of reconciler.schedule. Day fields
 rarer, so minutes and hours decide; the answer errs short, which keeps the run deadline safe.
 */}}
 {{- define "azp-agents.schedulePeriod" -}}
+{{- include "azp-agents.checkSchedule" . -}}
 {{- $schedule := trim .Values.reconciler.schedule -}}
 {{- $macros := dict "@hourly" 3600 "@daily" 86400 "@midnight" 86400 "@weekly" 604800 "@monthly" 2419200 "@yearly" 31536000 "@annually" 31536000 -}}
 {{- if hasKey $macros $schedule -}}
@@ -235,7 +236,6 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- include "azp-agents.checkOrganizationUrl" . -}}
 {{- include "azp-agents.checkPat" . -}}
 {{- include "azp-agents.checkFormats" . -}}
-{{- include "azp-agents.checkSchedule" . -}}
 {{- include "azp-agents.checkPools" . -}}
 {{- $_ := include "azp-agents.podSecurityLevel" . -}}
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
