@@ -33,6 +33,9 @@ def _value_paths(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
         yield path
         if isinstance(value, dict):
             yield from _value_paths(value, path)
+        for index, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, dict):
+                yield from _value_paths(item, f"{path}[{index}]")
 
 
 def test_defaults_validate_against_the_schema() -> None:
