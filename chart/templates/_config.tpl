@@ -67,14 +67,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- toYaml $config -}}
 {{- end -}}
 
-{{/* A job template's text: the user's string, an inline map as YAML, or the built-in Linux Job. */}}
+{{/* A job template's text as the ConfigMap holds it (see _user-template.tpl). */}}
 {{- define "azp-agents.jobTemplateText" -}}
-{{- $template := index .root.Values.jobTemplates .name -}}
-{{- if kindIs "map" $template -}}
-{{- toYaml $template -}}
-{{- else if and (kindIs "string" $template) (ne (trim $template) "") -}}
-{{- regexReplaceAll "\\s+$" $template "" -}}
-{{- else -}}
-{{- include "azp-agents.defaultJobTemplate" .root -}}
-{{- end -}}
+{{- include "azp-agents.userJobTemplate" . -}}
 {{- end -}}

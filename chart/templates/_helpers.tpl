@@ -50,13 +50,13 @@ app.kubernetes.io/part-of: azp-agents
 {{- end }}
 {{- end -}}
 
-{{/* An image reference from {repository, tag, digest}; the tag defaults to the chart appVersion. */}}
+{{/* An image reference from {repository, tag, digest}; an empty tag means .defaultTag. */}}
 {{- define "azp-agents.image" -}}
 {{- $image := .image -}}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $image.repository $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%s" $image.repository (default .defaultTag $image.tag | toString) -}}
 {{- end -}}
 {{- end -}}
 
@@ -179,6 +179,7 @@ The shortest time in seconds between two runs of reconciler.schedule. Day fields
 rarer, so minutes and hours decide; the answer errs short, which keeps the run deadline safe.
 */}}
 {{- define "azp-agents.schedulePeriod" -}}
+{{- include "azp-agents.checkSchedule" . -}}
 {{- $schedule := trim .Values.reconciler.schedule -}}
 {{- $macros := dict "@hourly" 3600 "@daily" 86400 "@midnight" 86400 "@weekly" 604800 "@monthly" 2419200 "@yearly" 31536000 "@annually" 31536000 -}}
 {{- if hasKey $macros $schedule -}}
@@ -232,11 +233,11 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- if and (hasPrefix "http://" $url) (not .Values.organization.allowInsecureHttp) -}}
 {{- fail (printf "organization.url: %q uses http://: use https://, or set organization.allowInsecureHttp=true for an Azure DevOps Server on a trusted network" $url) -}}
 {{- end -}}
-{{- $parsed := urlParse $url -}}
-{{- $segments := compact (splitList "/" $parsed.path) -}}
-{{- if and (eq $parsed.hostname "dev.azure.com") (ne (len $segments) 1) -}}
-{{- fail (printf "organization.url: %q is not an organization URL: use https://dev.azure.com/ORG, without a project or any further path" $url) -}}
-{{- end -}}
+{{- include "azp-agents.checkOrganizationUrl" . -}}
+{{- include "azp-agents.checkPat" . -}}
+{{- include "azp-agents.checkFormats" . -}}
+{{- include "azp-agents.checkPools" . -}}
+{{- $_ := include "azp-agents.podSecurityLevel" . -}}
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
 {{- fail "auth.pat and auth.existingSecret are both set: give only one (unset auth.pat to use the existing Secret, or unset auth.existingSecret to let the chart create one)" -}}
 {{- end -}}
@@ -261,12 +262,7 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- if not .Values.pools -}}
 {{- fail "pools is empty: add at least one pool, e.g. --set pools[0].name=Default" -}}
 {{- end -}}
-{{- $poolNames := dict -}}
 {{- range $index, $pool := .Values.pools -}}
-{{- if hasKey $poolNames $pool.name -}}
-{{- fail (printf "pools[%d].name: pool %q is listed twice: merge the entries" $index $pool.name) -}}
-{{- end -}}
-{{- $_ := set $poolNames $pool.name true -}}
 {{- if $pool.templates -}}
 {{- if or $pool.jobTemplate $pool.capabilities -}}
 {{- fail (printf "pools[%d]: pool %q has templates and also jobTemplate/capabilities: move them into pools[%d].templates" $index $pool.name $index) -}}
@@ -312,11 +308,9 @@ securityContext:
   fsGroup: 10001
   seccompProfile:
     type: RuntimeDefault
-{{- with $root.Values.imagePullSecrets }}
+{{- with include "azp-agents.imagePullSecrets" $root | fromJsonArray }}
 imagePullSecrets:
-  {{- range . }}
-  - name: {{ . }}
-  {{- end }}
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- with $reconciler.nodeSelector }}
 nodeSelector:
@@ -332,7 +326,7 @@ affinity:
 {{- end }}
 containers:
   - name: {{ .container }}
-    image: {{ include "azp-agents.image" (dict "image" $reconciler.image "root" $root) }}
+    image: {{ include "azp-agents.image" (dict "image" $reconciler.image "defaultTag" $root.Chart.AppVersion) }}
     imagePullPolicy: {{ $reconciler.image.pullPolicy }}
     command:
       - azp-reconciler

@@ -24,7 +24,7 @@ seccompProfile:
 
 {{- define "azp-agents.defaultJobTemplate" -}}
 {{- $agent := .Values.agent -}}
-{{- $image := include "azp-agents.image" (dict "image" $agent.image "root" .) -}}
+{{- $image := include "azp-agents.image" (dict "image" $agent.image "defaultTag" .Values.reconciler.agentVersion) -}}
 {{- $cachePaths := include "azp-agents.cachePaths" . | fromJson -}}
 {{- $caches := list -}}
 {{- range $name := list "tasks" "tool" "npm" "nuget" "maven" -}}
@@ -40,22 +40,13 @@ metadata:
 spec:
   backoffLimit: 0
   template:
-    {{- with $agent.podAnnotations }}
-    metadata:
-      annotations:
-        {{- toYaml . | nindent 8 }}
-    {{- end }}
     spec:
-      serviceAccountName: {{ include "azp-agents.agentServiceAccountName" . }}
       automountServiceAccountToken: false
       enableServiceLinks: false
       restartPolicy: Never
       terminationGracePeriodSeconds: {{ int $agent.terminationGracePeriodSeconds }}
       {{- if gt (int $agent.activeDeadlineSeconds) 0 }}
       activeDeadlineSeconds: {{ int $agent.activeDeadlineSeconds }}
-      {{- end }}
-      {{- with $agent.priorityClassName }}
-      priorityClassName: {{ . }}
       {{- end }}
       securityContext:
         runAsNonRoot: {{ not $agent.privileged }}
@@ -65,24 +56,6 @@ spec:
         fsGroupChangePolicy: OnRootMismatch
         seccompProfile:
           type: RuntimeDefault
-      {{- with .Values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- range . }}
-        - name: {{ . }}
-        {{- end }}
-      {{- end }}
-      {{- with $agent.nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $agent.tolerations }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $agent.affinity }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
       {{- if eq $agent.mode "split" }}
       initContainers:
         - name: register
@@ -134,8 +107,11 @@ spec:
               mountPath: /var/run/docker.sock
             {{- end }}
       volumes:
+        # The agent's identity, private key included: in memory, never on the node's disk.
         - name: agent-state
-          emptyDir: {}
+          emptyDir:
+            medium: Memory
+            sizeLimit: 16Mi
         - name: work
           {{- if $agent.workSizeLimit }}
           emptyDir:

@@ -1,14 +1,16 @@
 """We test the built-in Linux job template stored in the ConfigMap: register init container plus agent
 container sharing /azp/state, the agent ServiceAccount without a token, the security context, cache
-mounts, the risky opt-ins, `once` mode, and user templates passed through untouched."""
+mounts, the risky opt-ins, `once` mode, and user templates keeping their content."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from chart_helpers import (
+    REPO,
     config_of,
     helm_template,
     job_templates_of,
@@ -22,6 +24,7 @@ from chart_reconciler import agent_jobs
 
 from reconciler import render
 
+AGENT_VERSION = json.loads((REPO / "agent-images" / "agent-version.json").read_text(encoding="utf-8"))["version"]
 SHOW = ["templates/reconciler-configmap.yaml"]
 
 
@@ -43,10 +46,11 @@ def test_split_mode_registers_in_an_init_container() -> None:
     (agent,) = pod["containers"]
     assert (register["name"], register["args"]) == ("register", ["register"])
     assert (agent["name"], agent["args"]) == ("agent", ["run"])
-    assert register["image"] == agent["image"] == "ghcr.io/azp-agents/agent-linux:0.1.0"
+    assert register["image"] == agent["image"] == f"ghcr.io/azp-agents/agent-linux:{AGENT_VERSION}"
     state = {"name": "agent-state", "mountPath": "/azp/state"}
     assert state in register["volumeMounts"] and state in agent["volumeMounts"]
-    assert {"name": "agent-state", "emptyDir": {}} in pod["volumes"]
+    # The state holds the agent's private key: in memory, as agent-images/README.md says.
+    assert {"name": "agent-state", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}} in pod["volumes"]
     assert pod["restartPolicy"] == "Never"
 
 
@@ -163,7 +167,7 @@ def test_agent_settings_reach_the_template() -> None:
                 "workSizeLimit": "50Gi",
                 "priorityClassName": "ci",
             },
-            imagePullSecrets=["regcred"],
+            imagePullSecrets=["regcred", {"name": "mirror"}],
         )
     )
     agent = pod["containers"][0]
@@ -172,24 +176,29 @@ def test_agent_settings_reach_the_template() -> None:
     assert pod["tolerations"] == [{"key": "ci", "operator": "Exists"}]
     assert pod["activeDeadlineSeconds"] == 7200
     assert pod["priorityClassName"] == "ci"
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
     assert {"name": "work", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
 
 
-def test_user_templates_are_kept_as_given() -> None:
-    """We test: a string template is stored verbatim (trailing blank lines aside); a map as its YAML."""
+def test_user_templates_keep_their_content() -> None:
+    """We test: a string template and an inline map are stored as the same objects, plus only the pod
+    settings they did not set (the agent ServiceAccount and node selector here); `${VAR}`s are kept."""
     text = (
         "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n"
-        "        - name: agent\n          image: my/agent:1 # ${AZP_POOL}\n\n"
+        "        - name: agent\n          image: my/agent:1\n          args: ['${AZP_POOL}']\n\n"
     )
     inline = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "x"}]}}},
+        "spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "x"}], "nodeSelector": {}}}},
     }
     objects = render_chart(with_defaults(jobTemplates={"linux": "", "custom": text, "inline": inline}), show_only=SHOW)
     data = only(objects, "ConfigMap")["data"]
-    assert data["custom.yaml"] == text.rstrip() + "\n"
+    defaults = {"serviceAccountName": "azp-agents-agent", "nodeSelector": {"kubernetes.io/os": "linux"}}
+    custom = yaml.safe_load(text)
+    custom["spec"]["template"]["spec"].update(defaults)
+    assert yaml.safe_load(data["custom.yaml"]) == custom
+    inline["spec"]["template"]["spec"]["serviceAccountName"] = "azp-agents-agent"  # its own nodeSelector stays
     assert yaml.safe_load(data["inline.yaml"]) == inline
 
 

@@ -94,3 +94,19 @@ def test_service_accounts_do_not_automount_tokens() -> None:
         ("team-a", "azp-agents-agent"),
     }
     assert all(a["automountServiceAccountToken"] is False for a in accounts)
+
+
+def test_readme_rbac_table_lists_what_the_roles_grant() -> None:
+    """We test: the chart README's "What the chart creates" rows for the Roles name exactly the verbs of
+    reconciler/rbac.json (a README that promised get on Jobs once disagreed with the Role)."""
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    for role, rules in (("`<fullname>-reconciler`", RBAC["agentNamespace"]), ("-lease`", RBAC["leaseNamespace"])):
+        row = next(line for line in readme.splitlines() if line.startswith("| Role + RoleBinding") and role in line)
+        documented = {
+            (resource.strip().lower(), verb)
+            for part in row.split("|")[3].split(";")
+            for resource, verbs in [part.split(":")]
+            for verb in verbs.strip().split("/")
+        }
+        granted = {(resource, verb) for rule in rules for resource in rule["resources"] for verb in rule["verbs"]}
+        assert documented == granted, row

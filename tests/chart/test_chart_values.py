@@ -33,6 +33,9 @@ def _value_paths(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
         yield path
         if isinstance(value, dict):
             yield from _value_paths(value, path)
+        for index, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, dict):
+                yield from _value_paths(item, f"{path}[{index}]")
 
 
 def test_defaults_validate_against_the_schema() -> None:
@@ -62,14 +65,15 @@ def test_every_schema_property_has_a_default() -> None:
 
 
 def test_every_value_is_documented() -> None:
-    """We test: each key of values.yaml has a `## @param` line, itself or an ancestor marked [object]/[array]."""
+    """We test: each key of values.yaml has a `## @param` line, itself, an ancestor marked [object]/[array],
+    or its children (`pools[0].name`)."""
     documented = set(PARAMS)
     for path in _value_paths(VALUES):
         parts = path.split(".")
         ancestors = {".".join(parts[:n]) for n in range(1, len(parts))}
         if path in documented or ancestors & documented:
             continue
-        child_params = [p for p in documented if p.startswith(f"{path}.")]
+        child_params = [p for p in documented if p.startswith((f"{path}.", f"{path}["))]
         assert child_params, f"{path} has no ## @param line"
 
 
