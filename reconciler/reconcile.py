@@ -15,7 +15,8 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
 from reconciler.errors import AuthError, ReconcilerError, TransientError
 from reconciler.lease import format_time, lease_body, lease_expired, parse_time
+from reconciler.metrics import agent_state
 from reconciler.model import Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -40,6 +42,8 @@ def utc_now() -> datetime:
 # Names of deregistered agents kept in the Lease (about 40 bytes each, far below its 256 KiB of
 # annotations); beyond that, a later run may delete an agent again and get a harmless 404.
 MAX_PRUNED_REMEMBERED = 2000
+# Pass reports a long-running reconciler keeps (`serve` runs for days).
+MAX_REPORTS = 1000
 
 
 @dataclass
@@ -57,6 +61,8 @@ class PassReport:
     observe_failures: int = 0
     skipped: str | None = None
     active_pools: set[str] = field(default_factory=set)
+    agents_by_state: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per pool whose agents this pass listed: how many are busy, idle, disabled, offline."""
 
     @property
     def failed(self) -> int:
@@ -134,13 +140,48 @@ class Reconciler:
         self.next_due: dict[str, float] = {}
         self._lease: dict[str, Any] | None = None
         self._lease_renewed = 0.0
-        self.reports: list[PassReport] = []
+        self.reports: deque[PassReport] = deque(maxlen=MAX_REPORTS)
+        self.on_pass: Callable[[PassReport], None] | None = None
         self.stopping = threading.Event()
+        # A hint (service hook) sets `wake` so the loop's sleep ends early for the pools in `_hinted`.
+        self.wake = threading.Event()
+        self._hinted: set[str] = set()
+        self._hint_lock = threading.Lock()
+        self.last_polled: dict[str, float] = {}
 
     def _terminate(self, signum: int, frame: object) -> None:
         """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
         log.info("received signal %d: finishing the current pass", signum)
         self.stopping.set()
+        self.wake.set()
+
+    def hint(self, pools: Collection[str] | None = None) -> None:
+        """Work may be waiting in these pools (all when None): poll them as soon as their active `interval`
+        since their last poll allows, so hints never poll a pool faster than a pool with work."""
+        chosen = [p.name for p in self.config.pools] if pools is None else pools
+        with self._hint_lock:
+            self._hinted.update(chosen)
+        self.wake.set()
+
+    def _take_hints(self) -> None:
+        with self._hint_lock:
+            hinted, self._hinted = self._hinted, set()
+        for pool in hinted:
+            soonest = self.last_polled.get(pool, 0.0) + self.config.loop.interval
+            self.next_due[pool] = min(self.next_due.get(pool, 0.0), soonest)
+
+    def _sleep_until_due(self, deadline: float) -> bool:
+        """Sleep until a pool is due or a hint makes one due; False when the loop should end instead."""
+        while not self.stopping.is_set():
+            self._take_hints()
+            wake = min(self.next_due.values())
+            if wake >= deadline:
+                return False
+            if wake <= time.monotonic():
+                return True
+            self.wake.wait(wake - time.monotonic())
+            self.wake.clear()
+        return False
 
     def close(self) -> None:
         self.azdo.close()
@@ -331,6 +372,9 @@ class Reconciler:
                         updated.append(state)
                         continue
                     self.agents_observed[state.name] = now
+                    report.agents_by_state[state.name] = dict(
+                        Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
+                    )
                     state = replace(state, agents=tuple(agents))
                 updated.append(state)
             world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
@@ -368,6 +412,7 @@ class Reconciler:
                 report.active_pools.add(pool.name)
             interval = self.config.loop.interval if busy else self.config.loop.idle_interval
             self.next_due[pool.name] = started + interval
+            self.last_polled[pool.name] = started
         report.azdo_calls = self.azdo.call_count - azdo_before
         report.kube_calls = self.kube.call_count - kube_before
         report.seconds = time.monotonic() - started
@@ -403,17 +448,15 @@ class Reconciler:
                         self.next_due[pool.name] = time.monotonic() + self.config.loop.interval
                 else:
                     self.reports.append(report)
+                    if self.on_pass is not None:
+                        self.on_pass(report)
                     if report.failed:
                         exit_code = 1
                 if not self.renew():
                     log.warning("lost the Lease to another run: stopping")
                     break
-                if not self.next_due:
+                if not self.next_due or loop_for <= 0 or not self._sleep_until_due(deadline):
                     break
-                wake = min(self.next_due.values())
-                if loop_for <= 0 or wake >= deadline:
-                    break
-                self.stopping.wait(max(0.0, wake - time.monotonic()))
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
