@@ -76,7 +76,13 @@ def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
         reserved_agent_name=_ref_name(item.get("reservedAgent")),
         plan_type=item.get("planType") if isinstance(item.get("planType"), str) else None,
         definition=_ref_name(definition),
+        job_id=_lower_str(item.get("jobId")),
+        scope_id=_lower_str(item.get("scopeId")),
     )
+
+
+def _lower_str(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) and value else None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -207,9 +207,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
     metrics = _record_metrics(reconciler)
     try:
-        # The event names the project, not the pool: every pool may serve it, so all are polled.
         server = receiver.Receiver(
-            (args.host, args.port), auth=auth, on_hint=lambda hint: reconciler.hint(None), metrics=metrics, tls=tls
+            (args.host, args.port),
+            auth=auth,
+            on_hint=lambda hint: reconciler.hint_job(project_id=hint.project_id, job_id=hint.job_id),
+            metrics=metrics,
+            tls=tls,
         )
     except OSError as exc:
         reconciler.close()

@@ -44,6 +44,8 @@ def utc_now() -> datetime:
 MAX_PRUNED_REMEMBERED = 2000
 # Pass reports a long-running reconciler keeps (`serve` runs for days).
 MAX_REPORTS = 1000
+# A hinted job not found in this time is forgotten (the backstop poll finds it if it still waits).
+HINT_MEMORY_SECONDS = 600.0
 
 
 @dataclass
@@ -148,6 +150,10 @@ class Reconciler:
         self._hinted: set[str] = set()
         self._hint_lock = threading.Lock()
         self.last_polled: dict[str, float] = {}
+        # Pools each project's jobs were seen in, and hinted jobs not found yet: job id -> (pools polled
+        # for it first, pools to poll next, when it was hinted).
+        self.project_pools: dict[str, set[str]] = {}
+        self._hinted_jobs: dict[str, tuple[set[str], set[str], float]] = {}
 
     def _terminate(self, signum: int, frame: object) -> None:
         """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
@@ -162,6 +168,36 @@ class Reconciler:
         with self._hint_lock:
             self._hinted.update(chosen)
         self.wake.set()
+
+    def hint_job(self, *, project_id: str | None, job_id: str) -> None:
+        """A job of this project waits for an agent (a service hook; the event names no pool): poll the
+        pools the project's jobs were seen in, and the others only if the job is not found there."""
+        every = {p.name for p in self.config.pools}
+        with self._hint_lock:
+            first = (self.project_pools.get((project_id or "").lower(), set()) & every) or every
+            self._hinted_jobs[job_id.lower()] = (first, every - first, time.monotonic())
+        self.hint(first)
+
+    def _follow_hints(self, world: World) -> None:
+        """Learn which pools serve which project; hint the remaining pools for jobs not found in the first."""
+        seen = set()
+        retry: set[str] = set()
+        now = time.monotonic()
+        with self._hint_lock:
+            for state in world.pools:
+                for request in state.requests:
+                    seen.add(request.job_id)
+                    if request.scope_id:
+                        self.project_pools.setdefault(request.scope_id, set()).add(state.name)
+            for job_id, (first, rest, hinted_at) in list(self._hinted_jobs.items()):
+                polled = all(self.last_polled.get(pool, -1.0) >= hinted_at for pool in first)
+                if job_id in seen or (polled and not rest) or now - hinted_at > HINT_MEMORY_SECONDS:
+                    del self._hinted_jobs[job_id]
+                elif polled:
+                    self._hinted_jobs[job_id] = (rest, set(), now)
+                    retry |= rest
+        if retry:
+            self.hint(retry)
 
     def _take_hints(self) -> None:
         with self._hint_lock:
@@ -413,6 +449,7 @@ class Reconciler:
             interval = self.config.loop.interval if busy else self.config.loop.idle_interval
             self.next_due[pool.name] = started + interval
             self.last_polled[pool.name] = started
+        self._follow_hints(world)
         report.azdo_calls = self.azdo.call_count - azdo_before
         report.kube_calls = self.kube.call_count - kube_before
         report.seconds = time.monotonic() - started
