@@ -62,6 +62,7 @@ from azp_simulation.azdo_support import (
     requested_api_version,
     short_route,
 )
+from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 from reconciler.demands import satisfies_all
 
@@ -115,7 +116,9 @@ class Credential:
     identity: str
     kind: str = "pat"
 
-    def may_write(self) -> bool:
+    def may_write(self, short_route: str = "") -> bool:
+        if short_route.startswith("hooks/"):
+            return SCOPE_HOOKS_WRITE in self.scopes
         return SCOPE_MANAGE in self.scopes
 
     def may_read(self) -> bool:
@@ -230,6 +233,12 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._next_pool_id = 1
         self._next_agent_id = 1
         self._next_request_id = FIRST_REQUEST_ID
+        self.hooks = ServiceHooks(
+            account_id=self.instance_id,
+            project_id=self.project_id,
+            base_url=f"https://dev.azure.com/{organization}",
+            clock=clock,
+        )
         self._init_serving()
 
     name = "azdo-emulator"
@@ -239,6 +248,11 @@ class AzureDevOpsEmulator(ServedEmulator):
 
     def _url(self, host: str, port: int) -> str:
         return f"http://{host}:{port}/{self.organization}"
+
+    def stop(self) -> None:
+        """Stop serving, and stop posting service hook events."""
+        self.hooks.stop()
+        super().stop()
 
     # Credentials
 
@@ -273,9 +287,10 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             self._pool_roles[(identity, pool_id)] = role
 
-    def may_manage_pool(self, credential: Credential, pool_id: int | None) -> bool:
-        """A write on a pool needs the manage scope and the pool's Administrator role."""
-        if not credential.may_write():
+    def may_manage_pool(self, credential: Credential, pool_id: int | None, short_route: str = "") -> bool:
+        """A write on a pool needs the manage scope and the pool's Administrator role (a write on another
+        route, such as a service hook subscription, needs that route's scope)."""
+        if not credential.may_write(short_route):
             return False
         return pool_id is None or self._pool_roles.get((credential.identity, pool_id), POOL_ADMIN) == POOL_ADMIN
 
@@ -400,7 +415,26 @@ class AzureDevOpsEmulator(ServedEmulator):
                     message=f"No agent found in pool {self._pools[pool_id]['name']} which satisfies the "
                     f"specified demands: {shown}",
                 )
+            else:
+                self._job_waiting(request)
             return request_id
+
+    def _job_waiting(self, request: _Request) -> None:
+        """The job entered Waiting (for an agent): subscribed service hooks hear of it."""
+        day = time.strftime("%Y%m%d", time.gmtime(request.queue_time))
+        job = {
+            "id": request.job_id,
+            "name": request.job_name,
+            "attempt": 1,
+            "stage_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.plan_id}/stage")),
+        }
+        run = {
+            "id": request.run_id,
+            "name": f"{day}.{request.request_id % 100}",
+            "pipeline_id": request.definition_id,
+            "pipeline_name": request.definition_name,
+        }
+        self.hooks.job_changed(job, state="waiting", run=run, when=request.queue_time)
 
     def cancel_request(self, request_id: int) -> None:
         """Cancel a job (the user pressed Cancel): result 'canceled', its agent freed."""
@@ -1051,12 +1085,25 @@ class AzureDevOpsEmulator(ServedEmulator):
                 return 204, None, {}
             if short == "pools/{poolId}/agents/{agentId}/usercapabilities":
                 return 200, self._put_user_capabilities(pool_id, agent_id, body), {}
+            if short == "hooks/subscriptions":
+                return self._subscriptions(method, body, credential)
             if short == "pools/{poolId}/jobrequests":
                 items, token = self._list_requests(pool_id, query)
                 return 200, _collection(items), ({"X-MS-ContinuationToken": token} if token else {})
             self._pool(pool_id)
             request = self._request(ids["requestId"], pool_id)
             return 200, self._request_json(request, matched=True), {}
+
+    def _subscriptions(self, method: str, body: Any, credential: Credential) -> tuple[int, Any, dict[str, str]]:
+        if method == "POST":
+            return 200, self.hooks.create(body, identity=self._identity_ref(credential.identity)), {}
+        if not credential.scopes & {SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE}:
+            raise ApiError(
+                403,
+                f"Access Denied: {credential.identity} needs the Service Hooks (read) permission (vso.hooks).",
+                "AccessCheckException",
+            )
+        return 200, _collection(self.hooks.subscriptions()), {}
 
     def authenticate(self, authorization: str | None) -> Credential | None:
         """The credential an Authorization header carries, if the organization knows it."""
@@ -1261,7 +1308,7 @@ class _Handler(FaultingHandler):
             return
         state.api_version = version
 
-        if method != "GET" and not emulator.may_manage_pool(credential, found[1].get("poolId")):
+        if method != "GET" and not emulator.may_manage_pool(credential, found[1].get("poolId"), route.short):
             self._send_error(
                 ApiError(403, _access_denied(credential, route, found[1], emulator), "AccessCheckException"),
                 state,
@@ -1415,6 +1462,11 @@ def _tf400813(user: str) -> str:
 
 
 def _access_denied(credential: Credential, route: Route, ids: Mapping[str, int], emulator: AzureDevOpsEmulator) -> str:
+    if route.short.startswith("hooks/"):
+        return (
+            f"Access Denied: {credential.identity} needs the Service Hooks (read & write) permission: the access "
+            f"token does not have the scope {SCOPE_HOOKS_WRITE} that {route.short} requires."
+        )
     pool = emulator._pools.get(ids.get("poolId", -1))
     resource = f"AgentPools/{pool['name'] if pool else ids.get('poolId', '')}"
     denied = (

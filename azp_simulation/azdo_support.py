@@ -175,6 +175,7 @@ ROUTES: tuple[Route, ...] = (
     _route("/_apis/distributedtask/pools/{poolId}/agents/{agentId}/usercapabilities", "PUT"),
     _route("/_apis/distributedtask/pools/{poolId}/jobrequests", "GET"),
     _route("/_apis/distributedtask/pools/{poolId}/jobrequests/{requestId}", "GET"),
+    _route("/_apis/hooks/subscriptions", "GET", "POST"),
 )
 
 

@@ -90,7 +90,13 @@ def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
         reserved_agent_name=_ref_name(item.get("reservedAgent")),
         plan_type=item.get("planType") if isinstance(item.get("planType"), str) else None,
         definition=_ref_name(definition),
+        job_id=_lower_str(item.get("jobId")),
+        scope_id=_lower_str(item.get("scopeId")),
     )
+
+
+def _lower_str(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) and value else None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -174,6 +180,8 @@ class AzureDevOps:
         )
         self._not_before = 0.0
         self.visible_pools: list[str] | None = None
+        self.throttled = 0
+        """Answers that asked to slow down: 429, or Retry-After / X-RateLimit-Delay on any answer."""
 
     def close(self) -> None:
         self.session.close()
@@ -233,6 +241,8 @@ class AzureDevOps:
     ) -> Any:
         status = response.status_code
         retry_after = _retry_after(response) if status < 400 else None
+        if status == 429 or "Retry-After" in response.headers or response.headers.get("X-RateLimit-Delay"):
+            self.throttled += 1
         if retry_after is not None:
             # An early warning on a success: slow down before the next call (reference, section 7).
             self._not_before = time.monotonic() + retry_after
@@ -401,6 +411,17 @@ class AzureDevOps:
         except NotFoundError:
             return False
         return True
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """The organization's service hook subscriptions (needs the Service Hooks read scope)."""
+        return self._list("hooks/subscriptions", route="hooks/subscriptions")
+
+    def create_subscription(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create one service hook subscription (needs the Service Hooks read & write scope)."""
+        created = self._request("POST", "hooks/subscriptions", route="hooks/subscriptions", body=dict(body))
+        if not isinstance(created, dict):
+            raise TransientError("POST hooks/subscriptions: the response is not a subscription")
+        return created
 
     def register_placeholder(self, pool_id: int, *, name: str, capabilities: Mapping[str, str], version: str) -> int:
         """Register a disabled agent that never connects, the way config.sh registers one."""

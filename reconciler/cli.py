@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -70,6 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after its start the run is killed (the CronJob's activeDeadlineSeconds): no call, retry "
         f"or wait goes past it (default: the loop time plus {DEFAULT_DEADLINE_MARGIN:.0f})",
     )
+    reconcile.add_argument(
+        "--pushgateway",
+        default=os.environ.get("AZP_METRICS_PUSHGATEWAY") or None,
+        help="Prometheus Pushgateway URL to push the run's metrics to (default: $AZP_METRICS_PUSHGATEWAY)",
+    )
+
+    serve = commands.add_parser(
+        "serve", help="run the loop for good, woken early by Azure DevOps service hooks; serve /metrics"
+    )
+    _common(serve)
+    serve.add_argument("--dry-run", action="store_true", help="change nothing; log what would be done")
+    serve.add_argument("--interval", type=float, help="seconds between passes while work is queued")
+    serve.add_argument("--idle-interval", type=float, help="seconds between passes of an idle pool (the backstop)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    serve.add_argument("--port", type=int, default=8443, help="port to listen on (default: 8443)")
+    serve.add_argument("--secret-file", type=Path, required=True, help="file holding the service hook secret")
+    serve.add_argument("--username", help="basic auth user name the hooks must send (default: any)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) to serve HTTPS with")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP (only behind an ingress that terminates TLS, or in tests)",
+    )
+
+    subscribe = commands.add_parser(
+        "subscribe", help="create the service hook subscriptions that send waiting jobs to `serve`"
+    )
+    _common(subscribe)
+    subscribe.add_argument("--url", required=True, help="public URL of the receiver, ending in /hooks/azure-devops")
+    subscribe.add_argument(
+        "--project", action="append", required=True, help="id (GUID) of a project whose pipelines use the pools"
+    )
+    subscribe.add_argument("--secret-file", type=Path, required=True, help="file holding the service hook secret")
+    subscribe.add_argument("--username", default="azp-agents", help="basic auth user name (default: azp-agents)")
+    subscribe.add_argument("--print", dest="print_only", action="store_true", help="print the subscriptions only")
+    subscribe.add_argument("--allow-http", action="store_true", help="accept an http:// URL (tests only)")
 
     check = commands.add_parser("check", help="verify credentials, pools, permissions and templates")
     _common(check)
@@ -170,10 +209,123 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         reconciler = Reconciler(
             config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig, deadline=deadline
         )
+        metrics = _record_metrics(reconciler)
         try:
             return reconciler.run()
         finally:
             reconciler.close()
+            if args.pushgateway:
+                _push(args.pushgateway, metrics, instance=config.release)
+
+
+def _record_metrics(reconciler: Any) -> Any:
+    """Metrics fed by every pass of `reconciler`."""
+    from reconciler.metrics import Metrics
+
+    metrics = Metrics()
+    throttled = [reconciler.azdo.throttled]
+
+    def record(report: Any) -> None:
+        metrics.record_pass(report, azdo_throttled=reconciler.azdo.throttled - throttled[0])
+        throttled[0] = reconciler.azdo.throttled
+
+    reconciler.on_pass = record
+    return metrics
+
+
+def _push(url: str, metrics: Any, *, instance: str) -> None:
+    from reconciler.metrics import push
+
+    try:
+        push(url, metrics, job="azp-reconciler", instance=instance)
+    except ReconcilerError as exc:
+        # The run's work is done; a missing push shows as a gap in the graphs, not as a failed run.
+        log.warning("could not push the metrics: %s", exc)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from reconciler import config as config_module
+    from reconciler import receiver
+    from reconciler.reconcile import Reconciler, startup_fields
+
+    if args.insecure_http == bool(args.tls_cert or args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("serve: give --tls-cert and --tls-key (HTTPS), or --insecure-http behind a TLS ingress")
+    auth = receiver.HookAuth.from_file(args.secret_file, username=args.username)
+    tls = None if args.insecure_http else receiver.tls_context(args.tls_cert, args.tls_key)
+    with _load(args) as (config, document):
+        loop = replace(
+            config.loop,
+            loop_for=float("inf"),
+            interval=args.interval if args.interval is not None else config.loop.interval,
+            idle_interval=args.idle_interval if args.idle_interval is not None else config.loop.idle_interval,
+        )
+        config = replace(config, loop=loop)
+        credentials = config_module.read_credentials(document)
+        logs.SECRETS.add(credentials.pat)
+        _setup_logging(args, config)
+        log.info(
+            "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="serve")}
+        )
+        reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+        metrics = _record_metrics(reconciler)
+        try:
+            server = receiver.Receiver(
+                (args.host, args.port),
+                auth=auth,
+                on_hint=lambda hint: reconciler.hint_job(project_id=hint.project_id, job_id=hint.job_id),
+                metrics=metrics,
+                tls=tls,
+            )
+        except OSError as exc:
+            reconciler.close()
+            raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen: {exc.strerror}") from None
+        try:
+            return receiver.serve(reconciler, server)
+        finally:
+            reconciler.close()
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from reconciler import config as config_module
+    from reconciler import receiver
+    from reconciler.azdo import AzureDevOps
+
+    url = urlsplit(args.url)
+    if url.scheme != "https" and not (url.scheme == "http" and args.allow_http):
+        raise ConfigError(f"--url {args.url!r}: the receiver must be reached over https:// (the secret travels)")
+    secret = receiver.HookAuth.from_file(args.secret_file).secret
+    with _load(args) as (config, document):
+        _setup_logging(args, config)
+        bodies = [
+            receiver.subscription_body(
+                project_id=project, url=args.url, username=args.username, password="<the --secret-file secret>"
+            )
+            for project in args.project
+        ]
+        if args.print_only:
+            sys.stdout.write(json.dumps(bodies, indent=2) + "\n")
+            return 0
+        logs.SECRETS.add(secret)
+        credentials = config_module.read_credentials(document)
+        logs.SECRETS.add(credentials.pat)
+        azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout)
+        try:
+            existing = receiver.subscribed_projects(azdo.subscriptions(), url=args.url)
+            for body in bodies:
+                project = body["publisherInputs"]["projectId"]
+                if project.lower() in existing:
+                    log.info("project %s already sends waiting jobs to %s", project, args.url)
+                    continue
+                body["consumerInputs"]["basicAuthPassword"] = secret
+                created = azdo.create_subscription(body)
+                log.info("subscribed project %s: subscription %s", project, created.get("id"))
+        finally:
+            azdo.close()
+        return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -258,6 +410,8 @@ COMMANDS = {
     "render": cmd_render,
     "simulate": cmd_simulate,
     "emulate": cmd_emulate,
+    "serve": cmd_serve,
+    "subscribe": cmd_subscribe,
 }
 
 

@@ -138,6 +138,10 @@ class JobRequest:
     reserved_agent_name: str | None = None
     plan_type: str | None = None
     definition: str | None = None
+    job_id: str | None = None
+    """The pipeline job's id (lower case): what a job-state-changed service hook names."""
+    scope_id: str | None = None
+    """The id (lower case) of the project whose pipeline queued it."""
 
     @property
     def finished(self) -> bool:

@@ -15,7 +15,8 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from reconciler.lease import (
     parse_time,
     wait_limit,
 )
+from reconciler.metrics import agent_state
 from reconciler.model import Agent, Capabilities, Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
@@ -55,6 +57,8 @@ MAX_POOL_BACKOFF = 300.0
 # end for its last pass and the release before it gives up.
 LEASE_POLL_SECONDS = 1.0
 LEASE_GRACE_SECONDS = 10.0
+# A hinted job not found in this time is forgotten (the backstop poll finds it if it still waits).
+HINT_MEMORY_SECONDS = 600.0
 
 
 @dataclass
@@ -72,6 +76,8 @@ class PassReport:
     observe_failures: int = 0
     skipped: str | None = None
     active_pools: set[str] = field(default_factory=set)
+    agents_by_state: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per pool whose agents this pass listed: how many are busy, idle, disabled, offline."""
 
     @property
     def failed(self) -> int:
@@ -159,11 +165,81 @@ class Reconciler:
         self.run_until: datetime | None = None
         self.last_report: PassReport | None = None
         self.stopping = self.deadline.stop
+        self.on_pass: Callable[[PassReport], None] | None = None
+        # A hint (service hook) sets `wake` so the loop's sleep ends early for the pools in `_hinted`.
+        self.wake = threading.Event()
+        self._hinted: set[str] = set()
+        self._hint_lock = threading.Lock()
+        self.last_polled: dict[str, float] = {}
+        # Pools each project's jobs were seen in, and hinted jobs not found yet: job id -> (pools polled
+        # for it first, pools to poll next, when it was hinted).
+        self.project_pools: dict[str, set[str]] = {}
+        self._hinted_jobs: dict[str, tuple[set[str], set[str], float]] = {}
 
     def _terminate(self, signum: int, frame: object) -> None:
         """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
         log.info("received signal %d: finishing the current pass", signum)
         self.stopping.set()
+        self.wake.set()  # end the loop's sleep at once
+        self.wake.set()
+
+    def hint(self, pools: Collection[str] | None = None) -> None:
+        """Work may be waiting in these pools (all when None): poll them as soon as their active `interval`
+        since their last poll allows, so hints never poll a pool faster than a pool with work."""
+        chosen = [p.name for p in self.config.pools] if pools is None else pools
+        with self._hint_lock:
+            self._hinted.update(chosen)
+        self.wake.set()
+
+    def hint_job(self, *, project_id: str | None, job_id: str) -> None:
+        """A job of this project waits for an agent (a service hook; the event names no pool): poll the
+        pools the project's jobs were seen in, and the others only if the job is not found there."""
+        every = {p.name for p in self.config.pools}
+        with self._hint_lock:
+            first = (self.project_pools.get((project_id or "").lower(), set()) & every) or every
+            self._hinted_jobs[job_id.lower()] = (first, every - first, time.monotonic())
+        self.hint(first)
+
+    def _follow_hints(self, world: World) -> None:
+        """Learn which pools serve which project; hint the remaining pools for jobs not found in the first."""
+        seen = set()
+        retry: set[str] = set()
+        now = time.monotonic()
+        with self._hint_lock:
+            for state in world.pools:
+                for request in state.requests:
+                    seen.add(request.job_id)
+                    if request.scope_id:
+                        self.project_pools.setdefault(request.scope_id, set()).add(state.name)
+            for job_id, (first, rest, hinted_at) in list(self._hinted_jobs.items()):
+                polled = all(self.last_polled.get(pool, -1.0) >= hinted_at for pool in first)
+                if job_id in seen or (polled and not rest) or now - hinted_at > HINT_MEMORY_SECONDS:
+                    del self._hinted_jobs[job_id]
+                elif polled:
+                    self._hinted_jobs[job_id] = (rest, set(), now)
+                    retry |= rest
+        if retry:
+            self.hint(retry)
+
+    def _take_hints(self) -> None:
+        with self._hint_lock:
+            hinted, self._hinted = self._hinted, set()
+        for pool in hinted:
+            soonest = self.last_polled.get(pool, 0.0) + self.config.loop.interval
+            self.next_due[pool] = min(self.next_due.get(pool, 0.0), soonest)
+
+    def _sleep_until_due(self, deadline: float) -> bool:
+        """Sleep until a pool is due or a hint makes one due; False when the loop should end instead."""
+        while not self.stopping.is_set():
+            self._take_hints()
+            wake = min(self.next_due.values())
+            if wake >= deadline:
+                return False
+            if wake <= time.monotonic():
+                return True
+            self.wake.wait(wake - time.monotonic())
+            self.wake.clear()
+        return False
 
     def close(self) -> None:
         self.azdo.close()
@@ -402,6 +478,9 @@ class Reconciler:
                         updated.append(state)
                         continue
                     self.agents_observed[state.name] = now
+                    report.agents_by_state[state.name] = dict(
+                        Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
+                    )
                     state = replace(state, agents=tuple(agents))
                     self._learn(state.name, agents)
                 updated.append(state)
@@ -480,6 +559,8 @@ class Reconciler:
                 report.active_pools.add(pool.name)
             interval = self.config.loop.interval if busy else self.config.loop.idle_interval
             self.next_due[pool.name] = started + interval
+            self.last_polled[pool.name] = started
+        self._follow_hints(world)
         report.azdo_calls = self.azdo.call_count - azdo_before
         report.kube_calls = self.kube.call_count - kube_before
         report.seconds = time.monotonic() - started
@@ -518,17 +599,15 @@ class Reconciler:
                         self.next_due[pool.name] = time.monotonic() + self.config.loop.interval
                 else:
                     self.last_report = report
+                    if self.on_pass is not None:
+                        self.on_pass(report)
                     if report.failed:
                         exit_code = 1
                 if not self.renew():
                     log.warning("lost the Lease to another run: stopping")
                     break
-                if not self.next_due:
+                if not self.next_due or loop_for <= 0 or not self._sleep_until_due(deadline):
                     break
-                wake = min(self.next_due.values())
-                if loop_for <= 0 or wake >= deadline:
-                    break
-                self.stopping.wait(max(0.0, wake - time.monotonic()))
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

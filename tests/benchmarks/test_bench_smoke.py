@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     document: dict[str, Any] = json.loads(output.read_text())
@@ -43,7 +43,7 @@ def _result(document: dict[str, Any], name: str) -> dict[str, Any]:
 def test_the_table_lists_every_target_with_a_verdict(tiny_run: dict[str, Any]) -> None:
     """We test: the printed table has a row per check of every benchmark, each with a verdict."""
     assert tiny_run["size"] == "tiny"
-    assert [r["name"] for r in tiny_run["results"]] == ["api_cost", "scale", "latency", "cold_start"]
+    assert [r["name"] for r in tiny_run["results"]] == ["api_cost", "scale", "latency", "cold_start", "hooks"]
     for result in tiny_run["results"]:
         assert result["checks"], result["name"]
         for check in result["checks"]:
@@ -126,3 +126,16 @@ def test_cold_start_finds_the_first_call_and_the_imports(tiny_run: dict[str, Any
     assert len(imports) == 10
     assert "reconciler" in {row["package"] for row in imports}
     assert figures["import_ms_total"] >= sum(row["ms"] for row in imports) - 1
+
+
+def test_hooks_measures_polling_hooks_and_lost_hooks(tiny_run: dict[str, Any]) -> None:
+    """We test: polling, hooks and hooks with 10 % lost each served both jobs and measured both, the hooks
+    runs had their hooks posted (or lost) by the emulator, and the idle pool's calls were counted."""
+    figures = _result(tiny_run, "hooks")["figures"]
+    for mode in ("poll", "hooks", "hooks_lost_10"):
+        run = figures[mode]
+        assert run["served"] == run["jobs"] == 2
+        assert run["queue_to_job_created"]["count"] == 2
+        assert run["idle_pool_calls_per_minute"] > 0
+    assert figures["poll"]["hooks_posted"] == 0
+    assert figures["hooks"]["hooks_posted"] + figures["hooks"]["hooks_lost"] >= 2

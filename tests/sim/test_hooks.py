@@ -1,0 +1,302 @@
+"""We test the service hook path end to end: `azp-reconciler serve` in its own process (receiver and loop),
+`azp-reconciler subscribe` against the Azure DevOps emulator, and the emulator posting the event."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import PAT, Sim
+
+from azp_simulation.hooks import HookDelivery
+from reconciler.receiver import EVENT_TYPE, HOOK_PATH, SECRET_HEADER
+
+SECRET = "hook-secret-5e1d9a7c"
+
+
+def event(job_id: str, *, state: str = "waiting", project: str = "p-1") -> dict[str, Any]:
+    """A job-state-changed event of the shape the service posts (reference entra-hooks-aci.md 1.2)."""
+    return {
+        "subscriptionId": "s-1",
+        "notificationId": 1,
+        "eventType": EVENT_TYPE,
+        "publisherId": "pipelines",
+        "resource": {"projectId": project, "job": {"id": job_id, "name": "Build", "attempt": 1, "state": state}},
+        "resourceVersion": "5.1-preview.1",
+    }
+
+
+class Served:
+    """`azp-reconciler serve` running against a simulation; its log is collected line by line."""
+
+    def __init__(self, sim: Sim, tmp_path: Path, *args: str) -> None:
+        secret_file = tmp_path / "hook-secret"
+        secret_file.write_text(SECRET + "\n")
+        self.secret_file = secret_file
+        command = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "serve",
+            "--config",
+            str(sim.config_path),
+            "--kubeconfig",
+            str(sim.simulation.kubeconfig_path),
+            "--secret-file",
+            str(secret_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AZP_", "ORG_"))}
+        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = self._wait_for_url()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = re.search(r"listening on (\S+)/hooks/azure-devops", line)
+                if found:
+                    return found.group(1)
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("serve did not start: " + "".join(self.lines))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def post(self, body: Any, *, headers: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return requests.post(f"{self.url}{HOOK_PATH}", data=data, headers=headers or {}, timeout=10, **kwargs)
+
+    def metrics(self) -> str:
+        return requests.get(f"{self.url}/metrics", timeout=10).text
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._reader.join(timeout=5)
+        return code
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(sim: Sim, *args: str) -> Served:
+        served = Served(sim, tmp_path, *args)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+AUTH = {SECRET_HEADER: SECRET}
+
+
+def test_receiver_refuses_unauthenticated_and_malformed_posts(sim: Sim, serve: Callable[..., Served]) -> None:
+    """We test: no credential, a wrong secret or a wrong basic password get 401; a body that is not JSON,
+    another event, or an event without a job get 400; a body over the size limit gets 413 before it is
+    read; a good post is accepted once and then reported as a duplicate; the metrics count each outcome
+    and the secret never reaches the log."""
+    served = serve(sim, "--insecure-http", "--idle-interval", "60")
+    assert served.post(event("j-1")).status_code == 401
+    assert served.post(event("j-1"), headers={SECRET_HEADER: "wrong"}).status_code == 401
+    assert served.post(event("j-1"), auth=("azp", "wrong")).status_code == 401
+    assert served.post(b"{not json", headers=AUTH).status_code == 400
+    assert served.post({**event("j-1"), "eventType": "build.complete"}, headers=AUTH).status_code == 400
+    assert served.post({"eventType": EVENT_TYPE, "resource": {}}, headers=AUTH).status_code == 400
+    huge = served.post(b"x" * (300 * 1024), headers=AUTH)
+    assert huge.status_code == 413
+    first = served.post(event("j-1"), auth=("anyone", SECRET))
+    assert first.status_code == 200 and first.json() == {"result": "accepted"}
+    assert served.post(event("j-1"), headers=AUTH).json() == {"result": "duplicate"}
+    assert served.post(event("j-1", state="completed"), headers=AUTH).json() == {"result": "ignored"}
+    metrics = served.metrics()
+    assert 'azp_hints_total{result="unauthorized"} 3' in metrics
+    assert 'azp_hints_total{result="malformed"} 4' in metrics
+    assert 'azp_hints_total{result="accepted"} 1' in metrics
+    assert 'azp_hints_total{result="duplicate"} 1' in metrics
+    assert served.stop() == 0
+    assert SECRET not in served.log and PAT not in served.log
+
+
+def test_a_hook_from_the_emulator_creates_the_job_at_once(sim: Sim, serve: Callable[..., Served]) -> None:
+    """We test: `subscribe` creates the subscription through the API (once, even when run twice); a job
+    queued into an idle pool (idleInterval 60 s, so polling would not see it for a minute) gets its Job
+    within seconds of the emulator's post."""
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write"))
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    time.sleep(1.0)  # the first pass has polled the pool: from now on it is idle for 60 s
+    subscribe = [
+        "subscribe",
+        "--config",
+        str(sim.config_path),
+        "--url",
+        f"{served.url}{HOOK_PATH}",
+        "--project",
+        sim.azdo.project_id,
+        "--secret-file",
+        str(served.secret_file),
+        "--allow-http",
+    ]
+    assert sim.cli(*subscribe).code == 0
+    again = sim.cli(*subscribe)
+    assert again.code == 0 and "already sends" in again.err
+    assert len(sim.azdo.hooks.subscriptions()) == 1
+    queued_at = time.monotonic()
+    sim.queue("linux", 1, demands=("docker",))
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=10, what="the Job of the hinted request")
+    assert time.monotonic() - queued_at < 5
+    assert [r.status for r in sim.azdo.hooks.records] == [200]
+    assert SECRET not in served.log
+
+
+def test_lost_hooks_cost_latency_not_jobs(sim: Sim, serve: Callable[..., Served]) -> None:
+    """We test: with every hook lost the backstop poll (idleInterval) still creates the Job."""
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write"))
+    sim.azdo.hooks.delivery = HookDelivery(loss=1.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "3")
+    printed = sim.cli(
+        "subscribe",
+        "--config",
+        str(sim.config_path),
+        "--url",
+        f"{served.url}{HOOK_PATH}",
+        "--project",
+        sim.azdo.project_id,
+        "--secret-file",
+        str(served.secret_file),
+        "--allow-http",
+    )
+    assert printed.code == 0, printed.text
+    sim.queue("linux", 1, demands=("docker",))
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=15, what="the Job found by the backstop poll")
+    assert [r.lost for r in sim.azdo.hooks.records] == [True]
+
+
+def test_receiver_survives_a_flood(sim: Sim, serve: Callable[..., Served]) -> None:
+    """We test: 1500 hooks from 40 clients at once (authenticated and not, duplicates and new jobs) are
+    all answered, the receiver still serves /healthz, and the flood costs at most one job-requests call
+    per `interval` (1 s) for the pool, not one per hook."""
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    time.sleep(1.0)
+    sim.azdo.reset_calls()
+    started = time.monotonic()
+
+    def post(index: int) -> int:
+        headers = AUTH if index % 3 else {SECRET_HEADER: "nope"}
+        try:
+            return served.post(event(f"job-{index % 500}"), headers=headers).status_code
+        except requests.ConnectionError:
+            return 0  # refused while every connection slot was busy
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        statuses = list(pool.map(post, range(1500)))
+    elapsed = time.monotonic() - started
+    assert statuses.count(200) + statuses.count(401) + statuses.count(0) == 1500
+    assert statuses.count(200) > 900
+    assert requests.get(f"{served.url}/healthz", timeout=5).text == "ok\n"
+    time.sleep(1.5)
+    calls = sim.azdo.call_counts().get("GET pools/{poolId}/jobrequests", 0)
+    assert calls <= elapsed + 1.5 + 2, (calls, elapsed)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_receiver_serves_https(sim: Sim, serve: Callable[..., Served], tmp_path: Path) -> None:
+    """We test: with --tls-cert/--tls-key the receiver speaks HTTPS only (a plain HTTP post gets no
+    answer), and a post over TLS is accepted; without TLS and without --insecure-http serve refuses to
+    start, naming the flags."""
+    cert, key = _self_signed(tmp_path)
+    served = serve(sim, "--tls-cert", str(cert), "--tls-key", str(key), "--idle-interval", "60")
+    assert served.url.startswith("https://")
+    accepted = served.post(event("j-tls"), headers=AUTH, verify=str(cert))
+    assert accepted.status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.post(served.url.replace("https://", "http://") + HOOK_PATH, data=b"{}", headers=AUTH, timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):
+        served.post(event("j-2"), headers=AUTH, verify=True)
+    refused = sim.cli("serve", "--config", str(sim.config_path), "--secret-file", str(served.secret_file))
+    assert refused.code == 2 and "--tls-cert" in refused.err and "--insecure-http" in refused.err
+    assert ssl.OPENSSL_VERSION
+
+
+def test_subscribe_print_shows_the_subscription_without_the_secret(sim: Sim, tmp_path: Path) -> None:
+    """We test: `subscribe --print` prints one subscription per project with the event, the Waiting filter
+    and the consumer, never the secret, and creates nothing; an http:// URL is refused."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    common = ["subscribe", "--config", str(sim.config_path), "--secret-file", str(secret_file)]
+    printed = sim.cli(
+        *common, "--url", "https://hooks.example.com/hooks/azure-devops", "--project", "a", "--project", "b", "--print"
+    )
+    assert printed.code == 0, printed.text
+    bodies = json.loads(printed.out)
+    assert [b["publisherInputs"] for b in bodies] == [
+        {"projectId": "a", "jobStateId": "Waiting"},
+        {"projectId": "b", "jobStateId": "Waiting"},
+    ]
+    assert {b["eventType"] for b in bodies} == {EVENT_TYPE}
+    assert {b["consumerId"] for b in bodies} == {"webHooks"}
+    assert SECRET not in printed.text
+    assert sim.azdo.hooks.subscriptions() == []
+    insecure = sim.cli(*common, "--url", "http://hooks.example.com/x", "--project", "a")
+    assert insecure.code == 2 and "https://" in insecure.err
