@@ -212,3 +212,16 @@ def test_a_template_keeps_what_it_sets_and_may_name_the_service_account() -> Non
     assert pod_template["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert pod_template["spec"]["imagePullSecrets"] == [{"name": "own"}]
     assert pod_template["spec"]["serviceAccountName"] == f"{FULLNAME}-agent"
+
+
+def test_a_windows_template_without_node_selector_gets_the_windows_one() -> None:
+    """We test: a template with os.name windows and no nodeSelector gets kubernetes.io/os: windows, not the
+    Linux default of agent.nodeSelector (its other keys still apply)."""
+    template = {"spec": {"os": {"name": "windows"}, "containers": [{"name": "agent", "image": "x"}]}}
+    values = with_defaults(
+        agent={"nodeSelector": {"kubernetes.io/os": "linux", "pool": "ci"}},
+        jobTemplates={"win": template},
+        pools=[{"name": "Default", "jobTemplate": "win"}],
+    )
+    pod = job_templates_of(render_chart(values))["win"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "windows", "pool": "ci"}
