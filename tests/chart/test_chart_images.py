@@ -27,6 +27,7 @@ from chart_helpers import (
     render_chart,
     with_defaults,
 )
+from chart_reconciler import agent_jobs
 
 AGENT_VERSION: str = json.loads((REPO / "agent-images" / "agent-version.json").read_text(encoding="utf-8"))["version"]
 PROJECT_VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
@@ -166,11 +167,16 @@ def _layered(example: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("example", example_files(), ids=lambda p: p.stem)
-def test_every_example_uses_published_images_and_common_pod_settings(example: Path) -> None:
-    """We test: under release ci-agents, each example's pods (reconciler, helm test, every job template) use
-    only published images and get the pull Secrets, priority class, ServiceAccount, pod labels and
-    annotations, unless the template sets its own."""
+def test_every_example_uses_published_images_and_common_pod_settings(example: Path, tmp_path: Path) -> None:
+    """We test: under release ci-agents, each example's pods (reconciler, helm test, every job template, and
+    the agent Jobs the reconciler builds from them) use only published images and get the pull Secrets,
+    priority class, ServiceAccount, pod labels and annotations, unless the template sets its own."""
     objects = render_chart(_layered(example), values_files=[example], release=RELEASE)
+    for job in agent_jobs(objects, tmp_path):
+        pod = job["spec"]["template"]
+        assert pod["spec"]["serviceAccountName"] == f"{FULLNAME}-agent", job["metadata"]["name"]
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert find(objects, "CronJob")
     for where, spec in _images(objects):
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
