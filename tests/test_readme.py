@@ -256,3 +256,14 @@ def test_cluster_commands_parse(command: str, tmp_path: Path) -> None:
     )
     output = run.stdout + run.stderr
     assert not re.search(r"unknown (flag|command|shorthand)|accepts \d+ arg|requires at least", output), output
+
+
+def test_image_tags_in_the_readme_are_the_published_ones() -> None:
+    """We test: the README's agent tags are the pinned agent version and its reconciler tag the chart's
+    appVersion, the tags the image pipelines publish."""
+    agent_version = yaml.safe_load((ROOT / "agent-images" / "agent-version.json").read_text())["version"]
+    app_version = yaml.safe_load((ROOT / "chart" / "Chart.yaml").read_text())["appVersion"]
+    agent_tags = set(re.findall(r"agent-(?:linux|windows):([0-9.]+)", README))
+    reconciler_tags = set(re.findall(r"reconciler:([0-9.]+)", README))
+    assert agent_tags == {agent_version}
+    assert reconciler_tags == {app_version}

@@ -66,8 +66,3 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- $_ := set $config "pools" $pools -}}
 {{- toYaml $config -}}
 {{- end -}}
-
-{{/* A job template's text as the ConfigMap holds it (see _user-template.tpl). */}}
-{{- define "azp-agents.jobTemplateText" -}}
-{{- include "azp-agents.userJobTemplate" . -}}
-{{- end -}}

@@ -136,7 +136,12 @@ what to give instead for other kinds.
 {{- end -}}
 {{- $pod := index $owner (last $path) -}}
 {{- include "azp-agents.checkTokenLiterals" (dict "pod" $pod "name" .name) -}}
-{{- include "azp-agents.addMissing" (dict "target" $pod "extra" (include "azp-agents.podDefaults" $root | fromJson)) -}}
+{{- $defaults := include "azp-agents.podDefaults" $root | fromJson -}}
+{{- if and $pod.os (hasKey ($defaults.nodeSelector | default dict) "kubernetes.io/os") -}}
+{{- /* A template for another OS (os.name: windows) must not inherit the Linux node selector. */ -}}
+{{- $_ := set $defaults "nodeSelector" (merge (dict "kubernetes.io/os" $pod.os.name) $defaults.nodeSelector) -}}
+{{- end -}}
+{{- include "azp-agents.addMissing" (dict "target" $pod "extra" $defaults) -}}
 {{- $metadata := $owner.metadata | default dict -}}
 {{- if or $root.Values.agent.podLabels $root.Values.agent.podAnnotations -}}
 {{- $_ := set $owner "metadata" $metadata -}}

@@ -159,13 +159,16 @@ ORG.visualstudio.com take no further path; a server collection URL keeps its pat
 {{- include "azp-agents.checkImage" (dict "key" "reconciler.image" "image" $v.reconciler.image) -}}
 {{- end -}}
 
-{{/* A pool's or template's minIdle and minAgents never above its maxAgents (.entry at .key). */}}
+{{/*
+A pool's or template's minIdle and minAgents never above its maxAgents (.entry at .key); an unset
+maxAgents is .defaultMax (the reconciler's default: 10 for a pool, the pool's for a template).
+*/}}
 {{- define "azp-agents.checkCounts" -}}
-{{- if hasKey .entry "maxAgents" -}}
+{{- $max := int (hasKey .entry "maxAgents" | ternary .entry.maxAgents .defaultMax) -}}
+{{- $where := hasKey .entry "maxAgents" | ternary (printf "%s.maxAgents" .key) (printf "%s.maxAgents, unset, so %s" .key .from) -}}
 {{- range $name := list "minIdle" "minAgents" -}}
-{{- if and (hasKey $.entry $name) (gt (int (index $.entry $name)) (int $.entry.maxAgents)) -}}
-{{- fail (printf "%s.%s: %d is above %s.maxAgents (%d): lower %s or raise maxAgents" $.key $name (int (index $.entry $name)) $.key (int $.entry.maxAgents) $name) -}}
-{{- end -}}
+{{- if and (hasKey $.entry $name) (gt (int (index $.entry $name)) $max) -}}
+{{- fail (printf "%s.%s: %d is above %s (%d): lower %s or raise maxAgents" $.key $name (int (index $.entry $name)) $where $max $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -186,7 +189,8 @@ differing only in case are the same pool served twice.
 {{- fail (printf "%s.name: pool %q is the same Azure DevOps pool as %q (pool names ignore case): merge the entries" $key $pool.name (index $seen $lower)) -}}
 {{- end -}}
 {{- $_ := set $seen $lower $pool.name -}}
-{{- include "azp-agents.checkCounts" (dict "key" $key "entry" $pool) -}}
+{{- $poolMax := int (hasKey $pool "maxAgents" | ternary $pool.maxAgents 10) -}}
+{{- include "azp-agents.checkCounts" (dict "key" $key "entry" $pool "defaultMax" 10 "from" "the default") -}}
 {{- include "azp-agents.checkFormat" (dict "key" (printf "%s.namespace" $key) "value" ($pool.namespace | default "") "format" "dnsLabel" "optional" true) -}}
 {{- include "azp-agents.checkFormat" (dict "key" (printf "%s.jobTemplate" $key) "value" ($pool.jobTemplate | default "") "format" "templateName" "optional" true) -}}
 {{- range $name, $_ := $pool.capabilities -}}
@@ -194,7 +198,7 @@ differing only in case are the same pool served twice.
 {{- end -}}
 {{- range $tIndex, $template := $pool.templates -}}
 {{- $tKey := printf "%s.templates[%d]" $key $tIndex -}}
-{{- include "azp-agents.checkCounts" (dict "key" $tKey "entry" $template) -}}
+{{- include "azp-agents.checkCounts" (dict "key" $tKey "entry" $template "defaultMax" $poolMax "from" "the pool's") -}}
 {{- include "azp-agents.checkFormat" (dict "key" (printf "%s.name" $tKey) "value" $template.name "format" "templateName") -}}
 {{- include "azp-agents.checkFormat" (dict "key" (printf "%s.jobTemplate" $tKey) "value" ($template.jobTemplate | default "") "format" "templateName" "optional" true) -}}
 {{- range $name, $_ := $template.capabilities -}}

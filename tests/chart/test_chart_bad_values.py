@@ -149,6 +149,16 @@ PLAIN_WORDS: list[tuple[str, dict[str, Any], list[str]]] = [
         [r"pools\[0\]\.templates\[0\]\.minAgents: 2 is above"],
     ),
     (
+        "min-idle-above-default-max",
+        with_defaults(pools=[{"name": "Default", "minIdle": 11}]),
+        [r"pools\[0\]\.minIdle: 11 is above pools\[0\]\.maxAgents, unset, so the default \(10\)"],
+    ),
+    (
+        "template-min-idle-above-pool-max",
+        with_defaults(pools=[{"name": "Default", "maxAgents": 2, "templates": [{"name": "linux", "minIdle": 3}]}]),
+        [r"pools\[0\]\.templates\[0\]\.minIdle: 3 is above .*the pool's \(2\)"],
+    ),
+    (
         "pool-names-differ-in-case",
         with_defaults(pools=[{"name": "Default"}, {"name": "default"}]),
         [r"pools\[1\]\.name", "ignore case"],

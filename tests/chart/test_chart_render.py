@@ -72,8 +72,8 @@ def test_rendered_output_passes_yamllint(example: Path, tmp_path: Path) -> None:
 
 
 def test_values_files_and_chart_metadata_pass_yamllint() -> None:
-    """We test: chart/values.yaml, Chart.yaml, the examples and ct.yaml pass yamllint (what ct lint runs)."""
-    paths = ["chart/values.yaml", "chart/Chart.yaml", "values", "ct.yaml", ".yamllint"]
+    """We test: chart/values.yaml, Chart.yaml, the examples, ct.yaml and the workflows pass yamllint (as ct lint)."""
+    paths = ["chart/values.yaml", "chart/Chart.yaml", "values", "ct.yaml", ".yamllint", ".github"]
     result = subprocess.run(
         [sys.executable, "-m", "yamllint", "-c", ".yamllint", *paths], capture_output=True, text=True, cwd=REPO
     )
