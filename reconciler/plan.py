@@ -47,6 +47,8 @@ from reconciler.model import (
 TTL_GRACE = timedelta(seconds=60)
 CRASH_BACKOFF_BASE = timedelta(seconds=10)
 CRASH_BACKOFF_CAP = timedelta(minutes=5)
+LEARN_RETRY = timedelta(seconds=60)
+"""An unroutable request reads the agent list (to learn what agents advertise) at most this often."""
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
@@ -884,28 +886,42 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
 
 
 def _learning_due(
+    config: Config,
     pool: PoolConfig,
+    state: PoolState,
     world: World,
-    by_pool: Mapping[tuple[str, str], list[AgentJob]],
+    *,
+    jobs: list[AgentJob],
     pods_by_job: Mapping[tuple[str, str], AgentPod],
+    observed: datetime,
+    now: datetime,
 ) -> bool:
-    """A template whose placeholder has not learned what its agents advertise has an agent registered
-    now (its pod published the agent id): one agent list teaches it, and its placeholder keeps it."""
+    """Whether to read the agent list to learn what a template's agents advertise (its placeholder keeps
+    it): while a template is unlearned, when one of its agents registered since the last scan and is still
+    there to be read (its pod runs and published the agent id), or, at most once per LEARN_RETRY, when a
+    queued request is unroutable with what this run knows."""
     unlearned = {t.name for t in pool.templates if t.placeholder and (pool.name, t.name) not in world.learned}
-    return bool(unlearned) and any(
-        job.template in unlearned
-        and (pod := pods_by_job.get((job.namespace, job.name))) is not None
-        and pod.agent_id is not None
-        for job in by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
-    )
+    if not unlearned:
+        return False
+    since = observed.replace(microsecond=0)  # Kubernetes writes whole seconds
+    for job in jobs:
+        pod = pods_by_job.get((job.namespace, job.name))
+        if job.template in unlearned and pod is not None and pod.agent_id is not None and pod.phase == "Running":
+            registered_since_scan = pod.started is not None and pod.started >= since
+            if registered_since_scan:
+                return True
+    if now - observed < LEARN_RETRY:
+        return False
+    router = _Router(config, pool, world.learned)
+    return any(r.queued and in_shard(config, r) and router.route(r.demands) is None for r in state.requests)
 
 
 def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
     """Pools whose agent list this pass must read: listing agents costs an API call per pool, so it
     is read only when something may have changed (DESIGN: one list per resource kind, and only when
-    needed): no scan for `sweepInterval`, a registered agent to learn a placeholder's capabilities
-    from, a pod of ours finished since the last scan, or idle pods beyond the standby allowance that
-    may be due for draining or never came online."""
+    needed): no scan for `sweepInterval`, a template's capabilities to learn, a pod of ours finished
+    since the last scan, or idle pods beyond the standby allowance that may be due for
+    draining or never came online."""
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)
@@ -916,19 +932,23 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if state is None or not state.found:
             continue
         observed = world.agents_observed.get(pool.name)
-        if observed is None or now - observed >= sweep or _learning_due(pool, world, by_pool, pods_by_job):
+        jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
+        if (
+            observed is None
+            or now - observed >= sweep
+            or _learning_due(config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now)
+        ):
             needed.add(pool.name)
             continue
         # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
         # the last scan, but after it, must still trigger a scan.
         observed = observed.replace(microsecond=0)
         busy = _busy_names(state)
-        slug = names.pool_slug(pool.name)
         idle_long = idle_now = unfinished = 0
         threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
         allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
         configured = {t.name for t in pool.templates}
-        for job in by_pool.get((slug, pool.namespace), []):
+        for job in jobs:
             pod = pods_by_job.get((job.namespace, job.name))
             pod_done = pod is not None and pod.terminal
             if job.done or pod_done:

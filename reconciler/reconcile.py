@@ -490,11 +490,16 @@ class Reconciler:
     def _learn(self, pool_name: str, agents: list[Agent]) -> None:
         """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
         pool = self.config.pool(pool_name)
+        prefix = self.config.job_name_prefix
+        # Only this release's agents and placeholders teach it: anyone's agent could advertise AZP_TEMPLATE.
+        ours = (
+            names.agent_prefix(prefix=prefix, pool_name=pool_name).lower(),
+            names.placeholder_prefix(prefix=prefix, pool_name=pool_name).lower(),
+        )
+        mine = [a for a in agents if a.name.lower().startswith(ours)]
         for template in pool.templates if pool is not None else ():
-            placeholder = names.placeholder_name(
-                prefix=self.config.job_name_prefix, pool_name=pool_name, template=template.name
-            )
-            learned = capabilities.learn(agents, template=template.name, placeholder=placeholder)
+            placeholder = names.placeholder_name(prefix=prefix, pool_name=pool_name, template=template.name)
+            learned = capabilities.learn(mine, template=template.name, placeholder=placeholder)
             if learned is not None:
                 self.learned[(pool_name, template.name)] = learned
 

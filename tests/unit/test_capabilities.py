@@ -9,6 +9,7 @@ DotNetCoreCLI@2 (DotNetCoreCLIV2) -> none, 2.115.0.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from plan_builders import NOW, agent, config, job_for, of, pod_for, pool, queued
 from reconciler import capabilities, checks, names
 from reconciler.demands import satisfies_all
 from reconciler.model import ReportUnroutable, UpdatePlaceholder, frozen_map
-from reconciler.plan import effective_capabilities, plan, pools_needing_agents
+from reconciler.plan import LEARN_RETRY, effective_capabilities, plan, pools_needing_agents
 
 NPM = ("npm", "Agent.Version -gtVersion 1.91.0")
 MAVEN = ("maven", "Agent.Version -gtVersion 1.89.0")
@@ -144,15 +145,35 @@ def test_declared_tool_name_loses_to_the_tool_on_path() -> None:
     )
 
 
-def test_agents_are_listed_once_to_learn_a_template() -> None:
-    """We test: a pass lists the pool's agents when a template whose placeholder has not learned yet has an
-    agent registered (its pod published the agent id), and no longer once the World knows what it learned;
-    a pod that never registered does not make every pass list agents."""
+def test_agents_are_listed_to_route_what_only_agents_advertise() -> None:
+    """We test: a pass lists the pool's agents (before the sweep is due) when a queued request is unroutable
+    with what the run knows while a template has not been learned (a tool only its agents advertise), at most
+    once per LEARN_RETRY; not for routable requests, and not once every template has been learned."""
+    cfg = config(pool("linux", template("java", capabilities={"size": "large"})))
+    observed = {"linux": NOW - LEARN_RETRY}
+    base = replace(world(state("linux", queued(2, "terraform"))), agents_observed=observed)
+    assert pools_needing_agents(cfg, base, NOW) == {"linux"}
+    assert pools_needing_agents(cfg, replace(base, agents_observed={"linux": NOW}), NOW) == set()
+    routable = replace(world(state("linux", queued(2, "size -equals large"))), agents_observed=observed)
+    assert pools_needing_agents(cfg, routable, NOW) == set()
+    learned = replace(base, learned={("linux", "java"): frozen_map({"AZP_TEMPLATE": "java"})})
+    assert pools_needing_agents(cfg, learned, NOW) == set()
+
+
+def test_agents_are_listed_while_the_first_agent_of_a_template_is_there() -> None:
+    """We test: a pod of an unlearned template that registered (published its agent id) and runs, started
+    since the last scan, makes the pass read the agent list while that agent can still be read; a finished
+    pod, a pod from before the scan, or a learned template does not."""
     cfg = config(pool("linux", template("java", capabilities={"size": "large"})))
     job = job_for("linux", request_id=1, template_name="java")
-    registered_pod = replace(pod_for(job), agent_id=77)
-    base = replace(world(state("linux", queued(2))), agents_observed={"linux": NOW}, jobs=(job,))
-    assert pools_needing_agents(cfg, replace(base, pods=(registered_pod,)), NOW) == {"linux"}
-    assert pools_needing_agents(cfg, replace(base, pods=(pod_for(job),)), NOW) == set()
-    learned = replace(base, pods=(registered_pod,), learned={("linux", "java"): frozen_map({"AZP_TEMPLATE": "java"})})
-    assert pools_needing_agents(cfg, learned, NOW) == set()
+    fresh = replace(pod_for(job, created=3, started=2), agent_id=77)
+    base = replace(world(state("linux")), agents_observed={"linux": NOW - timedelta(seconds=5)}, jobs=(job,))
+    assert pools_needing_agents(cfg, replace(base, pods=(fresh,)), NOW) == {"linux"}
+    finished = replace(fresh, phase="Succeeded")
+    # (its agent id is known, so the finished pod alone needs no scan either)
+    known_id = {finished.name.lower(): 77}
+    assert pools_needing_agents(cfg, replace(base, pods=(finished,), agent_ids=known_id), NOW) == set()
+    older = replace(fresh, started=NOW - timedelta(seconds=9))
+    assert pools_needing_agents(cfg, replace(base, pods=(older,)), NOW) == set()
+    learned = {("linux", "java"): frozen_map({"AZP_TEMPLATE": "java"})}
+    assert pools_needing_agents(cfg, replace(base, pods=(fresh,), learned=learned), NOW) == set()
