@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from reliability_support import LEASE, Rig, base_env, run_cli, start_rig
+from reliability_support import BROKEN_IMAGE, LEASE, Rig, base_env, run_cli, start_rig
 from world_model import make_config
 
 from azp_simulation.world import NAMESPACE
@@ -305,3 +305,36 @@ def test_a_mistyped_template_field_is_refused_by_name(rig: Rig) -> None:
     checked = _check(rig)
     gpu_row = next(line for line in checked.out.splitlines() if line.startswith("template gpu/cuda"))
     assert checked.code == 1 and "FAILED" in gpu_row and "'resource' was unexpected" in gpu_row, checked.out
+
+
+def test_a_stuck_job_is_deleted_even_while_creates_are_refused(tmp_path: Path) -> None:
+    """We test: deletes run before creates, so a stuck Job (its image never pulls) that holds a quota is
+    deleted in a pass whose creates the quota refuses; the quota cannot deadlock the pool."""
+    world = {
+        **TWO_POOLS,
+        "images": {BROKEN_IMAGE: "ErrImagePull"},
+        "pools": [
+            {
+                "name": "linux",
+                "maxAgents": 3,
+                "provisioningTimeout": 1,
+                "idleTimeout": 60,
+                "templates": [{"name": "default", "capabilities": {"docker": ""}, "image": BROKEN_IMAGE}],
+            },
+        ],
+    }
+    rig = start_rig(world, tmp_path)
+    try:
+        rig.reconcile()
+        rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
+        rig.reconcile()
+        time.sleep(2.5)
+        rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
+        rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=json.dumps(QUOTA_403))
+        rig.kube.reset_calls()
+        result = rig.reconcile()
+        assert result.code == 1 and "exceeded quota" in result.out, result.out
+        writes = [c.key for c in rig.kube.calls() if c.key in ("DELETE jobs", "POST jobs")]
+        assert writes and writes[0] == "DELETE jobs" and "POST jobs" in writes, (writes, result.out)
+    finally:
+        rig.simulation.stop()
