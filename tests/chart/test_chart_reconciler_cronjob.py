@@ -71,8 +71,10 @@ def test_explicit_deadline_and_time_zone() -> None:
 
 
 def test_command_and_log_format() -> None:
-    """We test: the container runs `azp-reconciler reconcile --config ...` with the chosen log format."""
-    container = _pod(_cron_job(reconciler={"logFormat": "json"}))["containers"][0]
+    """We test: the container runs `azp-reconciler reconcile --config ...` with the chosen log format and
+    the run's deadline (the CronJob's activeDeadlineSeconds), which bounds every call of the run."""
+    cron_job = _cron_job(reconciler={"logFormat": "json"})
+    container = _pod(cron_job)["containers"][0]
     assert container["command"] == [
         "azp-reconciler",
         "reconcile",
@@ -80,6 +82,8 @@ def test_command_and_log_format() -> None:
         "/etc/azp-agents/config.yaml",
         "--log-format",
         "json",
+        "--deadline",
+        str(cron_job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]),
     ]
     assert container["image"] == "ghcr.io/azp-agents/reconciler:0.1.0"
 
