@@ -24,8 +24,9 @@ from reconciler.errors import AuthError, ConfigError, ReconcilerError
 
 log = logging.getLogger("reconciler")
 
-DEFAULT_DEADLINE_MARGIN = 30.0
-"""Without --deadline, the run may last loopFor plus this long (one last pass and releasing the Lease)."""
+DEFAULT_DEADLINE_MARGIN = 120.0
+"""Without --deadline (nothing kills the run), it may last loopFor plus this long: a slow start, one last pass
+and releasing the Lease."""
 LEASE_RELEASE_RESERVE = 5.0
 """Seconds of the deadline kept back from every other call, so the Lease can always be released."""
 

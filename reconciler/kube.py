@@ -235,7 +235,6 @@ class Kubernetes:
             try:
                 response = function(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
                 data = response.data
-                return json.loads(data, object_hook=object_hook) if data else None
             except ApiException as exc:
                 status = exc.status or 0
                 message = _status_message(exc)
@@ -255,8 +254,15 @@ class Kubernetes:
                     raise PermanentError(f"{key}: HTTP {status}: {message}") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 error = TransientError(f"{key}: {type(exc).__name__}: the API server did not answer")
-            except ValueError:
-                error = TransientError(f"{key}: the response body is not complete JSON")
+            except ValueError as exc:
+                # The client checks an object against its models before sending it (an unknown field).
+                detail = " ".join(str(exc).split())
+                raise PermanentError(f"{key}: the Kubernetes client refused the object: {detail}") from None
+            else:
+                try:
+                    return json.loads(data, object_hook=object_hook) if data else None
+                except ValueError:
+                    error = TransientError(f"{key}: the response body is not complete JSON")
             attempt += 1
             if attempt > self.retries:
                 raise error

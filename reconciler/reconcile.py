@@ -38,7 +38,7 @@ from reconciler.lease import (
     wait_limit,
 )
 from reconciler.metrics import agent_state
-from reconciler.model import Agent, Capabilities, Config, PoolState, World
+from reconciler.model import Agent, AgentJob, AgentPod, Capabilities, Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
 
 log = logging.getLogger("reconciler")
@@ -417,28 +417,13 @@ class Reconciler:
         missing = [name for name in due if name not in self.pool_ids]
         if missing:
             self.pool_ids.update(self.azdo.pools_by_name(missing))
-        jobs, pods = [], []
-        failed_namespaces = set()
-        for namespace in config.namespaces:
-            try:
-                jobs.extend(self.kube.list_jobs(namespace, release=config.release))
-                pods.extend(self.kube.list_pods(namespace, release=config.release))
-            except AuthError:
-                raise
-            except ReconcilerError as exc:
-                # Without its Jobs a namespace's pools cannot be planned (they would get duplicates).
-                failed_namespaces.add(namespace)
-                report.observe_failures += 1
-                log.error("could not list namespace %s: %s (its pools are skipped this pass)", namespace, exc)
-        states: list[PoolState] = []
-        for name in due:
-            pool = config.pool(name)
-            if pool is not None and pool.namespace in failed_namespaces:
-                self._pool_failed(name)
-                continue
-            state = self._read_queue(report, name)
-            if state is not None:
-                states.append(state)
+        states = [state for state in (self._read_queue(report, name) for name in due) if state is not None]
+        jobs, pods, failed_namespaces = self._list_namespaces(report)
+        # Without its Jobs a pool cannot be planned (it would get duplicates): it waits.
+        blocked = {pool.name for pool in config.pools if pool.namespace in failed_namespaces}
+        for name in blocked & {state.name for state in states}:
+            self._pool_failed(name)
+        states = [state for state in states if state.name not in blocked]
         for state in states:
             for request in state.requests:
                 if request.reserved_agent_id is not None and request.reserved_agent_name:
@@ -502,6 +487,23 @@ class Reconciler:
             learned = capabilities.learn(mine, template=template.name, placeholder=placeholder)
             if learned is not None:
                 self.learned[(pool_name, template.name)] = learned
+
+    def _list_namespaces(self, report: PassReport) -> tuple[list[AgentJob], list[AgentPod], set[str]]:
+        """Our Jobs and Pods in every agent namespace, and the namespaces that could not be listed."""
+        jobs: list[AgentJob] = []
+        pods: list[AgentPod] = []
+        failed: set[str] = set()
+        for namespace in self.config.namespaces:
+            try:
+                jobs.extend(self.kube.list_jobs(namespace, release=self.config.release))
+                pods.extend(self.kube.list_pods(namespace, release=self.config.release))
+            except AuthError:
+                raise
+            except ReconcilerError as exc:
+                failed.add(namespace)
+                report.observe_failures += 1
+                log.error("could not list namespace %s: %s (its pools are skipped this pass)", namespace, exc)
+        return jobs, pods, failed
 
     def _read_queue(self, report: PassReport, name: str) -> PoolState | None:
         """A due pool's queue; None when it cannot be read (the pool backs off, the rest of the pass goes on)."""

@@ -4,14 +4,15 @@ one call per resource kind, credentials errors, retries with Retry-After, faults
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator
-from reconciler.azdo import AzureDevOps, _drop_matched_agents, job_request_from_json
-from reconciler.deadline import Deadline
+from reconciler.azdo import MAX_RETRY_AFTER, AzureDevOps, _drop_matched_agents, job_request_from_json
+from reconciler.deadline import Deadline, DeadlineReached
 from reconciler.errors import AuthError, ForbiddenError, TransientError
 
 PAT = "client-test-pat-9d1c"
@@ -125,6 +126,30 @@ def test_throttling_honours_retry_after(emulator: AzureDevOpsEmulator) -> None:
     emulator.inject_fault("GET", "pools", kind="status", status=429, retry_after=7, times=1)
     assert azdo.pools_by_name(["linux"])
     assert azdo.sleeps[0] >= 7  # type: ignore[attr-defined]
+
+
+def test_a_retry_after_of_an_hour_is_capped(emulator: AzureDevOpsEmulator) -> None:
+    """We test: a Retry-After of 3600 s is waited for 60 s at most (MAX_RETRY_AFTER), not an hour."""
+    azdo = client(emulator)
+    emulator.inject_fault("GET", "pools", kind="status", status=429, retry_after=3600, times=1)
+    assert azdo.pools_by_name(["linux"])
+    assert MAX_RETRY_AFTER <= azdo.sleeps[0] < MAX_RETRY_AFTER + 1  # type: ignore[attr-defined]
+
+
+def test_no_retry_waits_past_the_deadline(emulator: AzureDevOpsEmulator) -> None:
+    """We test: with 2 s left before the run's deadline, a failing call is not retried after a wait that
+    would pass it, and no call is made once the deadline has passed."""
+    waits: list[float] = []
+    deadline = Deadline(at=time.monotonic() + 2, sleep_for=waits.append)
+    azdo = AzureDevOps(emulator.base_url, pat=PAT, timeout=5, retries=5, backoff=0.5, deadline=deadline)
+    emulator.inject_fault("GET", "pools", kind="status", status=429, retry_after=30, times=10)
+    with pytest.raises(TransientError, match="HTTP 429"):
+        azdo.pools_by_name(["linux"])
+    assert waits == [] and azdo.calls["GET pools"] == 1
+    deadline.at = time.monotonic()
+    with pytest.raises(DeadlineReached, match="deadline has passed"):
+        azdo.pools_by_name(["linux"])
+    assert azdo.calls["GET pools"] == 1
 
 
 def test_gives_up_after_retries(emulator: AzureDevOpsEmulator) -> None:

@@ -33,17 +33,20 @@ pytestmark = pytest.mark.slow
 # The writes of one pass over the rich world, in order: (API, method, route).
 EXPECTED_WRITES: tuple[tuple[str, str, str], ...] = (
     ("kube", "POST", "leases"),
-    ("azdo", "POST", "pools/{poolId}/agents"),
-    ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
-    ("kube", "POST", "jobs"),
-    ("kube", "POST", "jobs"),
+    # Deletions first (a stuck Job holding a quota must go even while creates are refused): the stuck Job,
+    # then the drained agent.
+    ("kube", "POST", "events"),
+    ("kube", "DELETE", "jobs"),
+    ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
     ("azdo", "PATCH", "pools/{poolId}/agents/{agentId}"),
     ("kube", "POST", "events"),
     ("kube", "DELETE", "jobs"),
     ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
-    ("kube", "POST", "events"),
-    ("kube", "DELETE", "jobs"),
-    ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
+    # Then placeholders and new Jobs.
+    ("azdo", "POST", "pools/{poolId}/agents"),
+    ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "POST", "jobs"),
+    ("kube", "POST", "jobs"),
     ("kube", "PUT", "leases"),
 )
 HOLD = 1.0

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import requests
-from reliability_support import LEASE, Rig, base_env, start_rig
+import yaml
+from reliability_support import BROKEN_IMAGE, LEASE, Rig, base_env, run_cli, start_rig
 from world_model import make_config
 
 from azp_simulation.world import NAMESPACE
@@ -260,3 +261,80 @@ def test_requests_with_and_without_a_queue_time_are_planned() -> None:
     world = World(pools=(PoolState(name="linux", pool_id=1, requests=requests_),))
     actions = plan(config, world, now)
     assert {getattr(a, "request_id", None) for a in actions if a.kind == "create-job"} == {1, 2}
+
+
+def _check(rig: Rig) -> Any:
+    return run_cli(["check", "--config", str(rig.config_path), "--kubeconfig", str(rig.kubeconfig_path)])
+
+
+def test_check_fails_each_pool_the_credential_may_not_manage(rig: Rig) -> None:
+    """We test: `check` prints a row per pool; an identity without the Administrator role on one pool
+    fails that pool's row only, and a read-only PAT fails every pool's row (it used to pass)."""
+    rig.azdo.set_pool_role(rig.pool_id("gpu"), "Build Admin", "Reader")
+    checked = _check(rig)
+    assert checked.code == 1, checked.out
+    rows = {line.split()[1]: line for line in checked.out.splitlines() if line.startswith("pool ")}
+    assert set(rows) == {"linux", "gpu"}, checked.out
+    assert " ok " in rows["linux"] and "FAILED" in rows["gpu"] and "Administrator role" in rows["gpu"]
+    rig.azdo.add_pat("read-only-pat", scopes=("vso.agentpools",))
+    (rig.simulation.directory / "pat").write_text("read-only-pat\n")
+    checked = _check(rig)
+    assert checked.code == 1, checked.out
+    assert all("FAILED" in line for line in checked.out.splitlines() if line.startswith("pool ")), checked.out
+
+
+def test_a_mistyped_template_field_is_refused_by_name(rig: Rig) -> None:
+    """We test: a job template with a mistyped field (`resource:` for `resources:`) is created with
+    fieldValidation=Strict, so the API server refuses it naming the field instead of dropping it (pods
+    without limits); the other pool is served, and `check` names it too."""
+    rig.reconcile()
+    config = rig.config()
+    path = Path(config["pools"][1]["templates"][0]["jobTemplate"])
+    template = yaml.safe_load(path.read_text())
+    template["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}
+    path.write_text(yaml.safe_dump(template))
+    linux = rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
+    rig.azdo.queue_request(rig.pool_id("gpu"), demands=("cuda",), duration=30)
+    result = rig.reconcile()
+    assert result.code == 1, result.out
+    # The client's own models refuse it before it is sent (the server's Strict would say `strict decoding
+    # error: unknown field "spec.template.spec.containers[0].resource"`): either way, named and not retried.
+    assert "containers.0.resource Extra inputs are not permitted" in result.out, result.out
+    assert "retry 1 of" not in result.out, result.out
+    assert linux in _request_jobs(rig)
+    checked = _check(rig)
+    gpu_row = next(line for line in checked.out.splitlines() if line.startswith("template gpu/cuda"))
+    assert checked.code == 1 and "FAILED" in gpu_row and "'resource' was unexpected" in gpu_row, checked.out
+
+
+def test_a_stuck_job_is_deleted_even_while_creates_are_refused(tmp_path: Path) -> None:
+    """We test: deletes run before creates, so a stuck Job (its image never pulls) that holds a quota is
+    deleted in a pass whose creates the quota refuses; the quota cannot deadlock the pool."""
+    world = {
+        **TWO_POOLS,
+        "images": {BROKEN_IMAGE: "ErrImagePull"},
+        "pools": [
+            {
+                "name": "linux",
+                "maxAgents": 3,
+                "provisioningTimeout": 1,
+                "idleTimeout": 60,
+                "templates": [{"name": "default", "capabilities": {"docker": ""}, "image": BROKEN_IMAGE}],
+            },
+        ],
+    }
+    rig = start_rig(world, tmp_path)
+    try:
+        rig.reconcile()
+        rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
+        rig.reconcile()
+        time.sleep(2.5)
+        rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
+        rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=json.dumps(QUOTA_403))
+        rig.kube.reset_calls()
+        result = rig.reconcile()
+        assert result.code == 1 and "exceeded quota" in result.out, result.out
+        writes = [c.key for c in rig.kube.calls() if c.key in ("DELETE jobs", "POST jobs")]
+        assert writes and writes[0] == "DELETE jobs" and "POST jobs" in writes, (writes, result.out)
+    finally:
+        rig.simulation.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -129,7 +130,8 @@ def _failing_pass(rig: Rig, fmt: str, secret: str) -> tuple[Result, Result]:
     rig.kube.inject_fault("POST", "jobs", kind="status", status=422, times=5, body=kube_echo)
     failed = rig.reconcile("--log-level", "debug", "--log-format", fmt)
     assert failed.code == 1, failed.out
-    assert "retry 1 of" in failed.out and "create-job failed" in failed.out
+    assert "retry 1 of" in failed.out
+    assert re.search(r"create-job \S+ \(pool .linux., namespace \S+\) failed", failed.out), failed.out
     rig.azdo.inject_fault("GET", "pools", kind="status", status=401, times=10, body=_echo_body(secret))
     refused = rig.reconcile("--log-level", "debug", "--log-format", fmt)
     assert refused.code == 2 and "credentials error" in refused.out, refused.out
