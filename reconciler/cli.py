@@ -191,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.insecure_http == bool(args.tls_cert or args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("serve: give --tls-cert and --tls-key (HTTPS), or --insecure-http behind a TLS ingress")
     auth = receiver.HookAuth.from_file(args.secret_file, username=args.username)
+    logs.SECRETS.add(auth.secret)
     tls = None if args.insecure_http else receiver.tls_context(args.tls_cert, args.tls_key)
     config, document = _load(args)
     loop = replace(
@@ -210,7 +211,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = receiver.Receiver(
             (args.host, args.port),
             auth=auth,
-            on_hint=lambda hint: reconciler.hint_job(project_id=hint.project_id, job_id=hint.job_id),
+            on_hint=lambda hint: reconciler.hint_job(
+                project_id=hint.project_id, job_id=hint.job_id, raised=hint.created
+            ),
             metrics=metrics,
             tls=tls,
         )
@@ -250,18 +253,30 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     logs.SECRETS.add(credentials.pat)
     azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout)
     try:
-        existing = receiver.subscribed_projects(azdo.subscriptions(), url=args.url)
-        for body in bodies:
-            project = body["publisherInputs"]["projectId"]
-            if project.lower() in existing:
-                log.info("project %s already sends waiting jobs to %s", project, args.url)
-                continue
-            body["consumerInputs"]["basicAuthPassword"] = secret
-            created = azdo.create_subscription(body)
-            log.info("subscribed project %s: subscription %s", project, created.get("id"))
+        _create_subscriptions(azdo, bodies, url=args.url, secret=secret)
+    except AuthError as exc:
+        raise AuthError(
+            f"{exc}; subscriptions also need the Service Hooks (read & write) scope (vso.hooks_write) "
+            "and the Edit subscriptions permission in the project"
+        ) from None
     finally:
         azdo.close()
     return 0
+
+
+def _create_subscriptions(azdo: Any, bodies: list[dict[str, Any]], *, url: str, secret: str) -> None:
+    """Create the subscriptions of projects that do not send to `url` yet (running it twice is harmless)."""
+    from reconciler import receiver
+
+    existing = receiver.subscribed_projects(azdo.subscriptions(), url=url)
+    for body in bodies:
+        project = body["publisherInputs"]["projectId"]
+        if project.lower() in existing:
+            log.info("project %s already sends waiting jobs to %s", project, url)
+            continue
+        body["consumerInputs"]["basicAuthPassword"] = secret
+        created = azdo.create_subscription(body)
+        log.info("subscribed project %s: subscription %s", project, created.get("id"))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
