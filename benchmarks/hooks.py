@@ -162,6 +162,7 @@ def _measure(size: str, mode: str, directory: Path) -> dict[str, Any]:
         "jobs_into_busy_pools": into_busy_pool,
         "idle_pool_calls_per_minute": round(len(idle_calls) / max(1e-9, (ended - installed) / 60), 2),
         "idle_pool_calls_per_minute_learned": round(len(steady) / max(1e-9, (ended - learned) / 60), 2),
+        "learned_minutes": round(max(0.0, ended - learned) / 60, 2),
         "hooks_posted": sum(1 for h in hooks if h.delivered is not None),
         "hooks_lost": sum(1 for h in hooks if h.lost),
         "slowest_jobs": sorted(slowest, key=lambda job: -job["seconds"])[:3],
@@ -214,7 +215,10 @@ def run(size: str) -> dict[str, Any]:
         value=f"hooks {hooks['idle_pool_calls_per_minute_learned']}, 10 % lost "
         f"{lost['idle_pool_calls_per_minute_learned']}, polling {poll['idle_pool_calls_per_minute_learned']} "
         "(once every pool had a job)",
-        met=max(hooks["idle_pool_calls_per_minute_learned"], lost["idle_pool_calls_per_minute_learned"]) <= 2.0,
+        # A window under two minutes (the tiny run) holds too few idle polls to judge.
+        met=max(hooks["idle_pool_calls_per_minute_learned"], lost["idle_pool_calls_per_minute_learned"]) <= 2.0
+        if min(hooks["learned_minutes"], lost["learned_minutes"]) >= 2
+        else None,
     )
     outcome.check(
         "  same, over the whole run",
