@@ -254,6 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.insecure_http == bool(args.tls_cert or args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("serve: give --tls-cert and --tls-key (HTTPS), or --insecure-http behind a TLS ingress")
     auth = receiver.HookAuth.from_file(args.secret_file, username=args.username)
+    logs.SECRETS.add(auth.secret)
     tls = None if args.insecure_http else receiver.tls_context(args.tls_cert, args.tls_key)
     with _load(args) as (config, document):
         loop = replace(
@@ -275,7 +276,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server = receiver.Receiver(
                 (args.host, args.port),
                 auth=auth,
-                on_hint=lambda hint: reconciler.hint_job(project_id=hint.project_id, job_id=hint.job_id),
+                on_hint=lambda hint: reconciler.hint_job(
+                    project_id=hint.project_id, job_id=hint.job_id, raised=hint.created
+                ),
                 metrics=metrics,
                 tls=tls,
             )
@@ -315,15 +318,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         logs.SECRETS.add(credentials.pat)
         azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout)
         try:
-            existing = receiver.subscribed_projects(azdo.subscriptions(), url=args.url)
-            for body in bodies:
-                project = body["publisherInputs"]["projectId"]
-                if project.lower() in existing:
-                    log.info("project %s already sends waiting jobs to %s", project, args.url)
-                    continue
-                body["consumerInputs"]["basicAuthPassword"] = secret
-                created = azdo.create_subscription(body)
-                log.info("subscribed project %s: subscription %s", project, created.get("id"))
+            _create_subscriptions(azdo, bodies, url=args.url, secret=secret)
+        except AuthError as exc:
+            raise AuthError(
+                f"{exc}; subscriptions also need the Service Hooks (read & write) scope (vso.hooks_write) "
+                "and the Edit subscriptions permission in the project"
+            ) from None
         finally:
             azdo.close()
         return 0

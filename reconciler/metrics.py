@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PASS_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 JOB_OUTCOMES = ("created", "drained", "pruned", "stuck")
-HINT_RESULTS = ("accepted", "duplicate", "ignored", "unauthorized", "malformed")
 
 HELP = {
     "azp_requests_queued": ("gauge", "Job requests waiting for an agent in the pools polled by the last pass."),

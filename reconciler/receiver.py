@@ -10,7 +10,8 @@ password or in the `X-Azp-Hook-Secret` header, over HTTPS. Delivery is best effo
 sometimes never), so a hint only makes the loop poll the project's pools sooner; polling stays the
 backstop. The reconciler loop runs in the same process (`azp-reconciler serve`), holding the Lease.
 
-Hints are deduplicated by (job id, attempt, state), and rate-limited by the loop: a hinted pool is
+Hints are deduplicated by (job id, attempt, state), a hint raised longer than `idleInterval` ago is
+stale (every pool has been polled since), and hints are rate-limited by the loop: a hinted pool is
 polled no sooner than `interval` after its previous poll, so a flood of hooks costs at most one
 job-requests call per pool per `interval`. Posts are refused before their body is read when they are
 not authenticated (401), and when their body is too large (413) or not such an event (400).
@@ -30,10 +31,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.azdo import parse_time
 from reconciler.errors import ConfigError
 from reconciler.metrics import CONTENT_TYPE, Metrics
 
@@ -65,6 +68,8 @@ class Hint:
     job_id: str
     attempt: int
     state: str
+    created: datetime | None = None
+    """When the service raised the event (`createdDate`)."""
 
     @property
     def waiting(self) -> bool:
@@ -95,7 +100,11 @@ def parse_hint(body: bytes) -> Hint:
         container = (event.get("resourceContainers") or {}).get("project")
         project = container.get("id") if isinstance(container, dict) else None
     return Hint(
-        project_id=project if isinstance(project, str) else None, job_id=job_id.lower(), attempt=attempt, state=state
+        project_id=project if isinstance(project, str) else None,
+        job_id=job_id.lower(),
+        attempt=attempt,
+        state=state,
+        created=parse_time(event.get("createdDate")),
     )
 
 
@@ -174,7 +183,7 @@ class Receiver(ThreadingHTTPServer):
         address: tuple[str, int],
         *,
         auth: HookAuth,
-        on_hint: Callable[[Hint], None],
+        on_hint: Callable[[Hint], bool],
         metrics: Metrics,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -251,6 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != HOOK_PATH:
+            self.close_connection = True  # its body stays unread
             self._reply(404, b"not found\n", "text/plain")
             return
         if not self.server.auth.allows(self.headers):
@@ -269,10 +279,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(400, "malformed", f"{exc}\n", keep_alive=True)
             return
         result = self.server.hints.admit(hint, now=time.monotonic())
+        if result == "accepted" and not self.server.on_hint(hint):
+            result = "stale"
+        log.debug("hint: job %s %s in project %s: %s", hint.job_id, hint.state, hint.project_id, result)
         self.server.metrics.record_hint(result)
-        if result == "accepted":
-            log.debug("hint: job %s waiting in project %s", hint.job_id, hint.project_id)
-            self.server.on_hint(hint)
         self._reply(200, json.dumps({"result": result}).encode(), "application/json")
 
     def _refuse(

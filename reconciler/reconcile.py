@@ -191,14 +191,19 @@ class Reconciler:
             self._hinted.update(chosen)
         self.wake.set()
 
-    def hint_job(self, *, project_id: str | None, job_id: str) -> None:
+    def hint_job(self, *, project_id: str | None, job_id: str, raised: datetime | None = None) -> bool:
         """A job of this project waits for an agent (a service hook; the event names no pool): poll the
-        pools the project's jobs were seen in, and the others only if the job is not found there."""
+        pools the project's jobs were seen in, and the others only if the job is not found there. False,
+        doing nothing, when the event was raised more than `idleInterval` ago: every pool has been polled
+        since, so the job has been seen if it still waits (a late hook would only cost calls)."""
+        if raised is not None and (self.clock() - raised).total_seconds() > self.config.loop.idle_interval:
+            return False
         every = {p.name for p in self.config.pools}
         with self._hint_lock:
             first = (self.project_pools.get((project_id or "").lower(), set()) & every) or every
             self._hinted_jobs[job_id.lower()] = (first, every - first, time.monotonic())
         self.hint(first)
+        return True
 
     def _follow_hints(self, world: World) -> None:
         """Learn which pools serve which project; hint the remaining pools for jobs not found in the first."""

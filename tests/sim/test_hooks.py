@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import PAT, Sim
+from conftest import PAT, WORLD, Sim
 
 from azp_simulation.hooks import HookDelivery
-from reconciler.receiver import EVENT_TYPE, HOOK_PATH, SECRET_HEADER
+from reconciler.receiver import EVENT_TYPE, HOOK_PATH, SECRET_HEADER, subscription_body
 
 SECRET = "hook-secret-5e1d9a7c"
 
@@ -128,7 +128,8 @@ AUTH = {SECRET_HEADER: SECRET}
 def test_receiver_refuses_unauthenticated_and_malformed_posts(sim: Sim, serve: Callable[..., Served]) -> None:
     """We test: no credential, a wrong secret or a wrong basic password get 401; a body that is not JSON,
     another event, or an event without a job get 400; a body over the size limit gets 413 before it is
-    read; a good post is accepted once and then reported as a duplicate; the metrics count each outcome
+    read; a good post is accepted once and then reported as a duplicate; an event raised long before
+    (older than idleInterval) is stale; the metrics count each outcome
     and the secret never reaches the log."""
     served = serve(sim, "--insecure-http", "--idle-interval", "60")
     assert served.post(event("j-1")).status_code == 401
@@ -143,11 +144,14 @@ def test_receiver_refuses_unauthenticated_and_malformed_posts(sim: Sim, serve: C
     assert first.status_code == 200 and first.json() == {"result": "accepted"}
     assert served.post(event("j-1"), headers=AUTH).json() == {"result": "duplicate"}
     assert served.post(event("j-1", state="completed"), headers=AUTH).json() == {"result": "ignored"}
+    late = {**event("j-2"), "createdDate": "2020-01-01T00:00:00.1234567Z"}
+    assert served.post(late, headers=AUTH).json() == {"result": "stale"}
     metrics = served.metrics()
     assert 'azp_hints_total{result="unauthorized"} 3' in metrics
     assert 'azp_hints_total{result="malformed"} 4' in metrics
     assert 'azp_hints_total{result="accepted"} 1' in metrics
     assert 'azp_hints_total{result="duplicate"} 1' in metrics
+    assert 'azp_hints_total{result="stale"} 1' in metrics
     assert served.stop() == 0
     assert SECRET not in served.log and PAT not in served.log
 
@@ -281,7 +285,8 @@ def test_receiver_serves_https(sim: Sim, serve: Callable[..., Served], tmp_path:
 
 def test_subscribe_print_shows_the_subscription_without_the_secret(sim: Sim, tmp_path: Path) -> None:
     """We test: `subscribe --print` prints one subscription per project with the event, the Waiting filter
-    and the consumer, never the secret, and creates nothing; an http:// URL is refused."""
+    and the consumer, never the secret, and creates nothing; an http:// URL is refused; a PAT without the
+    Service Hooks scope gets exit 2 naming the scope."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     common = ["subscribe", "--config", str(sim.config_path), "--secret-file", str(secret_file)]
@@ -300,3 +305,40 @@ def test_subscribe_print_shows_the_subscription_without_the_secret(sim: Sim, tmp
     assert sim.azdo.hooks.subscriptions() == []
     insecure = sim.cli(*common, "--url", "http://hooks.example.com/x", "--project", "a")
     assert insecure.code == 2 and "https://" in insecure.err
+    unscoped = sim.cli(*common, "--url", "https://hooks.example.com/x", "--project", sim.azdo.project_id)
+    assert unscoped.code == 2 and "vso.hooks_write" in unscoped.err
+
+
+TWO_POOLS = {
+    **WORLD,
+    "pools": [
+        {**WORLD["pools"][0], "name": name, "templates": [{"name": "default", "capabilities": {"docker": ""}}]}
+        for name in ("linux", "gpu")
+    ],
+}
+
+
+def test_a_job_in_a_pool_the_project_never_used_is_found_at_once(
+    make_sim: Callable[..., Sim], serve: Callable[..., Served]
+) -> None:
+    """We test: after a first hinted job taught the receiver that the project uses pool 'linux', a job of
+    the same project in pool 'gpu' is still created within seconds (the event names no pool: when the
+    job is not in the project's known pools, the others are polled next), with idleInterval 60 s."""
+    sim = make_sim(TWO_POOLS)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write"))
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    created = sim.azdo.hooks.create(
+        subscription_body(
+            project_id=sim.azdo.project_id, url=f"{served.url}{HOOK_PATH}", username="azp", password=SECRET
+        ),
+        identity={},
+    )
+    assert created["status"] == "enabled"
+    time.sleep(1.0)
+    sim.queue("linux", 1, demands=("docker",), duration=60)
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=10, what="the Job in pool linux")
+    queued_at = time.monotonic()
+    sim.queue("gpu", 1, demands=("docker",), duration=60)
+    sim.wait_for(lambda: len(sim.jobs()) == 2, timeout=15, what="the Job in pool gpu")
+    assert time.monotonic() - queued_at < 8
