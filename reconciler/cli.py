@@ -329,6 +329,21 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         return 0
 
 
+def _create_subscriptions(azdo: Any, bodies: list[dict[str, Any]], *, url: str, secret: str) -> None:
+    """Create the subscriptions of projects that do not send to `url` yet (running it twice is harmless)."""
+    from reconciler import receiver
+
+    existing = receiver.subscribed_projects(azdo.subscriptions(), url=url)
+    for body in bodies:
+        project = body["publisherInputs"]["projectId"]
+        if project.lower() in existing:
+            log.info("project %s already sends waiting jobs to %s", project, url)
+            continue
+        body["consumerInputs"]["basicAuthPassword"] = secret
+        created = azdo.create_subscription(body)
+        log.info("subscribed project %s: subscription %s", project, created.get("id"))
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from reconciler import names, render
 

@@ -27,6 +27,8 @@ expression. Each failure names the chart key, the value and how to write it.
   "absolutePath" (list "^/" "an absolute path such as /var/run/docker.sock")
   "capability" (list "^\\S+$" "a capability name: no spaces")
   "secretKey" (list "^[-._a-zA-Z0-9]+$" "a Secret key: letters, digits, '-', '_' and '.'")
+  "httpUrl" (list "^https?://[^\\s/]+" "an http:// or https:// URL such as http://pushgateway.monitoring:9091")
+  "duration" (list "^[0-9]+(ms|s|m|h)$" "a Prometheus duration such as 30s or 1m")
   "nameOverride" (list "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$" "a name: lower-case letters, digits and '-', starting and ending with a letter or digit")
   | toJson -}}
 {{- end -}}

@@ -25,6 +25,8 @@
 {{- fail "webhook.ingress.host: set the public host name Azure DevOps posts to" -}}
 {{- end -}}
 {{- end -}}
+{{- include "azp-agents.checkFormat" (dict "key" "metrics.pushgateway" "value" .Values.metrics.pushgateway "format" "httpUrl" "optional" true) -}}
+{{- include "azp-agents.checkFormat" (dict "key" "metrics.serviceMonitor.interval" "value" .Values.metrics.serviceMonitor.interval "format" "duration") -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not $webhook.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled: /metrics is served by the receiver, so it needs webhook.enabled: true (CronJob runs push to metrics.pushgateway instead)" -}}
 {{- end -}}
