@@ -1,4 +1,4 @@
-"""We test scripts/build-chart-tools.sh: shellcheck-clean, and a rerun
+"""We test scripts/build-chart-tools.sh and scripts/build-keda-harness.sh: shellcheck-clean, and a rerun
 of the chart-tools build with everything built copies nothing and prints the pinned versions."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from chart_helpers import BUILD_CHART_TOOLS, REPO, built_tool
 
+BUILD_KEDA_HARNESS = REPO / "scripts" / "build-keda-harness.sh"
 
-@pytest.mark.parametrize("script", [BUILD_CHART_TOOLS], ids=lambda p: p.name)
+
+@pytest.mark.parametrize("script", [BUILD_CHART_TOOLS, BUILD_KEDA_HARNESS], ids=lambda p: p.name)
 def test_build_scripts_are_shellcheck_clean(script: Path) -> None:
     """We test: shellcheck finds nothing in the script."""
     shellcheck = Path(sys.executable).parent / "shellcheck"
