@@ -8,7 +8,8 @@
 # scaler's cloud SDK (about 3,000 packages). The harness needs only NewAzurePipelinesScaler, so it is
 # built against a copy of the pinned KEDA module, taken from the module cache (checked against
 # go.sum), with the other scalers' *_scaler.go files left out of pkg/scalers: about 900 packages.
-# The azure-pipelines scaler and the package's shared scaler.go compile from KEDA's source unchanged.
+# Kept, from KEDA's source unchanged: the azure-pipelines scaler, the package's shared scaler.go, and
+# the azure-queue scaler, which declares the package's externalMetricType the former uses.
 #
 # Usage: scripts/build-keda-harness.sh [DEST]   (DEST defaults to .tools at the repository root)
 set -euo pipefail
@@ -27,7 +28,8 @@ if [ ! -x "$cached" ]; then
   keda_dir="$(cd "$SRC" && go list -mod=readonly -m -f '{{.Dir}}' "$KEDA_MODULE")"
   cp -r "$keda_dir" "$work/keda"
   chmod -R u+w "$work/keda"
-  find "$work/keda/pkg/scalers" -maxdepth 1 -name '*_scaler.go' ! -name azure_pipelines_scaler.go -delete
+  find "$work/keda/pkg/scalers" -maxdepth 1 -name '*_scaler.go' \
+    ! -name azure_pipelines_scaler.go ! -name azure_queue_scaler.go -delete
   mkdir -p "$work/harness" "$(dirname "$cached")"
   cp "$SRC/go.mod" "$SRC/go.sum" "$SRC"/*.go "$work/harness/"
   (

@@ -22,6 +22,8 @@ def test_scalers_count_the_queue_their_demands_match() -> None:
     with AzureDevOpsEmulator("contoso") as emulator:
         emulator.add_pat(PAT, scopes=("vso.agentpools",), identity="keda")
         pool = emulator.add_pool("linux")
+        # An offline agent with the capability keeps the requests queued, as a placeholder does.
+        emulator.add_agent(pool["id"], "placeholder-gpu", enabled=False, capabilities={"gpu": "1"})
         for _ in range(3):
             emulator.queue_request(pool["id"], demands=["gpu"], duration=600)
         jobs = keda.scaled_jobs({"linux": {"gpu": {"gpu": "1", "Agent.OS": "Linux"}, "cpu": {"Agent.OS": "Linux"}}})
