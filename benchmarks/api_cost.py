@@ -132,14 +132,15 @@ def _start_real_keda(stack: contextlib.ExitStack[Any], sim: Simulation) -> list[
 
 
 def _real_keda_figures(
-    polls: list[dict[str, Any]], calls: list[Any], pools: int, window: tuple[float, float]
+    polls: list[dict[str, Any]], calls: list[Any], pools: int, scaled_jobs: int, window: tuple[float, float]
 ) -> dict[str, Any]:
     """What the real scalers did in the window: polls, calls per poll, jobrequests calls per pool per cycle."""
     in_window = [p for p in polls if window[0] <= (parse_time(p.get("time")) or 0) < window[1]]
     jobrequests = sum(1 for c in calls if c.short == "pools/{poolId}/jobrequests")
     cycles = (window[1] - window[0]) / KEDA_POLLING_INTERVAL
     return {
-        "scaled_jobs": len({p["scaledJob"] for p in polls}),
+        "scaled_jobs": scaled_jobs,
+        "window_cycles": round(cycles, 2),
         "polls": len(in_window),
         "poll_errors": sum(1 for p in in_window if p.get("error")),
         "calls_per_poll": round(len(calls) / max(1, len(in_window)), 3),
@@ -282,7 +283,13 @@ def run(size: str) -> dict[str, Any]:
     if real_keda_polls is not None:
         keda_real_bill = bill(KEDA_REAL[1])
         keda_real_bill.update(
-            _real_keda_figures(real_keda_polls, by_identity[KEDA_REAL[1]], pools, (window_start, window_end))
+            _real_keda_figures(
+                real_keda_polls,
+                by_identity[KEDA_REAL[1]],
+                pools,
+                sum(template_counts.values()),
+                (window_start, window_end),
+            )
         )
     orchestrator_cycles = max(1, cycles.get("orchestrator", 0))
     orchestrator_per_pool_cycle = orchestrator_bill["calls"] / pools / orchestrator_cycles
@@ -427,10 +434,12 @@ def _check_real_keda(outcome: Outcome, real: dict[str, Any] | None, reimplemente
         met=abs(real["calls_per_poll"] - 1) <= 0.05 and real["poll_errors"] == 0,
     )
     ratio = real["calls_per_pool_per_minute"] / max(reimplemented["calls_per_pool_per_minute"], 1e-9)
+    # A window shorter than two polling intervals sees a fraction of the staggered polls: no verdict.
     outcome.check(
         "KEDA scaler (real) vs re-implemented, calls per pool per minute",
-        target="within 10%",
+        target="within 10% (over >= 2 polling intervals)",
         value=f"{real['calls_per_pool_per_minute']} vs {reimplemented['calls_per_pool_per_minute']} "
-        f"({real['calls_per_pool_per_cycle']} vs {reimplemented['calls_per_pool_per_cycle']} per pool per cycle)",
-        met=abs(ratio - 1) <= 0.1,
+        f"({real['calls_per_pool_per_cycle']} vs {reimplemented['calls_per_pool_per_cycle']} per pool per cycle, "
+        f"{real['window_cycles']} intervals)",
+        met=abs(ratio - 1) <= 0.1 if real["window_cycles"] >= 2 else None,
     )
