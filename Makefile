@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TOOLS := .tools/.fetched
+CHART_TOOLS := .tools/.chart-tools-built
 
 .PHONY: demo test lint unit bench soak tools clean
 
@@ -17,7 +18,12 @@ $(TOOLS): scripts/fetch-tools.sh
 	bash scripts/fetch-tools.sh
 	@touch $@
 
-tools: $(TOOLS)
+# helm-unittest and ct, built from their Go modules (minutes cold; seconds from ~/.cache/azp-agents).
+$(CHART_TOOLS): scripts/build-chart-tools.sh
+	bash scripts/build-chart-tools.sh
+	@touch $@
+
+tools: $(TOOLS) $(CHART_TOOLS)
 
 ## demo: set up and run the simulation (the embedded default: emulated Azure DevOps + Kubernetes)
 demo: $(STAMP)
@@ -30,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 ## test: set up and run everything CI runs
-test: $(STAMP) $(TOOLS) lint
+test: $(STAMP) $(TOOLS) $(CHART_TOOLS) lint
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
 
 unit: $(STAMP)

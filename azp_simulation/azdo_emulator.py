@@ -23,8 +23,9 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   is offline is accepted and fails that job with "We stopped hearing from agent" (#3994: the delete was
   refused while the agent ran a job, then succeeded, and the job assigned in between failed that way); the
   job is not queued again. The default window is 0 (the race is timing-dependent in the real service);
-- an api-version is required on every route, jobrequests included (the real jobrequests route is
-  reported to answer KEDA without one), so a client that forgets it fails here first.
+- an api-version is required on every route and method except a GET of the pools list or of a
+  pool's jobrequests, which KEDA's scaler sends without one (VERSIONLESS_GET_ROUTES); a client
+  that forgets it elsewhere fails here first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from azp_simulation.azdo_support import (
     SCOPE_READ,
     SERVICE_OWNER,
     SIGN_IN_PAGE,
+    VERSIONLESS_GET_ROUTES,
     ApiError,
     CallRecord,
     EmulatorStats,
@@ -1299,14 +1301,13 @@ class _Handler(FaultingHandler):
             )
             self._send_error(error, state)
             return
-        try:
-            version = check_api_version(
-                requested_api_version(query.get("api-version"), self.headers.get("Accept")), method=method
-            )
-        except ApiError as error:
-            self._send_error(error, state)
-            return
-        state.api_version = version
+        requested = requested_api_version(query.get("api-version"), self.headers.get("Accept"))
+        if requested is not None or method != "GET" or route.short not in VERSIONLESS_GET_ROUTES:
+            try:
+                state.api_version = check_api_version(requested, method=method)
+            except ApiError as error:
+                self._send_error(error, state)
+                return
 
         if method != "GET" and not emulator.may_manage_pool(credential, found[1].get("poolId"), route.short):
             self._send_error(

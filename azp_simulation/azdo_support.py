@@ -21,6 +21,11 @@ SCOPE_MANAGE = "vso.agentpools_manage"
 SERVICE_OWNER = "00025394-6065-48ca-87d9-7f5672854ef7"
 LATEST_RELEASED_VERSION = (7, 1)
 LATEST_PREVIEW_VERSION = (7, 2)
+# GET routes the service answers without an api-version: KEDA's azure-pipelines scaler sends none on
+# `pools?poolName=`/`pools?poolID=` and on `pools/{poolId}/jobrequests`, and works in production
+# (kedacore/keda pkg/scalers/azure_pipelines_scaler.go; the reference, section 0). [inferred] from
+# that client; every other route and method still needs one here.
+VERSIONLESS_GET_ROUTES = frozenset({"pools", "pools/{poolId}/jobrequests"})
 
 _WEBAPI = "Microsoft.VisualStudio.Services.WebApi"
 _SERVER = "Microsoft.TeamFoundation.Framework.Server"

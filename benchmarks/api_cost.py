@@ -4,10 +4,15 @@ steady arrival of jobs) is served by the real reconciler (a separate `python -m 
 with their own PATs. The emulator's call log, split by identity, gives each one's bill.
 
 azp-agents runs with interval 2 s (pools with work) and idleInterval 30 s (idle pools; KEDA's
-default poll), the setting of the latency benchmark."""
+default poll), the setting of the latency benchmark.
+
+When scripts/build-keda-harness.sh has built it, KEDA's own azure-pipelines scaler (the Go code,
+benchmarks/keda) also polls the same organization with a PAT of its own, one scaler per template:
+the row "KEDA scaler (real)" beside the re-implemented KEDA policy."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import threading
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from azp_simulation.azdo_support import SCOPE_READ, RateLimit
+from azp_simulation.world import Simulation
+from benchmarks import keda as keda_real
 from benchmarks.harness import (
     Outcome,
     ReconcilerRun,
@@ -38,6 +45,7 @@ from benchmarks.reference_policies import (
 AZP_IDENTITY = "Build Admin"
 ORCHESTRATOR = ("orchestrator-pat-5c1d", "ado-agent-orchestrator")
 KEDA = ("keda-pat-7e2a", "keda-azure-pipelines-scaler")
+KEDA_REAL = ("keda-real-pat-3b9f", "keda-scaler-real")
 INTERVAL, IDLE_INTERVAL = 2.0, 30.0
 _POOL_IN_PATH = re.compile(r"/pools/(\d+)(?:/|$)")
 
@@ -101,6 +109,47 @@ def _pool_id(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _start_real_keda(stack: contextlib.ExitStack[Any], sim: Simulation) -> list[dict[str, Any]] | None:
+    """Start KEDA's own scalers (one per template) and wait for their first poll, so the window
+    holds their steady state, not the pool lookups of their construction. None when not built."""
+    if not keda_real.available():
+        return None
+    sim.azdo.add_pat(KEDA_REAL[0], scopes=(SCOPE_READ,), identity=KEDA_REAL[1])
+    templates: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for (pool, template), capabilities in sim.capabilities.items():
+        templates[pool][template] = capabilities
+    polls = stack.enter_context(
+        keda_real.keda_scalers(
+            organization=sim.organization_url,
+            pat=KEDA_REAL[0],
+            jobs=keda_real.scaled_jobs(templates),
+            polling_interval=KEDA_POLLING_INTERVAL,
+        )
+    )
+    if not wait_until(lambda: bool(polls), timeout=120, poll=0.1):
+        raise RuntimeError("KEDA's scalers made no poll within 120 s")
+    return polls
+
+
+def _real_keda_figures(
+    polls: list[dict[str, Any]], calls: list[Any], pools: int, scaled_jobs: int, window: tuple[float, float]
+) -> dict[str, Any]:
+    """What the real scalers did in the window: polls, calls per poll, jobrequests calls per pool per cycle."""
+    in_window = [p for p in polls if window[0] <= (parse_time(p.get("time")) or 0) < window[1]]
+    jobrequests = sum(1 for c in calls if c.short == "pools/{poolId}/jobrequests")
+    cycles = (window[1] - window[0]) / KEDA_POLLING_INTERVAL
+    return {
+        "scaled_jobs": scaled_jobs,
+        "window_cycles": round(cycles, 2),
+        "polls": len(in_window),
+        "poll_errors": sum(1 for p in in_window if p.get("error")),
+        "calls_per_poll": round(len(calls) / max(1, len(in_window)), 3),
+        "calls_per_pool_per_cycle": round(jobrequests / pools / cycles, 2),
+        "desired_jobs_max": max((int(p.get("desired", 0)) for p in in_window), default=0),
+        "polling_interval": KEDA_POLLING_INTERVAL,
+    }
+
+
 def run(size: str) -> dict[str, Any]:
     """Serve one world with all three for the same window; report calls per pass, per pool, per minute."""
     check_size(size)
@@ -116,6 +165,7 @@ def run(size: str) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="azp-bench-api-") as temporary,
         simulation(document, Path(temporary)) as sim,
+        contextlib.ExitStack() as real_keda,
     ):
         for token, identity in (ORCHESTRATOR, KEDA):
             sim.azdo.add_pat(token, scopes=(SCOPE_READ,), identity=identity)
@@ -133,6 +183,7 @@ def run(size: str) -> dict[str, Any]:
         if not wait_until(sim.installed, timeout=90, poll=0.05):
             run_.wait(1)
             raise RuntimeError(f"the first pass did not register the placeholders: {run_.errors[-5:]}")
+        real_keda_polls = _start_real_keda(real_keda, sim)
         window_start = time.time()
         stop = threading.Event()
         policy_pools = [PolicyPool(name, template_counts[name]) for name in template_counts]
@@ -166,6 +217,7 @@ def run(size: str) -> dict[str, Any]:
         time.sleep(seconds)
         window_end = time.time()
         stop.set()
+        real_keda.close()
         run_.process.terminate()
         run_.wait(60)
         for thread in threads:
@@ -227,6 +279,18 @@ def run(size: str) -> dict[str, Any]:
         }
 
     orchestrator_bill, keda_bill, azp_bill = bill(ORCHESTRATOR[1]), bill(KEDA[1]), bill(AZP_IDENTITY)
+    keda_real_bill = None
+    if real_keda_polls is not None:
+        keda_real_bill = bill(KEDA_REAL[1])
+        keda_real_bill.update(
+            _real_keda_figures(
+                real_keda_polls,
+                by_identity[KEDA_REAL[1]],
+                pools,
+                sum(template_counts.values()),
+                (window_start, window_end),
+            )
+        )
     orchestrator_cycles = max(1, cycles.get("orchestrator", 0))
     orchestrator_per_pool_cycle = orchestrator_bill["calls"] / pools / orchestrator_cycles
     keda_per_pool_cycle = sum(template_counts.values()) / pools
@@ -266,6 +330,7 @@ def run(size: str) -> dict[str, Any]:
         "azp_agents": azp_bill,
         "orchestrator": orchestrator_bill,
         "keda": keda_bill,
+        "keda_real": keda_real_bill,
         "lower_bound_calls_per_pool_per_pass": 1.0,
         "settings": {
             "interval": interval,
@@ -327,9 +392,11 @@ def run(size: str) -> dict[str, Any]:
         "AzDO calls per pool per minute",
         target="(informational)",
         value=f"azp {azp_bill['calls_per_pool_per_minute']}, orchestrator "
-        f"{orchestrator_bill['calls_per_pool_per_minute']}, KEDA {keda_bill['calls_per_pool_per_minute']}",
+        f"{orchestrator_bill['calls_per_pool_per_minute']}, KEDA {keda_bill['calls_per_pool_per_minute']}"
+        + (f", KEDA scaler (real) {keda_real_bill['calls_per_pool_per_minute']}" if keda_real_bill else ""),
         met=None,
     )
+    _check_real_keda(outcome, keda_real_bill, keda_bill)
     outcome.check(
         "TSTU-style cost per 5 min (limit 200)",
         target="(informational)",
@@ -352,3 +419,27 @@ def run(size: str) -> dict[str, Any]:
     )
     outcome.seconds = time.monotonic() - started
     return outcome.as_dict()
+
+
+def _check_real_keda(outcome: Outcome, real: dict[str, Any] | None, reimplemented: dict[str, Any]) -> None:
+    """The rows of KEDA's own scaler: one call per poll, and the re-implemented policy's bill matched."""
+    if real is None:
+        outcome.notes.append(f"KEDA scaler (real): not run; build it with {keda_real.BUILD_SCRIPT}")
+        return
+    outcome.check(
+        "KEDA scaler (real), AzDO calls per poll",
+        target="1 (one jobrequests GET)",
+        value=f"{real['calls_per_poll']} over {real['polls']} polls of {real['scaled_jobs']} ScaledJobs "
+        f"({real['poll_errors']} errors)",
+        met=abs(real["calls_per_poll"] - 1) <= 0.05 and real["poll_errors"] == 0,
+    )
+    ratio = real["calls_per_pool_per_minute"] / max(reimplemented["calls_per_pool_per_minute"], 1e-9)
+    # A window shorter than two polling intervals sees a fraction of the staggered polls: no verdict.
+    outcome.check(
+        "KEDA scaler (real) vs re-implemented, calls per pool per minute",
+        target="within 10% (over >= 2 polling intervals)",
+        value=f"{real['calls_per_pool_per_minute']} vs {reimplemented['calls_per_pool_per_minute']} "
+        f"({real['calls_per_pool_per_cycle']} vs {reimplemented['calls_per_pool_per_cycle']} per pool per cycle, "
+        f"{real['window_cycles']} intervals)",
+        met=abs(ratio - 1) <= 0.1 if real["window_cycles"] >= 2 else None,
+    )

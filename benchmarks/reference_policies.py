@@ -4,8 +4,10 @@ Only their observation is reproduced (the calls that cost Azure DevOps budget); 
 Kubernetes is out of scope. Each policy authenticates with its own PAT, so the emulator's call log
 tells the three identities (azp-agents, orchestrator, KEDA) apart in one shared world.
 
-Both send `api-version` on every call because the emulator requires it (KEDA sends none on
-jobrequests and the real service accepts that, per the reference, section 1); it changes no count."""
+Both send `api-version` on every call (KEDA sends none on pools and jobrequests, which the real
+service and the emulator accept, per the reference, section 0); it changes no count. KEDA's own
+scaler runs beside this re-implementation when built (benchmarks/keda, the "KEDA scaler (real)" row
+of api_cost)."""
 
 from __future__ import annotations
 

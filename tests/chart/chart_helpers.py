@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,3 +202,18 @@ def helm_lint(
             args += ["-f", str(path)]
         completed = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
     return completed.returncode, completed.stdout + completed.stderr
+
+
+BUILD_CHART_TOOLS = REPO / "scripts" / "build-chart-tools.sh"
+
+
+def built_tool(name: str) -> Path:
+    """A tool scripts/build-chart-tools.sh builds (helm-unittest, ct). Building takes minutes, so a test
+    does not do it: `make test` runs the script first. Missing, it skips the test, or fails it in CI."""
+    path = TOOLS_BIN / name
+    if not os.access(path, os.X_OK):
+        message = f"{path} is missing: run `bash {BUILD_CHART_TOOLS.relative_to(REPO)}` (or `make test`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

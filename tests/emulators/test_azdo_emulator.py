@@ -142,7 +142,8 @@ def test_pools_list_filters_and_shape(emulator: AzureDevOpsEmulator, session: re
 
 def test_api_version_required_and_checked(emulator: AzureDevOpsEmulator, session: requests.Session) -> None:
     """We test: no api-version is a 400 VssVersionNotSpecifiedException; the Accept header works; too new fails."""
-    url = api(emulator, "distributedtask/pools")
+    emulator.add_pool("windows", pool_id=40)
+    url = api(emulator, "distributedtask/pools/40")
     body = assert_error(session.get(url, timeout=5), 400, "VssVersionNotSpecifiedException", "No api-version")
     assert body["$id"] == "1" and body["innerException"] is None and body["eventId"] == 3000
     assert body["typeName"].startswith("Microsoft.VisualStudio.Services.WebApi.VssVersionNotSpecifiedException")
@@ -152,6 +153,23 @@ def test_api_version_required_and_checked(emulator: AzureDevOpsEmulator, session
     assert_error(session.get(url, params={"api-version": "9.0"}, timeout=5), 400, "VssVersionOutOfRangeException")
     assert_error(session.get(url, params={"api-version": "7.2"}, timeout=5), 400, "VssInvalidPreviewVersionException")
     assert_error(session.get(url, params={"api-version": "latest"}, timeout=5), 400, "VssInvalidApiVersionException")
+
+
+def test_keda_routes_answer_without_api_version(emulator: AzureDevOpsEmulator, session: requests.Session) -> None:
+    """We test: the GETs KEDA's scaler sends without api-version (pool by name, a pool's jobrequests with
+    $top) are served, with no api-version in the Content-Type; other routes and a write still need one."""
+    emulator.add_pool("windows", pool_id=40)
+    pools = session.get(api(emulator, "distributedtask/pools"), params={"poolName": "windows"}, timeout=5)
+    assert pools.status_code == 200, pools.text
+    assert [p["id"] for p in pools.json()["value"]] == [40]
+    assert "api-version" not in pools.headers["Content-Type"]
+    jobs = session.get(api(emulator, "distributedtask/pools/40/jobrequests"), params={"$top": "250"}, timeout=5)
+    assert jobs.status_code == 200, jobs.text
+    assert set(jobs.json()) == {"count", "value"}
+    agents = session.get(api(emulator, "distributedtask/pools/40/agents"), timeout=5)
+    assert_error(agents, 400, "VssVersionNotSpecifiedException", 'the "GET" request')
+    created = session.post(api(emulator, "distributedtask/pools/40/agents"), json=new_agent_body("a1"), timeout=5)
+    assert_error(created, 400, "VssVersionNotSpecifiedException", 'the "POST" request')
 
 
 def test_sign_in_page_without_suppress_and_401_with_it(emulator: AzureDevOpsEmulator) -> None:
