@@ -131,10 +131,17 @@ what to give instead for other kinds.
 {{- $path = list "spec" -}}
 {{- end -}}
 {{- $owner := $template -}}
+{{- $missing := printf "jobTemplates.%s: %s.containers is missing: a job template needs at least one container" .name (join "." $path) -}}
 {{- range $step := initial $path -}}
+{{- if not (kindIs "map" (index $owner $step)) -}}
+{{- fail $missing -}}
+{{- end -}}
 {{- $owner = index $owner $step -}}
 {{- end -}}
 {{- $pod := index $owner (last $path) -}}
+{{- if not (and (kindIs "map" $pod) $pod.containers) -}}
+{{- fail $missing -}}
+{{- end -}}
 {{- include "azp-agents.checkTokenLiterals" (dict "pod" $pod "name" .name) -}}
 {{- $defaults := include "azp-agents.podDefaults" $root | fromJson -}}
 {{- if and $pod.os (hasKey ($defaults.nodeSelector | default dict) "kubernetes.io/os") -}}

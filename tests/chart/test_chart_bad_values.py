@@ -128,6 +128,11 @@ PLAIN_WORDS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("relative-file-path", _templates("./x/job.yaml"), [r"--set-file jobTemplates\.custom=\./x/job\.yaml"]),
     ("not-yaml", _templates("kind: Job\n  spec: [\n"), [r"jobTemplates\.custom", "not valid YAML"]),
     ("job-v1beta1", _templates(_JOB.replace("batch/v1", "batch/v1beta1")), ["use batch/v1"]),
+    (
+        "job-without-containers",
+        _templates("apiVersion: batch/v1\nkind: Job\n"),
+        [r"jobTemplates\.custom", r"spec\.template\.spec\.containers is missing"],
+    ),
     *[
         (f"literal-{name}", _templates(_job_with(f"env:\n  - name: {name}\n    value: abc")), [name, "literal"])
         for name in ("AZP_TOKEN", "VSTS_TOKEN", "VSTS_AGENT_INPUT_TOKEN", "ORG_PAT", "AZURE_DEVOPS_EXT_PAT")
