@@ -923,3 +923,69 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if idle_long > allowance or (full and any(r.queued and in_shard(config, r) for r in state.requests)):
             needed.add(pool.name)
     return needed
+
+
+CLEANUP_REASON = "the release is being removed"
+
+
+def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) -> tuple[list[Action], list[str]]:
+    """What `azp-reconciler cleanup` does before a release goes: deregister its placeholders and its
+    agents that run no job, drain its idle agents, delete its Jobs that run no pipeline job (pending,
+    starting, finished). A Job whose agent is busy is kept, and named in the second list, unless `force`.
+    Only agents and Jobs of this release are looked at (its Jobs by label, its agents by name)."""
+    actions: list[Action] = []
+    kept: list[str] = []
+    pods_by_job = _pods_by_job(world.pods)
+    by_pool = _jobs_by_pool(world)
+    states = _states_by_name(world)
+    for pool in config.pools:
+        state = states.get(pool.name)
+        if state is None or state.pool_id is None or state.agents is None:
+            continue
+        jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
+        p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
+        for view in p.views:
+            if view.busy and not force:
+                kept.append(f"{view.job.namespace}/{view.job.name}")
+            else:
+                actions.append(_cleanup_job(p, view))
+        actions.extend(_cleanup_agents(p))
+    return actions, kept
+
+
+def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
+    agent = view.agent
+    if agent is not None and agent.online and not view.busy and view.running:
+        return _drain(p.pool, p.state, view, agent, CLEANUP_REASON)
+    unregister = agent is not None and not view.busy
+    return DeleteJob(
+        pool=p.pool.name,
+        namespace=view.job.namespace,
+        job_name=view.job.name,
+        reason=CLEANUP_REASON,
+        agent_id=agent.agent_id if unregister and agent is not None else None,
+        pool_id=p.pool_id,
+    )
+
+
+def _cleanup_agents(p: _PoolPass) -> list[DeleteAgent]:
+    """The release's placeholders, and its offline agents whose Job is gone, that run no job."""
+    ours = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    placeholders = names.placeholder_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    with_job = {v.pod.name.lower() for v in p.views if v.pod is not None}
+    deletes = []
+    for agent in p.state.agents or ():
+        key = agent.name.lower()
+        if key in p.busy or agent.busy or key in with_job:
+            continue
+        if key.startswith(placeholders) or (key.startswith(ours) and not agent.online):
+            deletes.append(
+                DeleteAgent(
+                    pool=p.pool.name,
+                    pool_id=p.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    reason=CLEANUP_REASON,
+                )
+            )
+    return deletes

@@ -70,3 +70,55 @@ def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> Non
     assert ended["result"] == "failed" and "We stopped hearing from agent" in ended["statusMessage"]
     assert [a["name"] for a in sim.agents()] == ["azp-placeholder-linux-default"]
     assert sim.azdo.stats.busy_agent_deletes_refused == 0
+
+
+def _cleanup(sim: Sim, *args: str) -> Any:
+    return sim.cli(
+        "cleanup",
+        "--config",
+        str(sim.config_path),
+        "--kubeconfig",
+        str(sim.simulation.kubeconfig_path),
+        "--wait",
+        "5",
+        *args,
+        config=False,
+    )
+
+
+def test_cleanup_removes_the_release_but_never_a_busy_agent_unless_forced(make_sim: Any) -> None:
+    """We test: `azp-reconciler cleanup` deregisters the placeholder and offline leftovers of ours, drains the
+    idle agent and deletes its Job, deletes a Job whose agent never came online, keeps the Job of a busy agent
+    (its pipeline job goes on), never touches an agent that is not ours, and leaves the Lease released; with
+    --force the busy agent's Job goes too."""
+    sim = make_sim({**WORLD, "stuck_pods": [{"pool": "linux", "nth": 2}]})
+    pool_id = sim.pool_ids["linux"]
+    sim.azdo.add_agent(pool_id, "azp-linux-77-xxxxx", status="offline")
+    sim.azdo.add_agent(pool_id, "build-server-01", status="offline")
+    [busy] = sim.queue(duration=120)
+    sim.queue(duration=0.5)
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: sum(1 for a in sim.agents() if a["status"] == "online") == 1 and len(sim.requests()) == 2,
+        timeout=20,
+        what="one busy agent",
+    )
+    config = sim.config()
+    config["pools"][0]["minIdle"] = 1
+    sim.write_config(config)
+    assert sim.reconcile().code == 0
+    sim.wait_for(lambda: sum(1 for a in sim.agents() if a["status"] == "online") == 2, timeout=20, what="an idle agent")
+    busy_agent = next(r["reservedAgent"]["name"] for r in sim.requests() if r["requestId"] == busy)
+    result = _cleanup(sim)
+    assert result.code == 0, result.text
+    assert "kept Job" in result.text
+    left = {a["name"] for a in sim.agents()}
+    assert left == {busy_agent, "build-server-01"}, result.text
+    active = [j["metadata"]["name"] for j in sim.jobs() if not j["metadata"].get("deletionTimestamp")]
+    assert active == [busy_agent.rsplit("-", 1)[0]], active
+    lease = sim.kube.objects("leases", "azp-agents")[0]
+    assert not lease["spec"].get("holderIdentity")
+    assert sim.kube.touched_foreign == 0
+    result = _cleanup(sim, "--force")
+    assert result.code == 0, result.text
+    assert [j for j in sim.jobs() if not j["metadata"].get("deletionTimestamp")] == []

@@ -6,8 +6,17 @@ from dataclasses import replace
 
 from plan_builders import NOW, agent, ago, config, job_for, of, pod_for, pool, queued, state, template, world
 
-from reconciler.model import AgentJob, AgentPod, CreateJob, DeleteAgent, DrainAgent, JobRequest, ReportCrashBackoff
-from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, plan
+from reconciler.model import (
+    AgentJob,
+    AgentPod,
+    CreateJob,
+    DeleteAgent,
+    DeleteJob,
+    DrainAgent,
+    JobRequest,
+    ReportCrashBackoff,
+)
+from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, cleanup_plan, plan
 
 
 def test_idle_agent_with_stale_capabilities_is_drained_and_not_supply() -> None:
@@ -127,3 +136,39 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
     online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-linux-9-zzzzz", online=False))
     w = world(state("linux", *requests, agents=online), jobs=(done_job, live_job), pods=(done_pod, live_pod))
     assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
+
+
+def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
+    """We test: cleanup deregisters the placeholder and offline leftovers of ours, drains an idle agent,
+    deletes a pending Job (and the agent it registered) and a finished one; it keeps a Job whose agent runs a
+    job (named as kept) unless forced, and never touches an agent that is not ours."""
+    cfg = config(pool("linux", template(placeholder=True)))
+    idle_job, pending_job, busy_job, done_job = (job_for("linux", request_id=n, created=100) for n in (1, 2, 3, 4))
+    idle_pod = pod_for(idle_job)
+    pending_pod = pod_for(pending_job, phase="Pending")
+    busy_pod = pod_for(busy_job)
+    done_pod = pod_for(done_job, phase="Succeeded", finished=50)
+    agents = (
+        agent(1, idle_pod.name),
+        agent(2, pending_pod.name, online=False),
+        agent(3, busy_pod.name, busy_with=33),
+        agent(4, "azp-placeholder-linux-default", online=False, enabled=False),
+        agent(5, "azp-linux-99-zzzzz", online=False),
+        agent(6, "build-server-01", online=False),
+    )
+    w = world(
+        state("linux", agents=agents),
+        jobs=(idle_job, pending_job, busy_job, done_job),
+        pods=(idle_pod, pending_pod, busy_pod, done_pod),
+    )
+    actions, kept = cleanup_plan(cfg, w, NOW, force=False)
+    assert kept == [f"agents/{busy_job.name}"]
+    assert [(d.agent_id, d.job_name) for d in of(DrainAgent, actions)] == [(1, idle_job.name)]
+    assert sorted((d.job_name, d.agent_id) for d in of(DeleteJob, actions)) == [
+        (pending_job.name, 2),
+        (done_job.name, None),
+    ]
+    assert sorted(d.agent_id for d in of(DeleteAgent, actions)) == [4, 5]
+    forced, kept = cleanup_plan(cfg, w, NOW, force=True)
+    assert kept == [] and (busy_job.name, None) in [(d.job_name, d.agent_id) for d in of(DeleteJob, forced)]
+    assert cleanup_plan(cfg, world(state("linux"), jobs=(idle_job,), pods=(idle_pod,)), NOW, force=True) == ([], [])
