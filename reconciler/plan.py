@@ -968,18 +968,31 @@ def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
     )
 
 
-def _cleanup_agents(p: _PoolPass) -> list[DeleteAgent]:
-    """The release's placeholders, and its offline agents whose Job is gone, that run no job."""
+def _cleanup_agents(p: _PoolPass) -> list[Action]:
+    """The release's placeholders and its agents without a Job (theirs is gone or being deleted) that run
+    no job: offline ones are deregistered, online ones drained (disabled and re-read first)."""
     ours = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
     placeholders = names.placeholder_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
     with_job = {v.pod.name.lower() for v in p.views if v.pod is not None}
-    deletes = []
+    actions: list[Action] = []
     for agent in p.state.agents or ():
         key = agent.name.lower()
-        if key in p.busy or agent.busy or key in with_job:
+        if key in p.busy or agent.busy or key in with_job or not key.startswith((placeholders, ours)):
             continue
-        if key.startswith(placeholders) or (key.startswith(ours) and not agent.online):
-            deletes.append(
+        if agent.online and not key.startswith(placeholders):
+            actions.append(
+                DrainAgent(
+                    pool=p.pool.name,
+                    pool_id=p.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    namespace=None,
+                    job_name=None,
+                    reason=CLEANUP_REASON,
+                )
+            )
+        else:
+            actions.append(
                 DeleteAgent(
                     pool=p.pool.name,
                     pool_id=p.pool_id,
@@ -988,4 +1001,4 @@ def _cleanup_agents(p: _PoolPass) -> list[DeleteAgent]:
                     reason=CLEANUP_REASON,
                 )
             )
-    return deletes
+    return actions

@@ -139,9 +139,9 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
 
 
 def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
-    """We test: cleanup deregisters the placeholder and offline leftovers of ours, drains an idle agent,
-    deletes a pending Job (and the agent it registered) and a finished one; it keeps a Job whose agent runs a
-    job (named as kept) unless forced, and never touches an agent that is not ours."""
+    """We test: cleanup deregisters the placeholder and offline leftovers of ours, drains an idle agent (and
+    one whose Job is gone), deletes a pending Job (and the agent it registered) and a finished one; it keeps
+    a Job whose agent runs a job (named as kept) unless forced, and never touches an agent that is not ours."""
     cfg = config(pool("linux", template(placeholder=True)))
     idle_job, pending_job, busy_job, done_job = (job_for("linux", request_id=n, created=100) for n in (1, 2, 3, 4))
     idle_pod = pod_for(idle_job)
@@ -155,6 +155,7 @@ def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
         agent(4, "azp-placeholder-linux-default", online=False, enabled=False),
         agent(5, "azp-linux-99-zzzzz", online=False),
         agent(6, "build-server-01", online=False),
+        agent(7, "azp-linux-98-yyyyy"),  # online, its Job already gone
     )
     w = world(
         state("linux", agents=agents),
@@ -163,7 +164,7 @@ def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
     )
     actions, kept = cleanup_plan(cfg, w, NOW, force=False)
     assert kept == [f"agents/{busy_job.name}"]
-    assert [(d.agent_id, d.job_name) for d in of(DrainAgent, actions)] == [(1, idle_job.name)]
+    assert [(d.agent_id, d.job_name) for d in of(DrainAgent, actions)] == [(1, idle_job.name), (7, None)]
     assert sorted((d.job_name, d.agent_id) for d in of(DeleteJob, actions)) == [
         (pending_job.name, 2),
         (done_job.name, None),
