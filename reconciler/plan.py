@@ -569,12 +569,37 @@ def _demand_order(routed: Mapping[str, list[JobRequest]], counts: _JobCounts) ->
     ]
 
 
+def _waiting_on_parallel_limit(p: _PoolPass, queued: list[JobRequest]) -> set[str]:
+    """Templates whose queued requests wait on the organization's parallel-job limit, not on agents: an
+    agent of theirs has sat idle past idleTimeout although a request it could serve is queued (the service
+    assigns a free, matching agent within seconds otherwise). Needs the agent list (idle times)."""
+    if not p.agents_known or not queued:
+        return set()
+    idle_timeout = timedelta(seconds=p.pool.idle_timeout)
+    limited = set()
+    for index, template in enumerate(p.pool.templates):
+        idle_long = any(
+            v.job.template == template.name
+            and v.agent is not None
+            and v.agent.online
+            and v.agent.enabled
+            and not v.busy
+            and v.running
+            and _age(v.agent.status_changed_on, p.now) > idle_timeout
+            for v in p.views
+        )
+        if idle_long and any(p.router.serves(index, r.demands) for r in queued):
+            limited.add(template.name)
+    return limited
+
+
 def _plan_creates(
     p: _PoolPass,
     routed: Mapping[str, list[JobRequest]],
     counts: _JobCounts,
     *,
     backoff: Mapping[str, _Backoff],
+    limited: set[str],
     create_budget: int,
     job_names: set[str],
 ) -> tuple[list[CreateJob], int, list[str]]:
@@ -586,6 +611,8 @@ def _plan_creates(
     held = [name for name in backoff if want.get(name, 0) + standby.get(name, 0) > 0]
     for name in held:
         want[name] = standby[name] = 0
+    for name in limited:
+        want[name] = 0  # more agents would only wait too
     creates: list[CreateJob] = []
     # A pool at maxAgents (or a spent brake) creates nothing: skip the ordering work.
     ordered = _demand_order(routed, counts) if pool_room > 0 and create_budget > 0 else []
@@ -623,8 +650,9 @@ def _plan_pool(
     actions.extend(job_actions)
     actions.extend(_plan_rescues(p))
     backoff = _crash_backoff(p)
+    limited = _waiting_on_parallel_limit(p, queued)
     creates, blocked, held = _plan_creates(
-        p, routed, counts, backoff=backoff, create_budget=create_budget, job_names=job_names
+        p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
@@ -639,6 +667,7 @@ def _plan_pool(
                 queued=queued,
                 active=counts.active,
                 blocked=blocked,
+                limited=limited,
                 now=now,
                 busy=p.busy,
                 by_name=p.agents,
@@ -672,6 +701,7 @@ def _plan_agents(
     queued: list[JobRequest],
     active: Mapping[str, list[_JobView]],
     blocked: int,
+    limited: set[str],
     now: datetime,
     busy: set[str],
     by_name: Mapping[str, Agent],
@@ -681,7 +711,8 @@ def _plan_agents(
     of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
     serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
     job matters more than a warm spare. `busy`, `by_name` (agents by lower-case name) and `router` are
-    the ones `_plan_pool` made for this pool, passed on so that they are built once."""
+    the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
+    whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
     assert state.agents is not None and state.pool_id is not None
     actions: list[Action] = []
     ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
@@ -747,7 +778,16 @@ def _plan_agents(
 
     actions.extend(
         _plan_drains(
-            pool, state, views, routed=routed, queued=queued, active=active, blocked=blocked, now=now, router=router
+            pool,
+            state,
+            views,
+            routed=routed,
+            queued=queued,
+            active=active,
+            blocked=blocked,
+            limited=limited,
+            now=now,
+            router=router,
         )
     )
     return actions
@@ -762,6 +802,7 @@ def _plan_drains(
     queued: list[JobRequest],
     active: Mapping[str, list[_JobView]],
     blocked: int,
+    limited: set[str],
     now: datetime,
     router: _Router,
 ) -> list[Action]:
@@ -780,9 +821,13 @@ def _plan_drains(
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
     for index, template in enumerate(pool.templates):
-        if routed.get(template.name) or any(router.serves(index, r.demands) for r in queued):
+        wanted = bool(routed.get(template.name)) or any(router.serves(index, r.demands) for r in queued)
+        if wanted and template.name not in limited:
             continue
-        drains = _drain_idle(pool, state, index, active.get(template.name, []), blocked=blocked, now=now)
+        # While requests wait on the parallel-job limit one idle agent stays, to take the next free slot.
+        drains = _drain_idle(
+            pool, state, index, active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
+        )
         blocked -= len(drains)
         actions.extend(drains)
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
@@ -796,15 +841,22 @@ def _plan_drains(
 
 
 def _drain_idle(
-    pool: PoolConfig, state: PoolState, index: int, active: list[_JobView], *, blocked: int, now: datetime
+    pool: PoolConfig,
+    state: PoolState,
+    index: int,
+    active: list[_JobView],
+    *,
+    blocked: int,
+    keep: int,
+    now: datetime,
 ) -> list[DrainAgent]:
-    """Drains of one template's idle agents: those idle past idleTimeout beyond its minIdle and
-    minAgents, then up to `blocked` more (oldest first) for queued jobs maxAgents holds back."""
+    """Drains of one template's idle agents: those idle past idleTimeout beyond its minIdle (at least
+    `keep`) and minAgents, then up to `blocked` more (oldest first) for queued jobs maxAgents holds back."""
     template = pool.templates[index]
     idle = [
         v for v in active if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
     ]
-    keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+    keep_idle = max(keep, template.min_idle + (pool.min_idle if index == 0 else 0))
     keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
     removable = min(len(idle) - keep_idle, len(active) - keep_total)
     oldest_first = sorted(
@@ -813,7 +865,9 @@ def _drain_idle(
     idle_timeout = timedelta(seconds=pool.idle_timeout)
     expired = [v for v in oldest_first if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout]
     drained = expired[: max(0, removable)]
-    reason = f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it"
+    reason = f"idle for more than idleTimeout ({pool.idle_timeout}s) and " + (
+        "the requests queued for it wait on the parallel-job limit" if keep else "nothing queued for it"
+    )
     drains = [_drain(pool, state, v, v.agent, reason) for v in drained if v.agent is not None]
     blocked -= len(drained)
     for view in [v for v in oldest_first if v not in drained][: max(0, blocked)]:

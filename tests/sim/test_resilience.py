@@ -122,3 +122,20 @@ def test_cleanup_removes_the_release_but_never_a_busy_agent_unless_forced(make_s
     result = _cleanup(sim, "--force")
     assert result.code == 0, result.text
     assert [j for j in sim.jobs() if not j["metadata"].get("deletionTimestamp")] == []
+
+
+def test_idle_agents_waiting_on_the_parallel_job_limit_are_drained(make_sim: Any) -> None:
+    """We test: with an organization limited to one parallel job, three queued requests get three agents,
+    two of which sit idle; after idleTimeout one of those is drained although requests are queued (they wait
+    on the limit, not on agents) and no Job is made to replace it; every request is still served."""
+    sim = make_sim({**WORLD, "parallel_jobs": 1})
+    requests = sim.queue(count=3, duration=8)
+    loop = ("--interval", "0.5", "--idle-interval", "0.5")
+    result = sim.reconcile("--loop-for", "7", *loop, timeout=60)
+    assert result.code == 0, result.text
+    assert "wait on the parallel-job limit" in result.text, result.text
+    assert result.text.count("creating Job") == 3, result.text
+    late = sim.reconcile("--loop-for", "25", *loop, timeout=90)
+    finished = {r["requestId"]: r.get("result") for r in sim.requests()}
+    assert all(finished[r] == "succeeded" for r in requests), (finished, late.text[-3000:])
+    assert late.text.count("creating Job") <= 1, late.text

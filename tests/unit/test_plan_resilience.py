@@ -173,3 +173,22 @@ def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
     forced, kept = cleanup_plan(cfg, w, NOW, force=True)
     assert kept == [] and (busy_job.name, None) in [(d.job_name, d.agent_id) for d in of(DeleteJob, forced)]
     assert cleanup_plan(cfg, world(state("linux"), jobs=(idle_job,), pods=(idle_pod,)), NOW, force=True) == ([], [])
+
+
+def test_idle_agents_beyond_what_a_limited_queue_can_use_are_drained() -> None:
+    """We test: when agents able to serve queued requests sit idle past idleTimeout (the requests wait on
+    the organization's parallel-job limit, not on agents), those past idleTimeout are drained as long as
+    one idle agent stays (here the freshest), and no new Job is made for those requests; when no agent has
+    been idle that long nothing is drained and demand is served as usual."""
+    cfg = config(pool("linux", template(placeholder=False), idle_timeout=60))
+    jobs = tuple(job_for("linux", slot=n, created=900) for n in range(3))
+    pods = tuple(pod_for(j, created=899, started=898) for j in jobs)
+    agents = (agent(1, pods[0].name, changed=300), agent(2, pods[1].name, changed=200), agent(3, pods[2].name))
+    queue = tuple(queued(n, at=250) for n in (10, 11, 12, 13))
+    actions = plan(cfg, world(state("linux", *queue, agents=agents), jobs=jobs, pods=pods), NOW)
+    drains = of(DrainAgent, actions)
+    assert [d.agent_id for d in drains] == [1, 2] and "parallel-job limit" in drains[0].reason
+    assert of(CreateJob, actions) == []
+    fresh = tuple(replace(a, status_changed_on=ago(5)) for a in agents)
+    actions = plan(cfg, world(state("linux", *queue, agents=fresh), jobs=jobs, pods=pods), NOW)
+    assert of(DrainAgent, actions) == [] and len(of(CreateJob, actions)) == 1
