@@ -110,8 +110,13 @@ class _Router:
         return best
 
 
-def in_shard(config: Config, request: JobRequest) -> bool:
-    return request.request_id % config.shard_count == config.shard_index
+def in_shard(config: Config, request: JobRequest, now: datetime) -> bool:
+    """A request this shard serves: its own share (`request_id % count`), and any other shard's request
+    queued longer than `shard.takeoverAfterSeconds`, so one shard whose cluster is down leaves none unserved."""
+    if request.request_id % config.shard_count == config.shard_index:
+        return True
+    takeover = config.shard_takeover_after
+    return takeover > 0 and _age(request.queue_time, now) > timedelta(seconds=takeover)
 
 
 class _JobView(NamedTuple):
@@ -305,7 +310,7 @@ def _pool_pass(
 def _route_queued(p: _PoolPass) -> tuple[list[JobRequest], dict[str, list[JobRequest]], list[Action]]:
     """Route every queued request of our shard, oldest first; report the ones nothing can serve."""
     queued = sorted(
-        (r for r in p.state.requests if r.queued and in_shard(p.config, r)),
+        (r for r in p.state.requests if r.queued and in_shard(p.config, r, p.now)),
         key=lambda r: (r.queue_time or _EPOCH, r.request_id),
     )
     routed: dict[str, list[JobRequest]] = defaultdict(list)
@@ -974,7 +979,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
         # idle, and a standby may have to give way to it.
         full = idle_now > 0 and unfinished >= pool.max_agents
-        if idle_long > allowance or (full and any(r.queued and in_shard(config, r) for r in state.requests)):
+        if idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests)):
             needed.add(pool.name)
     return needed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from conftest import WORLD, Sim
@@ -139,3 +140,27 @@ def test_idle_agents_waiting_on_the_parallel_job_limit_are_drained(make_sim: Any
     finished = {r["requestId"]: r.get("result") for r in sim.requests()}
     assert all(finished[r] == "succeeded" for r in requests), (finished, late.text[-3000:])
     assert late.text.count("creating Job") <= 1, late.text
+
+
+def test_a_shard_serves_a_missing_shards_requests_after_the_takeover_time(sim: Sim) -> None:
+    """We test: one of two shards running alone (the other's cluster is down) leaves the other shard's
+    request alone at first and serves it once it has waited shard.takeoverAfterSeconds, so it is not left
+    unserved for ever."""
+    config = sim.config()
+    config["shard"] = {"index": 1, "count": 2, "takeoverAfterSeconds": 15}
+    sim.write_config(config)
+    requests = sim.queue(count=2, duration=0.5)
+    queued_at = time.monotonic()
+    [theirs] = [r for r in requests if r % 2 == 0]
+    for mine in (r for r in requests if r % 2 == 1):
+        sim.azdo.cancel_request(mine)
+    result = sim.reconcile()
+    assert result.code == 0 and sim.jobs() == [], result.text
+    time.sleep(max(0.0, queued_at + 15.5 - time.monotonic()))
+    assert sim.reconcile().code == 0
+    assert [j["metadata"]["labels"]["azp-agents.dev/request-id"] for j in sim.jobs()] == [str(theirs)]
+    sim.wait_for(
+        lambda: any(r["requestId"] == theirs and r.get("result") == "succeeded" for r in sim.requests()),
+        timeout=30,
+        what="the other shard's request served",
+    )

@@ -192,3 +192,13 @@ def test_idle_agents_beyond_what_a_limited_queue_can_use_are_drained() -> None:
     fresh = tuple(replace(a, status_changed_on=ago(5)) for a in agents)
     actions = plan(cfg, world(state("linux", *queue, agents=fresh), jobs=jobs, pods=pods), NOW)
     assert of(DrainAgent, actions) == [] and len(of(CreateJob, actions)) == 1
+
+
+def test_a_shard_takes_over_requests_another_shard_left_queued_too_long() -> None:
+    """We test: shard 1 of 2 serves its own requests at once and shard 0's only once they have been queued
+    longer than shard.takeoverAfterSeconds; with 0 it never takes over."""
+    cfg = config(shard_index=1, shard_count=2, shard_takeover_after=120)
+    w = world(state("linux", queued(1, at=30), queued(2, at=30), queued(4, at=200)))
+    assert sorted(c.request_id for c in of(CreateJob, plan(cfg, w, NOW))) == [1, 4]
+    never = config(shard_index=1, shard_count=2, shard_takeover_after=0)
+    assert [c.request_id for c in of(CreateJob, plan(never, w, NOW))] == [1]
