@@ -360,6 +360,12 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     last until the service gives up on the agent; a listed agent that is online is left alone."""
     prefix = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
     pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
+    # An agent that received a job (the service has not failed it yet) is left to the service.
+    started = {
+        r.reserved_agent_name.lower()
+        for r in p.state.requests
+        if r.reserved_agent_name and not r.finished and r.receive_time is not None
+    }
     rescues = []
     for request in p.state.requests:
         name, agent_id = request.reserved_agent_name, request.reserved_agent_id
@@ -367,7 +373,12 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
             continue
         key = name.lower()
         agent = p.agents.get(key)
-        if not key.startswith(prefix) or key in p.world.pruned or (agent is not None and agent.online):
+        if (
+            not key.startswith(prefix)
+            or key in p.world.pruned
+            or key in started
+            or (agent is not None and agent.online)
+        ):
             continue
         pod = pods.get(key)
         if pod is None and _age(request.assign_time, p.now) > TTL_GRACE:
@@ -377,6 +388,7 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
         else:
             continue
         reason = f"request {request.request_id} was assigned to it but {why} before the job started"
+        started.add(key)  # one delete per agent, however many requests it holds
         rescues.append(
             DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
         )
