@@ -23,6 +23,11 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   is offline is accepted and fails that job with "We stopped hearing from agent" (#3994: the delete was
   refused while the agent ran a job, then succeeded, and the job assigned in between failed that way); the
   job is not queued again. The default window is 0 (the race is timing-dependent in the real service);
+- the organization's parallel-job limit (`parallel_jobs`, None = unlimited): while that many requests
+  are assigned and unfinished, across all pools, queued requests stay unassigned even with free agents, as
+  the UI says "This agent request is not running because you have reached the maximum number of requests
+  that can run for parallelism type ..." (microsoft/azuredevopslabs #535, MicrosoftDocs/mslearn issues).
+  Not emulated: that text in the request's JSON (unconfirmed), separate Private/Public limits;
 - an api-version is required on every route and method except a GET of the pools list or of a
   pool's jobrequests, which KEDA's scaler sends without one (VERSIONLESS_GET_ROUTES); a client
   that forgets it elsewhere fails here first.
@@ -207,6 +212,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         hang_seconds: float = 35.0,
         auto_tick: bool = True,
         once_exit_window: float = 0.0,
+        parallel_jobs: int | None = None,
     ) -> None:
         self.organization = organization
         self.clock = clock
@@ -215,6 +221,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self.hang_seconds = hang_seconds
         self.auto_tick = auto_tick
         self.once_exit_window = once_exit_window
+        self.parallel_jobs = parallel_jobs
         self.on_agent_exit: Callable[[str, int], None] | None = None
         self.stats = EmulatorStats()
         self.instance_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}"))
@@ -544,13 +551,17 @@ class AzureDevOpsEmulator(ServedEmulator):
             for exiting in self._agents.values():
                 if exiting.exiting_until is not None and now >= exiting.exiting_until and exiting.status == "online":
                     self._set_status(exiting, "offline")
+            running = sum(1 for r in self._requests.values() if r.reserved_agent is not None and not r.finished)
             for request in sorted(
                 (r for r in self._requests.values() if r.reserved_agent is None and not r.finished),
                 key=lambda r: (r.queue_time, r.request_id),
             ):
+                if self.parallel_jobs is not None and running >= self.parallel_jobs:
+                    break
                 agent = self._free_agent_for(request, now)
                 if agent is not None:
                     self._assign(request, agent, now)
+                    running += 1
             self._progress(now)
         self._deliver_exits()
 

@@ -103,6 +103,8 @@ class WorldFile:
     stuck_pods: tuple[dict[str, Any], ...]
     crash_pods: tuple[CrashPods, ...]
     once_exit_window: float
+    parallel_jobs: int | None
+    """The organization's parallel-job limit (None: unlimited)."""
     """Seconds a `--once` agent still shows online after its job (see AzureDevOpsEmulator)."""
     faults: tuple[dict[str, Any], ...]
     reconciler: Mapping[str, Any]
@@ -183,6 +185,7 @@ def load_world(path: Path) -> WorldFile:
         stuck_pods=tuple(document.get("stuck_pods") or ()),
         crash_pods=crash_pods,
         once_exit_window=float(document.get("once_exit_window", 0)),
+        parallel_jobs=None if document.get("parallel_jobs") is None else int(document["parallel_jobs"]),
         faults=tuple(document.get("faults") or ()),
         reconciler=document.get("reconciler") or {},
         timeout=float(document.get("timeout", 120)),
@@ -278,7 +281,9 @@ class Simulation:
         self.world = world
         self.directory = directory
         self.random = random.Random(seed)
-        self.azdo = AzureDevOpsEmulator(organization="contoso", once_exit_window=world.once_exit_window)
+        self.azdo = AzureDevOpsEmulator(
+            organization="contoso", once_exit_window=world.once_exit_window, parallel_jobs=world.parallel_jobs
+        )
         self.kube = KubernetesEmulator(image_policy=dict(world.images) or None)
         self.processes: dict[str, AgentProcess] = {}
         self.metrics = Metrics()

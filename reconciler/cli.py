@@ -1,4 +1,4 @@
-"""The `azp-reconciler` command: reconcile, check, render, simulate, emulate.
+"""The `azp-reconciler` command: reconcile, check, render, cleanup, simulate, emulate.
 
 Exit codes: 0 all good, 1 some action or check failed, 2 bad configuration or credentials.
 A user's mistake is one clear line on stderr, never a traceback.
@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--pool", required=True, help="pool name")
     render_cmd.add_argument("--template", help="template name (default: the pool's first)")
     render_cmd.add_argument("--request-id", type=int, default=1, help="request id to render the Job for")
+
+    cleanup = commands.add_parser("cleanup", help="remove the release's agents, placeholders and idle Jobs")
+    _common(cleanup)
+    cleanup.add_argument("--dry-run", action="store_true", help="change nothing; log what would be done")
+    cleanup.add_argument("--force", action="store_true", help="also delete Jobs whose agent is running a job")
+    cleanup.add_argument("--wait", type=float, default=120.0, help="seconds to wait for a running pass to end")
 
     simulate = commands.add_parser("simulate", help="run the reconciler against the built-in emulators")
     simulate.add_argument("--scenario", default="burst", help="scenario name or path of a world file")
@@ -344,6 +350,25 @@ def _create_subscriptions(azdo: Any, bodies: list[dict[str, Any]], *, url: str, 
         log.info("subscribed project %s: subscription %s", project, created.get("id"))
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from reconciler import config as config_module
+    from reconciler.cleanup import run_cleanup
+    from reconciler.reconcile import Reconciler, startup_fields
+
+    with _load(args) as (config, document):
+        credentials = config_module.read_credentials(document)
+        logs.SECRETS.add(credentials.pat)
+        _setup_logging(args, config)
+        log.info(
+            "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="cleanup")}
+        )
+        reconciler = Reconciler(config, credentials, dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+        try:
+            return run_cleanup(reconciler, force=args.force, wait=args.wait)
+        finally:
+            reconciler.close()
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from reconciler import names, render
 
@@ -424,6 +449,7 @@ COMMANDS = {
     "reconcile": cmd_reconcile,
     "check": cmd_check,
     "render": cmd_render,
+    "cleanup": cmd_cleanup,
     "simulate": cmd_simulate,
     "emulate": cmd_emulate,
     "serve": cmd_serve,

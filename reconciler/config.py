@@ -247,6 +247,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         lease_duration=lease.get("durationSeconds", 60),
         shard_index=shard["index"],
         shard_count=shard["count"],
+        shard_takeover_after=shard.get("takeoverAfterSeconds", 300),
         loop=LoopConfig(
             loop_for=loop.get("loopFor", 0),
             interval=loop.get("interval", 10),

@@ -96,6 +96,8 @@ class Config:
     lease_duration: int = 60
     shard_index: int = 0
     shard_count: int = 1
+    shard_takeover_after: int = 300
+    """Seconds after which another shard's queued request is served too (0: never)."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     max_create_per_pass: int = 200
     pod_policy: PodPolicy = field(default_factory=PodPolicy)

@@ -123,8 +123,13 @@ class _Router:
         return best
 
 
-def in_shard(config: Config, request: JobRequest) -> bool:
-    return request.request_id % config.shard_count == config.shard_index
+def in_shard(config: Config, request: JobRequest, now: datetime) -> bool:
+    """A request this shard serves: its own share (`request_id % count`), and any other shard's request
+    queued longer than `shard.takeoverAfterSeconds`, so one shard whose cluster is down leaves none unserved."""
+    if request.request_id % config.shard_count == config.shard_index:
+        return True
+    takeover = config.shard_takeover_after
+    return takeover > 0 and _age(request.queue_time, now) > timedelta(seconds=takeover)
 
 
 class _JobView(NamedTuple):
@@ -318,7 +323,7 @@ def _pool_pass(
 def _route_queued(p: _PoolPass) -> tuple[list[JobRequest], dict[str, list[JobRequest]], list[Action]]:
     """Route every queued request of our shard, oldest first; report the ones nothing can serve."""
     queued = sorted(
-        (r for r in p.state.requests if r.queued and in_shard(p.config, r)),
+        (r for r in p.state.requests if r.queued and in_shard(p.config, r, p.now)),
         key=lambda r: (r.queue_time or _EPOCH, r.request_id),
     )
     routed: dict[str, list[JobRequest]] = defaultdict(list)
@@ -368,14 +373,28 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     last until the service gives up on the agent; a listed agent that is online is left alone."""
     prefix = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
     pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
+    # An agent that received a job (the service has not failed it yet) is left to the service.
+    started = {
+        r.reserved_agent_name.lower()
+        for r in p.state.requests
+        if r.reserved_agent_name and not r.finished and r.receive_time is not None
+    }
     rescues = []
+    rescued_ids: set[int] = set()
     for request in p.state.requests:
         name, agent_id = request.reserved_agent_name, request.reserved_agent_id
         if not name or agent_id is None or request.finished or request.receive_time is not None:
             continue
+        if agent_id in rescued_ids:
+            continue
         key = name.lower()
         agent = p.agents.get(key)
-        if not key.startswith(prefix) or key in p.world.pruned or (agent is not None and agent.online):
+        if (
+            not key.startswith(prefix)
+            or key in p.world.pruned
+            or key in started
+            or (agent is not None and agent.online)
+        ):
             continue
         pod = pods.get(key)
         if pod is None and _age(request.assign_time, p.now) > TTL_GRACE:
@@ -385,6 +404,8 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
         else:
             continue
         reason = f"request {request.request_id} was assigned to it but {why} before the job started"
+        started.add(key)  # one delete per agent, however many requests it holds
+        rescued_ids.add(agent_id)
         rescues.append(
             DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
         )
@@ -582,12 +603,37 @@ def _demand_order(routed: Mapping[str, list[JobRequest]], counts: _JobCounts) ->
     ]
 
 
+def _waiting_on_parallel_limit(p: _PoolPass, queued: list[JobRequest]) -> set[str]:
+    """Templates whose queued requests wait on the organization's parallel-job limit, not on agents: an
+    agent of theirs has sat idle past idleTimeout although a request it could serve is queued (the service
+    assigns a free, matching agent within seconds otherwise). Needs the agent list (idle times)."""
+    if not p.agents_known or not queued:
+        return set()
+    idle_timeout = timedelta(seconds=p.pool.idle_timeout)
+    limited = set()
+    for index, template in enumerate(p.pool.templates):
+        idle_long = any(
+            v.job.template == template.name
+            and v.agent is not None
+            and v.agent.online
+            and v.agent.enabled
+            and not v.busy
+            and v.running
+            and _age(v.agent.status_changed_on, p.now) > idle_timeout
+            for v in p.views
+        )
+        if idle_long and any(p.router.serves(index, r.demands) for r in queued):
+            limited.add(template.name)
+    return limited
+
+
 def _plan_creates(
     p: _PoolPass,
     routed: Mapping[str, list[JobRequest]],
     counts: _JobCounts,
     *,
     backoff: Mapping[str, _Backoff],
+    limited: set[str],
     create_budget: int,
     job_names: set[str],
 ) -> tuple[list[CreateJob], int, list[str]]:
@@ -599,6 +645,8 @@ def _plan_creates(
     held = [name for name in backoff if want.get(name, 0) + standby.get(name, 0) > 0]
     for name in held:
         want[name] = standby[name] = 0
+    for name in limited:
+        want[name] = 0  # more agents would only wait too
     creates: list[CreateJob] = []
     # A pool at maxAgents (or a spent brake) creates nothing: skip the ordering work.
     ordered = _demand_order(routed, counts) if pool_room > 0 and create_budget > 0 else []
@@ -636,8 +684,9 @@ def _plan_pool(
     actions.extend(job_actions)
     actions.extend(_plan_rescues(p))
     backoff = _crash_backoff(p)
+    limited = _waiting_on_parallel_limit(p, queued)
     creates, blocked, held = _plan_creates(
-        p, routed, counts, backoff=backoff, create_budget=create_budget, job_names=job_names
+        p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
@@ -652,6 +701,7 @@ def _plan_pool(
                 queued=queued,
                 active=counts.active,
                 blocked=blocked,
+                limited=limited,
                 now=now,
                 busy=p.busy,
                 by_name=p.agents,
@@ -685,6 +735,7 @@ def _plan_agents(
     queued: list[JobRequest],
     active: Mapping[str, list[_JobView]],
     blocked: int,
+    limited: set[str],
     now: datetime,
     busy: set[str],
     by_name: Mapping[str, Agent],
@@ -694,7 +745,8 @@ def _plan_agents(
     of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
     serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
     job matters more than a warm spare. `busy`, `by_name` (agents by lower-case name) and `router` are
-    the ones `_plan_pool` made for this pool, passed on so that they are built once."""
+    the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
+    whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
     assert state.agents is not None and state.pool_id is not None
     actions: list[Action] = []
     ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
@@ -760,7 +812,16 @@ def _plan_agents(
 
     actions.extend(
         _plan_drains(
-            pool, state, views, routed=routed, queued=queued, active=active, blocked=blocked, now=now, router=router
+            pool,
+            state,
+            views,
+            routed=routed,
+            queued=queued,
+            active=active,
+            blocked=blocked,
+            limited=limited,
+            now=now,
+            router=router,
         )
     )
     return actions
@@ -775,6 +836,7 @@ def _plan_drains(
     queued: list[JobRequest],
     active: Mapping[str, list[_JobView]],
     blocked: int,
+    limited: set[str],
     now: datetime,
     router: _Router,
 ) -> list[Action]:
@@ -793,9 +855,13 @@ def _plan_drains(
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
     for index, template in enumerate(pool.templates):
-        if routed.get(template.name) or any(router.serves(index, r.demands) for r in queued):
+        wanted = bool(routed.get(template.name)) or any(router.serves(index, r.demands) for r in queued)
+        if wanted and template.name not in limited:
             continue
-        drains = _drain_idle(pool, state, index, active.get(template.name, []), blocked=blocked, now=now)
+        # While requests wait on the parallel-job limit one idle agent stays, to take the next free slot.
+        drains = _drain_idle(
+            pool, state, index, active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
+        )
         blocked -= len(drains)
         actions.extend(drains)
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
@@ -809,15 +875,22 @@ def _plan_drains(
 
 
 def _drain_idle(
-    pool: PoolConfig, state: PoolState, index: int, active: list[_JobView], *, blocked: int, now: datetime
+    pool: PoolConfig,
+    state: PoolState,
+    index: int,
+    active: list[_JobView],
+    *,
+    blocked: int,
+    keep: int,
+    now: datetime,
 ) -> list[DrainAgent]:
-    """Drains of one template's idle agents: those idle past idleTimeout beyond its minIdle and
-    minAgents, then up to `blocked` more (oldest first) for queued jobs maxAgents holds back."""
+    """Drains of one template's idle agents: those idle past idleTimeout beyond its minIdle (at least
+    `keep`) and minAgents, then up to `blocked` more (oldest first) for queued jobs maxAgents holds back."""
     template = pool.templates[index]
     idle = [
         v for v in active if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
     ]
-    keep_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+    keep_idle = max(keep, template.min_idle + (pool.min_idle if index == 0 else 0))
     keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
     removable = min(len(idle) - keep_idle, len(active) - keep_total)
     oldest_first = sorted(
@@ -826,7 +899,9 @@ def _drain_idle(
     idle_timeout = timedelta(seconds=pool.idle_timeout)
     expired = [v for v in oldest_first if _age(v.agent.status_changed_on if v.agent else None, now) > idle_timeout]
     drained = expired[: max(0, removable)]
-    reason = f"idle for more than idleTimeout ({pool.idle_timeout}s) and nothing queued for it"
+    reason = f"idle for more than idleTimeout ({pool.idle_timeout}s) and " + (
+        "the requests queued for it wait on the parallel-job limit" if keep else "nothing queued for it"
+    )
     drains = [_drain(pool, state, v, v.agent, reason) for v in drained if v.agent is not None]
     blocked -= len(drained)
     for view in [v for v in oldest_first if v not in drained][: max(0, blocked)]:
@@ -913,7 +988,7 @@ def _learning_due(
     if now - observed < LEARN_RETRY:
         return False
     router = _Router(config, pool, world.learned)
-    return any(r.queued and in_shard(config, r) and router.route(r.demands) is None for r in state.requests)
+    return any(r.queued and in_shard(config, r, now) and router.route(r.demands) is None for r in state.requests)
 
 
 def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
@@ -969,6 +1044,85 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
         # idle, and a standby may have to give way to it.
         full = idle_now > 0 and unfinished >= pool.max_agents
-        if idle_long > allowance or (full and any(r.queued and in_shard(config, r) for r in state.requests)):
+        if idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests)):
             needed.add(pool.name)
     return needed
+
+
+CLEANUP_REASON = "the release is being removed"
+
+
+def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) -> tuple[list[Action], list[str]]:
+    """What `azp-reconciler cleanup` does before a release goes: deregister its placeholders and its
+    agents that run no job, drain its idle agents, delete its Jobs that run no pipeline job (pending,
+    starting, finished). A Job whose agent is busy is kept, and named in the second list, unless `force`.
+    Only agents and Jobs of this release are looked at (its Jobs by label, its agents by name)."""
+    actions: list[Action] = []
+    kept: list[str] = []
+    pods_by_job = _pods_by_job(world.pods)
+    by_pool = _jobs_by_pool(world)
+    states = _states_by_name(world)
+    for pool in config.pools:
+        state = states.get(pool.name)
+        if state is None or state.pool_id is None or state.agents is None:
+            continue
+        jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
+        p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
+        for view in p.views:
+            if view.busy and not force:
+                kept.append(f"{view.job.namespace}/{view.job.name}")
+            else:
+                actions.append(_cleanup_job(p, view))
+        actions.extend(_cleanup_agents(p))
+    return actions, kept
+
+
+def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
+    agent = view.agent
+    if agent is not None and agent.online and not view.busy and view.running:
+        return _drain(p.pool, p.state, view, agent, CLEANUP_REASON)
+    unregister = agent is not None and not view.busy
+    return DeleteJob(
+        pool=p.pool.name,
+        namespace=view.job.namespace,
+        job_name=view.job.name,
+        reason=CLEANUP_REASON,
+        agent_id=agent.agent_id if unregister and agent is not None else None,
+        pool_id=p.pool_id,
+    )
+
+
+def _cleanup_agents(p: _PoolPass) -> list[Action]:
+    """The release's placeholders and its agents without a Job (theirs is gone or being deleted) that run
+    no job: offline ones are deregistered, online ones drained (disabled and re-read first)."""
+    ours = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    placeholders = names.placeholder_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    with_job = {v.pod.name.lower() for v in p.views if v.pod is not None}
+    actions: list[Action] = []
+    for agent in p.state.agents or ():
+        key = agent.name.lower()
+        if key in p.busy or agent.busy or key in with_job or not key.startswith((placeholders, ours)):
+            continue
+        if agent.online and not key.startswith(placeholders):
+            actions.append(
+                DrainAgent(
+                    pool=p.pool.name,
+                    pool_id=p.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    namespace=None,
+                    job_name=None,
+                    reason=CLEANUP_REASON,
+                )
+            )
+        else:
+            actions.append(
+                DeleteAgent(
+                    pool=p.pool.name,
+                    pool_id=p.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    reason=CLEANUP_REASON,
+                )
+            )
+    return actions

@@ -37,6 +37,7 @@ NAMESPACED_KINDS = {
     "Role",
     "RoleBinding",
     "CronJob",
+    "Job",
     "PersistentVolumeClaim",
     "Pod",
 }

@@ -81,3 +81,23 @@ def test_without_the_window_a_once_agent_takes_no_second_job() -> None:
     second = emu.queue_request(pool["id"], demands=["docker"], duration=3)
     emu.tick()
     assert "reservedAgent" not in {r["requestId"]: r for r in emu.requests(pool["id"])}[second]
+
+
+def test_parallel_job_limit_keeps_requests_unassigned_across_pools() -> None:
+    """We test: with parallel_jobs 1 a second request stays queued (no reservedAgent, no assignTime) while
+    the first runs, even with a free matching agent in another pool, and is assigned once the first ends."""
+    clock = FakeClock()
+    emu = AzureDevOpsEmulator("contoso", clock=clock, parallel_jobs=1)
+    linux, other = emu.add_pool("linux"), emu.add_pool("other")
+    for pool, name in ((linux, "a"), (other, "b")):
+        agent = emu.add_agent(pool["id"], name, capabilities=DOCKER)
+        emu.agent_online(agent["id"], once=False)
+    first = emu.queue_request(linux["id"], demands=["docker"], duration=3)
+    second = emu.queue_request(other["id"], demands=["docker"], duration=3)
+    emu.tick()
+    [waiting] = emu.requests(other["id"])
+    assert waiting["requestId"] == second and "reservedAgent" not in waiting and "assignTime" not in waiting
+    clock.now += 3
+    emu.tick()
+    assert {r["requestId"]: r for r in emu.requests(linux["id"])}[first]["result"] == "succeeded"
+    assert emu.requests(other["id"])[0]["reservedAgent"]["name"] == "b"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from conftest import WORLD, Sim
@@ -70,3 +71,96 @@ def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> Non
     assert ended["result"] == "failed" and "We stopped hearing from agent" in ended["statusMessage"]
     assert [a["name"] for a in sim.agents()] == ["azp-placeholder-linux-default"]
     assert sim.azdo.stats.busy_agent_deletes_refused == 0
+
+
+def _cleanup(sim: Sim, *args: str) -> Any:
+    return sim.cli(
+        "cleanup",
+        "--config",
+        str(sim.config_path),
+        "--kubeconfig",
+        str(sim.simulation.kubeconfig_path),
+        "--wait",
+        "5",
+        *args,
+        config=False,
+    )
+
+
+def test_cleanup_removes_the_release_but_never_a_busy_agent_unless_forced(make_sim: Any) -> None:
+    """We test: `azp-reconciler cleanup` deregisters the placeholder and offline leftovers of ours, drains the
+    idle agent and deletes its Job, deletes a Job whose agent never came online, keeps the Job of a busy agent
+    (its pipeline job goes on), never touches an agent that is not ours, and leaves the Lease released; with
+    --force the busy agent's Job goes too."""
+    sim = make_sim({**WORLD, "stuck_pods": [{"pool": "linux", "nth": 2}]})
+    pool_id = sim.pool_ids["linux"]
+    sim.azdo.add_agent(pool_id, "azp-linux-77-xxxxx", status="offline")
+    sim.azdo.add_agent(pool_id, "build-server-01", status="offline")
+    [busy] = sim.queue(duration=120)
+    sim.queue(duration=0.5)
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: sum(1 for a in sim.agents() if a["status"] == "online") == 1 and len(sim.requests()) == 2,
+        timeout=20,
+        what="one busy agent",
+    )
+    config = sim.config()
+    config["pools"][0]["minIdle"] = 1
+    sim.write_config(config)
+    assert sim.reconcile().code == 0
+    sim.wait_for(lambda: sum(1 for a in sim.agents() if a["status"] == "online") == 2, timeout=20, what="an idle agent")
+    busy_agent = next(r["reservedAgent"]["name"] for r in sim.requests() if r["requestId"] == busy)
+    result = _cleanup(sim)
+    assert result.code == 0, result.text
+    assert "kept Job" in result.text
+    left = {a["name"] for a in sim.agents()}
+    assert left == {busy_agent, "build-server-01"}, result.text
+    active = [j["metadata"]["name"] for j in sim.jobs() if not j["metadata"].get("deletionTimestamp")]
+    assert active == [busy_agent.rsplit("-", 1)[0]], active
+    lease = sim.kube.objects("leases", "azp-agents")[0]
+    assert not lease["spec"].get("holderIdentity")
+    assert sim.kube.touched_foreign == 0
+    result = _cleanup(sim, "--force")
+    assert result.code == 0, result.text
+    assert [j for j in sim.jobs() if not j["metadata"].get("deletionTimestamp")] == []
+
+
+def test_idle_agents_waiting_on_the_parallel_job_limit_are_drained(make_sim: Any) -> None:
+    """We test: with an organization limited to one parallel job, three queued requests get three agents,
+    two of which sit idle; after idleTimeout one of those is drained although requests are queued (they wait
+    on the limit, not on agents) and no Job is made to replace it; every request is still served."""
+    sim = make_sim({**WORLD, "parallel_jobs": 1})
+    requests = sim.queue(count=3, duration=8)
+    loop = ("--interval", "0.5", "--idle-interval", "0.5")
+    result = sim.reconcile("--loop-for", "7", *loop, timeout=60)
+    assert result.code == 0, result.text
+    assert "wait on the parallel-job limit" in result.text, result.text
+    assert result.text.count("creating Job") == 3, result.text
+    late = sim.reconcile("--loop-for", "25", *loop, timeout=90)
+    finished = {r["requestId"]: r.get("result") for r in sim.requests()}
+    assert all(finished[r] == "succeeded" for r in requests), (finished, late.text[-3000:])
+    assert late.text.count("creating Job") <= 1, late.text
+
+
+def test_a_shard_serves_a_missing_shards_requests_after_the_takeover_time(sim: Sim) -> None:
+    """We test: one of two shards running alone (the other's cluster is down) leaves the other shard's
+    request alone at first and serves it once it has waited shard.takeoverAfterSeconds, so it is not left
+    unserved for ever."""
+    config = sim.config()
+    config["shard"] = {"index": 1, "count": 2, "takeoverAfterSeconds": 15}
+    sim.write_config(config)
+    requests = sim.queue(count=2, duration=0.5)
+    queued_at = time.monotonic()
+    [theirs] = [r for r in requests if r % 2 == 0]
+    for mine in (r for r in requests if r % 2 == 1):
+        sim.azdo.cancel_request(mine)
+    result = sim.reconcile()
+    assert result.code == 0 and sim.jobs() == [], result.text
+    time.sleep(max(0.0, queued_at + 15.5 - time.monotonic()))
+    assert sim.reconcile().code == 0
+    assert [j["metadata"]["labels"]["azp-agents.dev/request-id"] for j in sim.jobs()] == [str(theirs)]
+    sim.wait_for(
+        lambda: any(r["requestId"] == theirs and r.get("result") == "succeeded" for r in sim.requests()),
+        timeout=30,
+        what="the other shard's request served",
+    )

@@ -6,8 +6,17 @@ from dataclasses import replace
 
 from plan_builders import NOW, agent, ago, config, job_for, of, pod_for, pool, queued, state, template, world
 
-from reconciler.model import AgentJob, AgentPod, CreateJob, DeleteAgent, DrainAgent, JobRequest, ReportCrashBackoff
-from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, plan
+from reconciler.model import (
+    AgentJob,
+    AgentPod,
+    CreateJob,
+    DeleteAgent,
+    DeleteJob,
+    DrainAgent,
+    JobRequest,
+    ReportCrashBackoff,
+)
+from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, cleanup_plan, plan
 
 
 def test_idle_agent_with_stale_capabilities_is_drained_and_not_supply() -> None:
@@ -127,3 +136,69 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
     online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-linux-9-zzzzz", online=False))
     w = world(state("linux", *requests, agents=online), jobs=(done_job, live_job), pods=(done_pod, live_pod))
     assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
+
+
+def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
+    """We test: cleanup deregisters the placeholder and offline leftovers of ours, drains an idle agent (and
+    one whose Job is gone), deletes a pending Job (and the agent it registered) and a finished one; it keeps
+    a Job whose agent runs a job (named as kept) unless forced, and never touches an agent that is not ours."""
+    cfg = config(pool("linux", template(placeholder=True)))
+    idle_job, pending_job, busy_job, done_job = (job_for("linux", request_id=n, created=100) for n in (1, 2, 3, 4))
+    idle_pod = pod_for(idle_job)
+    pending_pod = pod_for(pending_job, phase="Pending")
+    busy_pod = pod_for(busy_job)
+    done_pod = pod_for(done_job, phase="Succeeded", finished=50)
+    agents = (
+        agent(1, idle_pod.name),
+        agent(2, pending_pod.name, online=False),
+        agent(3, busy_pod.name, busy_with=33),
+        agent(4, "azp-placeholder-linux-default", online=False, enabled=False),
+        agent(5, "azp-linux-99-zzzzz", online=False),
+        agent(6, "build-server-01", online=False),
+        agent(7, "azp-linux-98-yyyyy"),  # online, its Job already gone
+    )
+    w = world(
+        state("linux", agents=agents),
+        jobs=(idle_job, pending_job, busy_job, done_job),
+        pods=(idle_pod, pending_pod, busy_pod, done_pod),
+    )
+    actions, kept = cleanup_plan(cfg, w, NOW, force=False)
+    assert kept == [f"agents/{busy_job.name}"]
+    assert [(d.agent_id, d.job_name) for d in of(DrainAgent, actions)] == [(1, idle_job.name), (7, None)]
+    assert sorted((d.job_name, d.agent_id) for d in of(DeleteJob, actions)) == [
+        (pending_job.name, 2),
+        (done_job.name, None),
+    ]
+    assert sorted(d.agent_id for d in of(DeleteAgent, actions)) == [4, 5]
+    forced, kept = cleanup_plan(cfg, w, NOW, force=True)
+    assert kept == [] and (busy_job.name, None) in [(d.job_name, d.agent_id) for d in of(DeleteJob, forced)]
+    assert cleanup_plan(cfg, world(state("linux"), jobs=(idle_job,), pods=(idle_pod,)), NOW, force=True) == ([], [])
+
+
+def test_idle_agents_beyond_what_a_limited_queue_can_use_are_drained() -> None:
+    """We test: when agents able to serve queued requests sit idle past idleTimeout (the requests wait on
+    the organization's parallel-job limit, not on agents), those past idleTimeout are drained as long as
+    one idle agent stays (here the freshest), and no new Job is made for those requests; when no agent has
+    been idle that long nothing is drained and demand is served as usual."""
+    cfg = config(pool("linux", template(placeholder=False), idle_timeout=60))
+    jobs = tuple(job_for("linux", slot=n, created=900) for n in range(3))
+    pods = tuple(pod_for(j, created=899, started=898) for j in jobs)
+    agents = (agent(1, pods[0].name, changed=300), agent(2, pods[1].name, changed=200), agent(3, pods[2].name))
+    queue = tuple(queued(n, at=250) for n in (10, 11, 12, 13))
+    actions = plan(cfg, world(state("linux", *queue, agents=agents), jobs=jobs, pods=pods), NOW)
+    drains = of(DrainAgent, actions)
+    assert [d.agent_id for d in drains] == [1, 2] and "parallel-job limit" in drains[0].reason
+    assert of(CreateJob, actions) == []
+    fresh = tuple(replace(a, status_changed_on=ago(5)) for a in agents)
+    actions = plan(cfg, world(state("linux", *queue, agents=fresh), jobs=jobs, pods=pods), NOW)
+    assert of(DrainAgent, actions) == [] and len(of(CreateJob, actions)) == 1
+
+
+def test_a_shard_takes_over_requests_another_shard_left_queued_too_long() -> None:
+    """We test: shard 1 of 2 serves its own requests at once and shard 0's only once they have been queued
+    longer than shard.takeoverAfterSeconds; with 0 it never takes over."""
+    cfg = config(shard_index=1, shard_count=2, shard_takeover_after=120)
+    w = world(state("linux", queued(1, at=30), queued(2, at=30), queued(4, at=200)))
+    assert sorted(c.request_id for c in of(CreateJob, plan(cfg, w, NOW))) == [1, 4]
+    never = config(shard_index=1, shard_count=2, shard_takeover_after=0)
+    assert [c.request_id for c in of(CreateJob, plan(never, w, NOW))] == [1]
