@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__, logs
-from reconciler.errors import AuthError, ConfigError, ReconcilerError
+from reconciler.errors import AuthError, ConfigError, ForbiddenError, ReconcilerError
 
 log = logging.getLogger("reconciler")
 
@@ -329,6 +329,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             raise AuthError(
                 f"{exc}; subscriptions also need the Service Hooks (read & write) scope (vso.hooks_write) "
                 "and the Edit subscriptions permission in the project"
+            ) from None
+        except ForbiddenError:
+            # A 403 here is about the hooks, not a pool: say what this command needs.
+            raise AuthError(
+                f"{config.organization} refused to list or create service hook subscriptions (HTTP 403): the PAT "
+                "needs the Service Hooks (read & write) scope (vso.hooks_write) and its identity the Edit "
+                "subscriptions permission in the project"
             ) from None
         finally:
             azdo.close()

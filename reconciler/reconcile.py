@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -582,14 +583,20 @@ class Reconciler:
         )
         return report
 
+    def _announced_end(self, seconds: float) -> datetime | None:
+        """When this run means to stop, for the Lease: None for a loop without end (`serve`)."""
+        if not math.isfinite(seconds):
+            return None
+        return self.clock() + timedelta(seconds=max(0.0, seconds))
+
     def run(self) -> int:
         """Run passes until loopFor has passed (one pass when it is 0); returns the exit code."""
         loop_for = self.config.loop.loop_for
-        self.run_until = self.clock() + timedelta(seconds=loop_for)
+        self.run_until = self._announced_end(loop_for)
         reason = self.acquire_waiting()
         # The loop ends by loopFor from when the Lease was taken, and always by the run's deadline.
         deadline = min(time.monotonic() + loop_for, self.deadline.at - self.deadline.reserve)
-        self.run_until = self.clock() + timedelta(seconds=max(0.0, deadline - time.monotonic()))
+        self.run_until = self._announced_end(deadline - time.monotonic())
         if reason is not None:
             log.info("another run is reconciling this release, nothing to do: %s", reason)
             return 0
