@@ -23,6 +23,10 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   is offline is accepted and fails that job with "We stopped hearing from agent" (#3994: the delete was
   refused while the agent ran a job, then succeeded, and the job assigned in between failed that way); the
   job is not queued again. The default window is 0 (the race is timing-dependent in the real service);
+- Azure DevOps Server (`server_version="2020"` or `"2022"`, azdo_support.ServerProfile): versions above the
+  server's are refused with its 400 VssVersionOutOfRangeException, and the collection is served at
+  `/tfs/DefaultCollection`. Everything else answers as Services does (Server-only authentication such as NTLM,
+  and routes or fields Server lacks, are not emulated);
 - an api-version is required on every route, jobrequests included (the real jobrequests route is
   reported to answer KEDA without one), so a client that forgets it fails here first.
 """
@@ -46,7 +50,9 @@ from urllib.parse import parse_qsl, urlsplit
 from azp_simulation.azdo_support import (
     SCOPE_MANAGE,
     SCOPE_READ,
+    SERVER_PROFILES,
     SERVICE_OWNER,
+    SERVICES,
     SIGN_IN_PAGE,
     ApiError,
     CallRecord,
@@ -199,6 +205,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self,
         organization: str = "contoso",
         *,
+        server_version: str | None = None,
         clock: Callable[[], float] = time.time,
         rate_limit: RateLimit | None = None,
         pickup_delay: float = 0.0,
@@ -206,7 +213,11 @@ class AzureDevOpsEmulator(ServedEmulator):
         auto_tick: bool = True,
         once_exit_window: float = 0.0,
     ) -> None:
-        self.organization = organization
+        if server_version is not None and server_version not in SERVER_PROFILES:
+            raise ValueError(f"server_version {server_version!r}: expected one of {', '.join(SERVER_PROFILES)}")
+        self.profile = SERVER_PROFILES[server_version] if server_version else SERVICES
+        """Services (the default), or an Azure DevOps Server: its API versions and collection URL (ServerProfile)."""
+        self.organization = self.profile.collection or organization
         self.clock = clock
         self.rate_limit = rate_limit
         self.pickup_delay = pickup_delay
@@ -1301,7 +1312,9 @@ class _Handler(FaultingHandler):
             return
         try:
             version = check_api_version(
-                requested_api_version(query.get("api-version"), self.headers.get("Accept")), method=method
+                requested_api_version(query.get("api-version"), self.headers.get("Accept")),
+                method=method,
+                profile=emulator.profile,
             )
         except ApiError as error:
             self._send_error(error, state)
