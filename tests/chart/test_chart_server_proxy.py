@@ -37,8 +37,10 @@ def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def reconciler_pods(objects: list[dict[str, Any]]) -> list[Mapping[str, Any]]:
-    """The pod specs built by azp-agents.reconcilerPodSpec: the CronJob's and the helm test Pod's."""
-    return [spec for kind in ("CronJob", "Pod") for obj in find(objects, kind) for spec in pod_specs(obj)]
+    """The pod specs built by azp-agents.reconcilerPodSpec: the CronJob's, the helm test Pod's and the webhook
+    receiver Deployment's."""
+    specs = [spec for kind in ("CronJob", "Pod") for obj in find(objects, kind) for spec in pod_specs(obj)]
+    return specs + [d["spec"]["template"]["spec"] for d in find(objects, "Deployment")]
 
 
 def test_reconciler_pods_get_the_proxy_the_ca_and_the_extras() -> None:
@@ -50,8 +52,9 @@ def test_reconciler_pods_get_the_proxy_the_ca_and_the_extras() -> None:
         "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
         "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     }
-    pods = reconciler_pods(render_chart({**NETWORK, "reconciler": extra}))
-    assert pods
+    webhook = {"enabled": True, "secret": "hook-secret-0a1b2c3d4e5f", "tlsSecretName": "hooks-tls"}
+    pods = reconciler_pods(render_chart({**NETWORK, "reconciler": extra, "webhook": webhook}))
+    assert len(pods) == 3
     for pod in pods:
         container = pod["containers"][0]
         env = env_of(container)
