@@ -92,7 +92,7 @@ add_network_args() {
       args+=(--proxyusername "$AZP_PROXY_USERNAME" --proxypassword "${AZP_PROXY_PASSWORD:-}")
     fi
     if [[ -n "${AZP_PROXY_BYPASS:-}" ]]; then
-      tr ',' '\n' <<<"$AZP_PROXY_BYPASS" | sed '/^[[:space:]]*$/d' >"$AZP_AGENT_DIR/.proxybypass"
+      tr ',' '\n' <<<"$AZP_PROXY_BYPASS" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//; /^$/d' >"$AZP_AGENT_DIR/.proxybypass"
     fi
   fi
   if [[ -n "${AZP_CA_CERT_FILE:-}" ]]; then

@@ -23,7 +23,7 @@ def option_values(args: list[str], option: str) -> list[str]:
 
 def test_proxy_and_ca_reach_config_sh(sandbox: Sandbox) -> None:
     """We test: the proxy URL, its credentials and the CA file become config.sh options, the bypass list the
-    agent's .proxybypass (one regular expression a line), and .proxybypass travels to the state dir."""
+    agent's .proxybypass (one regular expression a line, blanks trimmed), and .proxybypass travels to the state dir."""
     ca = sandbox.root / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     register(
@@ -31,7 +31,7 @@ def test_proxy_and_ca_reach_config_sh(sandbox: Sandbox) -> None:
         AZP_PROXY_URL=PROXY,
         AZP_PROXY_USERNAME="svc-proxy",
         AZP_PROXY_PASSWORD="hunter2",
-        AZP_PROXY_BYPASS=r"https://tfs\.example\.com/.*, ,.*\.svc\.cluster\.local",
+        AZP_PROXY_BYPASS=r"https://tfs\.example\.com/.*, , .*\.svc\.cluster\.local ",
         AZP_CA_CERT_FILE=str(ca),
     )
     args = sandbox.recorded("config.args").splitlines()
