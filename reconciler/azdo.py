@@ -190,7 +190,8 @@ class AzureDevOps:
     ) -> None:
         self.organization = organization.rstrip("/")
         self.negotiate = api_version == "auto"
-        """With `auto`, 7.1 is sent until a server refuses it as out of range; then the highest version it accepts."""
+        """With `auto`, 7.1 is sent until a server refuses it (out of range, or only a preview there); then the
+        highest version below the refused one and the one the server names. One refused call per client."""
         self.api_version = API_VERSION if self.negotiate else api_version
         self.timeout = timeout
         self.retries = retries
@@ -251,7 +252,8 @@ class AzureDevOps:
         version: VersionKind = "released",
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
-        """One call; a version refused as out of range is negotiated down once (see `_downgrade`) and resent."""
+        """One call; a version the server refuses is negotiated down once (see `_downgrade`) and the call resent
+        (a refused version changed nothing on the server, so a write is safe to resend)."""
         try:
             return self._send(method, path, route=route, params=params, body=body, version=version, hook=object_hook)
         except ApiVersionRefused as error:
