@@ -28,6 +28,10 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   the UI says "This agent request is not running because you have reached the maximum number of requests
   that can run for parallelism type ..." (microsoft/azuredevopslabs #535, MicrosoftDocs/mslearn issues).
   Not emulated: that text in the request's JSON (unconfirmed), separate Private/Public limits;
+- Azure DevOps Server (`server_version="2020"` or `"2022"`, azdo_support.ServerProfile): versions above the
+  server's are refused with its 400 VssVersionOutOfRangeException, and the collection is served at
+  `/tfs/DefaultCollection`. Everything else answers as Services does (Server-only authentication such as NTLM,
+  and routes or fields Server lacks, are not emulated);
 - an api-version is required on every route and method except a GET of the pools list or of a
   pool's jobrequests, which KEDA's scaler sends without one (VERSIONLESS_GET_ROUTES); a client
   that forgets it elsewhere fails here first.
@@ -52,7 +56,9 @@ from urllib.parse import parse_qsl, urlsplit
 from azp_simulation.azdo_support import (
     SCOPE_MANAGE,
     SCOPE_READ,
+    SERVER_PROFILES,
     SERVICE_OWNER,
+    SERVICES,
     SIGN_IN_PAGE,
     VERSIONLESS_GET_ROUTES,
     ApiError,
@@ -206,6 +212,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self,
         organization: str = "contoso",
         *,
+        server_version: str | None = None,
         clock: Callable[[], float] = time.time,
         rate_limit: RateLimit | None = None,
         pickup_delay: float = 0.0,
@@ -214,7 +221,11 @@ class AzureDevOpsEmulator(ServedEmulator):
         once_exit_window: float = 0.0,
         parallel_jobs: int | None = None,
     ) -> None:
-        self.organization = organization
+        if server_version is not None and server_version not in SERVER_PROFILES:
+            raise ValueError(f"server_version {server_version!r}: expected one of {', '.join(SERVER_PROFILES)}")
+        self.profile = SERVER_PROFILES[server_version] if server_version else SERVICES
+        """Services (the default), or an Azure DevOps Server: its API versions and collection URL (ServerProfile)."""
+        self.organization = self.profile.collection or organization
         self.clock = clock
         self.rate_limit = rate_limit
         self.pickup_delay = pickup_delay
@@ -1315,7 +1326,7 @@ class _Handler(FaultingHandler):
         requested = requested_api_version(query.get("api-version"), self.headers.get("Accept"))
         if requested is not None or method != "GET" or route.short not in VERSIONLESS_GET_ROUTES:
             try:
-                state.api_version = check_api_version(requested, method=method)
+                state.api_version = check_api_version(requested, method=method, profile=emulator.profile)
             except ApiError as error:
                 self._send_error(error, state)
                 return

@@ -27,6 +27,34 @@ LATEST_PREVIEW_VERSION = (7, 2)
 # that client; every other route and method still needs one here.
 VERSIONLESS_GET_ROUTES = frozenset({"pools", "pools/{poolId}/jobrequests"})
 
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """The REST API versions one Azure DevOps product answers, and the path its collections live under.
+
+    Sources: the API-to-product mapping of the REST reference (MS:rest/api/azure/devops, "API and TFS version
+    mapping": Azure DevOps Server 2020 = 6.0, Server 2022 = 7.0, Services = 7.1); the highest *preview* a server
+    accepts is the one its out-of-range error names, e.g. Server 2020 answers "The latest REST API version this
+    server supports is 6.1." (microsoft/azure-devops-extension-sample #161) and Server 2019 "... is 5.1." while
+    5.1 calls had to carry -preview there (rfennell/AzurePipelines #1000). For Server 2022 the preview 7.1 is
+    inferred by the same rule [inferred]. Collections are served under `/tfs/DefaultCollection` (the default
+    virtual directory and collection of an on-premises install); Services serves `/{organization}`.
+    Not emulated: Server updates (2020.1, 2022.1 and so on) that raise the versions, older servers (2019 and before).
+    """
+
+    name: str
+    released: tuple[int, int]
+    preview: tuple[int, int]
+    collection: str | None
+    """The path of the collection; None for Services, where the organization name is the path."""
+
+
+SERVICES = ServerProfile("Azure DevOps Services", LATEST_RELEASED_VERSION, LATEST_PREVIEW_VERSION, None)
+SERVER_PROFILES = {
+    "2020": ServerProfile("Azure DevOps Server 2020", (6, 0), (6, 1), "tfs/DefaultCollection"),
+    "2022": ServerProfile("Azure DevOps Server 2022", (7, 0), (7, 1), "tfs/DefaultCollection"),
+}
+
 _WEBAPI = "Microsoft.VisualStudio.Services.WebApi"
 _SERVER = "Microsoft.TeamFoundation.Framework.Server"
 _DISTRIBUTED_TASK = "Microsoft.TeamFoundation.DistributedTask.WebApi"
@@ -104,8 +132,9 @@ def requested_api_version(query_value: str | None, accept_header: str | None) ->
     return None
 
 
-def check_api_version(version: str | None, *, method: str) -> str:
-    """Validate an api-version like the service does; returns it or raises ApiError (400)."""
+def check_api_version(version: str | None, *, method: str, profile: ServerProfile = SERVICES) -> str:
+    """Validate an api-version like the service (or the Server of `profile`) does; returns it or raises
+    ApiError (400). A version above the profile's preview is out of range, one above its release needs -preview."""
     if version is None or version == "":
         raise ApiError(
             400,
@@ -123,19 +152,20 @@ def check_api_version(version: str | None, *, method: str) -> str:
         )
     requested = (int(match.group("major")), int(match.group("minor")))
     preview = match.group("preview") is not None
-    latest = LATEST_PREVIEW_VERSION if preview else LATEST_RELEASED_VERSION
-    if requested > LATEST_PREVIEW_VERSION or requested < (1, 0):
+    latest = profile.preview if preview else profile.released
+    if requested > profile.preview or requested < (1, 0):
         raise ApiError(
             400,
             f"The requested REST API version of {version} is out of range for this server. The latest REST API "
-            f"version this server supports is {LATEST_PREVIEW_VERSION[0]}.{LATEST_PREVIEW_VERSION[1]}.",
+            f"version this server supports is {profile.preview[0]}.{profile.preview[1]}.",
             "VssVersionOutOfRangeException",
         )
     if requested > latest:
         raise ApiError(
             400,
             f'The requested version "{version}" of the resource is under preview. The -preview flag must be '
-            'supplied in the api-version for such requests. For example: "7.2-preview"',
+            "supplied in the api-version for such requests. For example: "
+            f'"{profile.preview[0]}.{profile.preview[1]}-preview"',
             "VssInvalidPreviewVersionException",
         )
     return version

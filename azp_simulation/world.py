@@ -33,7 +33,7 @@ import yaml
 
 from azp_simulation import agent_images
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
-from azp_simulation.azdo_support import ApiError
+from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
@@ -90,6 +90,14 @@ class CrashPods:
         return pool == self.pool and self.first <= nth < self.first + self.count
 
 
+def _server_version(raw: Any, where: str) -> str | None:
+    if raw is None:
+        return None
+    if str(raw) not in SERVER_PROFILES:
+        raise ConfigError(f"{where}: azure_devops_server: {raw!r} is not one of {', '.join(SERVER_PROFILES)}")
+    return str(raw)
+
+
 @dataclass(frozen=True)
 class WorldFile:
     """A parsed, checked world file."""
@@ -103,9 +111,11 @@ class WorldFile:
     stuck_pods: tuple[dict[str, Any], ...]
     crash_pods: tuple[CrashPods, ...]
     once_exit_window: float
+    """Seconds a `--once` agent still shows online after its job (see AzureDevOpsEmulator)."""
     parallel_jobs: int | None
     """The organization's parallel-job limit (None: unlimited)."""
-    """Seconds a `--once` agent still shows online after its job (see AzureDevOpsEmulator)."""
+    server_version: str | None
+    """`azure_devops_server`: "2020" or "2022" emulates that Azure DevOps Server instead of Services."""
     faults: tuple[dict[str, Any], ...]
     reconciler: Mapping[str, Any]
     timeout: float
@@ -186,6 +196,7 @@ def load_world(path: Path) -> WorldFile:
         crash_pods=crash_pods,
         once_exit_window=float(document.get("once_exit_window", 0)),
         parallel_jobs=None if document.get("parallel_jobs") is None else int(document["parallel_jobs"]),
+        server_version=_server_version(document.get("azure_devops_server"), where),
         faults=tuple(document.get("faults") or ()),
         reconciler=document.get("reconciler") or {},
         timeout=float(document.get("timeout", 120)),
@@ -282,7 +293,10 @@ class Simulation:
         self.directory = directory
         self.random = random.Random(seed)
         self.azdo = AzureDevOpsEmulator(
-            organization="contoso", once_exit_window=world.once_exit_window, parallel_jobs=world.parallel_jobs
+            organization="contoso",
+            server_version=world.server_version,
+            once_exit_window=world.once_exit_window,
+            parallel_jobs=world.parallel_jobs,
         )
         self.kube = KubernetesEmulator(image_policy=dict(world.images) or None)
         self.processes: dict[str, AgentProcess] = {}

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -36,8 +37,14 @@ from reconciler.model import Agent, JobRequest, frozen_map
 log = logging.getLogger("reconciler.azdo")
 
 API_VERSION = "7.1"
+API_VERSIONS = ("7.1", "7.0", "6.0")
+"""The REST API versions the client speaks, highest first: Azure DevOps Services (7.1), Azure DevOps Server 2022
+(7.0) and 2020 (6.0) (the REST reference's product mapping). Every route used is released at each of them but
+connectionData, which is -preview at every version."""
 # jobrequests is undocumented; 7.0 is a version public clients use successfully (reference, section 4).
 JOBREQUESTS_API_VERSION = "7.0"
+VERSION_REFUSALS = ("VssVersionOutOfRangeException", "VssInvalidPreviewVersionException")
+_LATEST_SUPPORTED = re.compile(r"latest REST API version this server supports is (\d+)\.(\d+)")
 CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
 MAX_RETRY_AFTER = 60.0
 """The longest `Retry-After` waited for: an answer of an hour must not outlive the run (it is reported)."""
@@ -61,6 +68,24 @@ def parse_time(value: Any) -> datetime | None:
         return None
     # The service writes UTC; a timestamp without an offset is UTC too, never local time.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)
+
+
+VersionKind = Literal["released", "preview", "jobrequests"]
+
+
+class ApiVersionRefused(PermanentError):
+    """HTTP 400 VssVersionOutOfRangeException (the server, an Azure DevOps Server, is older than the version sent)
+    or VssInvalidPreviewVersionException (the version is only a preview there, e.g. 7.1 on Server 2022).
+    `latest` is the highest version an out-of-range message names (previews included), None when it names none."""
+
+    def __init__(self, message: str, latest: tuple[int, int] | None) -> None:
+        super().__init__(message)
+        self.latest = latest
 
 
 def _ref_id(ref: Any) -> int | None:
@@ -161,8 +186,13 @@ class AzureDevOps:
         retries: int = 4,
         backoff: float = 0.5,
         deadline: Deadline | None = None,
+        api_version: str = "auto",
     ) -> None:
         self.organization = organization.rstrip("/")
+        self.negotiate = api_version == "auto"
+        """With `auto`, 7.1 is sent until a server refuses it (out of range, or only a preview there); then the
+        highest version below the refused one and the one the server names. One refused call per client."""
+        self.api_version = API_VERSION if self.negotiate else api_version
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -190,6 +220,27 @@ class AzureDevOps:
     def call_count(self) -> int:
         return sum(self.calls.values())
 
+    def _version(self, kind: VersionKind) -> str:
+        """The api-version a route is sent with at the version in use (connectionData is -preview at all)."""
+        if kind == "preview":
+            return f"{self.api_version}-preview"
+        if kind == "jobrequests" and _version_tuple(self.api_version) > _version_tuple(JOBREQUESTS_API_VERSION):
+            return JOBREQUESTS_API_VERSION
+        return self.api_version
+
+    def _downgrade(self, error: ApiVersionRefused) -> None:
+        """Settle on the highest version the server accepts, or say how to fix the configuration."""
+        below = [v for v in API_VERSIONS if error.latest is None or _version_tuple(v) < error.latest]
+        lower = [v for v in below if _version_tuple(v) < _version_tuple(self.api_version)]
+        if not self.negotiate or not lower:
+            raise ConfigError(
+                f"azureDevOps.apiVersion: {self.organization} refused REST API version {self.api_version} ({error}): "
+                f"set organization.apiVersion in the chart's values (azureDevOps.apiVersion in a config file) to auto "
+                f"or one of {', '.join(API_VERSIONS)}; Azure DevOps Server 2020 or later is needed"
+            ) from None
+        log.info("%s accepts REST API versions below %s: using %s", self.organization, self.api_version, lower[0])
+        self.api_version = lower[0]
+
     def _request(
         self,
         method: str,
@@ -198,11 +249,30 @@ class AzureDevOps:
         route: str,
         params: Mapping[str, Any] | None = None,
         body: Any = None,
-        api_version: str = API_VERSION,
+        version: VersionKind = "released",
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
+        """One call; a version the server refuses is negotiated down once (see `_downgrade`) and the call resent
+        (a refused version changed nothing on the server, so a write is safe to resend)."""
+        try:
+            return self._send(method, path, route=route, params=params, body=body, version=version, hook=object_hook)
+        except ApiVersionRefused as error:
+            self._downgrade(error)
+        return self._send(method, path, route=route, params=params, body=body, version=version, hook=object_hook)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        version: VersionKind,
+        hook: Callable[[dict[str, Any]], Any] | None,
+    ) -> Any:
         url = f"{self.organization}/_apis/{path}"
-        query = {**(params or {}), "api-version": api_version}
+        query = {**(params or {}), "api-version": self._version(version)}
         attempt = 0
         while True:
             wait = self._not_before - time.monotonic()
@@ -219,7 +289,7 @@ class AzureDevOps:
                 retry_after = None
             else:
                 try:
-                    return self._parse(response, method=method, route=route, object_hook=object_hook)
+                    return self._parse(response, method=method, route=route, object_hook=hook)
                 except TransientError as exc:
                     error = exc
                     retry_after = _retry_after(response)
@@ -274,6 +344,10 @@ class AzureDevOps:
             raise NotFoundError(f"{method} {route}: HTTP 404: {_message(response)}")
         if status == 409:
             raise ConflictError(f"{method} {route}: HTTP 409: {_message(response)}")
+        if status == 400 and _type_key(response) in VERSION_REFUSALS:
+            match = _LATEST_SUPPORTED.search(_message(response))
+            latest = (int(match.group(1)), int(match.group(2))) if match else None
+            raise ApiVersionRefused(f"{method} {route}: HTTP 400: {_message(response)}", latest)
         if status >= 400:
             raise PermanentError(f"{method} {route}: HTTP {status}: {_message(response)}")
         if status == 204 or not response.content:
@@ -294,12 +368,10 @@ class AzureDevOps:
         *,
         route: str,
         params: Mapping[str, Any] | None = None,
-        api_version: str = API_VERSION,
+        version: VersionKind = "released",
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> list[dict[str, Any]]:
-        payload = self._request(
-            "GET", path, route=route, params=params, api_version=api_version, object_hook=object_hook
-        )
+        payload = self._request("GET", path, route=route, params=params, version=version, object_hook=object_hook)
         if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
             raise TransientError(f"GET {route}: the response is not a list ({{count, value}})")
         return [item for item in payload["value"] if isinstance(item, dict)]
@@ -317,7 +389,7 @@ class AzureDevOps:
     def connection_data(self) -> dict[str, Any]:
         """Who the credential belongs to (proves it works)."""
         try:
-            data = self._request("GET", "connectionData", route="connectionData", api_version="7.1-preview")
+            data = self._request("GET", "connectionData", route="connectionData", version="preview")
         except NotFoundError as exc:
             raise self._organization_not_found(exc) from None
         return data if isinstance(data, dict) else {}
@@ -359,7 +431,7 @@ class AzureDevOps:
             f"distributedtask/pools/{pool_id}/jobrequests",
             route="pools/{poolId}/jobrequests",
             params={"completedRequestCount": 0},
-            api_version=JOBREQUESTS_API_VERSION,
+            version="jobrequests",
             object_hook=_drop_matched_agents,
         )
         requests_ = (job_request_from_json(item) for item in items)
@@ -481,6 +553,14 @@ def _retry_after(response: requests.Response) -> float | None:
     if seconds > MAX_RETRY_AFTER:
         log.warning("Azure DevOps asked to retry after %.0fs: waiting %.0fs at most", seconds, MAX_RETRY_AFTER)
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def _type_key(response: requests.Response) -> str | None:
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    return payload.get("typeKey") if isinstance(payload, dict) and isinstance(payload.get("typeKey"), str) else None
 
 
 def _message(response: requests.Response) -> str:

@@ -164,7 +164,13 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     except ReconcilerError as exc:
         return [*findings, Finding("credentials", False, str(exc))]
     logs.SECRETS.add(credentials.pat)
-    azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout, retries=1)
+    azdo = AzureDevOps(
+        config.organization,
+        pat=credentials.pat,
+        timeout=config.azdo_timeout,
+        retries=1,
+        api_version=config.azdo_api_version,
+    )
     try:
         who = azdo.connection_data().get("authenticatedUser", {})
         findings.append(

@@ -322,7 +322,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         logs.SECRETS.add(secret)
         credentials = config_module.read_credentials(document)
         logs.SECRETS.add(credentials.pat)
-        azdo = AzureDevOps(config.organization, pat=credentials.pat, timeout=config.azdo_timeout)
+        azdo = AzureDevOps(
+            config.organization, pat=credentials.pat, timeout=config.azdo_timeout, api_version=config.azdo_api_version
+        )
         try:
             _create_subscriptions(azdo, bodies, url=args.url, secret=secret)
         except AuthError as exc:

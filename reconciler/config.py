@@ -262,6 +262,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         log_level=document.get("logLevel", "info"),
         azdo_timeout=client.get("timeoutSeconds", 30),
         azdo_retries=client.get("retries", 4),
+        azdo_api_version=client.get("apiVersion", "auto"),
         allow_token_in_agent_container=allow_once,
         source=source,
     )

@@ -107,6 +107,8 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     azdo_timeout: float = 30.0
+    azdo_api_version: str = "auto"
+    """azureDevOps.apiVersion: auto, or a REST API version pinned (reconciler.azdo.API_VERSIONS)."""
     azdo_retries: int = 4
     allow_token_in_agent_container: bool = False
     """Accept `once` templates, whose agent container registers too (its steps can read the PAT)."""

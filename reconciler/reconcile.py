@@ -143,6 +143,7 @@ class Reconciler:
             timeout=config.azdo_timeout,
             retries=config.azdo_retries,
             deadline=self.deadline,
+            api_version=config.azdo_api_version,
         )
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.

@@ -17,13 +17,18 @@
 # AZP_STATE_DIR (/azp/state), AZP_AGENT_DIR (/azp/agent), AZP_SECRET_DIR (/var/run/secrets/azp: where
 # `run` looks for a token mounted by mistake), AZP_DISABLE_LOG_UPLOADS (false), AZP_TERMINATION_LOG
 # (/dev/termination-log, the container's terminationMessagePath).
+# Proxies and private CAs (azure-pipelines-agent docs/start/proxyconfig.md and certificate.md):
+# AZP_PROXY_URL, AZP_PROXY_USERNAME, AZP_PROXY_PASSWORD -> config.sh --proxyurl/--proxyusername/--proxypassword;
+# AZP_PROXY_BYPASS (comma-separated regular expressions of URLs) -> the agent's .proxybypass file, one a line;
+# AZP_CA_CERT_FILE (a PEM file) -> config.sh --sslcacert. The files config.sh writes for them (.proxy,
+# .proxycredentials, .proxybypass, .certificates) travel to the run container with the identity.
 # Exit status: the agent's own; 2 for a missing or invalid input, named in the message.
 set -euo pipefail
 umask 077
 
 readonly PROG="start.sh"
 readonly IDENTITY_FILES=(.agent .credentials .credentials_rsaparams)
-readonly OPTIONAL_FILES=(.env .path .capabilities)
+readonly OPTIONAL_FILES=(.env .path .capabilities .proxy .proxycredentials .proxybypass .certificates)
 # Every name a token can travel under: never handed to the agent, never published as a capability.
 readonly TOKEN_VARS=(AZP_TOKEN AZP_TOKEN_FILE VSTS_AGENT_INPUT_TOKEN)
 
@@ -70,7 +75,29 @@ validate_registration_inputs() {
     true | false) ;;
     *) usage_error "AZP_DISABLE_LOG_UPLOADS must be true or false, got '$AZP_DISABLE_LOG_UPLOADS'" ;;
   esac
+  if [[ -n "${AZP_CA_CERT_FILE:-}" && ! -r "$AZP_CA_CERT_FILE" ]]; then
+    usage_error "AZP_CA_CERT_FILE=$AZP_CA_CERT_FILE is not a readable file (mount the CA bundle there)"
+  fi
+  if [[ -n "${AZP_PROXY_URL:-}" && ! "$AZP_PROXY_URL" =~ ^https?://[^[:space:]]+$ ]]; then
+    usage_error "AZP_PROXY_URL must be an http(s) URL such as http://proxy.example.com:3128, got '$AZP_PROXY_URL'"
+  fi
   require_agent_script config.sh
+}
+
+# Adds the proxy and CA options of config.sh to `args` (the caller's array) and writes .proxybypass.
+add_network_args() {
+  if [[ -n "${AZP_PROXY_URL:-}" ]]; then
+    args+=(--proxyurl "$AZP_PROXY_URL")
+    if [[ -n "${AZP_PROXY_USERNAME:-}" ]]; then
+      args+=(--proxyusername "$AZP_PROXY_USERNAME" --proxypassword "${AZP_PROXY_PASSWORD:-}")
+    fi
+    if [[ -n "${AZP_PROXY_BYPASS:-}" ]]; then
+      tr ',' '\n' <<<"$AZP_PROXY_BYPASS" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//; /^$/d' >"$AZP_AGENT_DIR/.proxybypass"
+    fi
+  fi
+  if [[ -n "${AZP_CA_CERT_FILE:-}" ]]; then
+    args+=(--sslcacert "$AZP_CA_CERT_FILE")
+  fi
 }
 
 # Sets `token` (global, unset again after configuration) from AZP_TOKEN_FILE or, failing that, AZP_TOKEN.
@@ -107,6 +134,7 @@ configure_agent() {
   if [[ "$AZP_DISABLE_LOG_UPLOADS" == true ]]; then
     args+=(--disableloguploads)
   fi
+  add_network_args
 
   log "configuring agent '$AZP_AGENT_NAME' in pool '$AZP_POOL' of $AZP_URL"
   local status=0

@@ -16,7 +16,10 @@ Inputs are the same as start.sh: AZP_URL (required), AZP_POOL (Default), AZP_AGE
 AZP_WORK (C:\azp\_work), AZP_TOKEN_FILE (preferred) or AZP_TOKEN (compatibility), AZP_STATE_DIR
 (C:\azp\state), AZP_AGENT_DIR (C:\azp\agent), AZP_SECRET_DIR (C:\var\run\secrets\azp),
 AZP_DISABLE_LOG_UPLOADS (false), AZP_TERMINATION_LOG (/dev/termination-log: `register` writes the
-agent's id there, as start.sh does). Exit status: the agent's own; 2 for a missing or invalid input.
+agent's id there, as start.sh does). Proxies and private CAs as in start.sh: AZP_PROXY_URL,
+AZP_PROXY_USERNAME, AZP_PROXY_PASSWORD (config.cmd --proxyurl, --proxyusername, --proxypassword),
+AZP_PROXY_BYPASS (comma-separated regular expressions, written to .proxybypass) and AZP_CA_CERT_FILE
+(--sslcacert). Exit status: the agent's own; 2 for a missing or invalid input.
 #>
 [CmdletBinding()]
 param(
@@ -28,7 +31,7 @@ Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
 $IdentityFiles = @('.agent', '.credentials', '.credentials_rsaparams')
-$OptionalFiles = @('.env', '.path', '.capabilities')
+$OptionalFiles = @('.env', '.path', '.capabilities', '.proxy', '.proxycredentials', '.proxybypass', '.certificates')
 # Every name a token can travel under: never handed to the agent, never published as a capability.
 $TokenVars = @('AZP_TOKEN', 'AZP_TOKEN_FILE', 'VSTS_AGENT_INPUT_TOKEN')
 
@@ -79,7 +82,32 @@ function Assert-RegistrationInput {
     if ($DisableLogUploads -notin @('true', 'false')) {
         Exit-WithUsageError "AZP_DISABLE_LOG_UPLOADS must be true or false, got '$DisableLogUploads'"
     }
+    if (-not [string]::IsNullOrEmpty($env:AZP_CA_CERT_FILE) -and -not (Test-Path -LiteralPath $env:AZP_CA_CERT_FILE -PathType Leaf)) {
+        Exit-WithUsageError "AZP_CA_CERT_FILE=$($env:AZP_CA_CERT_FILE) is not a readable file (mount the CA bundle there)"
+    }
+    if (-not [string]::IsNullOrEmpty($env:AZP_PROXY_URL) -and $env:AZP_PROXY_URL -notmatch '^https?://\S+$') {
+        Exit-WithUsageError "AZP_PROXY_URL must be an http(s) URL such as http://proxy.example.com:3128, got '$($env:AZP_PROXY_URL)'"
+    }
     Assert-AgentScript -Name 'config.cmd'
+}
+
+# The proxy and CA options of config.cmd; writes .proxybypass (one regular expression a line).
+function Get-NetworkArgument {
+    $arguments = @()
+    if (-not [string]::IsNullOrEmpty($env:AZP_PROXY_URL)) {
+        $arguments += @('--proxyurl', $env:AZP_PROXY_URL)
+        if (-not [string]::IsNullOrEmpty($env:AZP_PROXY_USERNAME)) {
+            $arguments += @('--proxyusername', $env:AZP_PROXY_USERNAME, '--proxypassword', "$($env:AZP_PROXY_PASSWORD)")
+        }
+        if (-not [string]::IsNullOrEmpty($env:AZP_PROXY_BYPASS)) {
+            $patterns = $env:AZP_PROXY_BYPASS -split ',' | Where-Object { -not [string]::IsNullOrWhiteSpace($_) } | ForEach-Object { $_.Trim() }
+            Set-Content -LiteralPath (Join-Path $AgentDir '.proxybypass') -Value $patterns
+        }
+    }
+    if (-not [string]::IsNullOrEmpty($env:AZP_CA_CERT_FILE)) {
+        $arguments += @('--sslcacert', $env:AZP_CA_CERT_FILE)
+    }
+    return $arguments
 }
 
 function Read-Token {
@@ -117,6 +145,7 @@ function Invoke-AgentConfiguration {
         '--agent', $AgentName, '--work', $WorkDir, '--replace')
     # Off by default: with it, job logs stay inside a pod that is deleted after the job.
     if ($DisableLogUploads -eq 'true') { $arguments += '--disableloguploads' }
+    $arguments += Get-NetworkArgument
 
     Write-Log "configuring agent '$AgentName' in pool '$Pool' of $($env:AZP_URL)"
     Push-Location -LiteralPath $AgentDir

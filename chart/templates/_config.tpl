@@ -30,7 +30,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
   "agentVersion" (toString $reconciler.agentVersion)
   "sweepInterval" (int $reconciler.sweepInterval)
   "events" $reconciler.events
-  "azureDevOps" (dict "timeoutSeconds" $reconciler.azureDevOps.timeoutSeconds "retries" (int $reconciler.azureDevOps.retries))
+  "azureDevOps" (dict "timeoutSeconds" $reconciler.azureDevOps.timeoutSeconds "retries" (int $reconciler.azureDevOps.retries) "apiVersion" (toString (default "auto" .Values.organization.apiVersion)))
 -}}
 {{- if .Values.organization.allowInsecureHttp -}}
 {{- $_ := set $config "allowInsecureHttp" true -}}

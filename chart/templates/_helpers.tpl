@@ -236,6 +236,7 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- include "azp-agents.checkOrganizationUrl" . -}}
 {{- include "azp-agents.checkPat" . -}}
 {{- include "azp-agents.checkFormats" . -}}
+{{- include "azp-agents.checkNetwork" . -}}
 {{- include "azp-agents.checkPools" . -}}
 {{- $_ := include "azp-agents.podSecurityLevel" . -}}
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
@@ -336,6 +337,9 @@ containers:
     env:
       - name: PYTHONUNBUFFERED
         value: "1"
+      {{- with concat (include "azp-agents.reconcilerNetworkEnv" $root | fromJsonArray) $reconciler.extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     securityContext:
       allowPrivilegeEscalation: false
       readOnlyRootFilesystem: true
@@ -356,6 +360,9 @@ containers:
         readOnly: true
       - name: tmp
         mountPath: /tmp
+      {{- with concat (include "azp-agents.caVolumeMounts" $root | fromJsonArray) $reconciler.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 volumes:
   - name: config
     configMap:
@@ -378,4 +385,7 @@ volumes:
     emptyDir:
       medium: Memory
       sizeLimit: 64Mi
+  {{- with concat (include "azp-agents.caVolumes" $root | fromJsonArray) $reconciler.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}

@@ -149,6 +149,7 @@ what to give instead for other kinds.
 {{- $_ := set $defaults "nodeSelector" (merge (dict "kubernetes.io/os" $pod.os.name) $defaults.nodeSelector) -}}
 {{- end -}}
 {{- include "azp-agents.addMissing" (dict "target" $pod "extra" $defaults) -}}
+{{- include "azp-agents.addAgentNetwork" (dict "pod" $pod "root" $root) -}}
 {{- $metadata := $owner.metadata | default dict -}}
 {{- if or $root.Values.agent.podLabels $root.Values.agent.podAnnotations -}}
 {{- $_ := set $owner "metadata" $metadata -}}

@@ -226,3 +226,14 @@ def test_orchestrator_environment_errors(tmp_path: Path, env: dict[str, str], ex
     """We test: a wrong orchestrator variable names the variable."""
     with pytest.raises(ConfigError, match=expected):
         config_module.load(None, env=env, work_dir=tmp_path)
+
+
+def test_api_version_is_auto_by_default_and_pinned_versions_are_checked(workdir: Path) -> None:
+    """We test: azureDevOps.apiVersion defaults to auto, 6.0 (Azure DevOps Server 2020) is kept, and a version
+    the client does not speak is refused naming the key and the versions it takes."""
+    config, _ = config_module.load_file(write(workdir, base()))
+    assert config.azdo_api_version == "auto"
+    pinned, _ = config_module.load_file(write(workdir, base(azureDevOps={"apiVersion": "6.0"})))
+    assert pinned.azdo_api_version == "6.0"
+    message = error_of(workdir, base(azureDevOps={"apiVersion": "5.1"}))
+    assert "azureDevOps.apiVersion" in message and "'6.0'" in message
