@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TOOLS := .tools/.fetched
 
-.PHONY: demo test lint unit bench soak tools clean
+.PHONY: demo test lint unit bench soak tools kube clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+## kube: build (or reuse) the real control plane of the realkube tier (scripts/build-kube.sh)
+kube:
+	bash scripts/build-kube.sh
+
 ## test: set up and run everything CI runs
-test: $(STAMP) $(TOOLS) lint
+test: $(STAMP) $(TOOLS) kube lint
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
 
 unit: $(STAMP)
