@@ -14,7 +14,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KUBE_VERSION="v1.35.4"   # scripts/kube/go.mod pins the same
 ETCD_VERSION="v3.6.5"    # scripts/kube/etcd/go.mod pins the same; k8s.io/kubernetes v1.35.4 requires it
-KEY="$KUBE_VERSION-etcd-$ETCD_VERSION"
+# The key changes with anything that changes the binaries (r2: the version stamp).
+KEY="$KUBE_VERSION-etcd-$ETCD_VERSION-r2"
 DEST="${1:-$ROOT/.tools/kube}/$KEY/bin"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/azp-agents/kube/$KEY/bin"
 BINARIES=(kube-apiserver kube-controller-manager etcd)
@@ -46,8 +47,14 @@ build_before="$(kib "$gocache")"
 start="$(date +%s)"
 
 mkdir -p "$CACHE"
-# -trimpath and no VCS stamping: the binaries do not depend on where the repository is cloned.
-(cd "$ROOT/scripts/kube" && go build -trimpath -ldflags=-s -o "$CACHE/" ./cmd/kube-apiserver ./cmd/kube-controller-manager)
+# -trimpath and no VCS stamping: the binaries do not depend on where the repository is cloned. The
+# version is stamped as Kubernetes' own build does (hack/lib/version.sh), so the server reports
+# v1.35.4 (helm checks charts' kubeVersion against it).
+minor="${KUBE_VERSION#v1.}"
+version_pkg="k8s.io/component-base/version"
+ldflags="-s -X $version_pkg.gitVersion=$KUBE_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=${minor%%.*}"
+ldflags="$ldflags -X $version_pkg.gitTreeState=clean"
+(cd "$ROOT/scripts/kube" && go build -trimpath -ldflags="$ldflags" -o "$CACHE/" ./cmd/kube-apiserver ./cmd/kube-controller-manager)
 (cd "$ROOT/scripts/kube/etcd" && go build -trimpath -ldflags=-s -o "$CACHE/etcd" .)
 mkdir -p "$DEST"
 cp "${BINARIES[@]/#/$CACHE/}" "$DEST/"
