@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from control_plane import REPO, ControlPlane
 from realkube_helpers import api, run
 from release import Release, install
@@ -151,11 +150,6 @@ def test_stuck_pod_is_deleted_after_provisioning_timeout(
     assert any(e["reason"] == "AgentStuck" for e in events), [e["reason"] for e in events]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not diagnosed yet (time box): with minIdle 1 the reconciler creates the standby Job, but no agent "
-    "of ours is seen online within 60 s; harness or product unknown",
-)
 def test_idle_agent_is_drained(
     control_plane: ControlPlane,
     kubelet: Kubelet,
