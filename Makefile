@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TOOLS := .tools/.fetched
 CHART_TOOLS := .tools/.chart-tools-built
 
-.PHONY: demo test lint unit bench soak tools clean
+.PHONY: demo test lint unit bench soak tools kube clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+## kube: build (or reuse) the real control plane of the realkube tier (scripts/build-kube.sh)
+kube:
+	bash scripts/build-kube.sh
+
 ## test: set up and run everything CI runs
-test: $(STAMP) $(TOOLS) $(CHART_TOOLS) lint
+test: $(STAMP) $(TOOLS) $(CHART_TOOLS) kube lint
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
 
 unit: $(STAMP)

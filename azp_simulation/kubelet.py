@@ -1,0 +1,385 @@
+"""A simulated kubelet for a real API server, and the simulated agents its pods run.
+
+`Kubelet` is an ordinary API client, as kwok's fake nodes are (sigs.k8s.io/kwok): it registers a
+Node, binds the pods no scheduler places (the `binding` subresource, as kube-scheduler does), and
+moves each pod's status through the `status` subresource the way the kubelet's status manager does
+(pkg/kubelet/status, pkg/kubelet/kubelet_pods.go): init containers one by one (each runs, then
+terminates with its exit code and termination message), then the main containers Running with the
+Initialized/ContainersReady/Ready conditions, then Succeeded or Failed with terminated states. A pod
+being deleted (deletionTimestamp set) has its containers stopped and is then deleted with grace 0, as
+the kubelet confirms a graceful deletion. What runs inside the containers is a `Program`.
+
+`SimulatedAgents` is the program of agent images: the container that has AZP_TOKEN_FILE registers
+an agent in the Azure DevOps emulator (what `config.sh` does; an init container then publishes the
+agent id in its termination message, as `start.sh register` does), the container that has AZP_URL
+brings it online for one job (`--once`), and when the job ends the container exits and the pod
+finishes. Its capabilities are the container's environment (the agent reports its environment
+variables as capabilities, minus VSO_AGENT_IGNORE), plus Agent.Name, Agent.Version and Agent.OS.
+This mirrors the agent side of azp_simulation/world.py (which drives the Kubernetes emulator's pods)
+in its simplest form: no per-template extra capabilities, no stuck pods by count.
+
+Not emulated: images, probes, restarts (restartPolicy is treated as Never), resource accounting,
+volumes other than Secret/projected-Secret files read by `read_file`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+
+from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
+from azp_simulation.azdo_support import ApiError
+from azp_simulation.kube_emulator import _expand, _field_value
+from azp_simulation.kube_support import format_time
+from reconciler.names import AGENT_ID_MESSAGE
+
+AGENT_VERSION = "4.269.0"
+
+
+class ServerError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """Where the API server is and the client certificate to reach it with."""
+
+    url: str
+    ca: Path
+    cert: Path
+    key: Path
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        # Otherwise REQUESTS_CA_BUNDLE (or a proxy setting) of the environment overrides `verify`.
+        session.trust_env = False
+        session.verify = str(self.ca)
+        session.cert = (str(self.cert), str(self.key))
+        return session
+
+
+class Program(Protocol):
+    """What runs in a pod's containers."""
+
+    def init(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, str] | None:
+        """An init container runs to its end: (exit code, termination message); None: it never ends."""
+        ...
+
+    def start(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+        """A main container started; it ends when someone calls `kubelet.finish_pod`."""
+        ...
+
+    def stopped(self, kubelet: Kubelet, pod: Mapping[str, Any]) -> None:
+        """The pod is being deleted: its containers are killed."""
+        ...
+
+
+class Idle:
+    """Init containers succeed at once; main containers run until `finish_pod`."""
+
+    def init(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, str]:
+        return 0, ""
+
+    def start(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+        return None
+
+    def stopped(self, kubelet: Kubelet, pod: Mapping[str, Any]) -> None:
+        return None
+
+
+def _container_status(container: Mapping[str, Any], state: dict[str, Any], *, ready: bool) -> dict[str, Any]:
+    image = str(container.get("image", ""))
+    return {
+        "name": container["name"],
+        "image": image,
+        "imageID": f"{image}@sha256:{'0' * 64}",
+        "containerID": f"containerd://{abs(hash((container['name'], image))):016x}",
+        "ready": ready,
+        "restartCount": 0,
+        "started": "running" in state,
+        "state": state,
+    }
+
+
+def _terminated(exit_code: int, started: str, message: str = "") -> dict[str, Any]:
+    reason = "Completed" if exit_code == 0 else "Error"
+    state = {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": format_time(time.time())}
+    return {"terminated": state | ({"message": message[:4096]} if message else {})}
+
+
+def _conditions(**status: bool) -> list[dict[str, Any]]:
+    now = format_time(time.time())
+    return [
+        {"type": kind, "status": "True" if value else "False", "lastTransitionTime": now}
+        for kind, value in status.items()
+    ]
+
+
+@dataclass
+class Kubelet:
+    """One fake node: binds every unscheduled pod to itself and runs it (see the module docstring)."""
+
+    server: ApiServer
+    program: Program = field(default_factory=Idle)
+    node: str = "realkube-node-1"
+    interval: float = 0.2
+    _session: requests.Session = field(init=False)
+    _started: set[str] = field(default_factory=set, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._session = self.server.session()
+
+    def _api(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        # Agents' exits arrive on the Azure DevOps emulator's thread: one request at a time.
+        with self._lock:
+            response = self._session.request(
+                method, self.server.url + path, json=body, headers={"Content-Type": content_type}, timeout=30
+            )
+        if response.status_code >= 400:
+            raise ServerError(response.status_code, response.text)
+        return response.json()
+
+    def start(self) -> None:
+        """Register the node and start syncing pods."""
+        labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": self.node}
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node, "labels": labels}}
+        with contextlib.suppress(ServerError):
+            self._api("POST", "/api/v1/nodes", node)
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+        status = {"capacity": capacity, "allocatable": capacity, "conditions": _conditions(Ready=True)}
+        self._api("PATCH", f"/api/v1/nodes/{self.node}/status", {"status": status}, "application/merge-patch+json")
+        self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(ServerError, requests.RequestException):
+                pods = self._api("GET", "/api/v1/pods")["items"]
+                for pod in pods:
+                    # One pod's trouble (deleted meanwhile, a conflict) must not stall the others.
+                    with contextlib.suppress(ServerError):
+                        self._sync(pod)
+            self._stop.wait(self.interval)
+
+    def _sync(self, pod: dict[str, Any]) -> None:
+        metadata, spec = pod["metadata"], pod["spec"]
+        where = f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}"
+        if not spec.get("nodeName"):
+            binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": metadata["name"]}}
+            self._api("POST", f"{where}/binding", binding | {"target": {"kind": "Node", "name": self.node}})
+        elif spec["nodeName"] != self.node:
+            return
+        elif metadata.get("deletionTimestamp"):
+            self.program.stopped(self, pod)
+            options = {"gracePeriodSeconds": 0, "preconditions": {"uid": metadata["uid"]}}
+            self._api("DELETE", where, {"kind": "DeleteOptions", "apiVersion": "v1"} | options)
+        elif metadata["uid"] not in self._started and pod.get("status", {}).get("phase", "Pending") == "Pending":
+            self._started.add(metadata["uid"])
+            self._run_pod(pod, where)
+
+    def _patch_status(self, where: str, status: dict[str, Any]) -> None:
+        self._api("PATCH", f"{where}/status", {"status": status}, "application/merge-patch+json")
+
+    def _run_pod(self, pod: dict[str, Any], where: str) -> None:
+        spec, started = pod["spec"], format_time(time.time())
+        base = {"hostIP": "10.0.0.10", "podIP": "10.244.0.10", "startTime": started}
+        waiting = {"waiting": {"reason": "PodInitializing"}}
+        inits: list[dict[str, Any]] = []
+        for container in spec.get("initContainers") or []:
+            running = _container_status(container, {"running": {"startedAt": started}}, ready=False)
+            self._patch_status(where, base | {"phase": "Pending", "initContainerStatuses": [*inits, running]})
+            ended = self.program.init(self, pod, container)
+            if ended is None:
+                return
+            code, message = ended
+            inits.append(_container_status(container, _terminated(code, started, message), ready=False))
+            if code != 0:
+                mains = [_container_status(c, waiting, ready=False) for c in spec["containers"]]
+                self._patch_status(
+                    where,
+                    base
+                    | {"phase": "Failed", "initContainerStatuses": inits}
+                    | {"containerStatuses": mains, "conditions": _conditions(Initialized=False, Ready=False)},
+                )
+                return
+        mains = [_container_status(c, {"running": {"startedAt": started}}, ready=True) for c in spec["containers"]]
+        conditions = _conditions(PodScheduled=True, Initialized=True, ContainersReady=True, Ready=True)
+        self._patch_status(
+            where,
+            base
+            | {"phase": "Running", "initContainerStatuses": inits, "containerStatuses": mains}
+            | {"conditions": conditions},
+        )
+        for container in spec["containers"]:
+            self.program.start(self, pod, container)
+
+    def finish_pod(self, namespace: str, name: str, *, exit_code: int = 0) -> bool:
+        """The pod's containers exit with `exit_code`: Succeeded or Failed. False when it is gone."""
+        where = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        try:
+            pod = self._api("GET", where)
+        except ServerError:
+            return False
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return False
+        started = status.get("startTime") or format_time(time.time())
+        mains = [_container_status(c, _terminated(exit_code, started), ready=False) for c in pod["spec"]["containers"]]
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        conditions = _conditions(PodScheduled=True, Initialized=True, ContainersReady=False, Ready=False)
+        self._patch_status(where, {"phase": phase, "containerStatuses": mains, "conditions": conditions})
+        return True
+
+    # What a container sees
+
+    def _values(self, namespace: str, kind: str, name: str) -> dict[str, str] | None:
+        try:
+            obj = self._api("GET", f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+        except ServerError:
+            return None
+        if kind == "secrets":
+            return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        return dict(obj.get("data") or {})
+
+    def _value_from(self, pod: Mapping[str, Any], source: Mapping[str, Any]) -> str | None:
+        namespace = pod["metadata"]["namespace"]
+        for key, kind in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
+            if key in source:
+                values = self._values(namespace, kind, str(source[key].get("name"))) or {}
+                return values.get(str(source[key].get("key")))
+        if "fieldRef" in source:
+            return _field_value(pod, str(source["fieldRef"].get("fieldPath")))
+        return None
+
+    def resolve_env(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        """The environment a container sees: envFrom, values with $(VAR) expansion, valueFrom."""
+        namespace, env = pod["metadata"]["namespace"], {}
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef") or source.get("configMapRef") or {}
+            kind = "secrets" if "secretRef" in source else "configmaps"
+            for key, value in (self._values(namespace, kind, str(ref.get("name"))) or {}).items():
+                env[str(source.get("prefix", "")) + key] = value
+        for entry in container.get("env") or []:
+            if "value" in entry:
+                env[entry["name"]] = _expand(str(entry.get("value") or ""), env)
+            elif (resolved := self._value_from(pod, entry.get("valueFrom") or {})) is not None:
+                env[entry["name"]] = resolved
+        return env
+
+    def read_file(self, pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str | None:
+        """A file a Secret volume (or a projected volume's Secret source) puts at `path`."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"]) or {}
+            secrets = [volume["secret"]] if "secret" in volume else []
+            secrets += [s["secret"] for s in (volume.get("projected") or {}).get("sources") or [] if "secret" in s]
+            root = str(mount["mountPath"]).rstrip("/")
+            for secret in secrets:
+                values = self._values(
+                    pod["metadata"]["namespace"], "secrets", str(secret.get("secretName", secret.get("name")))
+                )
+                files = {i["key"]: i["path"] for i in secret.get("items") or []} or {k: k for k in values or {}}
+                for key, relative in files.items():
+                    target = f"{root}/{relative}" if not mount.get("subPath") else root
+                    if target == path and (mount.get("subPath") in (None, relative)) and values and key in values:
+                        return values[key]
+        return None
+
+
+@dataclass
+class SimulatedAgents:
+    """The program of agent pods: register, take one job, exit (see the module docstring)."""
+
+    azdo: AzureDevOpsEmulator
+    kubelet: Kubelet | None = None
+    # The next this many agents hang before registering (a stuck pod: the init container never ends).
+    stall_next: int = 0
+    _pods: dict[str, tuple[str, str, int]] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.azdo.on_agent_exit = self._exited
+
+    def _register(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> int | None:
+        env = kubelet.resolve_env(pod, container)
+        token = kubelet.read_file(pod, container, env["AZP_TOKEN_FILE"]) or ""
+        pool = next((p for p in self.azdo.pools() if p["name"] == env.get("AZP_POOL")), None)
+        if pool is None:
+            return None
+        name = env.get("AZP_AGENT_NAME", pod["metadata"]["name"])
+        ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
+        capabilities = {k: v for k, v in env.items() if k not in ignored}
+        capabilities |= {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": "Linux"}
+        try:
+            agent = self.azdo.register_agent(
+                pool_id=int(pool["id"]), name=name, capabilities=capabilities, version=AGENT_VERSION, token=token
+            )
+        except EmulatorAuthError:
+            return None
+        return int(agent["id"])
+
+    def init(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, str] | None:
+        if not any(e.get("name") == "AZP_TOKEN_FILE" for e in container.get("env") or []):
+            return 0, ""
+        with self._lock:
+            if self.stall_next > 0:
+                self.stall_next -= 1
+                return None
+        agent_id = self._register(kubelet, pod, container)
+        return (1, "") if agent_id is None else (0, f"{AGENT_ID_MESSAGE}{agent_id}\n")
+
+    def start(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+        env = kubelet.resolve_env(pod, container)
+        if "AZP_URL" not in env:
+            return
+        pool = next((p for p in self.azdo.pools() if p["name"] == env.get("AZP_POOL")), None)
+        name = env.get("AZP_AGENT_NAME", pod["metadata"]["name"])
+        agent_id = None if pool is None else self.azdo.agent_id(int(pool["id"]), name)
+        if agent_id is None and "AZP_TOKEN_FILE" in env:
+            agent_id = self._register(kubelet, pod, container)
+        if agent_id is None:
+            kubelet.finish_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], exit_code=1)
+            return
+        with self._lock:
+            self._pods[name] = (pod["metadata"]["namespace"], pod["metadata"]["name"], agent_id)
+        self.kubelet = kubelet
+        self.azdo.agent_online(agent_id, once=True)
+
+    def stopped(self, kubelet: Kubelet, pod: Mapping[str, Any]) -> None:
+        with self._lock:
+            found = [
+                n
+                for n, (ns, p, _) in self._pods.items()
+                if (ns, p) == (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            ]
+            entries = [self._pods.pop(n) for n in found]
+        for _, _, agent_id in entries:
+            # The registration may be gone first (a drain deletes it): then the process just ends.
+            with contextlib.suppress(ApiError, KeyError):
+                self.azdo.agent_lost(agent_id)
+
+    def _exited(self, name: str, exit_code: int) -> None:
+        with self._lock:
+            entry = self._pods.pop(name, None)
+        if entry is not None and self.kubelet is not None:
+            self.kubelet.finish_pod(entry[0], entry[1], exit_code=exit_code)

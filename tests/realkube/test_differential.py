@@ -1,0 +1,239 @@
+"""We test: the Kubernetes emulator answers like the real API server. The same sequence of requests
+(create, get, list with label selectors, patch, update with a stale resourceVersion, delete; 404, 409,
+422 and 400 cases; dry-run; field validation) goes to azp_simulation.kube_emulator and to the real
+kube-apiserver; the status code, the Status reason and message, a Warning header's presence and the
+key fields of the returned object or list must agree. The differences the emulator keeps on purpose
+are listed in its module docstring and here (KNOWN); any other difference fails the test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from control_plane import ControlPlane
+from realkube_helpers import api, create_namespace
+
+from azp_simulation.kube_emulator import KubernetesEmulator
+
+NS = "rk-differential"
+LABELS = {"app": "diff", "app.kubernetes.io/managed-by": "azp-agents"}
+SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER = {"name": "main", "image": "busybox:1.36", "args": ["true"], "securityContext": SECURITY}
+POD_SPEC = {"containers": [CONTAINER], "restartPolicy": "Never"}
+JOB = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"name": "diff-job", "labels": LABELS},
+    "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": LABELS}, "spec": POD_SPEC}},
+}
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "diff-pod", "labels": LABELS | {"role": "pod"}}}
+POD["spec"] = POD_SPEC
+LEASE = {
+    "apiVersion": "coordination.k8s.io/v1",
+    "kind": "Lease",
+    "metadata": {"name": "diff-lease", "labels": LABELS},
+    "spec": {"holderIdentity": "a", "leaseDurationSeconds": 60},
+}
+SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "diff-secret", "labels": LABELS},
+    "type": "Opaque",
+    "data": {"pat": "c2VjcmV0"},
+}
+EVENT = {
+    "apiVersion": "v1",
+    "kind": "Event",
+    "metadata": {"name": "diff-event"},
+    "involvedObject": {"kind": "Job", "name": "diff-job", "namespace": NS, "apiVersion": "batch/v1"},
+    "reason": "DifferentialCheck",
+    "message": "created by the differential suite",
+    "type": "Normal",
+    "source": {"component": "azp-agents"},
+}
+
+
+def _with(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of obj with the dotted path set to value."""
+    copied = copy.deepcopy(obj)
+    node = copied
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return copied
+
+
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+SECRETS = f"/api/v1/namespaces/{NS}/secrets"
+EVENTS = f"/api/v1/namespaces/{NS}/events"
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    method: str
+    path: str
+    body: Any = None
+    params: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+STEPS = [
+    Step("create job", "POST", JOBS, JOB),
+    Step("create job again", "POST", JOBS, JOB),
+    Step("get job", "GET", f"{JOBS}/diff-job"),
+    Step("get missing job", "GET", f"{JOBS}/missing"),
+    Step("list jobs by label", "GET", JOBS, params={"labelSelector": "app=diff"}),
+    Step("list jobs by set selector", "GET", JOBS, params={"labelSelector": "app in (other,none)"}),
+    Step("list jobs by bad selector", "GET", JOBS, params={"labelSelector": "app=="}),
+    Step("merge-patch job labels", "PATCH", f"{JOBS}/diff-job", {"metadata": {"labels": {"x": "1"}}}, {}, MERGE),
+    Step("strategic-patch job labels", "PATCH", f"{JOBS}/diff-job",
+         {"metadata": {"labels": {"y": "2"}}}, {}, STRATEGIC),
+    Step("json-patch job test fails", "PATCH", f"{JOBS}/diff-job",
+         [{"op": "test", "path": "/metadata/labels/x", "value": "9"}], {}, JSON_PATCH),
+    Step("patch immutable template", "PATCH", f"{JOBS}/diff-job",
+         {"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "other:1"}]}}}}, {}, STRATEGIC),
+    Step("update job with stale resourceVersion", "PUT", f"{JOBS}/diff-job",
+         _with(JOB, "metadata.resourceVersion", "1")),
+    Step("update missing job", "PUT", f"{JOBS}/missing", _with(JOB, "metadata.name", "missing")),
+    Step("create job with bad name", "POST", JOBS, _with(JOB, "metadata.name", "Bad_Name")),
+    Step("create job without containers", "POST", JOBS, _with(JOB, "spec.template.spec.containers", [])),
+    Step("create job dry-run", "POST", JOBS, _with(JOB, "metadata.name", "dry"), {"dryRun": "All"}),
+    Step("get dry-run job", "GET", f"{JOBS}/dry"),
+    Step("create job bad dryRun", "POST", JOBS, _with(JOB, "metadata.name", "dry2"), {"dryRun": "Yes"}),
+    Step("create job unknown field strict", "POST", JOBS, _with(JOB, "spec.template.spec.restartPolicyy", "Never"),
+         {"fieldValidation": "Strict"}),
+    Step("create job unknown field warn", "POST", JOBS,
+         _with(_with(JOB, "metadata.name", "warn"), "spec.bogus", 1), {"fieldValidation": "Warn"}),
+    Step("create job unknown field ignore", "POST", JOBS,
+         _with(_with(JOB, "metadata.name", "ignore"), "spec.bogus", 1), {"fieldValidation": "Ignore"}),
+    Step("create job in missing namespace", "POST", "/apis/batch/v1/namespaces/rk-nowhere/jobs", JOB),
+    Step("delete job", "DELETE", f"{JOBS}/diff-job", {"propagationPolicy": "Background"}),
+    Step("delete job again", "DELETE", f"{JOBS}/diff-job"),
+    Step("create pod", "POST", PODS, POD),
+    Step("get pod", "GET", f"{PODS}/diff-pod"),
+    Step("list pods by label", "GET", PODS, params={"labelSelector": "role=pod,app.kubernetes.io/managed-by"}),
+    Step("patch pod labels", "PATCH", f"{PODS}/diff-pod", {"metadata": {"labels": {"x": "1"}}}, {}, MERGE),
+    Step("patch pod image (mutable)", "PATCH", f"{PODS}/diff-pod",
+         {"spec": {"containers": [{"name": "main", "image": "busybox:1.37"}]}}, {}, STRATEGIC),
+    Step("patch pod args (immutable)", "PATCH", f"{PODS}/diff-pod",
+         {"spec": {"containers": [{"name": "main", "args": ["false"]}]}}, {}, STRATEGIC),
+    Step("delete pod now", "DELETE", f"{PODS}/diff-pod", {"gracePeriodSeconds": 0}),
+    Step("create lease", "POST", LEASES, LEASE),
+    Step("update lease with stale resourceVersion", "PUT", f"{LEASES}/diff-lease",
+         _with(LEASE, "metadata.resourceVersion", "1")),
+    Step("update lease without resourceVersion", "PUT", f"{LEASES}/diff-lease",
+         _with(LEASE, "spec.holderIdentity", "b")),
+    Step("get lease", "GET", f"{LEASES}/diff-lease"),
+    Step("create lease again", "POST", LEASES, LEASE),
+    Step("delete lease", "DELETE", f"{LEASES}/diff-lease"),
+    Step("create event", "POST", EVENTS, EVENT),
+    Step("list events by reason", "GET", EVENTS, params={"fieldSelector": "reason=DifferentialCheck"}),
+    Step("create secret", "POST", SECRETS, SECRET),
+    Step("create secret bad base64", "POST", SECRETS, _with(_with(SECRET, "metadata.name", "bad"), "data.pat", "!!")),
+    Step("create secret bad key", "POST", SECRETS, _with(_with(SECRET, "metadata.name", "bad2"), "data", {"a b": ""})),
+    Step("list secrets by label", "GET", SECRETS, params={"labelSelector": "app=diff"}),
+    Step("patch secret", "PATCH", f"{SECRETS}/diff-secret", {"stringData": {"other": "x"}}, {}, MERGE),
+    Step("delete secret", "DELETE", f"{SECRETS}/diff-secret"),
+    Step("get deleted secret", "GET", f"{SECRETS}/diff-secret"),
+    Step("unknown resource", "GET", f"/apis/batch/v1/namespaces/{NS}/jobz"),
+]  # fmt: skip
+
+# Differences known and listed in the emulator's module docstring (deliberate, or found here and not
+# fixed yet); any other difference fails the test.
+KNOWN: dict[str, str] = {
+    "json-patch job test fails": "the emulator's message adds which test failed",
+    "patch immutable template": 'the real message prints the whole template; the emulator prints "object"',
+    "create job bad dryRun": "real: 422 Invalid CreateOptions; emulator: 400 BadRequest",
+    "create job unknown field strict": "real: 400 BadRequest strict decoding error; emulator: 422 Invalid",
+    "create job unknown field warn": "real: created, unknown field dropped, Warning header; emulator: 422",
+    "create job unknown field ignore": "real: created, field dropped silently; emulator: 422",
+    "delete job again": "real: a Warning header (no propagationPolicy) even on 404; emulator: none",
+    "patch pod args (immutable)": "the real message ends with a diff of the spec; the emulator's does not",
+    "update lease without resourceVersion": "real: 422 resourceVersion must be specified; emulator: accepts",
+    "create secret bad base64": "real: 400 BadRequest at decoding; emulator: 422 Invalid",
+}
+
+
+def _key_fields(body: Any) -> Any:
+    """What is compared of a response body."""
+    if not isinstance(body, dict):
+        return body
+    if body.get("kind") == "Status":
+        causes = sorted((c.get("field"), c.get("reason")) for c in (body.get("details") or {}).get("causes") or [])
+        return {k: body.get(k) for k in ("status", "reason", "message", "code")} | {"causes": causes}
+    if "items" in body:
+        return {"kind": body.get("kind"), "names": sorted(i["metadata"]["name"] for i in body["items"])}
+    metadata = body.get("metadata") or {}
+    return {"kind": body.get("kind"), "apiVersion": body.get("apiVersion")} | {
+        k: metadata.get(k) for k in ("name", "namespace", "labels")
+    }
+
+
+def _send(session: requests.Session, base: str, step: Step) -> dict[str, Any]:
+    response = session.request(
+        step.method, base + step.path, params=step.params, data=None if step.body is None else json.dumps(step.body),
+        headers={"Content-Type": step.content_type}, timeout=30,
+    )  # fmt: skip
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    return {"code": response.status_code, "warning": "Warning" in response.headers, "body": _key_fields(body)}
+
+
+@pytest.fixture
+def emulator() -> Iterator[KubernetesEmulator]:
+    kube = KubernetesEmulator()
+    kube.start()
+    kube.add_namespace(NS)
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
+def _default_service_account(plane: ControlPlane) -> None:
+    """Pods need the namespace's default ServiceAccount, which the serviceaccount controller makes."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if api(plane, "GET", f"/api/v1/namespaces/{NS}/serviceaccounts")["items"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no default ServiceAccount after 30 s")
+
+
+def test_emulator_answers_like_the_real_server(control_plane: ControlPlane, emulator: KubernetesEmulator) -> None:
+    """We test: every step's answer agrees, apart from the documented deliberate differences."""
+    create_namespace(control_plane, NS)
+    _default_service_account(control_plane)
+    real, emulated = control_plane.server.session(), requests.Session()
+    differences = {}
+    for step in STEPS:
+        got_real = _send(real, control_plane.url, step)
+        got_emulated = _send(emulated, emulator.base_url, step)
+        if got_real != got_emulated:
+            differences[step.name] = {"real": got_real, "emulator": got_emulated}
+    identical = len(STEPS) - len(differences)
+    print(f"\ndifferential: {len(STEPS)} requests compared, {identical} identical")
+    unexplained = {name: diff for name, diff in differences.items() if name not in KNOWN}
+    assert unexplained == {}, json.dumps(unexplained, indent=1)
+    assert set(KNOWN) <= set(differences), "a listed difference is gone: remove it from KNOWN"
