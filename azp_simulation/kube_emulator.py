@@ -27,10 +27,8 @@ Choices where the real server differs or the emulator simplifies:
 - pods get no job-tracking finalizer; a Job counts a pod deleted before finishing as failed.
 
 Differences from a real kube-apiserver v1.35.4 found by tests/realkube/test_differential.py and not
-fixed yet (the test lists them in KNOWN and fails on any other): an unknown field is refused as 422
-Invalid whatever fieldValidation says (real: Strict -> 400 BadRequest "strict decoding error", Warn ->
-created with a Warning header, Ignore -> created); bad base64 in a Secret is 422 (real: 400 at
-decoding); a bad dryRun value is 400 (real: 422 Invalid CreateOptions); an update without
+fixed yet (the test lists them in KNOWN and fails on any other): bad base64 in a Secret is 422 (real:
+400 at decoding); a bad dryRun value is 400 (real: 422 Invalid CreateOptions); an update without
 metadata.resourceVersion is accepted (real: 422 "must be specified for an update"); deleting a Job
 without propagationPolicy sends no Warning header; the messages of a failed JSON-patch test and of
 immutable Job template and pod spec changes differ in their detail.

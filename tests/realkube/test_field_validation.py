@@ -33,11 +33,6 @@ def test_server_refuses_a_mistyped_field_only_when_strict(control_plane: Control
     assert 'unknown field "spec.template.spec.restartPolicyy"' in refused.json()["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconciler/kube.py create_job sends no fieldValidation=Strict (on this branch): the real server's "
-    "default Warn drops the mistyped field and creates the Job",
-)
 def test_reconciler_create_job_is_strict(control_plane: ControlPlane, namespace: str) -> None:
     """We test: the reconciler's own Kubernetes client refuses to create a Job with a mistyped field."""
     job = copy.deepcopy(JOB)
