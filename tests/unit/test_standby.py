@@ -151,3 +151,18 @@ def test_plan_window_raises_idle_agents_kept() -> None:
     assert len(of(CreateJob, inside)) == 1 and of(DrainAgent, inside) == []
     outside = plan(cfg, w, NOW + timedelta(hours=2))
     assert of(CreateJob, outside) == [] and [d.agent_id for d in of(DrainAgent, outside)] == [1]
+
+
+def test_learned_windows_follow_the_history_hour_by_hour() -> None:
+    """We test: 60 arrivals in Monday 09:00-10:00 Paris over 2 weeks (0.5 a minute) with 240 s headroom give
+    minIdle 2 from 08:55 to 10:00 that Monday; 2 arrivals at Tuesday 03:xx round to none; an hour starting at
+    Monday 00:00 with a 5-minute lead opens Sunday 23:55 and crosses midnight."""
+    history = [paris(2026, 3, 2, 9, m % 60) for m in range(60)] + [paris(2026, 3, 3, 3, 10), paris(2026, 3, 3, 3, 20)]
+    history += [paris(2026, 3, 2, 0, m % 60) for m in range(60)]
+    windows = standby.learned(history, zone=PARIS, weeks=2, headroom=240, lead=5)
+    assert len(windows) == 2
+    assert standby.min_idle(0, windows, paris(2026, 3, 9, 8, 55)) == 2
+    assert standby.min_idle(0, windows, paris(2026, 3, 9, 9, 59)) == 2
+    assert standby.min_idle(0, windows, paris(2026, 3, 9, 10, 0)) == 0
+    assert standby.min_idle(0, windows, paris(2026, 3, 8, 23, 56)) == 2  # Sunday, before the Monday midnight hour
+    assert standby.min_idle(0, windows, paris(2026, 3, 10, 3, 15)) == 0
