@@ -45,6 +45,9 @@ def test_arch_and_standby_reach_the_reconciler(tmp_path: Path) -> None:
 
 
 def test_bad_arch_or_window_fails_the_render_naming_the_key() -> None:
-    """We test: an arch Kubernetes does not name, or a window without minIdle, is refused by the chart schema."""
+    """We test: an arch Kubernetes does not name, or a window without minIdle, is refused by the chart schema;
+    a window's minIdle above the template's maxAgents fails the render naming the key."""
     assert "arch" in render_failure(mixed(arch="x86_64"))
     assert "minIdle" in render_failure(mixed(standby=[{"from": "08:00", "to": "18:00"}]))
+    message = render_failure(mixed(maxAgents=1))
+    assert "pools[0].templates[1].standby[0].minIdle: 2 is above pools[0].templates[1].maxAgents (1)" in message
