@@ -4,7 +4,9 @@ A world file may list images under `image_catalogue` (image or glob pattern -> e
 own agent images are built in (`BUILT_IN`). An entry says what a container of that image holds and how
 its entrypoint runs the agent:
 
-    os / architecture   Agent.OS (Linux, Windows_NT, Darwin) and Agent.OSArchitecture (X64, ARM64)
+    os                  Agent.OS (Linux, Windows_NT, Darwin)
+    architectures       the node architectures (kubernetes.io/arch) the image is published for; on a node of
+                        another architecture its entrypoint fails with `exec format error` (exit 1)
     env                 the image's ENV lines
     tools               what the agent's NixCapabilitiesProvider finds on PATH (name -> path)
     home                the agent's directory (Agent.HomeDirectory)
@@ -27,6 +29,13 @@ Sources, modelled here, never the reconciler's configuration or code:
   so the container that *runs* the agent decides what is advertised, not the one that registered it.
 - agent-images/linux/Dockerfile and start.sh, agent-images/toolchains/*/Dockerfile,
   agent-images/windows/Dockerfile and start.ps1 for the built-in entries.
+- Agent.OSArchitecture is the machine's, not the image's or the configuration's: the agent reports
+  `RuntimeInformation.OSArchitecture` of the host as X86, X64, ARM or ARM64 (src/Agent.Sdk/Util/VarUtil.cs,
+  OSArchitecture), so it follows the node the pod runs on (its kubernetes.io/arch label, Go's GOARCH:
+  https://kubernetes.io/docs/reference/labels-annotations-taints/#kubernetes-io-arch).
+- A binary for another architecture cannot be executed: the kernel refuses it with ENOEXEC, which the
+  container runtime reports as `exec /azp/start.sh: exec format error` and the container exits 1
+  (containerd/runc behaviour; there is no emulation such as QEMU binfmt on a normal node).
 - Kubernetes: the container runtime sets HOSTNAME to the pod's hostname; the kubelet adds
   KUBERNETES_SERVICE_HOST/PORT to every container.
 
@@ -56,7 +65,7 @@ class ImageEntry:
     """What one image holds and how its entrypoint runs the agent (see the module docstring)."""
 
     os: str = "Linux"
-    architecture: str = "X64"
+    architectures: tuple[str, ...] = ("amd64",)
     env: Mapping[str, str] = field(default_factory=dict)
     tools: Mapping[str, str] = field(default_factory=dict)
     home: str = "/azp/agent"
@@ -131,7 +140,13 @@ _TOOLCHAINS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
 
 
 def _linux(env: Mapping[str, str] | None = None, tools: Mapping[str, str] | None = None) -> ImageEntry:
-    return ImageEntry(env={**_LINUX_ENV, **(env or {})}, tools={**_LINUX_TOOLS, **(tools or {})}, **_START_SH)  # type: ignore[arg-type]
+    # agent-images/azure-pipelines.yml and .github/workflows/images.yml publish linux/amd64 and linux/arm64.
+    return ImageEntry(
+        env={**_LINUX_ENV, **(env or {})},
+        tools={**_LINUX_TOOLS, **(tools or {})},
+        architectures=("amd64", "arm64"),
+        **_START_SH,  # type: ignore[arg-type]
+    )
 
 
 BUILT_IN: tuple[tuple[str, ImageEntry], ...] = (
@@ -153,6 +168,9 @@ BUILT_IN: tuple[tuple[str, ImageEntry], ...] = (
 )
 
 _FIELDS = set(ImageEntry.__dataclass_fields__)
+# Go's GOARCH (kubernetes.io/arch) -> the agent's OSArchitecture names (VarUtil.OSArchitecture).
+AGENT_ARCHITECTURES = {"386": "X86", "amd64": "X64", "arm": "ARM", "arm64": "ARM64"}
+EXEC_FORMAT_ERROR = "exec /azp/start.sh: exec format error"
 
 
 def parse_catalogue(raw: Any, *, where: str) -> tuple[tuple[str, ImageEntry], ...]:
@@ -168,7 +186,7 @@ def parse_catalogue(raw: Any, *, where: str) -> tuple[tuple[str, ImageEntry], ..
         if unknown:
             raise ConfigError(f"{where}: image_catalogue[{pattern!r}]: unknown keys {sorted(unknown)}")
         values = dict(body)
-        for key in ("default_args", "token_env", "hidden_env"):
+        for key in ("default_args", "token_env", "hidden_env", "architectures"):
             if key in values:
                 values[key] = tuple(values[key])
         if "modes" in values:
@@ -205,8 +223,11 @@ def roles(container: Mapping[str, Any], entry: ImageEntry | None) -> tuple[str, 
     return entry.modes.get(mode)
 
 
-def advertised(*, env: Mapping[str, str], entry: ImageEntry, name: str, hostname: str, version: str) -> dict[str, str]:
-    """The system capabilities the agent in a container of `entry` with environment `env` advertises."""
+def advertised(
+    *, env: Mapping[str, str], entry: ImageEntry, name: str, hostname: str, version: str, node_arch: str = "amd64"
+) -> dict[str, str]:
+    """The system capabilities the agent in a container of `entry` with environment `env` advertises, on a
+    node of architecture `node_arch` (kubernetes.io/arch)."""
     ignored = set(WELL_KNOWN_IGNORED) | set(entry.hidden_env)
     ignored |= {n.strip() for n in env.get("VSO_AGENT_IGNORE", "").split(",") if n.strip()}
     capabilities = {k: v for k, v in env.items() if k not in ignored and len(v) < IGNORE_VALUE_LENGTH}
@@ -216,7 +237,7 @@ def advertised(*, env: Mapping[str, str], entry: ImageEntry, name: str, hostname
             "Agent.Name": name,
             "Agent.Version": version,
             "Agent.OS": entry.os,
-            "Agent.OSArchitecture": entry.architecture,
+            "Agent.OSArchitecture": AGENT_ARCHITECTURES.get(node_arch, node_arch.upper()),
             "Agent.ComputerName": hostname,
             "Agent.HomeDirectory": entry.home,
         }

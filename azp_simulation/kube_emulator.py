@@ -203,6 +203,7 @@ class KubernetesEmulator(ServedEmulator):
         termination_delay: float = 0.1,
         node_capacity: Mapping[str, str] | None = None,
         nodes: Mapping[str, Mapping[str, str]] | None = None,
+        node_taints: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
         emit_events: bool = True,
         auto_tick: bool = True,
         hang_seconds: float = 35.0,
@@ -244,7 +245,7 @@ class KubernetesEmulator(ServedEmulator):
         }
         with self._lock:
             for index, (name, labels) in enumerate(node_labels.items()):
-                self._add_node(name, dict(labels), index)
+                self._add_node(name, dict(labels), index, [dict(t) for t in (node_taints or {}).get(name, ())])
             for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
                 self.add_namespace(namespace)
 
@@ -1180,9 +1181,10 @@ class KubernetesEmulator(ServedEmulator):
             if event is not None and event["metadata"]["uid"] == uid:
                 self._drop_object(RESOURCE_BY_PLURAL["events"], event)
 
-    def _add_node(self, name: str, labels: dict[str, str], index: int) -> None:
+    def _add_node(self, name: str, labels: dict[str, str], index: int, taints: list[dict[str, str]]) -> None:
         resource = RESOURCE_BY_PLURAL["nodes"]
         now = self.clock()
+        arch = labels.get("kubernetes.io/arch", "amd64")
         node = {
             "kind": "Node",
             "apiVersion": "v1",
@@ -1190,16 +1192,18 @@ class KubernetesEmulator(ServedEmulator):
                 "name": name,
                 "uid": str(uuid.uuid4()),
                 "creationTimestamp": format_time(now),
+                # The kubelet sets kubernetes.io/os and kubernetes.io/arch to its GOOS/GOARCH (and the
+                # deprecated beta.* copies): https://kubernetes.io/docs/reference/labels-annotations-taints/
                 "labels": {
                     "kubernetes.io/hostname": name,
                     "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
+                    "kubernetes.io/arch": arch,
                     "beta.kubernetes.io/os": labels.get("kubernetes.io/os", "linux"),
-                    "beta.kubernetes.io/arch": "amd64",
+                    "beta.kubernetes.io/arch": arch,
                     **labels,
                 },
             },
-            "spec": {"podCIDR": f"10.244.{index}.0/24"},
+            "spec": {"podCIDR": f"10.244.{index}.0/24", **({"taints": taints} if taints else {})},
             "status": {
                 "capacity": {**self.node_capacity, "pods": "110"},
                 "allocatable": {**self.node_capacity, "pods": "110"},
@@ -1220,13 +1224,19 @@ class KubernetesEmulator(ServedEmulator):
                 "nodeInfo": {
                     "kubeletVersion": f"v{self.validate_version}",
                     "operatingSystem": "linux",
-                    "architecture": "amd64",
+                    "architecture": arch,
                     "containerRuntimeVersion": "containerd://1.7.15",
                 },
             },
         }
         self._touch(node)
         self._store_object(resource, node)
+
+    def node_labels(self, name: str) -> dict[str, str]:
+        """The labels of node `name` ({} when there is none): what its kubelet reports about the machine."""
+        with self._lock:
+            node = self._objects["nodes"].get(("", name))
+            return dict(node["metadata"].get("labels") or {}) if node else {}
 
     def _nodes(self) -> list[dict[str, Any]]:
         return [self._objects["nodes"][key] for key in sorted(self._objects["nodes"])]
@@ -2081,9 +2091,29 @@ def _pod_requests(spec: Mapping[str, Any]) -> dict[str, Decimal]:
     return total
 
 
+def _tolerates(spec: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """Whether the pod tolerates a NoSchedule taint (Kubernetes' toleration matching: key, operator Equal or
+    Exists, value, effect). GKE's Arm nodes carry kubernetes.io/arch=arm64:NoSchedule and GKE adds the
+    toleration to pods that select that arch by nodeSelector: https://cloud.google.com/kubernetes-engine/docs/
+    how-to/prepare-arm-workloads-for-deployment"""
+    if taint.get("effect") != "NoSchedule":
+        return True
+    key, value = taint.get("key"), taint.get("value")
+    if key == "kubernetes.io/arch" and (spec.get("nodeSelector") or {}).get(key) == value:
+        return True
+    return any(
+        (t.get("key") in (None, "", key))
+        and (t.get("operator") == "Exists" or t.get("value") == value)
+        and t.get("effect") in (None, "", "NoSchedule")
+        for t in spec.get("tolerations") or []
+    )
+
+
 def _node_matches(spec: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     labels = node["metadata"].get("labels") or {}
     if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+        return False
+    if not all(_tolerates(spec, taint) for taint in (node.get("spec") or {}).get("taints") or []):
         return False
     required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"

@@ -16,6 +16,15 @@ running container's environment (less VSO_AGENT_IGNORE and the variables its scr
 of its image and `Agent.*`, never the capabilities the reconciler's configuration declares. config.sh
 fails (the container exits 1) when AZP_URL is not this organization or AZP_POOL not one of its pools,
 and the linux image's `run` exits 2 when it sees a token.
+
+Nodes: a world file may list node pools (`nodes: [{arch: arm64, count: 2}, ...]`, default three amd64
+nodes); the Kubernetes emulator schedules on their kubernetes.io/arch label, so a pod selecting an
+architecture no node has stays Pending (Unschedulable). Nodes of another arch than amd64 are tainted
+kubernetes.io/arch=<arch>:NoSchedule unless `tainted: false` (GKE's Arm nodes; GKE tolerates it for
+pods selecting that arch), so a pod selecting no arch lands on amd64. The agent advertises the
+architecture of the node it runs on, and an image not published for it fails with `exec format error`
+(agent_images.py has the sources). Not emulated: taints other than that one, scheduling preferences,
+and multi-arch manifests resolved at pull time (the image's `architectures` stands in).
 """
 
 from __future__ import annotations
@@ -122,6 +131,8 @@ class WorldFile:
     images: Mapping[str, str]
     image_catalogue: tuple[tuple[str, agent_images.ImageEntry], ...] = ()
     """The world file's own image entries; the built-in ones (agent_images.BUILT_IN) come after them."""
+    nodes: Nodes | None = None
+    """The cluster's nodes (None: the emulator's three amd64 nodes)."""
 
     @property
     def total_jobs(self) -> int:
@@ -143,6 +154,37 @@ def _crash_pods(raw: Any, where: str, pools: set[str]) -> CrashPods:
         if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key != "count" else 0):
             raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
     return CrashPods(pool=raw["pool"], message=str(raw.get("message", "")), **numbers)
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The cluster's nodes: labels and NoSchedule taints by node name."""
+
+    labels: Mapping[str, Mapping[str, str]]
+    taints: Mapping[str, tuple[Mapping[str, str], ...]]
+
+
+def _nodes(raw: Any, where: str) -> Nodes | None:
+    """`nodes: [{arch, count, tainted}]`: kubernetes.io/arch as the kubelet sets it; `tainted` (default: true
+    for an arch other than amd64) gives the pool GKE's kubernetes.io/arch=<arch>:NoSchedule taint."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: nodes: expected a non-empty list of {{arch, count}}")
+    labels: dict[str, dict[str, str]] = {}
+    taints: dict[str, tuple[Mapping[str, str], ...]] = {}
+    for index, group in enumerate(raw):
+        arch = group.get("arch") if isinstance(group, dict) else None
+        count = group.get("count", 1) if isinstance(group, dict) else None
+        if not isinstance(arch, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ConfigError(f"{where}: nodes[{index}]: expected {{arch: amd64|arm64|..., count: 1 or more}}")
+        tainted = bool(group.get("tainted", arch != "amd64"))
+        for n in range(1, count + 1):
+            name = f"{arch}-node-{index}-{n}"
+            labels[name] = {"kubernetes.io/arch": arch}
+            if tainted:
+                taints[name] = ({"key": "kubernetes.io/arch", "value": arch, "effect": "NoSchedule"},)
+    return Nodes(labels=labels, taints=taints)
 
 
 def load_world(path: Path) -> WorldFile:
@@ -202,6 +244,7 @@ def load_world(path: Path) -> WorldFile:
         timeout=float(document.get("timeout", 120)),
         images=document.get("images") or {},
         image_catalogue=agent_images.parse_catalogue(document.get("image_catalogue"), where=where),
+        nodes=_nodes(document.get("nodes"), where),
     )
 
 
@@ -298,7 +341,11 @@ class Simulation:
             once_exit_window=world.once_exit_window,
             parallel_jobs=world.parallel_jobs,
         )
-        self.kube = KubernetesEmulator(image_policy=dict(world.images) or None)
+        self.kube = KubernetesEmulator(
+            image_policy=dict(world.images) or None,
+            nodes=world.nodes.labels if world.nodes else None,
+            node_taints=world.nodes.taints if world.nodes else None,
+        )
         self.processes: dict[str, AgentProcess] = {}
         self.metrics = Metrics()
         self.pool_ids: dict[str, int] = {}
@@ -550,9 +597,16 @@ class Simulation:
             return
         registrar_entry = self._entry(registrar)
         assert registrar_entry is not None
+        node_arch = self.kube.node_labels(str(pod["spec"].get("nodeName", ""))).get("kubernetes.io/arch", "amd64")
+        foreign = next(
+            (c for c, e in ((runner, entry), (registrar, registrar_entry)) if node_arch not in e.architectures), None
+        )
+        if foreign is not None:
+            self._crash(process, str(foreign.get("name", "")), CrashPods(pool, message=agent_images.EXEC_FORMAT_ERROR))
+            return
         env = self._environment(pod, runner)
         capabilities = agent_images.advertised(
-            env=env, entry=entry, name=name, hostname=env["HOSTNAME"], version=AGENT_VERSION
+            env=env, entry=entry, name=name, hostname=env["HOSTNAME"], version=AGENT_VERSION, node_arch=node_arch
         )
         registration = Registration(
             name=name,

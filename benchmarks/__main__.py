@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-BENCHMARKS = ("api_cost", "scale", "latency", "cold_start", "hooks")
+BENCHMARKS = ("api_cost", "scale", "latency", "cold_start", "hooks", "standby")
 RESULTS = Path(__file__).with_name("results.json")
 
 

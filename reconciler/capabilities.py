@@ -95,7 +95,9 @@ NIX_TOOLS = frozenset(
         "xcode",
     ]
 )
-_ARCHITECTURES = {"amd64": "X64", "arm64": "ARM64", "arm": "ARM"}
+# kubernetes.io/arch (Go's GOARCH) -> the agent's Agent.OSArchitecture (src/Agent.Sdk/Util/VarUtil.cs,
+# OSArchitecture: X86, X64, ARM, ARM64 from the host's RuntimeInformation.OSArchitecture).
+ARCHITECTURES = {"amd64": "X64", "arm64": "ARM64", "arm": "ARM", "386": "X86"}
 # Names whose value is set by the reconciler per Job or per pod: never part of what a template advertises.
 PER_AGENT = ("Agent.Name", "Agent.ComputerName", "HOSTNAME", "AZP_AGENT_NAME")
 TEMPLATE_CAPABILITY = "AZP_TEMPLATE"
@@ -117,7 +119,8 @@ def defaults(*, pod_spec: Mapping[str, Any], container: Mapping[str, Any], decla
     image's environment, the agent container's literal environment, the declared capabilities (render.py
     makes them environment variables), then the tools of a built-in image (NixCapabilitiesProvider
     overrides a variable of the same name), then Agent.OS and Agent.OSArchitecture (from the image, else
-    the pod's `os` / nodeSelector, else Linux X64)."""
+    the pod's `os` / nodeSelector, else Linux X64). A template's `arch` key reaches here as the
+    nodeSelector render.select_arch gives its pods."""
     selector = pod_spec.get("nodeSelector") or {}
     os_name = str((pod_spec.get("os") or {}).get("name") or selector.get("kubernetes.io/os") or "linux")
     arch = str(selector.get("kubernetes.io/arch") or "amd64")
@@ -129,7 +132,7 @@ def defaults(*, pod_spec: Mapping[str, Any], container: Mapping[str, Any], decla
     capabilities.update(declared)
     capabilities.update({k: v for k, v in image.items() if k in NIX_TOOLS})
     capabilities["Agent.OS"] = image.get("Agent.OS") or ("Windows_NT" if os_name.lower() == "windows" else "Linux")
-    capabilities["Agent.OSArchitecture"] = _ARCHITECTURES.get(arch, arch.upper())
+    capabilities["Agent.OSArchitecture"] = ARCHITECTURES.get(arch, arch.upper())
     return frozen_map(capabilities)
 
 

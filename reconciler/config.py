@@ -10,19 +10,29 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 import yaml
 
 from reconciler import capabilities, render
 from reconciler.errors import ConfigError
-from reconciler.model import Capabilities, Config, LoopConfig, PodPolicy, PoolConfig, TemplateConfig, frozen_map
+from reconciler.model import (
+    Capabilities,
+    Config,
+    LoopConfig,
+    PodPolicy,
+    PoolConfig,
+    StandbyWindow,
+    TemplateConfig,
+    frozen_map,
+)
 
 log = logging.getLogger("reconciler.config")
 
@@ -148,9 +158,66 @@ def _templates_of(pool: Mapping[str, Any], *, base_dir: Path) -> list[dict[str, 
         if "capabilities" in pool:
             templates[0]["capabilities"] = pool["capabilities"]
     for template in templates:
+        if "arch" in pool:
+            template.setdefault("arch", pool["arch"])
         path = Path(template["jobTemplate"])
         template["jobTemplate"] = str(path if path.is_absolute() else base_dir / path)
     return templates
+
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _standby(document: Sequence[Mapping[str, Any]], *, key: str, source: str) -> tuple[StandbyWindow, ...]:
+    """The windows of a `standby` list (already schema-valid in shape); a ConfigError names the bad key."""
+    return tuple(_standby_window(entry, key=f"{key}[{index}]", source=source) for index, entry in enumerate(document))
+
+
+def _standby_window(entry: Mapping[str, Any], *, key: str, source: str) -> StandbyWindow:
+    start = _clock_minutes(entry["from"], key=f"{key}.from", source=source)
+    if start == 24 * 60:
+        raise ConfigError(f"{source}: {key}.from: a window cannot start at 24:00: write 00:00 and the next day")
+    end = _clock_minutes(entry["to"], key=f"{key}.to", source=source)
+    if start == end:
+        raise ConfigError(f"{source}: {key}: from and to are both {entry['from']!r}: a window needs a length")
+    return StandbyWindow(
+        days=_standby_days(entry.get("days", list(_DAYS)), key=f"{key}.days", source=source),
+        start=start,
+        end=end,
+        zone=_time_zone(entry.get("timeZone", "UTC"), key=f"{key}.timeZone", source=source),
+        min_idle=int(entry["minIdle"]),
+    )
+
+
+def _clock_minutes(text: str, *, key: str, source: str) -> int:
+    if not _CLOCK.match(str(text)):
+        raise ConfigError(f"{source}: {key}: {text!r} is not a time of day: write HH:MM, 00:00 to 24:00")
+    hours, minutes = str(text).split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _standby_days(items: Sequence[str], *, key: str, source: str) -> frozenset[int]:
+    """Day names and ranges (`Mon-Fri`, `Sat-Mon` wraps) as weekday numbers, Monday 0."""
+    days: set[int] = set()
+    for item in items:
+        ends = str(item).split("-")
+        if len(ends) > 2 or any(e not in _DAYS for e in ends):
+            raise ConfigError(
+                f"{source}: {key}: {item!r} is not a day or a range of days: use {', '.join(_DAYS)} or e.g. Mon-Fri"
+            )
+        first, last = _DAYS.index(ends[0]), _DAYS.index(ends[-1])
+        days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
+    return frozenset(days)
+
+
+def _time_zone(name: str, *, key: str, source: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ConfigError(
+            f"{source}: {key}: {name!r} is not a known IANA time zone (e.g. Europe/Paris, America/New_York, UTC)"
+        ) from error
 
 
 def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True) -> Config:
@@ -186,7 +253,9 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     log.warning("%s", note)
                 cost = render.resource_cost(job)
                 runner = render.agent_containers(job, where=f"{source}: {key}").runner
-                pod_spec = job["spec"]["template"]["spec"]
+                pod_spec = render.select_arch(
+                    job["spec"]["template"]["spec"], template.get("arch"), where=f"{source}: {key}"
+                )
                 known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
                 for name, value in capabilities.overridden(declared, known).items():
                     log.warning(
@@ -210,6 +279,10 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     priority=template.get("priority", 0),
                     max_agents=template.get("maxAgents"),
                     min_idle=template.get("minIdle", 0),
+                    standby=_standby(
+                        template.get("standby", []), key=f"pools[{index}].templates[{t_index}].standby", source=source
+                    ),
+                    arch=template.get("arch"),
                     min_agents=template.get("minAgents", 0),
                     placeholder=template.get("placeholder", True),
                     cost=cost,
@@ -222,6 +295,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 templates=tuple(templates),
                 max_agents=pool.get("maxAgents", 10),
                 min_idle=pool.get("minIdle", 0),
+                standby=_standby(pool.get("standby", []), key=f"pools[{index}].standby", source=source),
                 min_agents=pool.get("minAgents", 0),
                 provisioning_timeout=pool.get("provisioningTimeout", 600),
                 idle_timeout=pool.get("idleTimeout", 300),

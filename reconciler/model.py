@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -34,6 +34,20 @@ class PodPolicy:
 
 
 @dataclass(frozen=True)
+class StandbyWindow:
+    """A time of the week when more idle agents are kept (standby.py reads it)."""
+
+    days: frozenset[int]
+    """Weekdays the window starts on, Monday 0."""
+    start: int
+    """Minutes after local midnight."""
+    end: int
+    """Minutes after local midnight, up to 1440; not after `start`: the window ends the next day."""
+    zone: tzinfo
+    min_idle: int
+
+
+@dataclass(frozen=True)
 class TemplateConfig:
     """One kind of agent a pool can start: a job.yaml and the capabilities its agents advertise."""
 
@@ -43,6 +57,10 @@ class TemplateConfig:
     priority: int = 0
     max_agents: int | None = None
     min_idle: int = 0
+    standby: tuple[StandbyWindow, ...] = ()
+    """Windows when another minIdle applies (standby.py)."""
+    arch: str | None = None
+    """kubernetes.io/arch its pods select (render.select_arch), None: the template's own nodeSelector."""
     min_agents: int = 0
     placeholder: bool = True
     match_any: bool = False
@@ -63,6 +81,7 @@ class PoolConfig:
     templates: tuple[TemplateConfig, ...]
     max_agents: int = 10
     min_idle: int = 0
+    standby: tuple[StandbyWindow, ...] = ()
     min_agents: int = 0
     provisioning_timeout: int = 600
     idle_timeout: int = 300

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from reconciler import names
+from reconciler import names, standby
 from reconciler.demands import Demand, demand_satisfied, satisfies_all
 from reconciler.model import (
     Action,
@@ -477,8 +477,16 @@ def _stale(view: _JobView, template: TemplateConfig) -> bool:
     )
 
 
+def _min_idle(pool: PoolConfig, index: int, now: datetime) -> int:
+    """The minIdle of the pool's template `index` at `now` (its standby windows), plus the pool's own
+    for its first template."""
+    template = pool.templates[index]
+    own = standby.min_idle(template.min_idle, template.standby, now)
+    return own + (standby.min_idle(pool.min_idle, pool.standby, now) if index == 0 else 0)
+
+
 def _sizes(
-    pool: PoolConfig, routed: Mapping[str, list[JobRequest]], counts: _JobCounts
+    pool: PoolConfig, routed: Mapping[str, list[JobRequest]], counts: _JobCounts, now: datetime
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Jobs to create per template: for queued demand, and for standby (minIdle, minAgents).
 
@@ -492,7 +500,7 @@ def _sizes(
         room = max(0, cap - len(active) - counts.stuck[template.name])
         supply = sum(1 for v in active if not v.busy and v.available)
         demand = len(routed.get(template.name, ()))
-        min_idle = template.min_idle + (pool.min_idle if index == 0 else 0)
+        min_idle = _min_idle(pool, index, now)
         min_agents = template.min_agents + (pool.min_agents if index == 0 else 0)
         for_demand = min(room, max(0, demand - supply))
         total = max(demand + min_idle - supply, min_agents - len(active), 0)
@@ -641,7 +649,7 @@ def _plan_creates(
     crash backoff. Also returns how many queued requests only maxAgents holds back (standby agents of
     other templates give way to them), and the templates whose wanted Jobs the backoff held back."""
     pool_room = max(0, p.pool.max_agents - counts.pool_active)
-    want, standby = _sizes(p.pool, routed, counts)
+    want, standby = _sizes(p.pool, routed, counts, p.now)
     held = [name for name in backoff if want.get(name, 0) + standby.get(name, 0) > 0]
     for name in held:
         want[name] = standby[name] = 0
@@ -890,7 +898,7 @@ def _drain_idle(
     idle = [
         v for v in active if v.agent is not None and v.agent.online and v.agent.enabled and not v.busy and v.running
     ]
-    keep_idle = max(keep, template.min_idle + (pool.min_idle if index == 0 else 0))
+    keep_idle = max(keep, _min_idle(pool, index, now))
     keep_total = template.min_agents + (pool.min_agents if index == 0 else 0)
     removable = min(len(idle) - keep_idle, len(active) - keep_total)
     oldest_first = sorted(
@@ -1021,7 +1029,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         busy = _busy_names(state)
         idle_long = idle_now = unfinished = 0
         threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
-        allowance = pool.min_idle + sum(t.min_idle for t in pool.templates)
+        allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
         configured = {t.name for t in pool.templates}
         for job in jobs:
             pod = pods_by_job.get((job.namespace, job.name))

@@ -350,6 +350,28 @@ def _set_env(container: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     container["env"] = [e for e in container.get("env") or [] if e.get("name") not in replaced] + entries
 
 
+ARCH_LABEL = "kubernetes.io/arch"
+"""Well-known node label set by the kubelet to Go's GOARCH (amd64, arm64, arm):
+https://kubernetes.io/docs/reference/labels-annotations-taints/#kubernetes-io-arch"""
+
+
+def select_arch(pod_spec: Mapping[str, Any], arch: str | None, *, where: str) -> dict[str, Any]:
+    """`pod_spec` whose nodeSelector asks for `arch` (a template's `arch` key); the pod's own
+    kubernetes.io/arch selector wins when it agrees, and a different one is a ConfigError."""
+    spec = dict(pod_spec)
+    if arch is None:
+        return spec
+    selector = dict(spec.get("nodeSelector") or {})
+    own = selector.get(ARCH_LABEL)
+    if own is not None and own != arch:
+        raise ConfigError(
+            f"{where}: arch is {arch!r} but the job template's nodeSelector asks for {ARCH_LABEL}={own!r}: "
+            "remove one of them"
+        )
+    spec["nodeSelector"] = {**selector, ARCH_LABEL: arch}
+    return spec
+
+
 def render_job(
     *,
     config: Config,
@@ -405,7 +427,7 @@ def render_job(
     pod_meta = pod_template.setdefault("metadata", {})
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **labels}
     pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), **annotations}
-    pod = pod_template["spec"]
+    pod = pod_template["spec"] = select_arch(pod_template["spec"], template.arch, where=f"template {template.name}")
     pod["restartPolicy"] = "Never"
     pod.setdefault("automountServiceAccountToken", False)
 

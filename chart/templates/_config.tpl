@@ -45,11 +45,11 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- end -}}
 {{- $pools := list -}}
 {{- range $index, $pool := .Values.pools -}}
-{{- $entry := pick $pool "name" "namespace" "maxAgents" "minIdle" "minAgents" "provisioningTimeout" "idleTimeout" -}}
+{{- $entry := pick $pool "name" "namespace" "maxAgents" "minIdle" "standby" "arch" "minAgents" "provisioningTimeout" "idleTimeout" -}}
 {{- if $pool.templates -}}
 {{- $templates := list -}}
 {{- range $template := $pool.templates -}}
-{{- $item := pick $template "name" "capabilities" "priority" "maxAgents" "minIdle" "minAgents" "placeholder" -}}
+{{- $item := pick $template "name" "capabilities" "arch" "priority" "maxAgents" "minIdle" "standby" "minAgents" "placeholder" -}}
 {{- $_ := set $item "jobTemplate" (include "azp-agents.templatePath" (default $template.name $template.jobTemplate)) -}}
 {{- $templates = append $templates $item -}}
 {{- end -}}

@@ -162,7 +162,8 @@ ORG.visualstudio.com take no further path; a server collection URL keeps its pat
 {{- end -}}
 
 {{/*
-A pool's or template's minIdle and minAgents never above its maxAgents (.entry at .key); an unset
+A pool's or template's minIdle, minAgents and standby windows' minIdle never above its maxAgents
+(.entry at .key); an unset
 maxAgents is .defaultMax (the reconciler's default: 10 for a pool, the pool's for a template).
 */}}
 {{- define "azp-agents.checkCounts" -}}
@@ -171,6 +172,11 @@ maxAgents is .defaultMax (the reconciler's default: 10 for a pool, the pool's fo
 {{- range $name := list "minIdle" "minAgents" -}}
 {{- if and (hasKey $.entry $name) (gt (int (index $.entry $name)) $max) -}}
 {{- fail (printf "%s.%s: %d is above %s (%d): lower %s or raise maxAgents" $.key $name (int (index $.entry $name)) $where $max $name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $index, $window := .entry.standby | default list -}}
+{{- if gt (int $window.minIdle) $max -}}
+{{- fail (printf "%s.standby[%d].minIdle: %d is above %s (%d): lower it or raise maxAgents" $.key $index (int $window.minIdle) $where $max) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

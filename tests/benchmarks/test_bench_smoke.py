@@ -43,7 +43,14 @@ def _result(document: dict[str, Any], name: str) -> dict[str, Any]:
 def test_the_table_lists_every_target_with_a_verdict(tiny_run: dict[str, Any]) -> None:
     """We test: the printed table has a row per check of every benchmark, each with a verdict."""
     assert tiny_run["size"] == "tiny"
-    assert [r["name"] for r in tiny_run["results"]] == ["api_cost", "scale", "latency", "cold_start", "hooks"]
+    assert [r["name"] for r in tiny_run["results"]] == [
+        "api_cost",
+        "scale",
+        "latency",
+        "cold_start",
+        "hooks",
+        "standby",
+    ]
     for result in tiny_run["results"]:
         assert result["checks"], result["name"]
         for check in result["checks"]:

@@ -185,6 +185,18 @@ def test_pipeline_rebuilds_weekly_and_on_changes() -> None:
     assert set(TOOLCHAINS) == {"dotnet", "node", "java", "docker-cli"}
 
 
+def test_pipeline_builds_linux_images_for_amd64_and_arm64() -> None:
+    """We test: every Linux build in the Azure Pipelines definition is a buildx build for amd64 and arm64,
+    QEMU is installed for arm64, and the ARM64 tarball's pinned checksum reaches the agent-linux build."""
+    text = (IMAGES / "azure-pipelines.yml").read_text()
+    builds = [line for line in text.splitlines() if "docker buildx build" in line]
+    assert len(builds) == 3 and all("--platform linux/amd64,linux/arm64" in line for line in builds)
+    assert "docker build " not in text.split("- stage: windows")[0]
+    assert "--install arm64" in text
+    assert 'pinned["packages"]["linux-arm64"]["sha256"]' in text
+    assert '--build-arg AGENT_SHA256_ARM64="$(agentSha256Arm64)"' in text
+
+
 def test_readme_documents_every_advertised_capability() -> None:
     """We test: each capability (ENV name) a toolchain image sets appears in the README's capability table."""
     readme = (IMAGES / "README.md").read_text()
