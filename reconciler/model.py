@@ -215,6 +215,8 @@ class PoolState:
     requests: tuple[JobRequest, ...] = ()
     agents: tuple[Agent, ...] | None = None
     """None when the agents were not listed in this pass (they are listed only when needed)."""
+    read_at: datetime | None = None
+    """When the queue was read (our clock): a pod that finished since may have run a request read as queued."""
 
     @property
     def found(self) -> bool:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from reconciler import names, standby
 from reconciler.demands import Demand, demand_satisfied, satisfies_all
+from reconciler.lease import CLOCK_TOLERANCE
 from reconciler.model import (
     Action,
     Agent,
@@ -47,6 +48,7 @@ from reconciler.model import (
 TTL_GRACE = timedelta(seconds=60)
 CRASH_BACKOFF_BASE = timedelta(seconds=10)
 CRASH_BACKOFF_CAP = timedelta(minutes=5)
+FINISH_SLACK = timedelta(seconds=3)
 LEARN_RETRY = timedelta(seconds=60)
 """An unroutable request reads the agent list (to learn what agents advertise) at most this often."""
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -320,10 +322,30 @@ def _pool_pass(
     )
 
 
+def _ran_since_read(p: _PoolPass) -> set[int]:
+    """Requests whose own Job's pod finished after (or just before) the queue was read: the read may show
+    a request as queued that this pod then ran, so it waits for the next read instead of a second Job.
+    FINISH_SLACK covers Kubernetes' whole seconds and the moment between a job's end and its request's
+    finish time; a time further ahead than CLOCK_TOLERANCE is not trusted."""
+    read_at = p.state.read_at
+    if read_at is None:
+        return set()
+    earliest, latest = read_at - FINISH_SLACK, read_at + CLOCK_TOLERANCE
+    return {
+        v.job.request_id
+        for v in p.views
+        if v.job.request_id is not None
+        and v.pod is not None
+        and v.pod.finished is not None
+        and earliest <= v.pod.finished <= latest
+    }
+
+
 def _route_queued(p: _PoolPass) -> tuple[list[JobRequest], dict[str, list[JobRequest]], list[Action]]:
     """Route every queued request of our shard, oldest first; report the ones nothing can serve."""
+    stale = _ran_since_read(p)
     queued = sorted(
-        (r for r in p.state.requests if r.queued and in_shard(p.config, r, p.now)),
+        (r for r in p.state.requests if r.queued and r.request_id not in stale and in_shard(p.config, r, p.now)),
         key=lambda r: (r.queue_time or _EPOCH, r.request_id),
     )
     routed: dict[str, list[JobRequest]] = defaultdict(list)

@@ -517,6 +517,7 @@ class Reconciler:
         pool_id = self.pool_ids.get(name)
         if pool_id is None:
             return PoolState(name=name, pool_id=None)
+        read_at = self.clock()
         try:
             requests_ = self.azdo.job_requests(pool_id)
         except AuthError:
@@ -530,7 +531,7 @@ class Reconciler:
             log.error("could not read the queue of pool %r: %s (the pool is tried again in %.1fs)", name, exc, delay)
             return None
         self.pool_failures.pop(name, None)
-        return PoolState(name=name, pool_id=pool_id, requests=tuple(requests_))
+        return PoolState(name=name, pool_id=pool_id, requests=tuple(requests_), read_at=read_at)
 
     def _pool_failed(self, name: str) -> float:
         """Back a failed pool off: `interval` doubled per failure in a row, at most MAX_POOL_BACKOFF."""

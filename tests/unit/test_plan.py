@@ -85,6 +85,19 @@ def test_finished_job_name_is_not_reused() -> None:
     assert [c.job_name for c in of(CreateJob, plan(config(), w, NOW))] == ["azp-linux-5-g1"]
 
 
+def test_request_its_pod_ran_after_the_queue_was_read_waits_for_the_next_read() -> None:
+    """We test: a request read as queued whose own Job's pod finished after (or in the second before) the
+    queue was read gets no second Job this pass: the pod may have run it since; one that finished well
+    before the read gets its next generation, as before."""
+    job = job_for("linux", request_id=5, finished=1)
+    just_now = pod_for(job, phase="Succeeded", finished=1)
+    read = replace(state("linux", queued(5)), read_at=ago(2))
+    assert of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(just_now,)), NOW)) == []
+    long_ago = pod_for(job, phase="Succeeded", finished=20)
+    creates = of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(long_ago,)), NOW))
+    assert [c.job_name for c in creates] == ["azp-linux-5-g1"]
+
+
 def test_min_idle_keeps_standby_agents() -> None:
     """We test: minIdle 2 with nothing queued creates 2 standby Jobs; with 2 idle agents it creates none."""
     cfg = config(pool("linux", template(min_idle=2, placeholder=False)))
