@@ -322,30 +322,30 @@ def _pool_pass(
     )
 
 
-def _ran_since_read(p: _PoolPass) -> set[int]:
-    """Requests whose own Job's pod finished after (or just before) the queue was read: the read may show
-    a request as queued that this pod then ran, so it waits for the next read instead of a second Job.
-    FINISH_SLACK covers Kubernetes' whole seconds and the moment between a job's end and its request's
-    finish time; a time further ahead than CLOCK_TOLERANCE is not trusted."""
+def _taken_since_read(p: _PoolPass) -> set[int]:
+    """Requests read as queued that were taken since: the agent list (read after the queue) shows an agent
+    holding one, or the request's own Job's pod (or the Job, when its pods are unknown) finished after (or
+    just before) the queue was read, so the pod may have run it. They wait for the next read instead of
+    getting a second Job. FINISH_SLACK covers Kubernetes' whole seconds and the moment between a job's end
+    and its request's finish time; a time further ahead than CLOCK_TOLERANCE is not trusted."""
+    taken = {a.assigned_request_id for a in p.agents.values() if a.assigned_request_id is not None}
     read_at = p.state.read_at
     if read_at is None:
-        return set()
+        return taken
     earliest, latest = read_at - FINISH_SLACK, read_at + CLOCK_TOLERANCE
-    return {
-        v.job.request_id
-        for v in p.views
-        if v.job.request_id is not None
-        and v.pod is not None
-        and v.pod.finished is not None
-        and earliest <= v.pod.finished <= latest
-    }
+    for v in p.views:
+        # The pod's end, or the Job's when its pods could not be listed (or are gone already).
+        finished = v.pod.finished if v.pod is not None and v.pod.finished is not None else v.job.finished
+        if v.job.request_id is not None and finished is not None and earliest <= finished <= latest:
+            taken.add(v.job.request_id)
+    return taken
 
 
 def _route_queued(p: _PoolPass) -> tuple[list[JobRequest], dict[str, list[JobRequest]], list[Action]]:
     """Route every queued request of our shard, oldest first; report the ones nothing can serve."""
-    stale = _ran_since_read(p)
+    taken = _taken_since_read(p)
     queued = sorted(
-        (r for r in p.state.requests if r.queued and r.request_id not in stale and in_shard(p.config, r, p.now)),
+        (r for r in p.state.requests if r.queued and r.request_id not in taken and in_shard(p.config, r, p.now)),
         key=lambda r: (r.queue_time or _EPOCH, r.request_id),
     )
     routed: dict[str, list[JobRequest]] = defaultdict(list)

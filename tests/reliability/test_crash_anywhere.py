@@ -176,10 +176,6 @@ def test_sigkill_after_the_kth_write(world: RichWorld, tmp_path: Path, k: int, l
     # The killed run's Lease expires after durationSeconds; age it instead of waiting.
     rig.expire_lease()
     left, results = _settle(world)
-    if any("second-generation Jobs" in problem for problem in left):
-        # Known defect, open in issue 20 (as in test_fault_matrix): a request read as queued after its own
-        # pod ran it gets a second-generation Job, whose idle agent is then left beyond minIdle.
-        pytest.xfail(f"known defect (issue 20): {left}")
     assert not left, (left, results[-1].out[-3000:])
     requests = rig.azdo.requests(rig.pool_id())
     assert all(r.get("result") == "succeeded" for r in requests if r["requestId"] in world.request_ids)

@@ -105,10 +105,6 @@ def _converges(world: RichWorld, case: str) -> None:
         result, problems = converge(world)
     _check_invariants(world, "after converging")
     assert result.code == 0, result.out
-    if case.startswith("kube ") and problems and all("Jobs" in p for p in problems):
-        # Known defect, open in issue 20: after a transient Kubernetes fault a request is sometimes read as
-        # queued after its own pod ran it, and gets a second-generation Job (1 to 2 runs in 8 under load).
-        pytest.xfail(f"known defect (issue 20): {problems}")
     assert not problems, problems
 
 

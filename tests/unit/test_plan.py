@@ -98,6 +98,30 @@ def test_request_its_pod_ran_after_the_queue_was_read_waits_for_the_next_read() 
     assert [c.job_name for c in creates] == ["azp-linux-5-g1"]
 
 
+def test_queued_request_whose_job_finished_since_the_read_gets_no_second_job() -> None:
+    """We test: when only the Job's end is known (its pods are gone), a Job that finished after the queue
+    was read keeps its request from a second Job too; one that finished long before does not."""
+    read = replace(state("linux", queued(5)), read_at=ago(2))
+    just_now = job_for("linux", request_id=5, finished=1)
+    assert of(CreateJob, plan(config(), world(read, jobs=(just_now,)), NOW)) == []
+    long_ago = job_for("linux", request_id=5, finished=20)
+    assert [c.job_name for c in of(CreateJob, plan(config(), world(read, jobs=(long_ago,)), NOW))] == ["azp-linux-5-g1"]
+
+
+def test_queued_request_an_agent_holds_gets_no_second_job() -> None:
+    """We test: the agent list is read after the queue; a request it shows an agent of ours holding was
+    assigned in between, so it is not served again although the queue read still calls it queued."""
+    job = job_for("linux", request_id=5)
+    pod = pod_for(job)
+    holder = agent(3, pod.name, busy_with=5)
+    read = replace(state("linux", queued(5), agents=(holder,)), read_at=ago(1))
+    assert of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(pod,)), NOW)) == []
+    idle = agent(3, pod.name)
+    read = replace(state("linux", queued(5), queued(6), agents=(idle,)), read_at=ago(1))
+    creates = of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(pod,)), NOW))
+    assert [c.request_id for c in creates] == [6]
+
+
 def test_min_idle_keeps_standby_agents() -> None:
     """We test: minIdle 2 with nothing queued creates 2 standby Jobs; with 2 idle agents it creates none."""
     cfg = config(pool("linux", template(min_idle=2, placeholder=False)))
