@@ -233,7 +233,7 @@ the option would silently do nothing.
 {{- end -}}
 {{- end -}}
 {{- if and $agent.buildkit.enabled (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) -}}
-{{- fail (printf "agent.buildkit.enabled: needs Kubernetes 1.30 or later (the sidecar is a native sidecar, GA in 1.33 and on by default since 1.29; its securityContext.appArmorProfile field came in 1.30), and this cluster is %s: upgrade, or add BuildKit to your own job template (chart README, \"Container builds\")" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "agent.buildkit.enabled: needs Kubernetes 1.30 or later (the sidecar is a native sidecar, GA in 1.33 and on by default since 1.29; its securityContext.appArmorProfile field came in 1.30), and this cluster is %s (helm template: pass --kube-version): upgrade, or add BuildKit to your own job template (chart README, \"Container builds\")" .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
 {{- if and $agent.dockerSocket.enabled (not (int64 $agent.dockerSocket.groupId)) -}}
 {{- fail (printf "agent.dockerSocket.groupId: required with agent.dockerSocket.enabled: give the group id that owns %s on the nodes (`stat -c %%g %s` on a node; Docker's packages make it the `docker` group), so the agent (uid 10001) may open the socket; or use agent.buildkit.enabled instead, which needs no socket" $agent.dockerSocket.path $agent.dockerSocket.path) -}}
