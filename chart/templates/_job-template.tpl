@@ -35,9 +35,14 @@ to root inside builds through /etc/subuid), seccomp and AppArmor Unconfined (uns
 --oci-worker-no-process-sandbox because Kubernetes has no equivalent of systempaths=unconfined. It keeps
 the capabilities and privilege escalation newuidmap/newgidmap (setuid) need to map the sub-ids.
 */}}
+{{/* Where buildkitd listens and BUILDKIT_HOST points: the pod's loopback, so no other pod reaches it. */}}
+{{- define "azp-agents.buildkitAddress" -}}
+{{- printf "tcp://127.0.0.1:%d" (int .Values.agent.buildkit.port) -}}
+{{- end -}}
+
 {{- define "azp-agents.buildkitSidecar" -}}
 {{- $buildkit := .Values.agent.buildkit -}}
-{{- $address := printf "tcp://127.0.0.1:%d" (int $buildkit.port) -}}
+{{- $address := include "azp-agents.buildkitAddress" . -}}
 name: buildkitd
 image: {{ include "azp-agents.image" (dict "image" $buildkit.image "defaultTag" $buildkit.image.tag) }}
 imagePullPolicy: {{ $buildkit.image.pullPolicy }}
@@ -71,7 +76,7 @@ volumeMounts:
 {{- $agent := .Values.agent -}}
 {{- $env := list -}}
 {{- if $agent.buildkit.enabled -}}
-{{- $env = append $env (dict "name" "BUILDKIT_HOST" "value" (printf "tcp://127.0.0.1:%d" (int $agent.buildkit.port))) -}}
+{{- $env = append $env (dict "name" "BUILDKIT_HOST" "value" (include "azp-agents.buildkitAddress" .)) -}}
 {{- end -}}
 {{- if $agent.privileged -}}
 {{- $env = append $env (dict "name" "AGENT_ALLOW_RUNASROOT" "value" "1") -}}
