@@ -34,6 +34,8 @@ examples/kubernetes/*.rootless.yaml and docs/rootless.md require: uid 1000 (the 
 to root inside builds through /etc/subuid), seccomp and AppArmor Unconfined (unshare and mount), and
 --oci-worker-no-process-sandbox because Kubernetes has no equivalent of systempaths=unconfined. It keeps
 the capabilities and privilege escalation newuidmap/newgidmap (setuid) need to map the sub-ids.
+buildkitd pulls base images itself: behind proxy.url it gets the reconciler's HTTPS_PROXY/NO_PROXY, and
+with caBundle SSL_CERT_FILE (Go reads both), the bundle being mounted in every container of the pod.
 */}}
 {{/* Where buildkitd listens and BUILDKIT_HOST points: the pod's loopback, so no other pod reaches it. */}}
 {{- define "azp-agents.buildkitAddress" -}}
@@ -47,6 +49,10 @@ name: buildkitd
 image: {{ include "azp-agents.image" (dict "image" $buildkit.image "defaultTag" $buildkit.image.tag) }}
 imagePullPolicy: {{ $buildkit.image.pullPolicy }}
 restartPolicy: Always
+{{- with include "azp-agents.reconcilerNetworkEnv" . | fromJsonArray }}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 args:
   - --addr
   - {{ $address }}

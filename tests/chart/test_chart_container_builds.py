@@ -136,3 +136,23 @@ def test_agent_image_buildctl_matches_the_sidecar() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", args["BUILDKIT_SHA256"])
     assert re.fullmatch(r"[0-9a-f]{64}", args["BUILDKIT_SHA256_ARM64"])
     assert "sha256sum -c -" in dockerfile and "/usr/local/bin/buildctl" in dockerfile
+
+
+def test_buildkit_sidecar_pulls_through_the_proxy_with_the_ca_bundle() -> None:
+    """We test: behind proxy.url (credentials from proxy.existingSecret) and with caBundle, buildkitd, which
+    pulls base images itself, gets HTTPS_PROXY with the credentials defined before it (Kubernetes expands
+    only earlier variables), NO_PROXY with the pod's loopback, and SSL_CERT_FILE on the mounted bundle."""
+    values = with_defaults(
+        agent={"buildkit": {"enabled": True}},
+        proxy={"url": "http://proxy.example.com:3128", "existingSecret": "proxy-credentials"},
+        caBundle={"configMap": "corporate-ca"},
+    )
+    template = job_templates_of(render_chart(values, show_only=SHOW))["linux"]
+    sidecar = _sidecar(template["spec"]["template"]["spec"])
+    names = [e["name"] for e in sidecar["env"]]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["HTTPS_PROXY"] == "http://$(AZP_PROXY_USERNAME):$(AZP_PROXY_PASSWORD)@proxy.example.com:3128"
+    assert names.index("AZP_PROXY_USERNAME") < names.index("HTTPS_PROXY")
+    assert "127.0.0.1" in env["NO_PROXY"].split(",")
+    assert env["SSL_CERT_FILE"] == "/etc/azp-agents/ca/ca.crt"
+    assert {"name": "azp-ca-bundle", "mountPath": "/etc/azp-agents/ca", "readOnly": True} in sidecar["volumeMounts"]
