@@ -16,6 +16,9 @@ its entrypoint runs the agent:
     token_file_env / token_env   where the script reads the PAT from
     hidden_env          variables the script removes before the agent runs (env -u, VSO_AGENT_IGNORE)
     refuses_tokens      a run-only start exits 2 when a token variable or the token file is visible
+    programs            other programs on PATH a pipeline step can run (buildctl, docker, docker-buildx)
+    daemon              what the image's entrypoint serves instead of an agent: `buildkitd` (root) or
+                        `rootless-buildkitd` (container_builds.py models both)
 
 Sources, modelled here, never the reconciler's configuration or code:
 - microsoft/azure-pipelines-agent `src/Agent.Listener/Capabilities/EnvironmentCapabilitiesProvider.cs`:
@@ -38,6 +41,8 @@ Sources, modelled here, never the reconciler's configuration or code:
   (containerd/runc behaviour; there is no emulation such as QEMU binfmt on a normal node).
 - Kubernetes: the container runtime sets HOSTNAME to the pod's hostname; the kubelet adds
   KUBERNETES_SERVICE_HOST/PORT to every container.
+- moby/buildkit's images (its Dockerfile): `moby/buildkit:<v>-rootless` runs `rootlesskit buildkitd` as uid
+  1000, `moby/buildkit:<v>` runs buildkitd as root; both carry buildctl.
 
 Not emulated: the agent's `.env`/`.path` files, user capabilities, Agent.OSVersion, InteractiveSession,
 service links of other Services, and tools a pipeline installs at run time.
@@ -78,6 +83,8 @@ class ImageEntry:
     refuses_tokens: bool = False
     token_dir_env: str = ""
     token_dir: str = ""
+    programs: tuple[str, ...] = ()
+    daemon: str = ""
 
     @property
     def runs_agent(self) -> bool:
@@ -107,6 +114,9 @@ _LINUX_ENV = {
     "HOME": "/home/agent",
 }
 _LINUX_TOOLS = {"curl": "/usr/bin/curl", "git": "/usr/bin/git", "sh": "/usr/bin/sh"}
+# agent-images/linux/Dockerfile copies buildctl to /usr/local/bin; toolchains/docker-cli adds docker and buildx.
+_LINUX_PROGRAMS = ("buildctl",)
+_TOOLCHAIN_PROGRAMS = {"docker-cli": ("docker", "docker-buildx")}
 _TOOLCHAINS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     # name: (ENV lines of agent-images/toolchains/<name>/Dockerfile, tools it puts on PATH)
     "dotnet": (
@@ -139,23 +149,34 @@ _TOOLCHAINS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
 }
 
 
-def _linux(env: Mapping[str, str] | None = None, tools: Mapping[str, str] | None = None) -> ImageEntry:
+def _linux(
+    env: Mapping[str, str] | None = None, tools: Mapping[str, str] | None = None, programs: tuple[str, ...] = ()
+) -> ImageEntry:
     # agent-images/azure-pipelines.yml and .github/workflows/images.yml publish linux/amd64 and linux/arm64.
     return ImageEntry(
         env={**_LINUX_ENV, **(env or {})},
         tools={**_LINUX_TOOLS, **(tools or {})},
         architectures=("amd64", "arm64"),
+        programs=(*_LINUX_PROGRAMS, *programs),
         **_START_SH,  # type: ignore[arg-type]
     )
 
 
+_BUILDKIT_ARCHITECTURES = ("amd64", "arm64", "arm", "s390x", "ppc64le", "riscv64")
+
+
 BUILT_IN: tuple[tuple[str, ImageEntry], ...] = (
     *(
-        (pattern, _linux(*parts))
+        (pattern, _linux(*parts, programs=_TOOLCHAIN_PROGRAMS.get(name, ())))
         for name, parts in _TOOLCHAINS.items()
         for pattern in (f"ghcr.io/azp-agents/agent-linux:*-{name}", f"ghcr.io/azp-agents/agent-linux-{name}:*")
     ),
     ("ghcr.io/azp-agents/agent-linux:*", _linux()),
+    (
+        "moby/buildkit:*-rootless",
+        ImageEntry(daemon="rootless-buildkitd", programs=("buildctl",), architectures=_BUILDKIT_ARCHITECTURES),
+    ),
+    ("moby/buildkit:*", ImageEntry(daemon="buildkitd", programs=("buildctl",), architectures=_BUILDKIT_ARCHITECTURES)),
     (
         "ghcr.io/azp-agents/agent-windows:*",
         ImageEntry(
@@ -186,7 +207,7 @@ def parse_catalogue(raw: Any, *, where: str) -> tuple[tuple[str, ImageEntry], ..
         if unknown:
             raise ConfigError(f"{where}: image_catalogue[{pattern!r}]: unknown keys {sorted(unknown)}")
         values = dict(body)
-        for key in ("default_args", "token_env", "hidden_env", "architectures"):
+        for key in ("default_args", "token_env", "hidden_env", "architectures", "programs"):
             if key in values:
                 values[key] = tuple(values[key])
         if "modes" in values:

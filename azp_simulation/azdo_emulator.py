@@ -195,6 +195,7 @@ class _Request:
     result: str | None = None
     reserved_agent: int | None = None
     status_message: str | None = None
+    steps: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -234,6 +235,10 @@ class AzureDevOpsEmulator(ServedEmulator):
         self.once_exit_window = once_exit_window
         self.parallel_jobs = parallel_jobs
         self.on_agent_exit: Callable[[str, int], None] | None = None
+        self.on_job_received: Callable[[str, tuple[str, ...]], str | None] | None = None
+        """The agent side of a job with steps: (agent name, steps) -> the result that agent will report
+        (None: the planned one). The server sends the job's steps to the agent that received it, and the
+        agent, not the server, decides its outcome. Called under the emulator's lock."""
         self.stats = EmulatorStats()
         self.instance_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}"))
         self.project_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}/project"))
@@ -396,6 +401,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         plan_type: str = "Build",
         definition_name: str = "ci",
         queue_time: float | None = None,
+        steps: Iterable[str] = (),
     ) -> int:
         """Queue a pipeline job in a pool; returns its request id.
 
@@ -421,6 +427,7 @@ class AzureDevOpsEmulator(ServedEmulator):
                 plan_id=plan_id,
                 job_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{plan_id}/job")),
                 scope_id=self.project_id,
+                steps=tuple(steps),
             )
             self._requests[request_id] = request
             self._requests_by_pool.setdefault(pool_id, {})[request_id] = request
@@ -622,6 +629,9 @@ class AzureDevOpsEmulator(ServedEmulator):
         request.receive_time = when
         request.locked_until = when + LOCK_SECONDS
         self.stats.timings[request.request_id].receive_time = when
+        agent = self._agents.get(request.reserved_agent) if request.reserved_agent is not None else None
+        if request.steps and agent is not None and self.on_job_received is not None:
+            request.planned_result = self.on_job_received(agent.name, request.steps) or request.planned_result
 
     def _finish(self, request: _Request, result: str, when: float, *, message: str | None = None) -> None:
         request.result = result

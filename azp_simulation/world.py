@@ -15,7 +15,9 @@ the image's start script decides, never from anything the reconciler marks; an a
 running container's environment (less VSO_AGENT_IGNORE and the variables its script hides), the tools
 of its image and `Agent.*`, never the capabilities the reconciler's configuration declares. config.sh
 fails (the container exits 1) when AZP_URL is not this organization or AZP_POOL not one of its pools,
-and the linux image's `run` exits 2 when it sees a token.
+and the linux image's `run` exits 2 when it sees a token. A job may carry build steps (`arrivals[].steps`,
+container_builds.py): the agent runs them in its container, and a step that finds no working BuildKit daemon
+in the pod fails the job (`step_failures` says why).
 
 Nodes: a world file may list node pools (`nodes: [{arch: arm64, count: 2}, ...]`, default three amd64
 nodes); the Kubernetes emulator schedules on their kubernetes.io/arch label, so a pod selecting an
@@ -40,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from azp_simulation import agent_images
+from azp_simulation import agent_images, container_builds
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
@@ -81,6 +83,7 @@ class Arrival:
     duration: tuple[float, float]
     every: float = 0.0
     result: str = "succeeded"
+    steps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,11 @@ def load_world(path: Path) -> WorldFile:
         key = f"{where}: arrivals[{index}]"
         if raw.get("pool") not in names:
             raise ConfigError(f"{key}.pool: {raw.get('pool')!r} is not one of the world's pools {sorted(names)}")
+        steps = tuple(raw.get("steps") or ())
+        unknown = [s for s in steps if s not in container_builds.STEPS]
+        if unknown:
+            known = ", ".join(container_builds.STEPS)
+            raise ConfigError(f"{key}.steps: {unknown[0]!r} is not a step the simulated agent runs ({known})")
         duration = raw.get("duration", [3, 6])
         low, high = (duration, duration) if isinstance(duration, int | float) else (duration[0], duration[-1])
         arrivals.append(
@@ -219,6 +227,7 @@ def load_world(path: Path) -> WorldFile:
                 duration=(float(low), float(high)),
                 every=float(raw.get("every", 0)),
                 result=str(raw.get("result", "succeeded")),
+                steps=steps,
             )
         )
     crash_pods = tuple(
@@ -314,6 +323,8 @@ class AgentProcess:
     agent_id: int | None = None
     online: bool = False
     exited: bool = False
+    workspace: tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, str]] | None = None
+    """Where its steps run: (the pod, the container running the agent, that container's environment)."""
 
 
 @dataclass
@@ -352,6 +363,8 @@ class Simulation:
         self.request_ids: dict[str, list[int]] = {}
         self.catalogue = (*world.image_catalogue, *agent_images.BUILT_IN)
         self.pods_started: dict[str, int] = {}
+        self.step_failures: dict[str, str] = {}
+        """Agent name -> what the failing build step of its job printed."""
         self._timeline: list[tuple[float, str, Any]] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -380,6 +393,7 @@ class Simulation:
                 capabilities=agent.get("capabilities") or {},
             )
         self.azdo.on_agent_exit = self._agent_exited
+        self.azdo.on_job_received = self._run_steps
         self.kube.on_pod_running = self._pod_running
         self.kube.on_pod_deleted = self._pod_deleted
         self._write_files()
@@ -495,7 +509,11 @@ class Simulation:
         if kind == "queue":
             arrival, duration = payload
             request_id = self.azdo.queue_request(
-                self.pool_ids[arrival.pool], demands=arrival.demands, duration=duration, result=arrival.result
+                self.pool_ids[arrival.pool],
+                demands=arrival.demands,
+                duration=duration,
+                result=arrival.result,
+                steps=arrival.steps,
             )
             self.request_ids.setdefault(arrival.pool, []).append(request_id)
         elif kind == "cancel":
@@ -518,7 +536,7 @@ class Simulation:
     # --- simulated agents ----------------------------------------------------------------------
 
     def _entry(self, container: Mapping[str, Any]) -> agent_images.ImageEntry | None:
-        return agent_images.lookup(self.catalogue, str(container.get("image", "")))
+        return self._lookup(str(container.get("image", "")))
 
     def _environment(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
         """What the process in the container sees: the image's ENV, HOSTNAME and the kubelet's service
@@ -605,6 +623,7 @@ class Simulation:
             self._crash(process, str(foreign.get("name", "")), CrashPods(pool, message=agent_images.EXEC_FORMAT_ERROR))
             return
         env = self._environment(pod, runner)
+        process.workspace = (pod, runner, env)
         capabilities = agent_images.advertised(
             env=env, entry=entry, name=name, hostname=env["HOSTNAME"], version=AGENT_VERSION, node_arch=node_arch
         )
@@ -652,6 +671,24 @@ class Simulation:
                 process.namespace, process.pod_name, registration.publisher, f"{AGENT_ID_MESSAGE}{process.agent_id}\n"
             )
         self.azdo.agent_online(process.agent_id, once=True)
+
+    def _run_steps(self, agent_name: str, steps: tuple[str, ...]) -> str | None:
+        """The agent runs its job's build steps in its container: "failed" at the first that fails."""
+        with self._lock:
+            process = self.processes.get(agent_name)
+        if process is None or process.workspace is None:
+            return None
+        pod, runner, env = process.workspace
+        for step in steps:
+            failure = container_builds.run_step(step, pod=pod, runner=runner, env=env, lookup=self._lookup)
+            if failure:
+                with self._lock:
+                    self.step_failures[agent_name] = failure
+                return "failed"
+        return None
+
+    def _lookup(self, image: str) -> agent_images.ImageEntry | None:
+        return agent_images.lookup(self.catalogue, image)
 
     def _crash(self, process: AgentProcess, container: str, crash: CrashPods) -> None:
         """The agent container exits before its agent came online, leaving its termination message."""

@@ -238,6 +238,7 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- include "azp-agents.checkFormats" . -}}
 {{- include "azp-agents.checkNetwork" . -}}
 {{- include "azp-agents.checkPools" . -}}
+{{- include "azp-agents.checkContainerBuilds" . -}}
 {{- $_ := include "azp-agents.podSecurityLevel" . -}}
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
 {{- fail "auth.pat and auth.existingSecret are both set: give only one (unset auth.pat to use the existing Secret, or unset auth.existingSecret to let the chart create one)" -}}

@@ -54,8 +54,9 @@ passes them to config.sh (--proxyurl, --proxyusername, --proxypassword, .proxyby
 {{- end -}}
 
 {{/*
-Env of the reconciler's container, as a JSON list: HTTPS_PROXY/HTTP_PROXY (credentials put in the URL by
-Kubernetes' $(VAR) expansion), NO_PROXY with the Kubernetes API server and cluster names first, the CA.
+Env of the reconciler's container (and the BuildKit sidecar's), as a JSON list: HTTPS_PROXY/HTTP_PROXY
+(credentials put in the URL by Kubernetes' $(VAR) expansion), NO_PROXY with the Kubernetes API server and
+cluster names first, the CA.
 */}}
 {{- define "azp-agents.reconcilerNetworkEnv" -}}
 {{- $proxy := .Values.proxy -}}

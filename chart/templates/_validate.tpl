@@ -133,6 +133,7 @@ ORG.visualstudio.com take no further path; a server collection URL keeps its pat
   (list "agent.namespace" $v.agent.namespace "dnsLabel" true)
   (list "agent.workSizeLimit" $v.agent.workSizeLimit "size" true)
   (list "agent.dockerSocket.path" $v.agent.dockerSocket.path "absolutePath" false)
+  (list "agent.buildkit.stateSizeLimit" $v.agent.buildkit.stateSizeLimit "size" true)
   (list "reconciler.timeZone" $v.reconciler.timeZone "timeZone" true)
   (list "reconciler.jobNamePrefix" $v.reconciler.jobNamePrefix "jobNamePrefix" false)
   (list "reconciler.agentVersion" $v.reconciler.agentVersion "version" false)
@@ -158,6 +159,8 @@ ORG.visualstudio.com take no further path; a server collection URL keeps its pat
 {{- include "azp-agents.checkResources" (dict "key" "agent.registerResources" "resources" $v.agent.registerResources) -}}
 {{- include "azp-agents.checkResources" (dict "key" "reconciler.resources" "resources" $v.reconciler.resources) -}}
 {{- include "azp-agents.checkImage" (dict "key" "agent.image" "image" $v.agent.image) -}}
+{{- include "azp-agents.checkImage" (dict "key" "agent.buildkit.image" "image" $v.agent.buildkit.image) -}}
+{{- include "azp-agents.checkResources" (dict "key" "agent.buildkit.resources" "resources" $v.agent.buildkit.resources) -}}
 {{- include "azp-agents.checkImage" (dict "key" "reconciler.image" "image" $v.reconciler.image) -}}
 {{- end -}}
 
@@ -217,18 +220,50 @@ differing only in case are the same pool served twice.
 {{- end -}}
 
 {{/*
+The container-build options of the built-in template: the docker socket needs the group that owns
+it, and each option only acts on the built-in template (jobTemplates.<key>: ""), so with no such key
+the option would silently do nothing.
+*/}}
+{{- define "azp-agents.checkContainerBuilds" -}}
+{{- $agent := .Values.agent -}}
+{{- $on := list -}}
+{{- range $key, $enabled := dict "agent.buildkit.enabled" $agent.buildkit.enabled "agent.dockerSocket.enabled" $agent.dockerSocket.enabled "agent.privileged" $agent.privileged -}}
+{{- if $enabled -}}
+{{- $on = append $on $key -}}
+{{- end -}}
+{{- end -}}
+{{- if and $agent.buildkit.enabled (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "agent.buildkit.enabled: needs Kubernetes 1.30 or later (the sidecar is a native sidecar, GA in 1.33 and on by default since 1.29; its securityContext.appArmorProfile field came in 1.30), and this cluster is %s (helm template: pass --kube-version): upgrade, or add BuildKit to your own job template (chart README, \"Container builds\")" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- if and $agent.dockerSocket.enabled (not (int64 $agent.dockerSocket.groupId)) -}}
+{{- fail (printf "agent.dockerSocket.groupId: required with agent.dockerSocket.enabled: give the group id that owns %s on the nodes (`stat -c %%g %s` on a node; Docker's packages make it the `docker` group), so the agent (uid 10001) may open the socket; or use agent.buildkit.enabled instead, which needs no socket" $agent.dockerSocket.path $agent.dockerSocket.path) -}}
+{{- end -}}
+{{- $builtIn := list -}}
+{{- range $name, $template := .Values.jobTemplates -}}
+{{- if and (kindIs "string" $template) (not (trim $template)) -}}
+{{- $builtIn = append $builtIn $name -}}
+{{- end -}}
+{{- end -}}
+{{- if and $on (not $builtIn) -}}
+{{- fail (printf "%s: acts on the built-in job template only, and no jobTemplates key uses it (\"\"): add the sidecar, socket or privilege to your own template (chart README, \"Container builds\"), or keep a built-in key" (first $on)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The Pod Security level of the namespaces the chart creates: privileged when agents or job templates
-may ask for privilege, the host network or a hostPath (baseline refuses all three), else restricted;
-agent.namespaceLabels may set another level, but not one that would reject what the values allow.
+may ask for privilege, the host network or a hostPath (baseline refuses all three), or run rootless
+BuildKit (baseline refuses its seccomp and AppArmor `Unconfined`: the pod-security-admission checks
+seccompProfile_baseline and appArmorProfile), else restricted; agent.namespaceLabels may set another
+level, but not one that would reject what the values allow.
 */}}
 {{- define "azp-agents.podSecurityLevel" -}}
 {{- $policy := .Values.reconciler.podPolicy -}}
-{{- $needs := ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
+{{- $needs := ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled .Values.agent.buildkit.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
 {{- $label := "pod-security.kubernetes.io/enforce" -}}
 {{- $level := index .Values.agent.namespaceLabels $label | default $needs -}}
 {{- if and (eq $needs "privileged") (ne $level "privileged") .Values.agent.createNamespaces -}}
 {{- $asks := list -}}
-{{- range $key, $on := dict "agent.privileged" .Values.agent.privileged "agent.dockerSocket.enabled" .Values.agent.dockerSocket.enabled "reconciler.podPolicy.allowPrivileged" $policy.allowPrivileged "reconciler.podPolicy.allowHostNetwork" $policy.allowHostNetwork "reconciler.podPolicy.allowHostPath" $policy.allowHostPath -}}
+{{- range $key, $on := dict "agent.privileged" .Values.agent.privileged "agent.dockerSocket.enabled" .Values.agent.dockerSocket.enabled "agent.buildkit.enabled" .Values.agent.buildkit.enabled "reconciler.podPolicy.allowPrivileged" $policy.allowPrivileged "reconciler.podPolicy.allowHostNetwork" $policy.allowHostNetwork "reconciler.podPolicy.allowHostPath" $policy.allowHostPath -}}
 {{- if $on -}}
 {{- $asks = append $asks $key -}}
 {{- end -}}

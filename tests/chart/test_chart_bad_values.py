@@ -205,10 +205,37 @@ PLAIN_WORDS: list[tuple[str, dict[str, Any], list[str]]] = [
             agent={
                 "createNamespaces": True,
                 "namespaceLabels": {"pod-security.kubernetes.io/enforce": "restricted"},
-                "dockerSocket": {"enabled": True},
+                "dockerSocket": {"enabled": True, "groupId": 999},
             },
         ),
         [r"agent\.dockerSocket\.enabled", "restricted"],
+    ),
+    (
+        "buildkit-in-baseline-namespace",
+        with_defaults(
+            pools=[{"name": "Default", "namespace": "agents"}],
+            agent={
+                "createNamespaces": True,
+                "namespaceLabels": {"pod-security.kubernetes.io/enforce": "baseline"},
+                "buildkit": {"enabled": True},
+            },
+        ),
+        [r"agent\.namespaceLabels", "baseline", r"agent\.buildkit\.enabled"],
+    ),
+    (
+        "docker-socket-without-group",
+        with_defaults(agent={"dockerSocket": {"enabled": True}}),
+        [r"agent\.dockerSocket\.groupId", "stat -c %g /var/run/docker.sock", r"agent\.buildkit\.enabled"],
+    ),
+    (
+        "buildkit-without-built-in-template",
+        with_defaults(jobTemplates={"linux": "containers:\n  - name: agent\n"}, agent={"buildkit": {"enabled": True}}),
+        [r"agent\.buildkit\.enabled", "built-in job template", "Container builds"],
+    ),
+    (
+        "buildkit-image-digest-in-tag",
+        with_defaults(agent={"buildkit": {"enabled": True, "image": {"tag": "v0.32.2-rootless@sha256:ab"}}}),
+        [r"agent\.buildkit\.image\.tag"],
     ),
     (
         "cron-tz-in-schedule",

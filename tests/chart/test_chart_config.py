@@ -91,7 +91,7 @@ def test_existing_secret_is_referenced() -> None:
 
 def test_opt_ins_widen_the_pod_policy() -> None:
     """We test: the docker socket and privileged opt-ins allow what the built-in template then asks for."""
-    values = with_defaults(agent={"dockerSocket": {"enabled": True}, "privileged": True})
+    values = with_defaults(agent={"dockerSocket": {"enabled": True, "groupId": 999}, "privileged": True})
     policy = config_of(render_chart(values))["podPolicy"]
     assert policy["allowHostPath"] is True and policy["allowPrivileged"] is True
     assert policy["allowHostNetwork"] is False and policy["allowServiceAccountToken"] is False

@@ -141,18 +141,27 @@ def test_caches_are_mounted_where_the_tools_look() -> None:
 
 
 def test_docker_socket_is_opt_in() -> None:
-    """We test: no hostPath by default; agent.dockerSocket.enabled mounts the socket from the node."""
-    assert not [v for v in _pod(_template())["volumes"] if "hostPath" in v]
-    pod = _pod(_template(agent={"dockerSocket": {"enabled": True, "path": "/run/docker.sock"}}))
+    """We test: no hostPath by default; agent.dockerSocket.enabled mounts the socket from the node and gives
+    the pod the socket's group (root:docker 0660 on the node), so the agent user can open it."""
+    pod = _pod(_template())
+    assert not [v for v in pod["volumes"] if "hostPath" in v]
+    assert "supplementalGroups" not in pod["securityContext"]
+    pod = _pod(_template(agent={"dockerSocket": {"enabled": True, "path": "/run/docker.sock", "groupId": 998}}))
     assert {"name": "docker-socket", "hostPath": {"path": "/run/docker.sock", "type": "Socket"}} in pod["volumes"]
     assert {"name": "docker-socket", "mountPath": "/var/run/docker.sock"} in pod["containers"][0]["volumeMounts"]
+    assert pod["securityContext"]["supplementalGroups"] == [998]
 
 
 def test_privileged_is_opt_in() -> None:
-    """We test: agent.privileged makes only the agent container privileged."""
-    pod = _pod(_template(agent={"privileged": True}))
-    assert pod["containers"][0]["securityContext"]["privileged"] is True
+    """We test: agent.privileged makes only the agent container privileged, and root with the variable the
+    agent's config.sh and run.sh demand before they run as root (AGENT_ALLOW_RUNASROOT)."""
+    pod = _pod(_template(agent={"privileged": True, "extraEnv": [{"name": "A", "value": "1"}]}))
+    agent = pod["containers"][0]
+    assert agent["securityContext"]["privileged"] is True
+    assert agent["securityContext"]["runAsUser"] == 0 and agent["securityContext"]["runAsNonRoot"] is False
+    assert agent["env"] == [{"name": "A", "value": "1"}, {"name": "AGENT_ALLOW_RUNASROOT", "value": "1"}]
     assert "privileged" not in pod["initContainers"][0]["securityContext"]
+    assert pod["initContainers"][0]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_agent_settings_reach_the_template() -> None:

@@ -56,7 +56,8 @@ def test_namespaces_are_created_only_on_request() -> None:
 
 def test_risky_opt_ins_relax_pod_security_of_created_namespaces() -> None:
     """We test: with the docker socket the created namespace admits privileged pods (else they are refused)."""
-    values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "dockerSocket": {"enabled": True}})
+    socket = {"enabled": True, "groupId": 999}
+    values = with_defaults(pools=TWO_NAMESPACES, agent={"createNamespaces": True, "dockerSocket": socket})
     namespace = only(render_chart(values), "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
@@ -176,7 +177,12 @@ def test_notes_run_a_pass_command_names_a_new_valid_job_each_time(sets: tuple[st
 
 
 def test_notes_warn_on_risky_values() -> None:
-    """We test: the docker socket and privileged agents each produce a WARNING."""
-    notes = _notes("agent.dockerSocket.enabled=true", "agent.privileged=true")
+    """We test: the docker socket and privileged agents each produce a WARNING; the BuildKit sidecar a NOTE
+    that gives the Pod Security level it needs and the command to label the agent namespaces it does not
+    create (here the release namespace)."""
+    notes = _notes("agent.dockerSocket.enabled=true", "agent.dockerSocket.groupId=999", "agent.privileged=true")
     assert "WARNING: agent.dockerSocket.enabled" in notes
     assert "WARNING: agent.privileged" in notes
+    notes = _notes("agent.buildkit.enabled=true")
+    assert "NOTE: agent.buildkit.enabled" in notes and "enforce `privileged`" in notes
+    assert f"kubectl label namespace {NAMESPACE} pod-security.kubernetes.io/enforce=privileged --overwrite" in notes

@@ -29,6 +29,7 @@ def test_examples_exist() -> None:
         "caches.yaml",
         "existing-secret.yaml",
         "orchestrator-compat.yaml",
+        "container-builds.yaml",
     }
 
 
