@@ -216,6 +216,12 @@ differing only in case are the same pool served twice.
 {{- end -}}
 {{- end -}}
 
+{{/* The Pod Security level agent pods need: privileged when the values allow privilege, the host network or a hostPath. */}}
+{{- define "azp-agents.podSecurityNeeds" -}}
+{{- $policy := .Values.reconciler.podPolicy -}}
+{{- ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
+{{- end -}}
+
 {{/*
 The Pod Security level of the namespaces the chart creates: privileged when agents or job templates
 may ask for privilege, the host network or a hostPath (baseline refuses all three), else restricted;
@@ -223,7 +229,7 @@ agent.namespaceLabels may set another level, but not one that would reject what 
 */}}
 {{- define "azp-agents.podSecurityLevel" -}}
 {{- $policy := .Values.reconciler.podPolicy -}}
-{{- $needs := ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
+{{- $needs := include "azp-agents.podSecurityNeeds" . -}}
 {{- $label := "pod-security.kubernetes.io/enforce" -}}
 {{- $level := index .Values.agent.namespaceLabels $label | default $needs -}}
 {{- if and (eq $needs "privileged") (ne $level "privileged") .Values.agent.createNamespaces -}}

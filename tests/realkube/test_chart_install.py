@@ -22,11 +22,6 @@ from realkube_helpers import api, create_namespace, run
 from azp_simulation.kubelet import Kubelet
 
 POD_SECURITY_WARNING = "would violate PodSecurity"
-_UNDIAGNOSED = pytest.mark.xfail(
-    strict=True,
-    reason="not diagnosed yet (time box): install and dry-run pass, but the Job controller creates no pod for "
-    "the agent Job within 60 s (look at the Job's FailedCreate events: Pod Security or a missing object)",
-)
 
 
 def _values_args(example: Path, directory: Path) -> list[str]:
@@ -54,13 +49,7 @@ def _wait_for(condition: Any, timeout: float = 60, what: str = "") -> Any:
 
 @pytest.mark.parametrize(
     ("example", "release"),
-    [
-        pytest.param(path, "azp-agents", marks=_UNDIAGNOSED)
-        if path.stem in ("orchestrator-compat", "windows")
-        else (path, "azp-agents")
-        for path in example_files()
-    ]
-    + [(example_files()[0], "ci-agents")],
+    [(path, "azp-agents") for path in example_files()] + [(example_files()[0], "ci-agents")],
     ids=lambda v: v.stem if isinstance(v, Path) else v,
 )
 def test_helm_install_every_values_file(
@@ -70,7 +59,7 @@ def test_helm_install_every_values_file(
     enforcing Pod Security `restricted`, with no PodSecurity warning for the CronJob's pod template;
     then server-side dry-run of every rendered object (the helm test Pod too) passes;
     every object the chart rendered (but the test hook) then exists; the agent Jobs of every pool template are admitted
-    and their pods created and bound."""
+    and their pods created and bound to a node of their OS (Windows agents to the Windows node)."""
     namespace = create_namespace(control_plane, f"rk-install-{example.stem}-{release}"[:63])
     objects = render_chart(base_values_for(example), values_files=[example], release=release, namespace=namespace)
     for other in _other_namespaces(objects, namespace):
@@ -98,12 +87,14 @@ def test_helm_install_every_values_file(
             what=f"the Job controller to create the pod of {job['metadata']['name']}",
         )
         assert pods[0]["metadata"]["namespace"] == job_namespace
-        _wait_for(
+        node = _wait_for(
             lambda ns=job_namespace, name=pods[0]["metadata"]["name"]: api(
                 control_plane, "GET", f"/api/v1/namespaces/{ns}/pods/{name}"
             )["spec"].get("nodeName"),
             what="the kubelet to bind the pod",
         )
+        pod_os = (pods[0]["spec"].get("os") or {}).get("name", "linux")
+        assert api(control_plane, "GET", f"/api/v1/nodes/{node}")["metadata"]["labels"]["kubernetes.io/os"] == pod_os
         api(
             control_plane,
             "DELETE",
