@@ -24,14 +24,14 @@ Choices where the real server differs or the emulator simplifies:
 - there is one ResourceVersion counter for all kinds, and no watch history: a watch streams the
   current objects as ADDED, then changes it sees every 50 ms;
 - strategic merge patch knows the merge keys of the fields the reconciler's objects use only;
-- pods get no job-tracking finalizer; a Job counts a pod deleted before finishing as failed.
+- pods get no job-tracking finalizer; a Job counts a pod deleted before finishing as failed;
+- Pod Security admission is not emulated (the realkube tier, against a real API server, checks it).
 
-Differences from a real kube-apiserver v1.35.4 found by tests/realkube/test_differential.py and not
-fixed yet (the test lists them in KNOWN and fails on any other): bad base64 in a Secret is 422 (real:
-400 at decoding); a bad dryRun value is 400 (real: 422 Invalid CreateOptions); an update without
-metadata.resourceVersion is accepted (real: 422 "must be specified for an update"); deleting a Job
-without propagationPolicy sends no Warning header; the messages of a failed JSON-patch test and of
-immutable Job template and pod spec changes differ in their detail.
+Deliberate differences from a real kube-apiserver v1.35.4 that tests/realkube/test_differential.py
+finds (it lists them in KNOWN and fails on any other): the 422 message of a change to an immutable Job
+template says `Invalid value: "object"` where the real one prints the whole Go struct of the template,
+and that of a forbidden pod spec change omits the real one's trailing diff of the two specs (both are
+renderings of Go values, not API).
 
 The package is split by concern: `core` (the cluster object, its state and in-process helpers),
 `routing` (paths, discovery, dispatch, the HTTP handler, watch), `store` (objects, create/update/patch/

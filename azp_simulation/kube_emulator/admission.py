@@ -1,4 +1,5 @@
-"""Admission and validation of the Kubernetes emulator: namespace checks and `fieldValidation`."""
+"""Admission and validation of the Kubernetes emulator: namespace checks, `fieldValidation`, request
+options (dryRun) and the warnings the API server adds to a request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from azp_simulation.kube_support import (
     RESOURCE_BY_PLURAL,
+    Cause,
     KubeError,
     Resource,
     _field_path,
@@ -37,6 +39,43 @@ def _unknown_fields(body: dict[str, Any], version: str) -> list[tuple[list[Any],
             extra = set(error.instance) - set((error.schema or {}).get("properties") or {})
             found += [(list(error.absolute_path), name) for name in sorted(extra)]
     return found
+
+
+_OPTIONS_KINDS = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
+# k8s.io/kubernetes pkg/registry/batch/job/storage/storage.go, deleteOptionWarnings.
+JOB_DELETE_WARNING = (
+    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them "
+    "or set propagationPolicy=Orphan to suppress this warning"
+)
+
+
+def _dry_run(method: str, query: Mapping[str, str]) -> bool:
+    """Whether a write is a dry run. Another dryRun value than All is refused as the options'
+    validation does (k8s.io/apimachinery pkg/apis/meta/v1/validation ValidateDryRun): 422 Invalid
+    naming CreateOptions, UpdateOptions, PatchOptions or DeleteOptions; reads ignore it."""
+    value = query.get("dryRun")
+    if method not in _OPTIONS_KINDS or value in (None, "", "All"):
+        return value == "All"
+    cause = Cause("dryRun", "FieldValueNotSupported", f'Unsupported value: ["{value}"]: supported values: "All"')
+    kind = _OPTIONS_KINDS[method]
+    causes = [{"reason": cause.reason, "message": cause.message, "field": cause.field}]
+    raise KubeError(
+        422,
+        f'{kind}.meta.k8s.io "" is invalid: {cause.text()}',
+        details={"name": "", "group": "meta.k8s.io", "kind": kind, "causes": causes},
+    )
+
+
+def _delete_warnings(resource: Resource | None, verb: str, query: Mapping[str, str], body: Any) -> dict[str, str]:
+    """The Warning the Job storage sends when a batch/v1 Job is deleted without propagationPolicy or
+    orphanDependents (its default is still to orphan the pods); sent before the Job is looked up, so
+    a 404 carries it too."""
+    if resource is None or resource.plural != "jobs" or verb not in ("delete", "deletecollection"):
+        return {}
+    options = {**query, **(body if isinstance(body, dict) else {})}
+    if "propagationPolicy" in options or "orphanDependents" in options:
+        return {}
+    return {"Warning": "299 - " + json.dumps(JOB_DELETE_WARNING)}
 
 
 def _field_validation(body: dict[str, Any], query: Mapping[str, str], version: str) -> dict[str, str]:

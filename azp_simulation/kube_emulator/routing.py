@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from azp_simulation.kube_emulator.admission import _field_validation
+from azp_simulation.kube_emulator.admission import _delete_warnings, _dry_run, _field_validation
 from azp_simulation.kube_emulator.store import _foreign
 from azp_simulation.kube_objects import (
     table,
@@ -293,6 +293,7 @@ class _Handler(FaultingHandler):
             emulator.authorize(user, target, verb)
             if verb in ("create", "update") and isinstance(body, dict) and emulator.validate_version:
                 state.headers.update(_field_validation(body, query, emulator.validate_version))
+            state.headers.update(_delete_warnings(target.resource, verb, query, body))
             if verb == "watch":
                 self._stream_watch(target, query, state)
                 return
@@ -410,9 +411,7 @@ def dispatch(
     """Carry out one API request (lock taken here); returns status and JSON payload."""
     resource = target.resource
     assert resource is not None
-    dry_run = query.get("dryRun") == "All"
-    if "dryRun" in query and query["dryRun"] not in ("All", ""):
-        raise KubeError(400, f'Invalid dryRun value: "{query["dryRun"]}"; supported values: "All"')
+    dry_run = _dry_run(method, query)
     with self._lock:
         if resource.plural == "selfsubjectaccessreviews":
             if method != "POST":

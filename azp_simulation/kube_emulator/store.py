@@ -28,6 +28,7 @@ from azp_simulation.kube_support import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     RESOURCE_BY_PLURAL,
+    Cause,
     KubeError,
     Requirement,
     Resource,
@@ -244,6 +245,12 @@ def _update(
     if resource.namespaced and metadata.get("namespace", namespace) != namespace:
         raise KubeError(400, "the namespace of the provided object does not match the namespace sent on the request")
     wanted_version = metadata.get("resourceVersion")
+    if not wanted_version and not resource.unconditional_update:
+        # k8s.io/apiserver pkg/registry/generic/registry/store.go Update.
+        cause = Cause(
+            "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0: must be specified for an update"
+        )
+        raise invalid(resource, name, [cause], by_resource=True)
     if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
         raise conflict(resource, name)
     if metadata.get("uid") and metadata["uid"] != current["metadata"]["uid"]:
