@@ -28,8 +28,8 @@ so Linux pods without the toleration never land there. An agent reports Agent.OS
 (Windows_NT on Windows, as the agent's PlatformUtil says).
 
 Not emulated: images, probes, restarts (restartPolicy is treated as Never), resource accounting,
-the scheduler's Unschedulable condition and events, volumes other than Secret/projected-Secret files
-read by `read_file`.
+the scheduler's Unschedulable condition and events, container logs, volumes other than the Secret and
+ConfigMap files `mounted_files` lists.
 """
 
 from __future__ import annotations
@@ -324,24 +324,38 @@ class Kubelet:
                 env[entry["name"]] = resolved
         return env
 
-    def read_file(self, pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str | None:
-        """A file a Secret volume (or a projected volume's Secret source) puts at `path`."""
+    def mounted_files(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        """Path -> content of every file that Secret and ConfigMap volumes (and those sources of projected
+        volumes) put in the container, at their items' paths or one file per key, a subPath mount at the
+        mount path itself."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        files: dict[str, str] = {}
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"]) or {}
-            secrets = [volume["secret"]] if "secret" in volume else []
-            secrets += [s["secret"] for s in (volume.get("projected") or {}).get("sources") or [] if "secret" in s]
+            sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
             root = str(mount["mountPath"]).rstrip("/")
-            for secret in secrets:
-                values = self._values(
-                    pod["metadata"]["namespace"], "secrets", str(secret.get("secretName", secret.get("name")))
-                )
-                files = {i["key"]: i["path"] for i in secret.get("items") or []} or {k: k for k in values or {}}
-                for key, relative in files.items():
-                    target = f"{root}/{relative}" if not mount.get("subPath") else root
-                    if target == path and (mount.get("subPath") in (None, relative)) and values and key in values:
-                        return values[key]
-        return None
+            for kind, source in ((k, s[k]) for s in sources for k in ("secret", "configMap") if k in s):
+                name = str(source.get("secretName", source.get("name")))
+                values = self._values(pod["metadata"]["namespace"], f"{kind.lower()}s", name) or {}
+                paths = {i["key"]: i["path"] for i in source.get("items") or []} or {k: k for k in values}
+                for key, relative in paths.items():
+                    if key in values and mount.get("subPath") in (None, relative):
+                        files[root if mount.get("subPath") else f"{root}/{relative}"] = values[key]
+        return files
+
+    def read_file(self, pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str | None:
+        """A file a Secret or ConfigMap volume puts at `path`."""
+        return self.mounted_files(pod, container).get(path)
+
+    def token_for(self, pod: Mapping[str, Any], expiration_seconds: int = 3600) -> str:
+        """A token of the pod's ServiceAccount bound to the pod: what the kubelet asks the TokenRequest API
+        for to fill a projected serviceAccountToken volume."""
+        metadata = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        bound = {"kind": "Pod", "apiVersion": "v1", "name": metadata["name"], "uid": metadata["uid"]}
+        request = {"spec": {"expirationSeconds": expiration_seconds, "boundObjectRef": bound}}
+        path = f"/api/v1/namespaces/{metadata['namespace']}/serviceaccounts/{account}/token"
+        return str(self._api("POST", path, request)["status"]["token"])
 
 
 @dataclass
