@@ -25,8 +25,10 @@ from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from azp_simulation.kubelet import Kubelet, SimulatedAgents
 
 _names = itertools.count(1)
-# The chart tests' helpers (helm template, the reconciler's view of a rendered chart) serve here too.
+# The chart tests' helpers (helm template, the reconciler's view of a rendered chart) and the
+# reliability tests' invariants serve here too.
 sys.path.insert(0, str(Path(__file__).parents[1] / "chart"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "reliability"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
