@@ -70,18 +70,7 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
         runtime.start = now
         status["startTime"] = format_time(now)
     pods = self._pods_of(uid)
-    present = set()
-    for pod in pods:
-        pod_uid = pod["metadata"]["uid"]
-        present.add(pod_uid)
-        runtime.known.add(pod_uid)
-        phase = pod["status"].get("phase")
-        if phase == "Succeeded":
-            runtime.succeeded.add(pod_uid)
-        elif phase == "Failed":
-            runtime.failed.add(pod_uid)
-    for gone in runtime.known - present - runtime.succeeded - runtime.failed:
-        runtime.failed.add(gone)
+    _count_pods(runtime, pods)
     active = [
         p
         for p in pods
@@ -95,33 +84,75 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
     )
     completions = int(spec.get("completions") or 1)
     parallelism = int(spec.get("parallelism") if spec.get("parallelism") is not None else 1)
-    failures = len(runtime.failed) + restarts
-    deadline = spec.get("activeDeadlineSeconds")
-    finish: tuple[str, str, str] | None = None
-    if len(runtime.succeeded) >= completions:
-        finish = ("Complete", "", "")
-    elif failures > int(spec.get("backoffLimit", 6)):
-        finish = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-    elif deadline is not None and now - runtime.start >= float(deadline):
-        finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+    finish = _job_finish(spec, runtime, restarts=restarts, completions=completions, now=now)
     if finish is not None:
         for pod in active:
             self._delete_pod(copy.deepcopy(pod), now, {}, dry_run=False)
         active = []
-        kind, reason, message = finish
-        runtime.finished_at = now
-        condition = _condition(kind, "True", now, reason=reason or None, message=message or None)
-        condition["lastProbeTime"] = format_time(now)
-        status["conditions"] = [*(status.get("conditions") or []), condition]
-        if kind == "Complete":
-            status["completionTime"] = format_time(now)
-            self._event(job, "Completed", "Job completed", component="job-controller")
-        else:
-            self._event(job, reason, message, component="job-controller", warning=True)
+        _finish_job(self, job, finish, now)
     else:
         wanted = max(0, min(parallelism, completions - len(runtime.succeeded)) - len(active))
         for _ in range(wanted):
             active.append(self._create_job_pod(job, now))
+    _job_status(status, runtime, pods=pods, active=active, restarts=restarts)
+    if status != before:
+        self._touch(job)
+
+
+def _count_pods(runtime: _JobRuntime, pods: list[dict[str, Any]]) -> None:
+    """Remember the Job's pods and which succeeded or failed; one gone before finishing counts as failed."""
+    present = set()
+    for pod in pods:
+        pod_uid = pod["metadata"]["uid"]
+        present.add(pod_uid)
+        runtime.known.add(pod_uid)
+        phase = pod["status"].get("phase")
+        if phase == "Succeeded":
+            runtime.succeeded.add(pod_uid)
+        elif phase == "Failed":
+            runtime.failed.add(pod_uid)
+    for gone in runtime.known - present - runtime.succeeded - runtime.failed:
+        runtime.failed.add(gone)
+
+
+def _job_finish(
+    spec: Mapping[str, Any], runtime: _JobRuntime, *, restarts: int, completions: int, now: float
+) -> tuple[str, str, str] | None:
+    """(condition, reason, message) when the Job is done: completions reached, backoffLimit or deadline."""
+    deadline = spec.get("activeDeadlineSeconds")
+    if len(runtime.succeeded) >= completions:
+        return ("Complete", "", "")
+    if len(runtime.failed) + restarts > int(spec.get("backoffLimit", 6)):
+        return ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    if deadline is not None and runtime.start is not None and now - runtime.start >= float(deadline):
+        return ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+    return None
+
+
+def _finish_job(self: KubernetesEmulator, job: dict[str, Any], finish: tuple[str, str, str], now: float) -> None:
+    """Set the Job's Complete or Failed condition (and completionTime) and record its Event."""
+    status = job["status"]
+    kind, reason, message = finish
+    self._jobs[job["metadata"]["uid"]].finished_at = now
+    condition = _condition(kind, "True", now, reason=reason or None, message=message or None)
+    condition["lastProbeTime"] = format_time(now)
+    status["conditions"] = [*(status.get("conditions") or []), condition]
+    if kind == "Complete":
+        status["completionTime"] = format_time(now)
+        self._event(job, "Completed", "Job completed", component="job-controller")
+    else:
+        self._event(job, reason, message, component="job-controller", warning=True)
+
+
+def _job_status(
+    status: dict[str, Any],
+    runtime: _JobRuntime,
+    *,
+    pods: list[dict[str, Any]],
+    active: list[dict[str, Any]],
+    restarts: int,
+) -> None:
+    """The counts of the Job's status: active, succeeded, failed (absent when 0), ready, terminating."""
     ready = sum(
         1
         for p in active
@@ -139,8 +170,6 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
     status["ready"] = ready
     status["terminating"] = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
     status["uncountedTerminatedPods"] = {}
-    if status != before:
-        self._touch(job)
 
 
 def _pods_of(self: KubernetesEmulator, owner_uid: str) -> list[dict[str, Any]]:

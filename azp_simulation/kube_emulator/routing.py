@@ -218,6 +218,34 @@ class _CallState:
         )
 
 
+def _call_state(
+    method: str, path: str, *, raw_path: str, query: dict[str, str], target: _Target | None, found: bool
+) -> tuple[_CallState, tuple[str, ...]]:
+    """The record of a call and the names a fault may be injected under: the route template, the call's
+    key ('GET jobs(list)'), the resource's plural and qualified names; discovery (`found`) or the path."""
+    if target is not None:
+        key = target.key(method, query)
+        names: tuple[str, ...] = (
+            target.template,
+            key,
+            key.split(" ", 1)[1],
+            str(target.resource.plural if target.resource else ""),
+            str(target.resource.qualified if target.resource else ""),
+        )
+    else:
+        key = f"{method} discovery" if found else f"{method} {path}"
+        names = ("discovery", path) if found else (path,)
+    state = _CallState(
+        method=method,
+        template=target.template if target else path,
+        path=raw_path,
+        query=query,
+        key=key,
+        dry_run=query.get("dryRun") == "All",
+    )
+    return state, names
+
+
 class _Handler(FaultingHandler):
     """Turns HTTP requests into emulator calls in the API server's order: faults (test-only),
     authentication, routing, authorization, then the handler."""
@@ -235,27 +263,9 @@ class _Handler(FaultingHandler):
         path = parts.path.rstrip("/") or "/"
         target = parse_target(path)
         discovery = None if target is not None else emulator.discovery(path, self.headers.get("Host", ""))
-        if target is not None:
-            key = target.key(method, query)
-            names: tuple[str, ...] = (
-                target.template,
-                key,
-                key.split(" ", 1)[1],
-                str(target.resource.plural if target.resource else ""),
-                str(target.resource.qualified if target.resource else ""),
-            )
-        else:
-            key = f"{method} discovery" if discovery is not None else f"{method} {path}"
-            names = ("discovery", path) if discovery is not None else (path,)
-        state = _CallState(
-            method=method,
-            template=target.template if target else path,
-            path=parts.path,
-            query=query,
-            key=key,
-            dry_run=query.get("dryRun") == "All",
+        state, names = _call_state(
+            method, path, raw_path=parts.path, query=query, target=target, found=discovery is not None
         )
-
         fault = emulator._take_fault(method, names)
         if fault is not None:
             state.fault = fault.kind
@@ -275,6 +285,13 @@ class _Handler(FaultingHandler):
                 404, KubeError(404, "the server could not find the requested resource", details={}).status(), state
             )
             return
+        self._serve_resource(target, method=method, query=query, raw_body=raw_body, state=state, user=user)
+
+    def _serve_resource(
+        self, target: _Target, *, method: str, query: Mapping[str, str], raw_body: bytes, state: _CallState, user: str
+    ) -> None:
+        """Validate, authorize and carry out a request to a resource, and answer it."""
+        emulator = self.emulator
         content_type = self.headers.get("Content-Type") or "application/json"
         if raw_body and "protobuf" in content_type:
             self._send_json(
@@ -428,12 +445,7 @@ def dispatch(
         if verb == "get":
             return 200, copy.deepcopy(self._existing(resource, target.namespace, str(target.name)))
         if verb == "list":
-            listed = self._list(resource, target.namespace, query, copies=False)
-            if "as=table" in accept.replace(" ", "").lower():
-                shown = table(resource, listed["items"], now=self.clock(), list_meta=listed["metadata"])
-                return 200, _Serialized(_dump(shown))
-            # Serialized here, under the lock, so the items need no copies.
-            return 200, _Serialized(_dump(listed))
+            return 200, _serialized_list(self, resource, target, query, accept=accept)
         if verb == "create":
             if target.subresource:
                 raise _method_not_allowed()
@@ -446,19 +458,36 @@ def dispatch(
                 self._foreign_writes += 1
             return answer
         if verb == "deletecollection":
-            listed = self._list(resource, target.namespace, query)
-            for item in listed["items"]:
-                if not dry_run and _foreign(resource, item):
-                    self._foreign_writes += 1
-                self._delete(
-                    resource,
-                    item["metadata"].get("namespace"),
-                    item["metadata"]["name"],
-                    dict(body) if isinstance(body, dict) else {},
-                    dry_run=dry_run,
-                )
-            return 200, listed
+            return 200, _delete_collection(self, resource, target, query, body, dry_run=dry_run)
     raise _method_not_allowed()
+
+
+def _serialized_list(
+    self: KubernetesEmulator, resource: Resource, target: _Target, query: Mapping[str, str], *, accept: str
+) -> _Serialized:
+    """A list (or kubectl's Table view of it), serialized here, under the lock, so the items need no copies."""
+    listed = self._list(resource, target.namespace, query, copies=False)
+    if "as=table" in accept.replace(" ", "").lower():
+        return _Serialized(_dump(table(resource, listed["items"], now=self.clock(), list_meta=listed["metadata"])))
+    return _Serialized(_dump(listed))
+
+
+def _delete_collection(
+    self: KubernetesEmulator, resource: Resource, target: _Target, query: Mapping[str, str], body: Any, *, dry_run: bool
+) -> dict[str, Any]:
+    """Delete every object the query selects; answers the list of them as they were."""
+    listed = self._list(resource, target.namespace, query)
+    for item in listed["items"]:
+        if not dry_run and _foreign(resource, item):
+            self._foreign_writes += 1
+        self._delete(
+            resource,
+            item["metadata"].get("namespace"),
+            item["metadata"]["name"],
+            dict(body) if isinstance(body, dict) else {},
+            dry_run=dry_run,
+        )
+    return listed
 
 
 def _write(

@@ -150,15 +150,9 @@ def _generate_name(self: KubernetesEmulator, resource: Resource, namespace: str,
     raise KubeError(409, f"failed to generate a unique name with prefix {prefix!r}", reason="AlreadyExists")
 
 
-def _create(
-    self: KubernetesEmulator,
-    resource: Resource,
-    namespace: str | None,
-    body: Any,
-    *,
-    dry_run: bool,
-    validate: bool = True,
-) -> dict[str, Any]:
+def _creation_metadata(resource: Resource, namespace: str | None, body: Any) -> dict[str, Any]:
+    """Check a create's body against its URL (object, apiVersion, kind, namespace) and default them;
+    returns its metadata."""
     if not isinstance(body, dict):
         raise KubeError(400, "the body of the request was in an unknown format")
     body.setdefault("apiVersion", resource.api_version)
@@ -182,6 +176,19 @@ def _create(
         metadata["namespace"] = namespace
     else:
         metadata.pop("namespace", None)
+    return metadata
+
+
+def _create(
+    self: KubernetesEmulator,
+    resource: Resource,
+    namespace: str | None,
+    body: Any,
+    *,
+    dry_run: bool,
+    validate: bool = True,
+) -> dict[str, Any]:
+    metadata = _creation_metadata(resource, namespace, body)
     if validate:
         validate_object(resource, body, version=self.validate_version)
     if not metadata.get("name"):
@@ -264,23 +271,7 @@ def _update(
         updated = copy.deepcopy(current)
         updated["status"] = copy.deepcopy(body.get("status") or {})
     else:
-        updated = copy.deepcopy(body)
-        updated["metadata"] = {**copy.deepcopy(metadata), "name": name}
-        if resource.namespaced:
-            updated["metadata"]["namespace"] = namespace
-        for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
-            if key in current["metadata"]:
-                updated["metadata"][key] = current["metadata"][key]
-            else:
-                updated["metadata"].pop(key, None)
-        if resource.plural in ("jobs", "pods", "namespaces"):
-            updated["status"] = copy.deepcopy(current.get("status") or {})
-        if resource.plural == "namespaces":
-            updated["spec"] = copy.deepcopy(current.get("spec") or {})
-        if resource.plural == "pods" and current["spec"].get("nodeName"):
-            updated.setdefault("spec", {})["nodeName"] = current["spec"]["nodeName"]
-        updated["metadata"].pop("resourceVersion", None)
-        normalize_times(resource, updated)
+        updated = _updated_object(resource, current, body, namespace=namespace, name=name)
         validate_object(resource, updated, version=self.validate_version, creating=False)
         causes = immutable_causes(resource, current, updated)
         if causes:
@@ -303,6 +294,31 @@ def _update(
         return copy.deepcopy(updated)
     self._store_object(resource, updated)
     return copy.deepcopy(updated)
+
+
+def _updated_object(
+    resource: Resource, current: Mapping[str, Any], body: Mapping[str, Any], *, namespace: str | None, name: str
+) -> dict[str, Any]:
+    """The body of an update with what a client cannot change taken from the stored object: uid,
+    timestamps, generation, the status of Jobs, Pods and Namespaces, a Namespace's spec, a Pod's node."""
+    updated = copy.deepcopy(dict(body))
+    updated["metadata"] = {**copy.deepcopy(body["metadata"]), "name": name}
+    if resource.namespaced:
+        updated["metadata"]["namespace"] = namespace
+    for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+        if key in current["metadata"]:
+            updated["metadata"][key] = current["metadata"][key]
+        else:
+            updated["metadata"].pop(key, None)
+    if resource.plural in ("jobs", "pods", "namespaces"):
+        updated["status"] = copy.deepcopy(current.get("status") or {})
+    if resource.plural == "namespaces":
+        updated["spec"] = copy.deepcopy(current.get("spec") or {})
+    if resource.plural == "pods" and current["spec"].get("nodeName"):
+        updated.setdefault("spec", {})["nodeName"] = current["spec"]["nodeName"]
+    updated["metadata"].pop("resourceVersion", None)
+    normalize_times(resource, updated)
+    return updated
 
 
 def _patch(
@@ -339,17 +355,10 @@ def _patch(
     return self._update(resource, namespace, name, patched, dry_run=dry_run, subresource=subresource, from_patch=True)
 
 
-def _delete(
-    self: KubernetesEmulator,
-    resource: Resource,
-    namespace: str | None,
-    name: str,
-    options: Mapping[str, Any],
-    *,
-    dry_run: bool = False,
-) -> tuple[int, dict[str, Any]]:
-    current = self._existing(resource, namespace, name)
-    preconditions = options.get("preconditions") or {}
+def _check_preconditions(
+    resource: Resource, name: str, current: Mapping[str, Any], preconditions: Mapping[str, Any]
+) -> None:
+    """409 Conflict when a DeleteOptions precondition (uid, resourceVersion) does not hold."""
     if preconditions.get("uid") and preconditions["uid"] != current["metadata"]["uid"]:
         raise conflict(
             resource,
@@ -368,6 +377,10 @@ def _delete(
             f"{preconditions['resourceVersion']}, ResourceVersion in object meta: "
             f"{current['metadata']['resourceVersion']}",
         )
+
+
+def _propagation_policy(resource: Resource, name: str, options: Mapping[str, Any]) -> str:
+    """The delete's propagationPolicy, from orphanDependents or the resource's default when not given."""
     policy = options.get("propagationPolicy")
     if policy is None and options.get("orphanDependents") is not None:
         policy = "Orphan" if options.get("orphanDependents") else "Background"
@@ -385,6 +398,21 @@ def _delete(
                 )
             ],
         )
+    return str(policy)
+
+
+def _delete(
+    self: KubernetesEmulator,
+    resource: Resource,
+    namespace: str | None,
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    dry_run: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    current = self._existing(resource, namespace, name)
+    _check_preconditions(resource, name, current, options.get("preconditions") or {})
+    policy = _propagation_policy(resource, name, options)
     now = self.clock()
     obj = copy.deepcopy(current)
     metadata = obj["metadata"]
