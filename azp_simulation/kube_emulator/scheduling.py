@@ -365,6 +365,7 @@ def _mark_unschedulable(
 
 
 def _try_start(self: KubernetesEmulator, pod: dict[str, Any], runtime: _PodRuntime, now: float) -> None:
+    """Start the pod unless a Secret or ConfigMap it needs is missing or an image cannot be pulled."""
     spec = pod["spec"]
     init = spec.get("initContainers") or []
     containers = spec.get("containers") or []
@@ -391,34 +392,43 @@ def _try_start(self: KubernetesEmulator, pod: dict[str, Any], runtime: _PodRunti
             image = str(container.get("image", ""))
             mode = self._image_mode(image)
             if mode in ("ImagePullBackOff", "ErrImagePull"):
-                if (
-                    mode == "ErrImagePull"
-                    and "does-not-exist" in image
-                    and now - runtime.created >= 3 * max(self.start_delay, 0.1)
-                ):
-                    mode = "ImagePullBackOff"
-                message = (
-                    f'Back-off pulling image "{image}"'
-                    if mode == "ImagePullBackOff"
-                    else f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": failed to '
-                    f'resolve reference "{image}": {image}: not found'
-                )
                 if group is containers and init:
                     self._complete_init(pod, now)
-                entry = status[entries_key][index]
-                if (entry["state"].get("waiting") or {}).get("reason") != mode:
-                    entry["state"] = {"waiting": {"reason": mode, "message": message}}
-                    self._touch(pod)
-                    self._event(
-                        pod,
-                        "Failed",
-                        f'Failed to pull image "{image}": {mode}',
-                        component="kubelet",
-                        warning=True,
-                        runtime=runtime,
-                    )
+                _pull_failed(self, pod, status[entries_key][index], image=image, mode=mode, runtime=runtime, now=now)
                 return
     self._run_pod(pod, runtime, now)
+
+
+def _pull_failed(
+    self: KubernetesEmulator,
+    pod: dict[str, Any],
+    entry: dict[str, Any],
+    *,
+    image: str,
+    mode: str,
+    runtime: _PodRuntime,
+    now: float,
+) -> None:
+    """A container waiting on an image it cannot pull: ErrImagePull, then ImagePullBackOff, and an Event."""
+    if mode == "ErrImagePull" and "does-not-exist" in image and now - runtime.created >= 3 * max(self.start_delay, 0.1):
+        mode = "ImagePullBackOff"
+    message = (
+        f'Back-off pulling image "{image}"'
+        if mode == "ImagePullBackOff"
+        else f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": failed to '
+        f'resolve reference "{image}": {image}: not found'
+    )
+    if (entry["state"].get("waiting") or {}).get("reason") != mode:
+        entry["state"] = {"waiting": {"reason": mode, "message": message}}
+        self._touch(pod)
+        self._event(
+            pod,
+            "Failed",
+            f'Failed to pull image "{image}": {mode}',
+            component="kubelet",
+            warning=True,
+            runtime=runtime,
+        )
 
 
 def _complete_init(self: KubernetesEmulator, pod: dict[str, Any], now: float) -> None:
