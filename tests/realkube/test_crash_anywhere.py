@@ -130,7 +130,7 @@ def _age_lease(plane: ControlPlane, release: Release) -> None:
     api(plane, "PUT", path, lease)
 
 
-def _settle(world: World, release: Release, pool: str, timeout: float = 60) -> list[str]:
+def _settle(world: World, release: Release, pool: str, timeout: float = 120) -> list[str]:
     """Normal passes, the safety invariants checked after each, until nothing is left over."""
     left = ["no pass ran"]
     deadline = time.monotonic() + timeout
