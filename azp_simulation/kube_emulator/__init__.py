@@ -35,9 +35,9 @@ renderings of Go values, not API).
 
 The package is split by concern: `core` (the cluster object, its state and in-process helpers),
 `routing` (paths, discovery, dispatch, the HTTP handler, watch), `store` (objects, create/update/patch/
-delete, lists), `admission` (namespace checks, field validation), `access` (tokens and RBAC),
-`controllers` (Job, TTL, garbage collector, namespaces, Events), `scheduling` (nodes, scheduler and
-kubelet) and `environment` (what a container sees: env, Secret and ConfigMap files).
+delete, lists), `admission` (namespace checks, field validation, dryRun, warnings), `access` (tokens
+and RBAC), `controllers` (Job, TTL, garbage collector, namespaces, Events), `scheduling` (nodes,
+scheduler and kubelet) and `environment` (what a container sees: env, Secret and ConfigMap files).
 """
 
 from azp_simulation.kube_emulator.core import KubernetesEmulator

@@ -228,6 +228,35 @@ def _existing(self: KubernetesEmulator, resource: Resource, namespace: str | Non
     return found
 
 
+def _check_update(
+    resource: Resource, current: Mapping[str, Any], metadata: Mapping[str, Any], *, namespace: str | None, name: str
+) -> None:
+    """An update's body must match its URL, carry a resourceVersion where the resource asks for one
+    (k8s.io/apiserver pkg/registry/generic/registry/store.go Update), and match the stored
+    resourceVersion and uid (409 Conflict)."""
+    if metadata.get("name", name) != name:
+        raise KubeError(
+            400, f"the name of the object ({metadata.get('name')}) does not match the name on the URL ({name})"
+        )
+    if resource.namespaced and metadata.get("namespace", namespace) != namespace:
+        raise KubeError(400, "the namespace of the provided object does not match the namespace sent on the request")
+    wanted_version = metadata.get("resourceVersion")
+    if not wanted_version and not resource.unconditional_update:
+        cause = Cause(
+            "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0: must be specified for an update"
+        )
+        raise invalid(resource, name, [cause], by_resource=True)
+    if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
+        raise conflict(resource, name)
+    if metadata.get("uid") and metadata["uid"] != current["metadata"]["uid"]:
+        raise conflict(
+            resource,
+            name,
+            f"Precondition failed: UID in precondition: {metadata['uid']}, UID in "
+            f"object meta: {current['metadata']['uid']}",
+        )
+
+
 def _update(
     self: KubernetesEmulator,
     resource: Resource,
@@ -245,28 +274,7 @@ def _update(
     metadata = body.setdefault("metadata", {})
     body.setdefault("apiVersion", resource.api_version)
     body.setdefault("kind", resource.kind)
-    if metadata.get("name", name) != name:
-        raise KubeError(
-            400, f"the name of the object ({metadata.get('name')}) does not match the name on the URL ({name})"
-        )
-    if resource.namespaced and metadata.get("namespace", namespace) != namespace:
-        raise KubeError(400, "the namespace of the provided object does not match the namespace sent on the request")
-    wanted_version = metadata.get("resourceVersion")
-    if not wanted_version and not resource.unconditional_update:
-        # k8s.io/apiserver pkg/registry/generic/registry/store.go Update.
-        cause = Cause(
-            "metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0: must be specified for an update"
-        )
-        raise invalid(resource, name, [cause], by_resource=True)
-    if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
-        raise conflict(resource, name)
-    if metadata.get("uid") and metadata["uid"] != current["metadata"]["uid"]:
-        raise conflict(
-            resource,
-            name,
-            f"Precondition failed: UID in precondition: {metadata['uid']}, UID in "
-            f"object meta: {current['metadata']['uid']}",
-        )
+    _check_update(resource, current, metadata, namespace=namespace, name=name)
     if subresource == "status":
         updated = copy.deepcopy(current)
         updated["status"] = copy.deepcopy(body.get("status") or {})
