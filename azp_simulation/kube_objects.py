@@ -291,8 +291,22 @@ def _secret_causes(obj: Mapping[str, Any]) -> list[Cause]:
         try:
             base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
-            causes.append(Cause(f"data[{key}]", "FieldValueInvalid", "Invalid value: illegal base64 data"))
+            # Decoding []byte fails before validation: Go's base64.CorruptInputError names the offset.
+            raise KubeError(
+                400,
+                f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte '
+                f"{_corrupt_offset(str(value))}",
+            ) from None
     return causes
+
+
+def _corrupt_offset(text: str) -> int:
+    """Where Go's base64.StdEncoding stops: the first byte outside the alphabet, else the start of the
+    incomplete last quantum (padding errors of a complete quantum are reported there too)."""
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    stripped = text.rstrip("=")
+    bad = next((i for i, char in enumerate(stripped) if char not in alphabet), None)
+    return bad if bad is not None else len(stripped) - len(stripped) % 4
 
 
 def immutable_causes(resource: Resource, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Cause]:
@@ -410,11 +424,8 @@ def json_patch(target: Any, operations: Any) -> Any:
         path = _pointer(str(operation.get("path", "")))
         if op == "test":
             if _get_at(document, path) != operation.get("value"):
-                raise KubeError(
-                    422,
-                    f"the server rejected our request due to an error in our request: testing value "
-                    f"{operation.get('path')} failed",
-                )
+                # The API server drops the jsonpatch library's detail ("testing value ... failed").
+                raise KubeError(422, "the server rejected our request due to an error in our request")
             continue
         if op in ("move", "copy"):
             value = copy.deepcopy(_get_at(document, _pointer(str(operation.get("from", "")))))

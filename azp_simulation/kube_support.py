@@ -61,6 +61,8 @@ class Resource:
     short_names: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
     stored: bool = True
+    # The registry strategy's AllowUnconditionalUpdate: false means an update must carry a resourceVersion.
+    unconditional_update: bool = True
 
     @property
     def api_version(self) -> str:
@@ -112,7 +114,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("configmaps", "ConfigMap", "", "v1", True, short_names=("cm",)),
     Resource("serviceaccounts", "ServiceAccount", "", "v1", True, short_names=("sa",)),
     Resource("jobs", "Job", "batch", "v1", True, subresources=("status",)),
-    Resource("leases", "Lease", "coordination.k8s.io", "v1", True),
+    # k8s.io/kubernetes pkg/registry/coordination/lease/strategy.go: AllowUnconditionalUpdate is false.
+    Resource("leases", "Lease", "coordination.k8s.io", "v1", True, unconditional_update=False),
     Resource(
         "selfsubjectaccessreviews",
         "SelfSubjectAccessReview",
@@ -244,13 +247,15 @@ class Cause:
         return f"{self.field}: {self.message}" if self.field else self.message
 
 
-def invalid(resource: Resource, name: str, causes: Sequence[Cause]) -> KubeError:
-    """422 Invalid the way the API server words it: one cause inline, several in brackets."""
+def invalid(resource: Resource, name: str, causes: Sequence[Cause], *, by_resource: bool = False) -> KubeError:
+    """422 Invalid the way the API server words it: one cause inline, several in brackets; the kind
+    names the object ('Job.batch'), or the resource ('leases.coordination.k8s.io') for the generic
+    registry's own checks."""
     texts = [c.text() for c in causes]
     joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
     return KubeError(
         422,
-        f'{resource.kind_qualified} "{name}" is invalid: {joined}',
+        f'{resource.qualified if by_resource else resource.kind_qualified} "{name}" is invalid: {joined}',
         details={
             "name": name,
             "group": resource.group,

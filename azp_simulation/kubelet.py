@@ -1,7 +1,10 @@
 """A simulated kubelet for a real API server, and the simulated agents its pods run.
 
-`Kubelet` is an ordinary API client, as kwok's fake nodes are (sigs.k8s.io/kwok): it registers a
-Node, binds the pods no scheduler places (the `binding` subresource, as kube-scheduler does), and
+`Kubelet` is an ordinary API client, as kwok's fake nodes are (sigs.k8s.io/kwok): it registers its
+Nodes (by default a Linux node and a Windows node, both amd64), binds the pods no scheduler places to
+the first node whose labels match the pod's nodeSelector and required node affinity and whose
+NoSchedule taints the pod tolerates (the `binding` subresource, as kube-scheduler's NodeAffinity and
+TaintToleration filters decide; a pod no node fits stays Pending, unbound), and
 moves each pod's status through the `status` subresource the way the kubelet's status manager does
 (pkg/kubelet/status, pkg/kubelet/kubelet_pods.go): init containers one by one (each runs, then
 terminates with its exit code and termination message), then the main containers Running with the
@@ -18,8 +21,15 @@ variables as capabilities, minus VSO_AGENT_IGNORE), plus Agent.Name, Agent.Versi
 This mirrors the agent side of azp_simulation/world.py (which drives the Kubernetes emulator's pods)
 in its simplest form: no per-template extra capabilities, no stuck pods by count.
 
+The Windows node carries the labels the kubelet sets on Windows (kubernetes.io/os=windows) and the
+taint `os=windows:NoSchedule` that Kubernetes' "Guide for scheduling Windows containers" suggests
+(kubernetes.io/docs/concepts/windows/user-guide/#ensuring-os-specific-workloads-land-on-the-appropriate-container-host),
+so Linux pods without the toleration never land there. An agent reports Agent.OS of its node's OS
+(Windows_NT on Windows, as the agent's PlatformUtil says).
+
 Not emulated: images, probes, restarts (restartPolicy is treated as Never), resource accounting,
-volumes other than Secret/projected-Secret files read by `read_file`.
+the scheduler's Unschedulable condition and events, container logs, volumes other than the Secret and
+ConfigMap files `mounted_files` lists.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import requests
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import ApiError
 from azp_simulation.kube_emulator import _expand, _field_value
+from azp_simulation.kube_emulator.scheduling import _node_matches
 from azp_simulation.kube_support import format_time
 from reconciler.names import AGENT_ID_MESSAGE
 
@@ -119,6 +130,27 @@ def _terminated(exit_code: int, started: str, message: str = "") -> dict[str, An
     return {"terminated": state | ({"message": message[:4096]} if message else {})}
 
 
+@dataclass(frozen=True)
+class FakeNode:
+    """A Node the kubelet registers and runs pods on."""
+
+    name: str
+    os: str = "linux"
+    arch: str = "amd64"
+    taints: tuple[Mapping[str, str], ...] = ()
+
+    def manifest(self) -> dict[str, Any]:
+        labels = {"kubernetes.io/os": self.os, "kubernetes.io/arch": self.arch, "kubernetes.io/hostname": self.name}
+        spec = {"taints": [dict(t) for t in self.taints]} if self.taints else {}
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}, "spec": spec}
+
+
+DEFAULT_NODES = (
+    FakeNode("realkube-node-1"),
+    FakeNode("realkube-windows-1", os="windows", taints=({"key": "os", "value": "windows", "effect": "NoSchedule"},)),
+)
+
+
 def _conditions(**status: bool) -> list[dict[str, Any]]:
     now = format_time(time.time())
     return [
@@ -129,11 +161,11 @@ def _conditions(**status: bool) -> list[dict[str, Any]]:
 
 @dataclass
 class Kubelet:
-    """One fake node: binds every unscheduled pod to itself and runs it (see the module docstring)."""
+    """Fake nodes: binds every unscheduled pod to a node that fits it and runs it (see the module docstring)."""
 
     server: ApiServer
     program: Program = field(default_factory=Idle)
-    node: str = "realkube-node-1"
+    nodes: tuple[FakeNode, ...] = DEFAULT_NODES
     interval: float = 0.2
     _session: requests.Session = field(init=False)
     _started: set[str] = field(default_factory=set, init=False)
@@ -155,14 +187,13 @@ class Kubelet:
         return response.json()
 
     def start(self) -> None:
-        """Register the node and start syncing pods."""
-        labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": self.node}
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node, "labels": labels}}
-        with contextlib.suppress(ServerError):
-            self._api("POST", "/api/v1/nodes", node)
+        """Register the nodes and start syncing pods."""
         capacity = {"cpu": "16", "memory": "64Gi", "pods": "110"}
         status = {"capacity": capacity, "allocatable": capacity, "conditions": _conditions(Ready=True)}
-        self._api("PATCH", f"/api/v1/nodes/{self.node}/status", {"status": status}, "application/merge-patch+json")
+        for node in self.nodes:
+            with contextlib.suppress(ServerError):
+                self._api("POST", "/api/v1/nodes", node.manifest())
+            self._api("PATCH", f"/api/v1/nodes/{node.name}/status", {"status": status}, "application/merge-patch+json")
         self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
         self._thread.start()
 
@@ -185,9 +216,11 @@ class Kubelet:
         metadata, spec = pod["metadata"], pod["spec"]
         where = f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}"
         if not spec.get("nodeName"):
-            binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": metadata["name"]}}
-            self._api("POST", f"{where}/binding", binding | {"target": {"kind": "Node", "name": self.node}})
-        elif spec["nodeName"] != self.node:
+            fits = next((n for n in self.nodes if _node_matches(spec, n.manifest())), None)
+            if fits is not None:
+                binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": metadata["name"]}}
+                self._api("POST", f"{where}/binding", binding | {"target": {"kind": "Node", "name": fits.name}})
+        elif spec["nodeName"] not in {n.name for n in self.nodes}:
             return
         elif metadata.get("deletionTimestamp"):
             self.program.stopped(self, pod)
@@ -232,6 +265,11 @@ class Kubelet:
         )
         for container in spec["containers"]:
             self.program.start(self, pod, container)
+
+    def agent_os(self, pod: Mapping[str, Any]) -> str:
+        """Agent.OS of an agent on the pod's node: the agent's PlatformUtil names Windows `Windows_NT`."""
+        node = next((n for n in self.nodes if n.name == pod["spec"].get("nodeName")), None)
+        return "Windows_NT" if node is not None and node.os == "windows" else "Linux"
 
     def finish_pod(self, namespace: str, name: str, *, exit_code: int = 0) -> bool:
         """The pod's containers exit with `exit_code`: Succeeded or Failed. False when it is gone."""
@@ -286,24 +324,38 @@ class Kubelet:
                 env[entry["name"]] = resolved
         return env
 
-    def read_file(self, pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str | None:
-        """A file a Secret volume (or a projected volume's Secret source) puts at `path`."""
+    def mounted_files(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        """Path -> content of every file that Secret and ConfigMap volumes (and those sources of projected
+        volumes) put in the container, at their items' paths or one file per key, a subPath mount at the
+        mount path itself."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        files: dict[str, str] = {}
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"]) or {}
-            secrets = [volume["secret"]] if "secret" in volume else []
-            secrets += [s["secret"] for s in (volume.get("projected") or {}).get("sources") or [] if "secret" in s]
+            sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
             root = str(mount["mountPath"]).rstrip("/")
-            for secret in secrets:
-                values = self._values(
-                    pod["metadata"]["namespace"], "secrets", str(secret.get("secretName", secret.get("name")))
-                )
-                files = {i["key"]: i["path"] for i in secret.get("items") or []} or {k: k for k in values or {}}
-                for key, relative in files.items():
-                    target = f"{root}/{relative}" if not mount.get("subPath") else root
-                    if target == path and (mount.get("subPath") in (None, relative)) and values and key in values:
-                        return values[key]
-        return None
+            for kind, source in ((k, s[k]) for s in sources for k in ("secret", "configMap") if k in s):
+                name = str(source.get("secretName", source.get("name")))
+                values = self._values(pod["metadata"]["namespace"], f"{kind.lower()}s", name) or {}
+                paths = {i["key"]: i["path"] for i in source.get("items") or []} or {k: k for k in values}
+                for key, relative in paths.items():
+                    if key in values and mount.get("subPath") in (None, relative):
+                        files[root if mount.get("subPath") else f"{root}/{relative}"] = values[key]
+        return files
+
+    def read_file(self, pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str | None:
+        """A file a Secret or ConfigMap volume puts at `path`."""
+        return self.mounted_files(pod, container).get(path)
+
+    def token_for(self, pod: Mapping[str, Any], expiration_seconds: int = 3600) -> str:
+        """A token of the pod's ServiceAccount bound to the pod: what the kubelet asks the TokenRequest API
+        for to fill a projected serviceAccountToken volume."""
+        metadata = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        bound = {"kind": "Pod", "apiVersion": "v1", "name": metadata["name"], "uid": metadata["uid"]}
+        request = {"spec": {"expirationSeconds": expiration_seconds, "boundObjectRef": bound}}
+        path = f"/api/v1/namespaces/{metadata['namespace']}/serviceaccounts/{account}/token"
+        return str(self._api("POST", path, request)["status"]["token"])
 
 
 @dataclass
@@ -329,7 +381,7 @@ class SimulatedAgents:
         name = env.get("AZP_AGENT_NAME", pod["metadata"]["name"])
         ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
         capabilities = {k: v for k, v in env.items() if k not in ignored}
-        capabilities |= {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": "Linux"}
+        capabilities |= {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": kubelet.agent_os(pod)}
         try:
             agent = self.azdo.register_agent(
                 pool_id=int(pool["id"]), name=name, capabilities=capabilities, version=AGENT_VERSION, token=token

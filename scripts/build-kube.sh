@@ -9,6 +9,16 @@
 # A cold build prints its wall time and the disk it added (Go module cache, Go build cache, binaries).
 #
 # Usage: scripts/build-kube.sh [DEST]   (DEST defaults to .tools/kube at the repository root)
+#
+# What a cold build compiles, and why it is not made smaller (`go list -deps`, Go 1.26, v1.35.4):
+# kube-apiserver needs 2,000 packages and kube-controller-manager 2,369; both together 2,374, so one
+# `go build` of the two costs hardly more than either alone. Only runtime/cgo, net and os/user use cgo
+# (CGO_ENABLED=0 would save little); -s already implies -w; -trimpath is set; -p defaults to the cores.
+# etcd adds 351 packages outside the standard library, of which 69 are shared with the Kubernetes
+# build at the same version: aligning scripts/kube/etcd/go.mod with k8s.io/kubernetes' versions could
+# save about 160 compiles. Any change of flags or versions changes the binaries and so the KEY, which
+# costs every machine one cold build; on a new CI machine, restoring the cache directory below
+# (214 MiB) by KEY is what keeps the tier far under an hour.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

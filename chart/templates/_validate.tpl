@@ -219,6 +219,12 @@ differing only in case are the same pool served twice.
 {{- end -}}
 {{- end -}}
 
+{{/* The Pod Security level agent pods need: privileged when the values allow privilege, the host network, a hostPath or rootless BuildKit. */}}
+{{- define "azp-agents.podSecurityNeeds" -}}
+{{- $policy := .Values.reconciler.podPolicy -}}
+{{- ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled .Values.agent.buildkit.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
+{{- end -}}
+
 {{/*
 The container-build options of the built-in template: the docker socket needs the group that owns
 it, and each option only acts on the built-in template (jobTemplates.<key>: ""), so with no such key
@@ -258,7 +264,7 @@ level, but not one that would reject what the values allow.
 */}}
 {{- define "azp-agents.podSecurityLevel" -}}
 {{- $policy := .Values.reconciler.podPolicy -}}
-{{- $needs := ternary "privileged" "restricted" (or .Values.agent.privileged .Values.agent.dockerSocket.enabled .Values.agent.buildkit.enabled $policy.allowPrivileged $policy.allowHostNetwork $policy.allowHostPath) -}}
+{{- $needs := include "azp-agents.podSecurityNeeds" . -}}
 {{- $label := "pod-security.kubernetes.io/enforce" -}}
 {{- $level := index .Values.agent.namespaceLabels $label | default $needs -}}
 {{- if and (eq $needs "privileged") (ne $level "privileged") .Values.agent.createNamespaces -}}

@@ -38,20 +38,21 @@ def load_config(objects: Sequence[Mapping[str, Any]], directory: Path) -> Config
 
 
 def agent_jobs(objects: Sequence[Mapping[str, Any]], directory: Path) -> list[dict[str, Any]]:
-    """One Job per pool template, exactly as the reconciler would create it for a queued request."""
+    """One Job per pool template, exactly as the reconciler would create it for a queued request. Each
+    has its own request id, as requests in Azure DevOps do: two pools may use templates of one name."""
     config = load_config(objects, directory)
     jobs = []
-    for pool in config.pools:
-        for template in pool.templates:
-            job_template = render.load_template(Path(template.job_template), key=template.name, source="chart")
-            jobs.append(
-                render.render_job(
-                    config=config,
-                    pool=pool,
-                    template=template,
-                    job_template=job_template,
-                    job_name=f"{config.job_name_prefix}-{template.name}-1234",
-                    request_id=1234,
-                )
+    templates = [(pool, template) for pool in config.pools for template in pool.templates]
+    for request_id, (pool, template) in enumerate(templates, start=1234):
+        job_template = render.load_template(Path(template.job_template), key=template.name, source="chart")
+        jobs.append(
+            render.render_job(
+                config=config,
+                pool=pool,
+                template=template,
+                job_template=job_template,
+                job_name=f"{config.job_name_prefix}-{template.name}-{request_id}",
+                request_id=request_id,
             )
+        )
     return jobs

@@ -160,6 +160,27 @@ def test_notes_tell_how_to_watch_and_run_a_pass() -> None:
     assert TEST_PAT not in notes
 
 
+@pytest.mark.parametrize(
+    ("sets", "unlabelled"),
+    [
+        (("agent.dockerSocket.enabled=true", "agent.dockerSocket.groupId=999"), [NAMESPACE]),
+        (("reconciler.podPolicy.allowHostPath=true", "agent.namespace=agents"), ["agents"]),
+        (("agent.privileged=true", "agent.namespace=agents", "agent.createNamespaces=true"), []),
+        ((), []),
+    ],
+)
+def test_notes_say_which_namespaces_need_the_privileged_pod_security_label(
+    sets: tuple[str, ...], unlabelled: list[str]
+) -> None:
+    """We test: when agent pods need Pod Security privileged, NOTES name each agent namespace the chart does
+    not label (the release namespace, or any when agent.createNamespaces is off) with the kubectl label
+    command; a namespace the chart creates and labels is not named."""
+    notes = _notes(*sets)
+    commands = re.findall(r"kubectl label namespace (\S+) pod-security.kubernetes.io/enforce=privileged", notes)
+    assert commands == unlabelled, notes
+    assert ('need Pod Security "privileged"' in notes) == bool(unlabelled)
+
+
 @pytest.mark.parametrize("sets", [(), ("fullnameOverride=" + "a" * 40,)])
 def test_notes_run_a_pass_command_names_a_new_valid_job_each_time(sets: tuple[str, ...]) -> None:
     """We test: the run-a-pass-now command, run by a shell, names a Job after the CronJob with a timestamp

@@ -2,7 +2,8 @@
 
 The control plane (tests/realkube/control_plane.py) is etcd, kube-apiserver and
 kube-controller-manager as scripts/build-kube.sh builds them; the simulated kubelet
-(azp_simulation.kubelet) runs its pods and the simulated agents in an Azure DevOps emulator.
+(azp_simulation.kubelet) runs its pods and the simulated agents in an Azure DevOps emulator, and the
+chart's check pod runs the real `azp-reconciler check` (check_pod.py).
 Without the binaries the tier fails (run `scripts/build-kube.sh`, or `make test` which does); it is
 skipped only when AZP_REALKUBE=skip is set outside CI.
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from check_pod import CheckPods
 from control_plane import ControlPlane, missing_binaries
 from realkube_helpers import PAT, create_namespace
 
@@ -23,8 +25,10 @@ from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from azp_simulation.kubelet import Kubelet, SimulatedAgents
 
 _names = itertools.count(1)
-# The chart tests' helpers (helm template, the reconciler's view of a rendered chart) serve here too.
+# The chart tests' helpers (helm template, the reconciler's view of a rendered chart) and the
+# reliability tests' invariants serve here too.
 sys.path.insert(0, str(Path(__file__).parents[1] / "chart"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "reliability"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,8 +77,16 @@ def organization(azdo_server: tuple[AzureDevOpsEmulator, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def kubelet(control_plane: ControlPlane, azdo: AzureDevOpsEmulator) -> Iterator[Kubelet]:
-    node = Kubelet(control_plane.server, program=SimulatedAgents(azdo))
+def check_pods(
+    control_plane: ControlPlane, azdo: AzureDevOpsEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> CheckPods:
+    """The kubelet's program: simulated agents, and the chart's check pod running the real `check`."""
+    return CheckPods(SimulatedAgents(azdo), control_plane, tmp_path_factory.mktemp("pods"))
+
+
+@pytest.fixture(scope="session")
+def kubelet(control_plane: ControlPlane, check_pods: CheckPods) -> Iterator[Kubelet]:
+    node = Kubelet(control_plane.server, program=check_pods)
     node.start()
     try:
         yield node

@@ -4,11 +4,13 @@ The binaries are the ones scripts/build-kube.sh builds. Certificates are made wi
 the server's certificate for 127.0.0.1, an admin client certificate in group system:masters, and the
 service-account signing key pair. The flags follow what kubeadm and controller-runtime's envtest set
 (only loopback, no cloud provider, leader election off), plus RBAC and Node authorization and the
-PodSecurity admission plugin.
+PodSecurity admission plugin. The API server's audit log records every write a ServiceAccount makes,
+request and response (AUDIT_POLICY), so a test can see what the reconciler wrote and when.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -16,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -30,6 +33,16 @@ CONTROLLERS = ",".join(
 )
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "RequestResponse", "userGroups": ["system:serviceaccounts"], "verbs": list(WRITE_VERBS)},
+        {"level": "None"},
+    ],
+}
 
 
 def binaries_dir() -> Path:
@@ -142,6 +155,7 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--cert-dir={pki}", "--endpoint-reconciler-type=none", "--v=0",
+            f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
         ])  # fmt: skip
         self.url = f"https://127.0.0.1:{apiserver_port}"
         write_kubeconfig(self.kubeconfig, self.url, pki)
@@ -153,6 +167,35 @@ class ControlPlane:
         ])  # fmt: skip
         # The serviceaccount controller's first work: the default ServiceAccount of `default`.
         self._wait_ready("kube-controller-manager", "/api/v1/namespaces/default/serviceaccounts/default")
+
+    @property
+    def audit_log(self) -> Path:
+        return self.directory / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        path = self.directory / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(AUDIT_POLICY), encoding="utf-8")
+        return path
+
+    def writes(self, user: str, namespace: str) -> list[dict[str, Any]]:
+        """The audit events of `user`'s successful writes in `namespace`, in order (access reviews left out)."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # the line the API server is writing now
+                continue
+            where = event.get("objectRef") or {}
+            if (
+                event["user"].get("username") == user
+                and where.get("namespace") == namespace
+                and where.get("resource") != "selfsubjectaccessreviews"
+                and event.get("responseStatus", {}).get("code", 500) < 300
+            ):
+                events.append(event)
+        return events
 
     def _wait_ready(self, name: str, path: str = "/readyz", timeout: float = 120) -> None:
         session = self.server.session()

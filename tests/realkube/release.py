@@ -36,13 +36,15 @@ class Release:
         )["items"]
         return items
 
-    def service_account_kubeconfig(self) -> Path:
-        """A kubeconfig with a bound token of the chart's reconciler ServiceAccount."""
+    def service_account_kubeconfig(self, server: str | None = None) -> Path:
+        """A kubeconfig with a bound token of the chart's reconciler ServiceAccount, for the API server
+        (or `server`, a proxy in front of it)."""
         (account,) = self.objects("serviceaccounts", "reconciler")
         name = account["metadata"]["name"]
         path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{name}/token"
         token = api(self.plane, "POST", path, {"spec": {"expirationSeconds": 3600}})["status"]["token"]
-        return write_kubeconfig(self.directory / "reconciler.kubeconfig", self.plane.url, self.plane.pki, token=token)
+        path = self.directory / "reconciler.kubeconfig"
+        return write_kubeconfig(path, server or self.plane.url, self.plane.pki, token=token)
 
     def config(self, **pool: Any) -> Path:
         """The release's config.yaml and job templates as files, the PAT in a file beside them; `pool`
@@ -62,11 +64,21 @@ class Release:
         path.write_text(yaml.safe_dump(document), encoding="utf-8")
         return path
 
+    @property
+    def user(self) -> str:
+        """The reconciler ServiceAccount's user name, as the API server (and its audit log) names it."""
+        (account,) = self.objects("serviceaccounts", "reconciler")
+        return f"system:serviceaccount:{self.namespace}:{account['metadata']['name']}"
+
+    def command(self, *args: str, server: str | None = None, **pool: Any) -> list[str]:
+        """The command line of `azp-reconciler reconcile` as the release's ServiceAccount."""
+        command = [sys.executable, "-m", "reconciler", "reconcile", "--config", str(self.config(**pool))]
+        kubeconfig = self.service_account_kubeconfig(server)
+        return [*command, "--kubeconfig", str(kubeconfig), "--log-format", "json", *args]
+
     def reconcile(self, *args: str, **pool: Any) -> subprocess.CompletedProcess[str]:
         """`azp-reconciler reconcile` as the release's ServiceAccount."""
-        command = [sys.executable, "-m", "reconciler", "reconcile", "--config", str(self.config(**pool))]
-        command += ["--kubeconfig", str(self.service_account_kubeconfig()), "--log-format", "json", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=REPO)
+        return subprocess.run(self.command(*args, **pool), capture_output=True, text=True, timeout=240, cwd=REPO)
 
 
 def install(plane: ControlPlane, organization: str, namespace: str, directory: Path, values: dict[str, Any]) -> Release:

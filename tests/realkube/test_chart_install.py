@@ -2,12 +2,10 @@
 under a non-default release name), with Pod Security `restricted` enforced and warned in the release
 namespace; server-side dry-run of every rendered manifest; the agent Jobs the reconciler would create
 from each values file admitted by Pod Security, their pods created by the real Job controller and
-run by the simulated kubelet; `helm test` following its check pod's outcome."""
+run by the simulated kubelet; `helm test` running the real `azp-reconciler check` in its pod."""
 
 from __future__ import annotations
 
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,17 +14,15 @@ import pytest
 import yaml
 from chart_helpers import CHART, base_values_for, example_files, render_chart
 from chart_reconciler import agent_jobs
+from check_pod import CheckPods
 from control_plane import ControlPlane
 from realkube_helpers import api, create_namespace, run
+from release import install
 
+from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from azp_simulation.kubelet import Kubelet
 
 POD_SECURITY_WARNING = "would violate PodSecurity"
-_UNDIAGNOSED = pytest.mark.xfail(
-    strict=True,
-    reason="not diagnosed yet (time box): install and dry-run pass, but the Job controller creates no pod for "
-    "the agent Job within 60 s (look at the Job's FailedCreate events: Pod Security or a missing object)",
-)
 
 
 def _values_args(example: Path, directory: Path) -> list[str]:
@@ -54,13 +50,7 @@ def _wait_for(condition: Any, timeout: float = 60, what: str = "") -> Any:
 
 @pytest.mark.parametrize(
     ("example", "release"),
-    [
-        pytest.param(path, "azp-agents", marks=_UNDIAGNOSED)
-        if path.stem in ("orchestrator-compat", "windows")
-        else (path, "azp-agents")
-        for path in example_files()
-    ]
-    + [(example_files()[0], "ci-agents")],
+    [(path, "azp-agents") for path in example_files()] + [(example_files()[0], "ci-agents")],
     ids=lambda v: v.stem if isinstance(v, Path) else v,
 )
 def test_helm_install_every_values_file(
@@ -70,7 +60,7 @@ def test_helm_install_every_values_file(
     enforcing Pod Security `restricted`, with no PodSecurity warning for the CronJob's pod template;
     then server-side dry-run of every rendered object (the helm test Pod too) passes;
     every object the chart rendered (but the test hook) then exists; the agent Jobs of every pool template are admitted
-    and their pods created and bound."""
+    and their pods created and bound to a node of their OS (Windows agents to the Windows node)."""
     namespace = create_namespace(control_plane, f"rk-install-{example.stem}-{release}"[:63])
     objects = render_chart(base_values_for(example), values_files=[example], release=release, namespace=namespace)
     for other in _other_namespaces(objects, namespace):
@@ -98,12 +88,14 @@ def test_helm_install_every_values_file(
             what=f"the Job controller to create the pod of {job['metadata']['name']}",
         )
         assert pods[0]["metadata"]["namespace"] == job_namespace
-        _wait_for(
+        node = _wait_for(
             lambda ns=job_namespace, name=pods[0]["metadata"]["name"]: api(
                 control_plane, "GET", f"/api/v1/namespaces/{ns}/pods/{name}"
             )["spec"].get("nodeName"),
             what="the kubelet to bind the pod",
         )
+        pod_os = (pods[0]["spec"].get("os") or {}).get("name", "linux")
+        assert api(control_plane, "GET", f"/api/v1/nodes/{node}")["metadata"]["labels"]["kubernetes.io/os"] == pod_os
         api(
             control_plane,
             "DELETE",
@@ -112,49 +104,36 @@ def test_helm_install_every_values_file(
         )
 
 
-def _running_pod(plane: ControlPlane, namespace: str) -> dict[str, Any] | None:
-    pods = api(plane, "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
-    return next((p for p in pods if p["status"].get("phase") == "Running"), None)
-
-
-@pytest.mark.parametrize("exit_code", [0, 1])
-def test_helm_test_follows_its_check_pod(
-    control_plane: ControlPlane, kubelet: Kubelet, namespace: str, exit_code: int, tmp_path: Path
+@pytest.mark.parametrize("pool_exists", [True, False])
+def test_helm_test_runs_the_real_check(
+    control_plane: ControlPlane,
+    kubelet: Kubelet,
+    check_pods: CheckPods,
+    azdo: AzureDevOpsEmulator,
+    organization: str,
+    namespace: str,
+    pool_exists: bool,
+    tmp_path: Path,
 ) -> None:
     """We test: `helm test` creates the chart's check pod (admitted under Pod Security `restricted`,
-    bound and started by the kubelet) and passes when the pod succeeds, fails when it fails. The
-    check's exit code is set by the test: the pod runs the reconciler image, which the kubelet does not run."""
-    example = next(p for p in example_files() if p.stem == "minimal")
-    run(
-        "helm",
-        "install",
-        "azp-agents",
-        str(CHART),
-        "-n",
-        namespace,
-        *_values_args(example, tmp_path),
-        kubeconfig=control_plane.kubeconfig,
-    )
-    result: dict[str, subprocess.CompletedProcess[str]] = {}
-    tester = threading.Thread(
-        target=lambda: result.setdefault(
-            "helm",
-            run(
-                "helm",
-                "test",
-                "azp-agents",
-                "-n",
-                namespace,
-                "--timeout",
-                "60s",
-                kubeconfig=control_plane.kubeconfig,
-                check=False,
-            ),
-        )
-    )
-    tester.start()
-    pod = _wait_for(lambda: _running_pod(control_plane, namespace), what="the check pod running")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert kubelet.finish_pod(namespace, pod["metadata"]["name"], exit_code=exit_code)
-    tester.join(timeout=90)
-    assert (result["helm"].returncode == 0) == (exit_code == 0), result["helm"].stderr
+    bound and started by the kubelet), which runs the real `azp-reconciler check` with the pod's
+    ConfigMap and Secret files and its ServiceAccount's token, against the real API server and the
+    Azure DevOps emulator. With the release's pool in the organization every check passes and so does
+    `helm test`; with a pool the organization lacks, the check fails naming the pool and `helm test`
+    fails."""
+    pool = f"Pool-{namespace}"
+    if pool_exists:
+        azdo.add_pool(pool)
+    values = {"pools": [{"name": pool, "maxAgents": 2}], "reconciler": {"suspend": True}}
+    install(control_plane, organization, namespace, tmp_path, values)
+    tested = run(
+        "helm", "test", "azp-agents", "-n", namespace, "--timeout", "120s",
+        kubeconfig=control_plane.kubeconfig, check=False,
+    )  # fmt: skip
+    (check,) = [output for (where, _), output in check_pods.outputs.items() if where == namespace]
+    assert (tested.returncode == 0) == pool_exists, tested.stderr + check.stdout + check.stderr
+    assert check.returncode == (0 if pool_exists else 1), check.stdout + check.stderr
+    if pool_exists:
+        assert "checks: all " in check.stdout and " ok" in check.stdout, check.stdout
+    else:
+        assert "FAILED" in check.stdout and pool in check.stdout, check.stdout

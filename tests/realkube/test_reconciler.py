@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from check_pod import CheckPods
 from control_plane import REPO, ControlPlane
 from realkube_helpers import api, run
 from release import Release, install
@@ -125,6 +126,7 @@ def _reconcile_until(release: Release, done: Any, what: str, timeout: float = 60
 def test_stuck_pod_is_deleted_after_provisioning_timeout(
     control_plane: ControlPlane,
     kubelet: Kubelet,
+    check_pods: CheckPods,
     azdo: AzureDevOpsEmulator,
     organization: str,
     namespace: str,
@@ -133,7 +135,7 @@ def test_stuck_pod_is_deleted_after_provisioning_timeout(
     """We test: an agent pod whose registration never ends (init container running) is found stuck
     after provisioningTimeout; its Job is deleted and the real garbage collector removes the pod;
     the queued job is then served by a new agent."""
-    agents = kubelet.program
+    agents = check_pods.other
     assert isinstance(agents, SimulatedAgents)
     _, pool_id = _pool(azdo, namespace)
     release = _release(control_plane, organization, namespace, tmp_path, provisioningTimeout=3)
