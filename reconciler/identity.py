@@ -3,7 +3,8 @@ access token as a Bearer token from azure-identity (workload identity, managed i
 
 An `Authorization` is a callable that returns the header value for the next request, so a reconciler that
 loops for hours always sends a fresh token: a token is renewed once less than REFRESH_MARGIN seconds of it
-remain (Entra ID tokens last about an hour). Every token is masked in the logs as soon as it is obtained.
+remain (Entra ID tokens last about an hour), or less than half its lifetime for a token shorter than that.
+Every token is masked in the logs as soon as it is obtained.
 Reference: /work/shared/reference/azure-devops-api.md section 1, entra-hooks-aci.md section 2.1.
 """
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 AZURE_DEVOPS_SCOPE = "499b84ac-1321-427f-aa17-267ca6975798/.default"
 """Azure DevOps' application ID with /.default: Microsoft insists on the ID, not a resource URI."""
 REFRESH_MARGIN = 300.0
-"""Seconds before a token expires at which the next request gets a new one."""
+"""Seconds before a token expires at which the next request gets a new one (half its life if it is shorter)."""
 PUBLIC_AUTHORITY_HOSTS = (
     "login.microsoftonline.com",
     "login.microsoftonline.us",
@@ -79,7 +80,8 @@ class PatAuthorization:
 
 
 class EntraAuthorization:
-    """A Bearer token from an azure-identity credential, renewed when less than REFRESH_MARGIN seconds remain."""
+    """A Bearer token from an azure-identity credential, renewed when less than REFRESH_MARGIN seconds remain
+    (azure-identity caches tokens too; this keeps the reconciler's renewal rule explicit and testable)."""
 
     noun = "identity"
     hint = ENTRA_HINT
@@ -95,6 +97,7 @@ class EntraAuthorization:
         self._lock = threading.Lock()
         self._token = ""
         self._expires_on = 0.0
+        self._renew_at = 0.0
         self.description = description
         self.renewals = 0
 
@@ -103,7 +106,7 @@ class EntraAuthorization:
 
     def __call__(self) -> str:
         with self._lock:
-            if self._expires_on - self._clock() < REFRESH_MARGIN:
+            if self._clock() >= self._renew_at:
                 self._renew()
             return f"Bearer {self._token}"
 
@@ -120,7 +123,9 @@ class EntraAuthorization:
         except ServiceRequestError as exc:
             raise TransientError(f"Microsoft Entra ID did not answer ({_first_line(exc)})") from None
         logs.SECRETS.add(token.token)
+        now = self._clock()
         self._token, self._expires_on = token.token, float(token.expires_on)
+        self._renew_at = self._expires_on - min(REFRESH_MARGIN, (self._expires_on - now) / 2)
         self.renewals += 1
         log.debug("new Entra ID token for %s, valid for %.0fs", self.description, self._expires_on - self._clock())
 
