@@ -292,6 +292,8 @@ class EntraEmulator(ServedEmulator):
         self.issuers: dict[str, rsa.RSAPublicKey] = {}
         self.issued: list[dict[str, Any]] = []
         """Claims of every access token issued, in order (for tests counting renewals)."""
+        self.tokens: list[str] = []
+        """Every access token issued (for tests scanning outputs for them)."""
         self.refusals: list[str] = []
         self._lock = threading.Lock()
         self._init_serving()
@@ -430,9 +432,11 @@ class EntraEmulator(ServedEmulator):
             "ver": "1.0",
             "uti": b64url(uuid.uuid4().bytes),
         }
+        token = sign_jwt(claims, self.signing_key, headers={"kid": self.key_id, "x5t": self.key_id})
         with self._lock:
             self.issued.append(claims)
-        return sign_jwt(claims, self.signing_key, headers={"kid": self.key_id, "x5t": self.key_id}), lifetime
+            self.tokens.append(token)
+        return token, lifetime
 
     def client_credentials(self, tenant: str, form: Mapping[str, str], token_url: str) -> dict[str, Any]:
         """The token endpoint's answer for a client_credentials grant, or an AadstsError."""
