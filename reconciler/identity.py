@@ -18,11 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from reconciler import logs
-from reconciler.config import Credentials
 from reconciler.errors import AuthError, ConfigError, TransientError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+
+    from reconciler.config import Credentials
 
 AZURE_DEVOPS_SCOPE = "499b84ac-1321-427f-aa17-267ca6975798/.default"
 """Azure DevOps' application ID with /.default: Microsoft insists on the ID, not a resource URI."""

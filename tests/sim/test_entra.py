@@ -111,7 +111,8 @@ def test_wrong_client_secret_is_a_clear_credentials_error(
     make_sim: Callable[..., Sim], make_entra: Callable[..., EntraEmulator], tmp_path: Path
 ) -> None:
     """We test: a client secret Entra ID refuses ends the run with exit 2 and its AADSTS7000215 reason, names the
-    keys to check, shows no traceback and never the secret; Azure DevOps was not called."""
+    keys to check, shows no traceback and never the secret; Azure DevOps was not called. `check` reports the
+    identity it tried and the refusal."""
     sim = make_sim(install=False)
     entra = make_entra()
     env, _, _ = use_identity(sim, entra, "secret", tmp_path)
@@ -121,6 +122,9 @@ def test_wrong_client_secret_is_a_clear_credentials_error(
     assert "AADSTS7000215" in result.err and "auth.clientId" in result.err
     assert "Traceback" not in result.text and "not-the-secret-0c4d" not in result.text
     assert entra.refusals == ["AADSTS7000215"] and not sim.azdo.calls()
+    checked = sim.cli("check", env=env)
+    assert checked.code == 1 and "servicePrincipal (client id" in checked.out, checked.text
+    assert "AADSTS7000215" in checked.out and "not-the-secret-0c4d" not in checked.text
 
 
 def test_identity_not_in_the_organization_is_refused(

@@ -11,7 +11,7 @@ from azure.core.credentials import AccessToken
 
 from reconciler.config import read_credentials
 from reconciler.errors import ConfigError
-from reconciler.identity import AZURE_DEVOPS_SCOPE, EntraAuthorization, describe
+from reconciler.identity import AZURE_DEVOPS_SCOPE, EntraAuthorization, authorization, describe
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "5b6c7d8e-1111-4222-8333-944445555666"
@@ -108,3 +108,17 @@ def test_token_renewed_before_it_expires(lifetime: float, renew_after: float) ->
     clock[0] += 1
     assert authorization() == "Bearer token-2"
     assert credential.scopes == [AZURE_DEVOPS_SCOPE] * 2
+
+
+def test_a_certificate_file_that_is_not_pem_names_the_key(tmp_path: Path) -> None:
+    """We test: a readable certificate file azure-identity cannot load is a ConfigError naming auth.certificateFile."""
+    (tmp_path / "sp.pem").write_text("not a certificate")
+    auth = {
+        "method": "servicePrincipal",
+        "tenantId": TENANT,
+        "clientId": CLIENT,
+        "certificateFile": str(tmp_path / "sp.pem"),
+    }
+    credentials = read_credentials({"auth": auth}, env={})
+    with pytest.raises(ConfigError, match=r"^auth\.certificateFile: .* is not a PEM file"):
+        authorization(credentials)
