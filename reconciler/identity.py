@@ -97,6 +97,7 @@ class EntraAuthorization:
         self._clock = clock
         self._lock = threading.Lock()
         self._token = ""
+        self._previous = ""
         self._expires_on = 0.0
         self._renew_at = 0.0
         self.description = description
@@ -124,6 +125,9 @@ class EntraAuthorization:
         except ServiceRequestError as exc:
             raise TransientError(f"Microsoft Entra ID did not answer ({_first_line(exc)})") from None
         logs.SECRETS.add(token.token)
+        # The token before the one replaced has expired: a reconciler serving for weeks keeps its list short.
+        logs.SECRETS.discard(self._previous)
+        self._previous = self._token
         now = self._clock()
         self._token, self._expires_on = token.token, float(token.expires_on)
         self._renew_at = self._expires_on - min(REFRESH_MARGIN, (self._expires_on - now) / 2)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
+from reconciler import logs
 from reconciler.config import read_credentials
 from reconciler.errors import ConfigError
 from reconciler.identity import AZURE_DEVOPS_SCOPE, EntraAuthorization, authorization, describe
@@ -122,3 +123,15 @@ def test_a_certificate_file_that_is_not_pem_names_the_key(tmp_path: Path) -> Non
     credentials = read_credentials({"auth": auth}, env={})
     with pytest.raises(ConfigError, match=r"^auth\.certificateFile: .* is not a PEM file"):
         authorization(credentials)
+
+
+def test_tokens_are_masked_while_they_may_be_used() -> None:
+    """We test: the current and the previous token are masked in log lines; older (expired) ones are dropped
+    from the mask list, so a long-running receiver's list does not grow with every renewal."""
+    clock = [1000.0]
+    authorization = EntraAuthorization(CountingCredential(clock, 3600), description="t", clock=lambda: clock[0])  # type: ignore[arg-type]
+    for _ in range(4):
+        authorization()
+        clock[0] += 3400
+    masked = [t for t in ("token-1", "token-2", "token-3", "token-4") if logs.SECRETS.scrub(f"x {t} y") != f"x {t} y"]
+    assert masked == ["token-3", "token-4"]
