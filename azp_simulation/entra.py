@@ -548,6 +548,8 @@ class EntraEmulator(ServedEmulator):
         """The App Service endpoint's answer (the `resource` is the app ID, without /.default)."""
         if header != self.identity_header:
             raise ManagedIdentityError(401, "The X-IDENTITY-HEADER header is missing or does not match.")
+        if query.get("api-version") != MI_API_VERSION:
+            raise ManagedIdentityError(400, f"api-version must be {MI_API_VERSION}.")
         with self._lock:
             identity = self.managed.get(query.get("client_id", ""))
         if identity is None:

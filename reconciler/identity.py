@@ -101,7 +101,6 @@ class EntraAuthorization:
         self._expires_on = 0.0
         self._renew_at = 0.0
         self.description = description
-        self.renewals = 0
 
     def __repr__(self) -> str:
         return f"EntraAuthorization({self.description})"
@@ -131,7 +130,6 @@ class EntraAuthorization:
         now = self._clock()
         self._token, self._expires_on = token.token, float(token.expires_on)
         self._renew_at = self._expires_on - min(REFRESH_MARGIN, (self._expires_on - now) / 2)
-        self.renewals += 1
         log.debug("new Entra ID token for %s, valid for %.0fs", self.description, self._expires_on - self._clock())
 
 

@@ -153,6 +153,14 @@ def test_managed_identity_endpoint(entra: EntraEmulator) -> None:
         timeout=10,
     )
     assert unknown.status_code == 400
+    unversioned = requests.get(
+        env["IDENTITY_ENDPOINT"],
+        params={**query, "api-version": "2017-09-01"},
+        headers={"X-IDENTITY-HEADER": env["IDENTITY_HEADER"]},
+        verify=verify,
+        timeout=10,
+    )
+    assert unversioned.status_code == 400 and "2019-08-01" in unversioned.json()["message"]
 
 
 def test_azure_devops_accepts_only_its_tenants_tokens_for_its_users(entra: EntraEmulator, tmp_path: Path) -> None:
