@@ -161,22 +161,28 @@ def test_identity_without_the_pool_role_is_told_what_to_grant(
 def test_loop_outlives_several_tokens(
     make_sim: Callable[..., Sim], make_entra: Callable[..., EntraEmulator], tmp_path: Path
 ) -> None:
-    """We test: with 6-second tokens, one reconcile run looping for 14 s keeps serving jobs queued during it:
-    it takes a new token before each one expires (several issued), and Azure DevOps refused none of its calls."""
+    """We test: with 6-second tokens, one reconcile run looping for 20 s serves a job queued after its first
+    pass and its first token renewal: it takes a new token before each one expires (several issued), and Azure
+    DevOps refused none of its calls."""
     sim = make_sim(install=False)
     entra = make_entra(token_lifetime=6)
     env, _, _ = use_identity(sim, entra, "secret", tmp_path)
     document = sim.config()
-    document["loop"] = {"loopFor": 14, "interval": 0.5, "idleInterval": 0.5}
+    document["loop"] = {"loopFor": 20, "interval": 0.5, "idleInterval": 0.5}
     sim.write_config(document)
     queued: list[int] = []
-    timer = threading.Timer(9.0, lambda: queued.extend(sim.queue("linux", 1, duration=30)))
-    timer.start()
-    try:
-        result = sim.reconcile(env=env, timeout=60)
-    finally:
-        timer.cancel()
+
+    def queue_after_a_renewal() -> None:
+        # Once the first pass registered the placeholder (else the service fails the job at once) and the first
+        # token was replaced.
+        sim.wait_for(lambda: len(entra.issued) >= 2 and bool(sim.agents()), timeout=40, what="a renewal")
+        queued.extend(sim.queue("linux", 1, duration=30))
+
+    queuer = threading.Thread(target=queue_after_a_renewal, daemon=True)
+    queuer.start()
+    result = sim.reconcile(env=env, timeout=90)
+    queuer.join(timeout=1)
     assert result.code == 0, result.text
-    assert queued and len(sim.jobs()) == 1
-    assert len(entra.issued) >= 3, len(entra.issued)
+    assert queued and len(sim.jobs()) == 1, result.text
+    assert len(entra.issued) >= 4, len(entra.issued)
     assert [c for c in sim.azdo.calls() if c.status in (203, 401)] == []
