@@ -32,6 +32,14 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   server's are refused with its 400 VssVersionOutOfRangeException, and the collection is served at
   `/tfs/DefaultCollection`. Everything else answers as Services does (Server-only authentication such as NTLM,
   and routes or fields Server lacks, are not emulated);
+- Microsoft Entra ID bearer tokens (reference, section 1; entra-hooks-aci.md 2.1), with `trust_entra`: a token
+  is accepted when the organization's tenant signed it for Azure DevOps' application ID (`aud`
+  499b84ac-1321-427f-aa17-267ca6975798, `tid` the tenant; a token of another tenant is refused, "only the
+  organization's own tenant works") and its identity (`oid`, the service principal's or managed identity's object
+  ID) was added to the organization with `add_entra_identity`; any other gets 401 TF400813, an expired one the
+  answers of an expired credential. Such a token carries no PAT scopes: what it may do is the identity's pool
+  roles (`set_pool_role` with its name), so a Reader gets 403 on writes. Not emulated: access levels (Basic vs
+  Stakeholder) and the license an identity costs;
 - an api-version is required on every route and method except a GET of the pools list or of a
   pool's jobrequests, which KEDA's scaler sends without one (VERSIONLESS_GET_ROUTES); a client
   that forgets it elsewhere fails here first.
@@ -75,6 +83,7 @@ from azp_simulation.azdo_support import (
     requested_api_version,
     short_route,
 )
+from azp_simulation.entra import AZURE_DEVOPS_APP_ID, EntraEmulator
 from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 from reconciler.demands import satisfies_all
@@ -82,6 +91,8 @@ from reconciler.demands import satisfies_all
 log = logging.getLogger("azp_simulation.azdo")
 
 POOL_ADMIN = "Administrator"
+ENTRA_SCOPES = (SCOPE_READ, SCOPE_MANAGE, SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE)
+"""An Entra ID token is not scoped like a PAT: its identity's roles alone limit it."""
 LOCK_SECONDS = 600.0
 FIRST_REQUEST_ID = 1000
 DEFAULT_AGENT_VERSION = "4.261.0"
@@ -250,6 +261,8 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._agents_by_pool: dict[int, dict[int, _Agent]] = {}
         self._requests_by_pool: dict[int, dict[int, _Request]] = {}
         self._credentials: dict[str, Credential] = {}
+        self._entra: EntraEmulator | None = None
+        self._entra_users: dict[str, str] = {}
         self._pool_roles: dict[tuple[str, int], str] = {}
         self._calls: list[CallRecord] = []
         # Exits of once-agents, reported to on_agent_exit after the lock is released.
@@ -306,6 +319,26 @@ class AzureDevOpsEmulator(ServedEmulator):
             self._credentials[token.strip()] = Credential(
                 token.strip(), frozenset(scopes), expired, identity, kind="bearer"
             )
+
+    def trust_entra(self, entra: EntraEmulator) -> None:
+        """Connect the organization to this Entra ID tenant: bearer tokens it issues are checked with its keys."""
+        with self._lock:
+            self._entra = entra
+
+    def add_entra_identity(self, object_id: str, *, name: str) -> None:
+        """Add a service principal or managed identity (by its object ID) to the organization as a user."""
+        with self._lock:
+            self._entra_users[object_id] = name
+
+    def _entra_credential(self, token: str) -> Credential | None:
+        """The credential of an Entra ID access token of the organization's tenant for one of its users."""
+        entra = self._entra
+        claims = entra.verify_access_token(token, audience=AZURE_DEVOPS_APP_ID) if entra is not None else None
+        name = self._entra_users.get(str(claims.get("oid"))) if claims else None
+        if claims is None or name is None:
+            return None
+        expired = float(claims.get("exp", 0)) <= self.clock()
+        return Credential(token, frozenset(ENTRA_SCOPES), expired, name, kind="bearer")
 
     def set_pool_role(self, pool_id: int, identity: str, role: str) -> None:
         """Give `identity` this role on a pool (Agent pools > Security): Reader, User or Administrator."""
@@ -1157,6 +1190,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             return None
         with self._lock:
             credential = self._credentials.get(token)
+            if credential is None and scheme.lower() == "bearer":
+                credential = self._entra_credential(token)
         if credential is None or (scheme.lower() == "bearer") != (credential.kind == "bearer"):
             return None
         return credential

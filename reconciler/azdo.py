@@ -32,6 +32,7 @@ from reconciler.errors import (
     PermanentError,
     TransientError,
 )
+from reconciler.identity import Authorization, PatAuthorization
 from reconciler.model import Agent, JobRequest, frozen_map
 
 log = logging.getLogger("reconciler.azdo")
@@ -45,7 +46,6 @@ connectionData, which is -preview at every version."""
 JOBREQUESTS_API_VERSION = "7.0"
 VERSION_REFUSALS = ("VssVersionOutOfRangeException", "VssInvalidPreviewVersionException")
 _LATEST_SUPPORTED = re.compile(r"latest REST API version this server supports is (\d+)\.(\d+)")
-CREDENTIAL_HINT = "check it is valid, not expired, and has the Agent Pools (read & manage) scope"
 MAX_RETRY_AFTER = 60.0
 """The longest `Retry-After` waited for: an answer of an hour must not outlive the run (it is reported)."""
 # Pool names a "pool not found" message lists at most (an organization can have hundreds).
@@ -181,7 +181,8 @@ class AzureDevOps:
         self,
         organization: str,
         *,
-        pat: str,
+        pat: str = "",
+        authorization: Authorization | None = None,
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
@@ -199,7 +200,8 @@ class AzureDevOps:
         self.deadline = deadline or Deadline.unbounded()
         self.calls: Counter[str] = Counter()
         self.session = requests.Session()
-        self.session.auth = ("", pat)
+        self.authorization = authorization or PatAuthorization(pat)
+        """Asked for the header before every request: an Entra ID token is renewed before it expires."""
         self.session.headers.update(
             {
                 "Accept": "application/json",
@@ -282,7 +284,13 @@ class AzureDevOps:
             self.calls[f"{method} {route}"] += 1
             try:
                 response = self.session.request(
-                    method, url, params=query, json=body, timeout=timeout, allow_redirects=False
+                    method,
+                    url,
+                    params=query,
+                    json=body,
+                    headers={"Authorization": self.authorization()},
+                    timeout=timeout,
+                    allow_redirects=False,
                 )
             except requests.RequestException as exc:  # timeouts, resets, bodies cut short
                 error: Exception = TransientError(f"{method} {route}: {type(exc).__name__}: the service did not answer")
@@ -329,14 +337,14 @@ class AzureDevOps:
         content_type = response.headers.get("Content-Type", "")
         if status == 203 or status == 401 or 300 <= status < 400:
             raise AuthError(
-                f"the PAT was rejected by {self.organization} (HTTP {status} on {method} {route}): {CREDENTIAL_HINT}"
+                f"{self.authorization.description} was rejected by {self.organization} (HTTP {status} on {method} "
+                f"{route}): {self.authorization.hint}"
             )
         if status == 403:
             # A valid token refused on one object (reference, section 1): the other pools may work.
             raise ForbiddenError(
                 f"{method} {urlsplit(response.url).path} was refused (HTTP 403: "
-                f"{_message(response)}): the PAT needs the Agent Pools (read & manage) scope and the identity the "
-                "Administrator role on the pool"
+                f"{_message(response)}): {self.authorization.forbidden_hint}"
             )
         if status == 429 or status >= 500:
             raise TransientError(f"{method} {route}: HTTP {status}: {_message(response)}")
@@ -355,7 +363,7 @@ class AzureDevOps:
         if "json" not in content_type:
             raise AuthError(
                 f"{self.organization} answered {method} {route} with {content_type or 'no content type'} instead of "
-                f"JSON (a sign-in page): {CREDENTIAL_HINT}"
+                f"JSON (a sign-in page): {self.authorization.description}: {self.authorization.hint}"
             )
         try:
             return response.json(object_hook=object_hook)
@@ -397,7 +405,7 @@ class AzureDevOps:
     def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
         """Pool ids for the given names with one call: every automation pool, matched by name; with
         `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2).
-        The names of every pool the PAT can see are kept for `missing_pool_message`."""
+        The names of every pool the credential can see are kept for `missing_pool_message`."""
         params = {"poolType": "automation", **({"actionFilter": "manage"} if manageable else {})}
         try:
             pools = self._list("distributedtask/pools", route="pools", params=params)
@@ -414,15 +422,18 @@ class AzureDevOps:
         return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
 
     def missing_pool_message(self, name: str) -> str:
-        """Why pool `name` was not found, with the pools this PAT can see (from the last pools call)."""
+        """Why pool `name` was not found, with the pools this credential can see (from the last pools call)."""
         visible = self.visible_pools
         if visible is None:
             seen = "the pools could not be listed"
         elif not visible:
-            seen = "this PAT sees no agent pool (it needs the Agent Pools (read) scope)"
+            seen = (
+                f"this {self.authorization.noun} sees no agent pool (a PAT needs the Agent Pools (read) scope, "
+                "an identity the Reader role)"
+            )
         else:
             more = f" and {len(visible) - LISTED_POOLS} more" if len(visible) > LISTED_POOLS else ""
-            seen = f"pools visible to this PAT: {', '.join(visible[:LISTED_POOLS])}{more}"
+            seen = f"pools visible to this {self.authorization.noun}: {', '.join(visible[:LISTED_POOLS])}{more}"
         return f"pool {name!r} not found in {self.organization}; {seen}: check pools[].name"
 
     def job_requests(self, pool_id: int) -> list[JobRequest]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from reconciler import capabilities, logs, names, render
+from reconciler import capabilities, identity, logs, names, render
 from reconciler import config as config_module
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.model import Agent, Config, PoolConfig
@@ -106,9 +106,8 @@ def _pool_findings(config: Config, azdo: AzureDevOps) -> list[Finding]:
                 Finding(
                     label,
                     False,
-                    f"exists (id {found[pool.name]}) but the credential may not manage it: give the PAT the Agent "
-                    "Pools (read & manage) scope and its identity the Administrator role on the pool (Organization "
-                    "settings > Agent pools > Security)",
+                    f"exists (id {found[pool.name]}) but the credential may not manage it: "
+                    f"{azdo.authorization.forbidden_hint}",
                 )
             )
         else:
@@ -161,12 +160,13 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     findings += template_findings
     try:
         credentials = config_module.read_credentials(document)
+        authorization = identity.authorization(credentials)
     except ReconcilerError as exc:
         return [*findings, Finding("credentials", False, str(exc))]
-    logs.SECRETS.add(credentials.pat)
+    findings.append(Finding("identity", True, identity.describe(credentials)))
     azdo = AzureDevOps(
         config.organization,
-        pat=credentials.pat,
+        authorization=authorization,
         timeout=config.azdo_timeout,
         retries=1,
         api_version=config.azdo_api_version,

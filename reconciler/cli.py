@@ -204,7 +204,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     with _load(args) as (config, document):
         config = _loop_overrides(args, config)
         credentials = config_module.read_credentials(document)
-        logs.SECRETS.add(credentials.pat)
         _setup_logging(args, config)
         log.info(
             "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="reconcile")}
@@ -271,7 +270,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         config = replace(config, loop=loop)
         credentials = config_module.read_credentials(document)
-        logs.SECRETS.add(credentials.pat)
         _setup_logging(args, config)
         log.info(
             "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="serve")}
@@ -301,7 +299,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from reconciler import config as config_module
-    from reconciler import receiver
+    from reconciler import identity, receiver
     from reconciler.azdo import AzureDevOps
 
     url = urlsplit(args.url)
@@ -321,9 +319,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             return 0
         logs.SECRETS.add(secret)
         credentials = config_module.read_credentials(document)
-        logs.SECRETS.add(credentials.pat)
         azdo = AzureDevOps(
-            config.organization, pat=credentials.pat, timeout=config.azdo_timeout, api_version=config.azdo_api_version
+            config.organization,
+            authorization=identity.authorization(credentials),
+            timeout=config.azdo_timeout,
+            api_version=config.azdo_api_version,
         )
         try:
             _create_subscriptions(azdo, bodies, url=args.url, secret=secret)
@@ -366,7 +366,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     with _load(args) as (config, document):
         credentials = config_module.read_credentials(document)
-        logs.SECRETS.add(credentials.pat)
         _setup_logging(args, config)
         log.info(
             "azp-reconciler starting", extra={"fields": startup_fields(config, dry_run=args.dry_run, mode="cleanup")}

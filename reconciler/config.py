@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
-from reconciler import capabilities, render
+from reconciler import capabilities, logs, render
 from reconciler.errors import ConfigError
 from reconciler.model import (
     Capabilities,
@@ -53,15 +53,49 @@ ORCHESTRATOR_ENV = (
 )
 
 
+AUTH_METHODS = ("pat", "workloadIdentity", "managedIdentity", "servicePrincipal")
+METHOD_KEYS = {
+    "pat": ("patFile", "patEnv"),
+    "workloadIdentity": ("tenantId", "clientId", "tokenFile", "authorityHost"),
+    "managedIdentity": ("clientId",),
+    "servicePrincipal": (
+        "tenantId",
+        "clientId",
+        "clientSecretFile",
+        "clientSecretEnv",
+        "certificateFile",
+        "authorityHost",
+    ),
+}
+"""The auth keys each method reads; any other one is a mistake worth naming (e.g. a secret left behind)."""
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """The secret the reconciler authenticates with; `repr` never shows it."""
+    """What the reconciler authenticates with: a PAT, or a Microsoft Entra ID identity (`method`) with the
+    settings azure-identity needs. `repr` never shows a secret (the PAT or the client secret)."""
 
-    pat: str
+    method: str
     source: str
+    pat: str = ""
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    certificate_file: str = ""
+    token_file: str = ""
+    authority_host: str = DEFAULT_AUTHORITY_HOST
 
     def __repr__(self) -> str:
-        return f"Credentials(pat=***, source={self.source!r})"
+        shown = {"method": self.method, "source": self.source, "tenant_id": self.tenant_id, "client_id": self.client_id}
+        masked = {"pat": self.pat, "client_secret": self.client_secret}
+        fields = [f"{k}={v!r}" for k, v in shown.items() if v] + [f"{k}=***" for k, v in masked.items() if v]
+        return f"Credentials({', '.join(fields)})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values to mask in every log line."""
+        return tuple(s for s in (self.pat, self.client_secret) if s)
 
 
 @cache
@@ -461,9 +495,94 @@ def load(
 
 
 def read_credentials(document: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Credentials:
-    """Read the PAT from the file or environment variable the configuration names."""
-    env = os.environ if env is None else env
+    """The credentials `auth` names: the PAT read from its file or variable, or an Entra ID identity's settings
+    (with the environment variables AKS workload identity and azure-identity use as defaults). Their secrets
+    are masked in every log line from here on."""
+    credentials = _read_credentials(document, os.environ if env is None else env)
+    for secret in credentials.secrets:
+        logs.SECRETS.add(secret)
+    return credentials
+
+
+def _read_credentials(document: Mapping[str, Any], env: Mapping[str, str]) -> Credentials:
     auth = document.get("auth", {})
+    method = auth.get("method", "pat")
+    unused = sorted(set(auth) - {"method", *METHOD_KEYS[method]})
+    if unused:
+        key = unused[0]
+        raise ConfigError(
+            f"auth.{key}: not used with auth.method {method}: remove it, or set auth.method to "
+            + " or ".join(m for m in AUTH_METHODS if key in METHOD_KEYS[m])
+        )
+    if method == "pat":
+        pat, source = _read_pat(auth, env)
+        return Credentials(method="pat", source=source, pat=pat)
+    if method == "managedIdentity":
+        client_id = auth.get("clientId", env.get("AZURE_CLIENT_ID", "")).strip()
+        kind = "user-assigned" if client_id else "system-assigned"
+        return Credentials(method=method, source=kind, client_id=client_id)
+    tenant_id = _entra_setting(auth, env, key="tenantId", variable="AZURE_TENANT_ID", method=method)
+    client_id = _entra_setting(auth, env, key="clientId", variable="AZURE_CLIENT_ID", method=method)
+    authority = auth.get("authorityHost") or env.get("AZURE_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY_HOST
+    if not authority.startswith("https://"):
+        raise ConfigError(
+            f"auth.authorityHost: {authority!r} (from AZURE_AUTHORITY_HOST) is not https://: Entra ID is only "
+            "reached over https, e.g. https://login.microsoftonline.com"
+        )
+    common = {"tenant_id": tenant_id, "client_id": client_id, "authority_host": authority.rstrip("/")}
+    if method == "workloadIdentity":
+        token_file = _entra_setting(auth, env, key="tokenFile", variable="AZURE_FEDERATED_TOKEN_FILE", method=method)
+        _readable(token_file, key="auth.tokenFile", what="the federated service account token")
+        return Credentials(method=method, source=f"token file {token_file}", token_file=token_file, **common)
+    return _service_principal(auth, env, common)
+
+
+def _service_principal(auth: Mapping[str, Any], env: Mapping[str, str], common: Mapping[str, str]) -> Credentials:
+    given = [k for k in ("clientSecretFile", "clientSecretEnv", "certificateFile") if k in auth]
+    if len(given) != 1:
+        raise ConfigError(
+            f"auth.{given[-1] if given else 'clientSecretFile'}: a service principal needs exactly one of "
+            f"auth.clientSecretFile, auth.clientSecretEnv or auth.certificateFile (given: {', '.join(given) or 'none'})"
+        )
+    if "certificateFile" in auth:
+        path = str(auth["certificateFile"])
+        _readable(path, key="auth.certificateFile", what="a PEM file with the certificate and its private key")
+        return Credentials(method="servicePrincipal", source=f"certificate {path}", certificate_file=path, **common)
+    if "clientSecretFile" in auth:
+        path = str(auth["clientSecretFile"])
+        secret = _readable(path, key="auth.clientSecretFile", what="the client secret").strip()
+        key, source = "auth.clientSecretFile", f"client secret from file {path}"
+    else:
+        name = auth["clientSecretEnv"]
+        secret = env.get(name, "").strip()
+        key, source = f"auth.clientSecretEnv ({name})", f"client secret from ${name}"
+    if not secret:
+        raise ConfigError(
+            f"{key}: the client secret is empty: put the secret of app registration {common['client_id']} there"
+        )
+    return Credentials(method="servicePrincipal", source=source, client_secret=secret, **common)
+
+
+def _entra_setting(auth: Mapping[str, Any], env: Mapping[str, str], *, key: str, variable: str, method: str) -> str:
+    value = str(auth.get(key) or env.get(variable, "")).strip()
+    if not value:
+        hint = ' (the AKS workload identity webhook sets it in pods labelled azure.workload.identity/use: "true")'
+        raise ConfigError(
+            f"auth.{key}: auth.method {method} needs it: set auth.{key} or ${variable}"
+            + (hint if method == "workloadIdentity" else "")
+        )
+    return value
+
+
+def _readable(path: str, *, key: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError:
+        raise ConfigError(f"{key}: cannot read {path!r}: mount {what} there or fix {key}") from None
+
+
+def _read_pat(auth: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str]:
+    """The PAT from the file or environment variable `auth` names, and where it came from."""
     if "patFile" in auth:
         path = Path(auth["patFile"])
         try:
@@ -485,7 +604,7 @@ def read_credentials(document: Mapping[str, Any], *, env: Mapping[str, str] | No
         raise ConfigError(f"{key}: the PAT is empty: {where}")
     if any(c.isspace() for c in pat):
         raise ConfigError(f"{key}: the PAT contains whitespace inside it: copy the token again")
-    return Credentials(pat=pat, source=source)
+    return pat, source
 
 
 def effective_summary(config: Config) -> dict[str, Any]:

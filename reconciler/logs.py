@@ -19,16 +19,24 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
-    def add(self, secret: str) -> None:
-        """Mask a secret and the Basic credentials made from it (a proxy may echo the header back)."""
+    @staticmethod
+    def _forms(secret: str) -> list[str]:
+        """A secret and the Basic credentials made from it (a proxy may echo the header back)."""
         import base64
 
-        forms = [secret] + [
-            base64.b64encode(f"{user}:{secret}".encode()).decode() for user in ("", "user", "VstsAgent")
-        ]
-        for form in forms if secret else ():
+        users = ("", "user", "VstsAgent")
+        return [secret, *(base64.b64encode(f"{user}:{secret}".encode()).decode() for user in users)] if secret else []
+
+    def add(self, secret: str) -> None:
+        """Mask a secret and the Basic credentials made from it."""
+        for form in self._forms(secret):
             if form not in self.secrets:
                 self.secrets.append(form)
+
+    def discard(self, secret: str) -> None:
+        """Stop masking a secret that can no longer be used (an expired token), so the list stays short."""
+        forms = set(self._forms(secret))
+        self.secrets = [s for s in self.secrets if s not in forms]
 
     def scrub(self, text: str) -> str:
         for secret in self.secrets:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__, capabilities, names, render
+from reconciler import __version__, capabilities, identity, names, render
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.config import Credentials
@@ -139,7 +139,7 @@ class Reconciler:
         self.deadline = deadline or Deadline.unbounded()
         self.azdo = AzureDevOps(
             config.organization,
-            pat=credentials.pat,
+            authorization=identity.authorization(credentials),
             timeout=config.azdo_timeout,
             retries=config.azdo_retries,
             deadline=self.deadline,

@@ -6,6 +6,32 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- printf "/etc/azp-agents/templates/%s.yaml" . -}}
 {{- end -}}
 
+{{/* The config's auth section: where the PAT is, or which Entra ID identity (no secret is copied in). */}}
+{{- define "azp-agents.authConfig" -}}
+{{- $auth := .Values.auth -}}
+{{- if eq $auth.method "pat" -}}
+{{- toYaml (dict "patFile" "/var/run/secrets/azp/pat") -}}
+{{- else -}}
+{{- $config := dict "method" $auth.method -}}
+{{- range $key := list "tenantId" "clientId" -}}
+{{- with get $auth $key -}}
+{{- $_ := set $config $key . -}}
+{{- end -}}
+{{- end -}}
+{{- if and $auth.authorityHost (ne $auth.method "managedIdentity") -}}
+{{- $_ := set $config "authorityHost" $auth.authorityHost -}}
+{{- end -}}
+{{- if eq $auth.method "servicePrincipal" -}}
+{{- if $auth.servicePrincipal.certificateKey -}}
+{{- $_ := set $config "certificateFile" "/var/run/secrets/azp-sp/certificate.pem" -}}
+{{- else -}}
+{{- $_ := set $config "clientSecretFile" "/var/run/secrets/azp-sp/clientSecret" -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "azp-agents.config" -}}
 {{- $reconciler := .Values.reconciler -}}
 {{- $policy := $reconciler.podPolicy -}}
@@ -14,7 +40,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
   "release" (include "azp-agents.release" .)
   "namespace" (include "azp-agents.agentNamespace" .)
   "jobNamePrefix" $reconciler.jobNamePrefix
-  "auth" (dict "patFile" "/var/run/secrets/azp/pat")
+  "auth" (include "azp-agents.authConfig" . | fromYaml)
   "agentSecret" (dict "name" (include "azp-agents.secretName" .) "key" (include "azp-agents.secretKey" .))
   "ttlSecondsAfterFinished" (int $reconciler.ttlSecondsAfterFinished)
   "lease" (dict "enabled" $reconciler.lease.enabled "namespace" .Release.Namespace "durationSeconds" (int $reconciler.lease.durationSeconds))

@@ -72,6 +72,33 @@ app.kubernetes.io/part-of: azp-agents
 {{- printf "%s-config" (include "azp-agents.fullname" .) -}}
 {{- end -}}
 
+{{/* Entra ID settings the schema cannot check: what each auth.method needs. */}}
+{{- define "azp-agents.checkEntraAuth" -}}
+{{- $auth := .Values.auth -}}
+{{- if and (eq $auth.method "workloadIdentity") (not $auth.clientId) -}}
+{{- fail "auth.clientId is required with auth.method=workloadIdentity: the application (client) ID of the managed identity or app registration whose federated credential trusts the reconciler's ServiceAccount" -}}
+{{- end -}}
+{{- if eq $auth.method "servicePrincipal" -}}
+{{- range $key := list "tenantId" "clientId" -}}
+{{- if not (get $auth $key) -}}
+{{- fail (printf "auth.%s is required with auth.method=servicePrincipal: the app registration's %s" $key (ternary "directory (tenant) ID" "application (client) ID" (eq $key "tenantId"))) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $auth.servicePrincipal.existingSecret -}}
+{{- fail "auth.servicePrincipal.existingSecret is required with auth.method=servicePrincipal: create a Secret in the release namespace with the client secret (key auth.servicePrincipal.clientSecretKey) or a PEM certificate and key (set auth.servicePrincipal.certificateKey)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The reconciler pods' labels: reconciler.podLabels, and the AKS workload identity webhook's opt-in. */}}
+{{- define "azp-agents.reconcilerPodLabels" -}}
+{{- $labels := deepCopy .Values.reconciler.podLabels -}}
+{{- if eq .Values.auth.method "workloadIdentity" -}}
+{{- $_ := set $labels "azure.workload.identity/use" "true" -}}
+{{- end -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
 {{/* The Secret holding the PAT: the user's existing one, or the chart's. */}}
 {{- define "azp-agents.secretName" -}}
 {{- if .Values.auth.existingSecret -}}
@@ -243,9 +270,10 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
 {{- fail "auth.pat and auth.existingSecret are both set: give only one (unset auth.pat to use the existing Secret, or unset auth.existingSecret to let the chart create one)" -}}
 {{- end -}}
-{{- if not (or .Values.auth.pat .Values.auth.existingSecret) -}}
-{{- fail "auth.pat or auth.existingSecret is required: --set auth.pat=$AZP_PAT, or name a Secret you created with auth.existingSecret (key auth.existingSecretKey)" -}}
+{{- if and (eq .Values.auth.method "pat") (not (or .Values.auth.pat .Values.auth.existingSecret)) -}}
+{{- fail "auth.pat or auth.existingSecret is required: --set auth.pat=$AZP_PAT, or name a Secret you created with auth.existingSecret (key auth.existingSecretKey), or set auth.method to workloadIdentity, managedIdentity or servicePrincipal (Entra ID)" -}}
 {{- end -}}
+{{- include "azp-agents.checkEntraAuth" . -}}
 {{- $period := include "azp-agents.schedulePeriod" . | int -}}
 {{- $deadline := include "azp-agents.runDeadline" . | int -}}
 {{- if ge $deadline $period -}}
@@ -356,9 +384,15 @@ containers:
       - name: config
         mountPath: /etc/azp-agents
         readOnly: true
+      {{- if eq $root.Values.auth.method "pat" }}
       - name: pat
         mountPath: /var/run/secrets/azp
         readOnly: true
+      {{- else if eq $root.Values.auth.method "servicePrincipal" }}
+      - name: service-principal
+        mountPath: /var/run/secrets/azp-sp
+        readOnly: true
+      {{- end }}
       - name: tmp
         mountPath: /tmp
       {{- with concat (include "azp-agents.caVolumeMounts" $root | fromJsonArray) $reconciler.extraVolumeMounts }}
@@ -375,6 +409,7 @@ volumes:
         - key: {{ $name }}.yaml
           path: templates/{{ $name }}.yaml
         {{- end }}
+  {{- if eq $root.Values.auth.method "pat" }}
   - name: pat
     secret:
       secretName: {{ include "azp-agents.secretName" $root }}
@@ -382,6 +417,21 @@ volumes:
       items:
         - key: {{ include "azp-agents.secretKey" $root }}
           path: pat
+  {{- else if eq $root.Values.auth.method "servicePrincipal" }}
+  {{- $sp := $root.Values.auth.servicePrincipal }}
+  - name: service-principal
+    secret:
+      secretName: {{ $sp.existingSecret }}
+      defaultMode: 0440
+      items:
+        {{- if $sp.certificateKey }}
+        - key: {{ $sp.certificateKey }}
+          path: certificate.pem
+        {{- else }}
+        - key: {{ $sp.clientSecretKey }}
+          path: clientSecret
+        {{- end }}
+  {{- end }}
   - name: tmp
     emptyDir:
       medium: Memory

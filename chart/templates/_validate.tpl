@@ -29,6 +29,9 @@ expression. Each failure names the chart key, the value and how to write it.
   "secretKey" (list "^[-._a-zA-Z0-9]+$" "a Secret key: letters, digits, '-', '_' and '.'")
   "httpUrl" (list "^https?://[^\\s/]+" "an http:// or https:// URL such as http://pushgateway.monitoring:9091")
   "duration" (list "^[0-9]+(ms|s|m|h)$" "a Prometheus duration such as 30s or 1m")
+  "guid" (list "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$" "a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47 (Microsoft Entra admin center > the app or identity > Overview)")
+  "tenant" (list "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\\.[A-Za-z]{2,})$" "a tenant ID (a GUID) or a verified domain such as contoso.onmicrosoft.com")
+  "httpsHost" (list "^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$" "an https:// host such as https://login.microsoftonline.com, with no path")
   "nameOverride" (list "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$" "a name: lower-case letters, digits and '-', starting and ending with a letter or digit")
   | toJson -}}
 {{- end -}}
@@ -128,6 +131,10 @@ ORG.visualstudio.com take no further path; a server collection URL keeps its pat
 {{- $checks := list
   (list "auth.existingSecret" $v.auth.existingSecret "objectName" true)
   (list "auth.existingSecretKey" $v.auth.existingSecretKey "secretKey" false)
+  (list "auth.tenantId" $v.auth.tenantId "tenant" true)
+  (list "auth.clientId" $v.auth.clientId "guid" true)
+  (list "auth.authorityHost" $v.auth.authorityHost "httpsHost" true)
+  (list "auth.servicePrincipal.existingSecret" $v.auth.servicePrincipal.existingSecret "objectName" true)
   (list "nameOverride" $v.nameOverride "nameOverride" true)
   (list "fullnameOverride" $v.fullnameOverride "nameOverride" true)
   (list "agent.namespace" $v.agent.namespace "dnsLabel" true)

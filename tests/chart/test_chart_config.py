@@ -51,10 +51,11 @@ def test_reconciler_loads_config_and_templates(example: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_paths_point_at_the_mounted_files(example: Path) -> None:
-    """We test: patFile and every jobTemplate are paths the CronJob mounts."""
+    """We test: patFile (an Entra ID method has none) and every jobTemplate are paths the CronJob mounts."""
     objects = render_example(example)
     document = config_of(objects)
-    assert document["auth"] == {"patFile": "/var/run/secrets/azp/pat"}
+    if "method" not in document["auth"]:
+        assert document["auth"] == {"patFile": "/var/run/secrets/azp/pat"}
     cron_job = only(objects, "CronJob")
     volumes = {v["name"]: v for v in cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]}
     mounted = {f"/etc/azp-agents/{item['path']}" for item in volumes["config"]["configMap"]["items"]}

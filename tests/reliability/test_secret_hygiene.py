@@ -1,7 +1,8 @@
 """We test secret hygiene: with a known PAT, every CLI command and every shipped scenario, at debug
 level in text and json, with errors that carry the PAT back from a server, leaves the PAT (or its
 base64 form) in no output, no exception message, no Kubernetes object other than the PAT Secret, no
-agent registration, and no rendered chart manifest other than the Secret."""
+agent registration, and no rendered chart manifest other than the Secret. The same for an Entra ID
+service principal's client secret and the access tokens the reconciler obtains with it."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import pytest
 import yaml
 from reliability_support import PAT, REPO, Result, Rig, base_env, run_cli, start_rig
 
+from azp_simulation.entra import EntraEmulator
 from azp_simulation.world import SCENARIOS
 
+ENTRA_SECRET = "entra-client-secret-7e3a9b0c44d1"
 FORMS = (PAT, base64.b64encode(PAT.encode()).decode(), base64.b64encode(f":{PAT}".encode()).decode())
 HELM = REPO / ".tools" / "bin" / "helm"
 SCANNED: dict[str, int] = {"outputs": 0, "objects": 0, "agents": 0, "manifests": 0}
@@ -287,9 +290,48 @@ def test_rendered_chart_holds_the_pat_only_in_secrets(values: Path) -> None:
         assert occurrences(json.dumps(obj)) == 0, f"the PAT appears in {obj.get('kind')} {obj['metadata'].get('name')}"
 
 
-@pytest.mark.skip(reason="the reconciler has no Entra ID (bearer token) credential yet: only auth.patFile/patEnv")
-def test_entra_id_token_never_leaks() -> None:
-    """We test (once supported): the same hygiene for an Entra ID access token."""
+def test_entra_id_secret_and_tokens_never_leak(rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """We test: with a service principal (client secret) and 4-second Entra ID tokens (renewed during the passes),
+    reconcile, check, a failing pass whose error bodies quote the secret, and a refused secret, at debug level in
+    text and json, print neither the client secret nor any token issued; nor do the objects and registrations."""
+    entra = EntraEmulator(directory=tmp_path / "entra", token_lifetime=4)
+    entra.start()
+    try:
+        app = entra.register_app(secret=ENTRA_SECRET)
+        rig.azdo.trust_entra(entra)
+        rig.azdo.add_entra_identity(app.object_id, name="azp-agents (service principal)")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(entra.ca.ca_file))
+        (tmp_path / "client-secret").write_text(ENTRA_SECRET)
+        document = rig.config()
+        document["auth"] = {
+            "method": "servicePrincipal",
+            "tenantId": entra.tenant_id,
+            "clientId": app.client_id,
+            "clientSecretFile": str(tmp_path / "client-secret"),
+            "authorityHost": entra.authority_host,
+        }
+        rig.write_config(document)
+        rig.azdo.queue_request(rig.pool_id(), demands=(), duration=0.2)
+        outputs: list[Result] = []
+        for fmt in ("text", "json"):
+            outputs.append(rig.reconcile("--log-level", "debug", "--log-format", fmt))
+            check = ["check", "--config", str(rig.config_path), "--kubeconfig", str(rig.kubeconfig_path)]
+            outputs.append(run_cli([*check, "--log-level", "debug", "--log-format", fmt]))
+            time.sleep(2.5)  # past half the token's life: the next run renews it
+            outputs += _failing_pass(rig, fmt, ENTRA_SECRET)
+        (tmp_path / "client-secret").write_text("entra-wrong-secret-91c2")
+        outputs.append(rig.reconcile("--log-level", "debug"))
+    finally:
+        entra.stop()
+    assert [r.code for r in outputs] == [0, 0, 1, 2, 0, 0, 1, 2, 2], [r.out for r in outputs]
+    assert len(entra.tokens) >= 3 and "AADSTS7000215" in outputs[-1].out
+    forms = (ENTRA_SECRET, "entra-wrong-secret-91c2", *entra.tokens)
+    for index, result in enumerate(outputs):
+        SCANNED["outputs"] += 1
+        assert not [f for f in forms if f in result.out], f"an Entra ID secret or token appears in output {index}"
+    texts = [json.dumps(o) for r in ("jobs", "pods", "events", "leases", "configmaps") for o in rig.kube.objects(r)]
+    texts += [json.dumps(rig.azdo.agents(pool_id)) for pool_id in rig.simulation.pool_ids.values()]
+    assert not [t for t in texts for f in forms if f in t], "an Entra ID secret or token appears in an object"
 
 
 def test_pat_occurrences_figure() -> None:
