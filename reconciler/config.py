@@ -338,8 +338,15 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         azdo_retries=client.get("retries", 4),
         azdo_api_version=client.get("apiVersion", "auto"),
         allow_token_in_agent_container=allow_once,
+        agent_registration=agent_registration(document),
         source=source,
     )
+
+
+def agent_registration(document: Mapping[str, Any]) -> str:
+    """agents.registration: as set, else `reconciler` when the reconciler holds no PAT (auth.method is not pat)."""
+    method = document.get("auth", {}).get("method", "pat")
+    return str(document.get("agents", {}).get("registration", "token" if method == "pat" else "reconciler"))
 
 
 def load_file(path: Path, *, check_templates: bool = True) -> tuple[Config, dict[str, Any]]:
