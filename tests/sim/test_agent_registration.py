@@ -1,0 +1,128 @@
+"""agents.registration: reconciler against the emulators: the reconciler registers each agent with a fresh key
+pair and hands its pod only that agent's files (a Secret owned by its Job); the simulated agent authenticates
+with its key through the emulated OAuth flow (azp_simulation/agent_oauth.py). No PAT in the agent namespace."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import PAT, WORLD, Sim
+
+from azp_simulation import agent_oauth
+from azp_simulation.azdo_emulator import EmulatorAuthError
+from reconciler import agent_files
+
+RECONCILER_MODE = {**WORLD, "reconciler": {**WORLD["reconciler"], "agents": {"registration": "reconciler"}}}  # type: ignore[dict-item]
+
+
+def _secret_files(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def _no_pat_in_agent_namespace(sim: Sim) -> None:
+    """No Secret of the agent namespace holds the PAT, and no Job refers to a PAT Secret or carries it."""
+    for secret in sim.kube.objects("secrets", "azp-agents"):
+        assert PAT not in json.dumps(_secret_files(secret)), secret["metadata"]["name"]
+    for job in sim.jobs():
+        text = json.dumps(job)
+        assert PAT not in text and "azp-agents-pat" not in text and "AZP_TOKEN" not in text, job["metadata"]["name"]
+
+
+def test_a_burst_is_served_with_no_pat_in_the_agent_namespace(make_sim: Callable[..., Sim]) -> None:
+    """We test: 8 queued jobs are all served by agents the reconciler registered, each pod's Secret holds exactly
+    its own agent's three files (owned by its Job), every agent came online through the OAuth exchange (none
+    refused), and no Secret or Job of the agent namespace holds or names the PAT."""
+    sim = make_sim(RECONCILER_MODE)
+    sim.queue("linux", 8, demands=("docker",), duration=1.0)
+    looped = sim.reconcile("--loop-for", "20", "--interval", "0.5", "--idle-interval", "1")
+    assert looped.code == 0, looped.text
+    sim.wait_for(lambda: not sim.requests(unfinished_only=True), timeout=40, what="the burst to finish")
+    assert [r.get("result") for r in sim.requests()] == ["succeeded"] * 8
+    assert sim.simulation.oauth_refusals == 0
+
+    agents = {a["name"]: a for a in sim.agents()}
+    # A request names its agent while that agent is registered (pruned ones are gone from it).
+    served = {r["reservedAgent"]["name"] for r in sim.requests() if "reservedAgent" in r}
+    jobs = {j["metadata"]["name"]: j for j in sim.jobs()}
+    assert served <= set(jobs), "every job ran on an agent named after its Job"
+    for secret in sim.kube.objects("secrets", "azp-agents"):
+        name = secret["metadata"]["name"]
+        [owner] = secret["metadata"]["ownerReferences"]
+        assert owner["kind"] == "Job" and owner["name"] == name and owner["uid"] == jobs[name]["metadata"]["uid"]
+        files = _secret_files(secret)
+        assert set(files) == set(agent_files.FILES)
+        settings = json.loads(files[".agent"])
+        assert settings["agentName"] == name
+        if name in agents:
+            assert settings["agentId"] == agents[name]["id"]
+            client_id = json.loads(files[".credentials"])["data"]["clientId"]
+            assert client_id == agents[name]["authorization"]["clientId"]
+    _no_pat_in_agent_namespace(sim)
+
+
+def test_a_wrong_key_or_a_deleted_agent_is_refused(make_sim: Callable[..., Sim]) -> None:
+    """We test: the emulated token endpoint refuses an assertion for a registered agent signed with another key,
+    an expired assertion and one for an agent deleted since, with HTTP 400 and {error, error_description};
+    the right key gets an access token that starts that agent's session only."""
+    sim = make_sim(RECONCILER_MODE)
+    sim.queue("linux", 1, demands=("docker",), duration=2.0)
+    assert sim.reconcile().code == 0
+    sim.wait_for(lambda: bool(sim.kube.objects("secrets", "azp-agents")), timeout=10, what="an agent's Secret")
+    files = _secret_files(sim.kube.objects("secrets", "azp-agents")[0])
+    data = json.loads(files[".credentials"])["data"]
+    url, client_id = data["authorizationUrl"], data["clientId"]
+    agent_id = json.loads(files[".agent"])["agentId"]
+    own_key = agent_oauth.private_key_from_rsa_parameters(files[".credentials_rsaparams"])
+
+    def request(key: Any, *, now: float | None = None) -> tuple[int, dict[str, Any]]:
+        assertion = agent_oauth.client_assertion(
+            client_id=client_id, audience=url, private_key=key, now=time.time() if now is None else now
+        )
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": agent_oauth.JWT_BEARER_ASSERTION,
+            "client_assertion": assertion,
+        }
+        return sim.azdo.oauth_token(url, form)
+
+    status, body = request(agent_files.AgentKey.generate().private)
+    assert (status, body["error"]) == (400, "invalid_client"), body
+    assert "signature" in body["error_description"]
+    status, body = request(own_key, now=time.time() - 600)
+    assert status == 400 and body["error_description"].startswith("The bearer token expired on"), body
+
+    status, body = request(own_key)
+    assert status == 200 and body["token_type"] == "bearer", body
+    other = sim.azdo.register_agent(pool_id=sim.pool_ids["linux"], name="someone-else", capabilities={}, token=PAT)
+    with pytest.raises(EmulatorAuthError):
+        sim.azdo.agent_session(body["access_token"], int(other["id"]))
+
+    sim.wait_for(lambda: not sim.requests(unfinished_only=True), timeout=40, what="the job to finish")
+    # The pod finished and its agent is offline: the reconciler's prune deletes it.
+    sim.wait_for(lambda: all(j.get("status", {}).get("succeeded") for j in sim.jobs()), timeout=20, what="the Job")
+    assert sim.reconcile().code == 0
+    sim.wait_for(lambda: all(a["id"] != agent_id for a in sim.agents()), timeout=20, what="the agent to be pruned")
+    status, body = request(own_key)
+    assert (status, body["error"]) == (400, "invalid_client"), body
+
+
+def test_the_secret_goes_with_its_job(make_sim: Callable[..., Sim]) -> None:
+    """We test: when the Job is deleted (here by its TTL after the job finished, or by the reconciler), the
+    garbage collector deletes the agent's Secret with it (ownerReferences)."""
+    sim = make_sim(RECONCILER_MODE)
+    sim.queue("linux", 1, demands=("docker",), duration=0.5)
+    assert sim.reconcile().code == 0
+    sim.wait_for(lambda: bool(sim.kube.objects("secrets", "azp-agents")), timeout=10, what="the agent's Secret")
+    [secret] = sim.kube.objects("secrets", "azp-agents")
+    name = secret["metadata"]["name"]
+    assert sim.kube.delete("jobs", "azp-agents", name)
+    sim.wait_for(
+        lambda: not any(s["metadata"]["name"] == name for s in sim.kube.objects("secrets", "azp-agents")),
+        timeout=10,
+        what="the Secret to be collected with its Job",
+    )
