@@ -32,6 +32,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
   "events" $reconciler.events
   "azureDevOps" (dict "timeoutSeconds" $reconciler.azureDevOps.timeoutSeconds "retries" (int $reconciler.azureDevOps.retries) "apiVersion" (toString (default "auto" .Values.organization.apiVersion)))
 -}}
+{{- $_ := set $config "agents" (dict "registration" (include "azp-agents.agentRegistration" .)) -}}
 {{- if .Values.organization.allowInsecureHttp -}}
 {{- $_ := set $config "allowInsecureHttp" true -}}
 {{- end -}}
