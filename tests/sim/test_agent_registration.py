@@ -126,3 +126,33 @@ def test_the_secret_goes_with_its_job(make_sim: Callable[..., Sim]) -> None:
         timeout=10,
         what="the Secret to be collected with its Job",
     )
+
+
+def test_an_agents_key_is_only_in_its_own_secret(make_sim: Callable[..., Sim]) -> None:
+    """We test: the private key of each agent the reconciler registered (every private part of it) appears in
+    its own Secret only: not in the reconciler's debug output (text and json), not in any other Kubernetes
+    object (Jobs, Pods, Events, ConfigMaps, Leases, other Secrets), not in any agent registration."""
+    sim = make_sim(RECONCILER_MODE)
+    sim.queue("linux", 3, demands=("docker",), duration=0.5)
+    outputs = [sim.reconcile("--log-level", "debug", "--log-format", fmt) for fmt in ("text", "json")]
+    sim.wait_for(lambda: len(sim.kube.objects("secrets", "azp-agents")) >= 3, timeout=15, what="3 agents' Secrets")
+    keys = {}
+    for secret in sim.kube.objects("secrets", "azp-agents"):
+        params = json.loads(_secret_files(secret)[".credentials_rsaparams"])
+        keys[secret["metadata"]["name"]] = [params[p] for p in ("d", "p", "q", "dp", "dq", "inverseQ")]
+    assert len(keys) >= 3
+    assert all(result.code == 0 for result in outputs), [r.text for r in outputs]
+    assert "registered agent" in outputs[0].text  # the first pass did the work worth logging
+    haystacks = [("reconciler output", result.text) for result in outputs]
+    for resource in ("jobs", "pods", "events", "configmaps", "leases", "secrets"):
+        for obj in sim.kube.objects(resource):
+            haystacks.append((f"{resource}/{obj['metadata']['name']}", json.dumps(obj)))
+    haystacks += [(f"agent {a['name']}", json.dumps(a)) for a in sim.agents()]
+    for owner, parts in keys.items():
+        for where, text in haystacks:
+            if where == f"secrets/{owner}":
+                continue
+            decoded = text.replace("\\n", "")
+            secret_text = "" if not where.startswith("secrets/") else json.dumps(_secret_files(json.loads(text)))
+            for part in parts:
+                assert part not in decoded and part not in secret_text, f"{owner}'s key is in {where}"
