@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 CLIENT_CREDENTIALS = "client_credentials"
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ACCESS_TOKEN_SECONDS = 3600
+AGENT_FILES = (".agent", ".credentials", ".credentials_rsaparams")
+"""What a configured agent runs from (ConfigurationStore.cs, RSAFileKeyManager.cs)."""
 ASSERTION_SECONDS = 300
 """VssOAuthJwtBearerAssertion.BearerTokenLifetime."""
 
@@ -194,3 +196,23 @@ def private_key_from_rsa_parameters(text: str) -> rsa.RSAPrivateKey:
         public_numbers=public,
     )
     return private.private_key()
+
+
+def token_request(files: Mapping[str, str], *, now: float) -> tuple[int, str, dict[str, str]]:
+    """What the listener of an agent with these files posts to get an access token (OAuthCredential.cs): its
+    agent id, the OAuth endpoint URL and the form."""
+    settings, credentials = json.loads(files[".agent"]), json.loads(files[".credentials"])["data"]
+    assertion = client_assertion(
+        client_id=credentials["clientId"],
+        audience=credentials["authorizationUrl"],
+        private_key=private_key_from_rsa_parameters(files[".credentials_rsaparams"]),
+        now=now,
+    )
+    form = {
+        "grant_type": CLIENT_CREDENTIALS,
+        "client_assertion_type": JWT_BEARER_ASSERTION,
+        "client_assertion": assertion,
+    }
+    # For back compat with .credentials files without 'oauthEndpointUrl' (OAuthCredential.GetVssCredentials).
+    url = credentials.get("oauthEndpointUrl") or credentials["authorizationUrl"]
+    return int(settings["agentId"]), url, form

@@ -64,7 +64,6 @@ RELEASE = "azp-agents"
 AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
 AGENT_VERSION = "4.269.0"
 REGISTER_DELAY = 0.3
-AGENT_FILES = (".agent", ".credentials", ".credentials_rsaparams")
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -652,7 +651,9 @@ class Simulation:
         directory = env.get(entry.agent_files_env, "") if entry and entry.agent_files_env else ""
         if not directory:
             return None
-        files = {name: self.kube.read_secret_file(pod, container, f"{directory}/{name}") for name in AGENT_FILES}
+        files = {
+            name: self.kube.read_secret_file(pod, container, f"{directory}/{name}") for name in agent_oauth.AGENT_FILES
+        }
         return {k: v for k, v in files.items() if v is not None} if all(files.values()) else {}
 
     def _register(self, process: AgentProcess, registration: Registration) -> None:
@@ -694,20 +695,7 @@ class Simulation:
         """The listener of an agent registered for it: trade a client assertion signed with its key for an access
         token at its OAuth endpoint, then start its session with that token (agent_oauth.py has the sources). A
         refusal ends the container with an error, as the listener cannot connect."""
-        settings, credentials = json.loads(files[".agent"]), json.loads(files[".credentials"])["data"]
-        agent_id = int(settings["agentId"])
-        assertion = agent_oauth.client_assertion(
-            client_id=credentials["clientId"],
-            audience=credentials["authorizationUrl"],
-            private_key=agent_oauth.private_key_from_rsa_parameters(files[".credentials_rsaparams"]),
-            now=self.azdo.clock(),
-        )
-        form = {
-            "grant_type": agent_oauth.CLIENT_CREDENTIALS,
-            "client_assertion_type": agent_oauth.JWT_BEARER_ASSERTION,
-            "client_assertion": assertion,
-        }
-        url = credentials.get("oauthEndpointUrl") or credentials["authorizationUrl"]
+        agent_id, url, form = agent_oauth.token_request(files, now=self.azdo.clock())
         status, token = self.azdo.oauth_token(url, form)
         with self._lock:
             process.agent_id = agent_id
