@@ -232,6 +232,8 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
     )
     namespace = document.get("namespace", "azp-agents")
     allow_once = bool(document.get("allowTokenInAgentContainer", False))
+    # An agent registered by the reconciler gets no PAT, so one container may both set it up and run it.
+    single_ok = allow_once or agent_registration(document) == "reconciler"
     pools: list[PoolConfig] = []
     for index, pool in enumerate(document["pools"]):
         templates: list[TemplateConfig] = []
@@ -248,7 +250,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
                 render.check_policy(job, policy=policy, key=key, source=source)
                 for note in render.check_agent_containers(
-                    job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
+                    job, declared=declared, allow_token_in_agent_container=single_ok, where=f"{source}: {key}"
                 ):
                     log.warning("%s", note)
                 cost = render.resource_cost(job)

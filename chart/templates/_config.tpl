@@ -38,7 +38,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- end -}}
 {{- if .Values.agent.allowTokenInAgentContainer -}}
 {{- $_ := set $config "allowTokenInAgentContainer" true -}}
-{{- else if eq .Values.agent.mode "once" -}}
+{{- else if and (eq .Values.agent.mode "once") (eq (include "azp-agents.agentRegistration" .) "token") -}}
 {{- fail "agent.mode=once registers and runs pipeline steps in one container, which can then read the PAT: use agent.mode=split, or accept the risk with agent.allowTokenInAgentContainer=true" -}}
 {{- end -}}
 {{- if gt (int $reconciler.shard.count) 1 -}}
