@@ -553,12 +553,17 @@ class AzureDevOpsEmulator(ServedEmulator):
             return None
         return OAuthClient(agent.agent_id, agent.client_id, self.authorization_url(), agent.public_key)
 
-    def agent_session(self, access_token: str, agent_id: int, *, once: bool = True) -> None:
-        """The listener of agent `agent_id` starts its session with an access token: only one issued to that
-        agent works (EmulatorAuthError otherwise, as the service answers 401)."""
+    def agent_session(
+        self, access_token: str, agent_id: int, *, capabilities: Mapping[str, str], once: bool = True
+    ) -> None:
+        """The listener of agent `agent_id` starts its session with an access token, only one issued to that
+        agent (EmulatorAuthError otherwise, as the service answers 401), sending the system capabilities it
+        found (MessageListener.CreateSessionAsync: the agent in the session carries them, and they replace what
+        its registration said)."""
         with self._lock:
             if self.oauth.agent_of(access_token) != agent_id:
                 raise EmulatorAuthError(f"TF400813: the access token is not valid for agent {agent_id}")
+            self._agent(agent_id).system_capabilities = dict(capabilities)
         self.agent_online(agent_id, once=once)
 
     def agent_offline(self, agent_id: int) -> None:

@@ -106,6 +106,13 @@ class Idle:
         return None
 
 
+def _capabilities(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """What the agent in a container with this environment advertises (the module docstring)."""
+    ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
+    capabilities = {k: v for k, v in env.items() if k not in ignored}
+    return capabilities | {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": "Linux"}
+
+
 def _container_status(container: Mapping[str, Any], state: dict[str, Any], *, ready: bool) -> dict[str, Any]:
     image = str(container.get("image", ""))
     return {
@@ -347,9 +354,7 @@ class SimulatedAgents:
         if pool is None:
             return None
         name = env.get("AZP_AGENT_NAME", pod["metadata"]["name"])
-        ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
-        capabilities = {k: v for k, v in env.items() if k not in ignored}
-        capabilities |= {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": "Linux"}
+        capabilities = _capabilities(env, name)
         try:
             agent = self.azdo.register_agent(
                 pool_id=int(pool["id"]), name=name, capabilities=capabilities, version=AGENT_VERSION, token=token
@@ -366,14 +371,15 @@ class SimulatedAgents:
         files = {name: kubelet.read_file(pod, container, f"{directory}/{name}") for name in agent_oauth.AGENT_FILES}
         return {k: v for k, v in files.items() if v is not None} if all(files.values()) else None
 
-    def _online_from_files(self, files: Mapping[str, str]) -> int | None:
-        """What the listener does with the files: its key's assertion for an access token, then its session."""
+    def _online_from_files(self, files: Mapping[str, str], capabilities: Mapping[str, str]) -> int | None:
+        """What the listener does with the files: its key's assertion for an access token, then its session
+        with the capabilities it finds in its container."""
         agent_id, url, form = agent_oauth.token_request(files, now=self.azdo.clock())
         status, token = self.azdo.oauth_token(url, form)
         if status != 200:
             return None
         try:
-            self.azdo.agent_session(token["access_token"], agent_id, once=True)
+            self.azdo.agent_session(token["access_token"], agent_id, capabilities=capabilities, once=True)
         except (EmulatorAuthError, ApiError):
             return None
         return agent_id
@@ -403,7 +409,7 @@ class SimulatedAgents:
             saved = self._saved.pop(where, None)
         files = files or saved
         if files is not None:
-            self._start_from_files(kubelet, where, files)
+            self._start_from_files(kubelet, where, files, env)
             return
         if "AZP_URL" not in env:
             return
@@ -420,12 +426,14 @@ class SimulatedAgents:
         self.kubelet = kubelet
         self.azdo.agent_online(agent_id, once=True)
 
-    def _start_from_files(self, kubelet: Kubelet, where: tuple[str, str], files: Mapping[str, str]) -> None:
+    def _start_from_files(
+        self, kubelet: Kubelet, where: tuple[str, str], files: Mapping[str, str], env: Mapping[str, str]
+    ) -> None:
         name = str(json.loads(files[".agent"])["agentName"])
         with self._lock:
             self._pods[name] = (*where, int(json.loads(files[".agent"])["agentId"]))
         self.kubelet = kubelet
-        if self._online_from_files(files) is None:
+        if self._online_from_files(files, _capabilities(env, name)) is None:
             with self._lock:
                 self._pods.pop(name, None)
             kubelet.finish_pod(*where, exit_code=1)

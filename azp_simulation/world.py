@@ -710,7 +710,7 @@ class Simulation:
         try:
             if status != 200:
                 raise EmulatorAuthError(str(token))
-            self.azdo.agent_session(token["access_token"], agent_id, once=True)
+            self.azdo.agent_session(token["access_token"], agent_id, capabilities=registration.capabilities, once=True)
         except (EmulatorAuthError, ApiError):
             with self._lock:
                 process.online = False

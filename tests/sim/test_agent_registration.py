@@ -100,7 +100,7 @@ def test_a_wrong_key_or_a_deleted_agent_is_refused(make_sim: Callable[..., Sim])
     assert status == 200 and body["token_type"] == "bearer", body
     other = sim.azdo.register_agent(pool_id=sim.pool_ids["linux"], name="someone-else", capabilities={}, token=PAT)
     with pytest.raises(EmulatorAuthError):
-        sim.azdo.agent_session(body["access_token"], int(other["id"]))
+        sim.azdo.agent_session(body["access_token"], int(other["id"]), capabilities={})
 
     sim.wait_for(lambda: not sim.requests(unfinished_only=True), timeout=40, what="the job to finish")
     # The pod finished and its agent is offline: the reconciler's prune deletes it.
