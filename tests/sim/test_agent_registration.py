@@ -8,13 +8,17 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import PAT, WORLD, Sim
 
 from azp_simulation import agent_oauth
 from azp_simulation.azdo_emulator import EmulatorAuthError
+from azp_simulation.runner import run_simulation
+from azp_simulation.world import SCENARIOS
 from reconciler import agent_files
 
 RECONCILER_MODE = {**WORLD, "reconciler": {**WORLD["reconciler"], "agents": {"registration": "reconciler"}}}  # type: ignore[dict-item]
@@ -63,6 +67,19 @@ def test_a_burst_is_served_with_no_pat_in_the_agent_namespace(make_sim: Callable
             client_id = json.loads(files[".credentials"])["data"]["clientId"]
             assert client_id == agents[name]["authorization"]["clientId"]
     _no_pat_in_agent_namespace(sim)
+
+
+def test_the_burst_scenario_is_served_when_the_reconciler_registers_the_agents(tmp_path: Path) -> None:
+    """We test: the shipped burst scenario (three pools, Linux and Windows images, demands, a cancellation, a
+    stuck pod, leftovers to prune) with agents.registration reconciler serves every job, through `simulate`'s
+    runner, and leaves nothing of ours behind."""
+    world = yaml.safe_load((SCENARIOS / "burst.yaml").read_text())
+    world["reconciler"] = {**world["reconciler"], "agents": {"registration": "reconciler"}}
+    path = tmp_path / "burst-registered.yaml"
+    path.write_text(yaml.safe_dump(world))
+    summary = run_simulation(str(path))
+    assert summary.ok and summary.served + summary.canceled == summary.jobs, summary.as_dict()
+    assert summary.leftovers == {"offline_agents": 0, "online_agents": 0, "active_jobs": 0}, summary.as_dict()
 
 
 def test_a_wrong_key_or_a_deleted_agent_is_refused(make_sim: Callable[..., Sim]) -> None:
