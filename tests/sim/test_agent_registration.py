@@ -173,3 +173,21 @@ def test_an_agents_key_is_only_in_its_own_secret(make_sim: Callable[..., Sim]) -
             secret_text = "" if not where.startswith("secrets/") else json.dumps(_secret_files(json.loads(text)))
             for part in parts:
                 assert part not in decoded and part not in secret_text, f"{owner}'s key is in {where}"
+
+
+def test_an_agent_registered_for_a_job_not_created_is_deleted_at_once(make_sim: Callable[..., Sim]) -> None:
+    """We test: when Kubernetes refuses the Job (a quota's 403) or the agent's Secret (422), the agent registered
+    for it is deleted in the same pass (and the Job too when only its Secret was refused): nothing waits for the
+    prune, and the pass reports the failure (exit 1)."""
+    sim = make_sim(RECONCILER_MODE)
+    sim.queue("linux", 2, demands=("docker",), duration=30.0)
+    for resource, status in (("jobs", 403), ("secrets", 422)):
+        registered = sim.azdo.stats.agents_registered
+        sim.kube.inject_fault("POST", resource, kind="status", status=status, times=100)
+        result = sim.reconcile()
+        assert result.code == 1, result.text
+        assert sim.azdo.stats.agents_registered > registered, "the pass registered no agent: nothing was tried"
+        ours = [a for a in sim.agents() if "placeholder" not in a["name"]]
+        assert ours == [], ours
+        assert sim.jobs() == [], [j["metadata"]["name"] for j in sim.jobs()]
+        sim.kube.clear_faults()
