@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from conftest import PAT, WORLD, Sim
 
@@ -115,6 +116,14 @@ def test_a_wrong_key_or_a_deleted_agent_is_refused(make_sim: Callable[..., Sim])
 
     status, body = request(own_key)
     assert status == 200 and body["token_type"] == "bearer", body
+    # Good for the agent's own session only: the organization's REST API does not take it.
+    pools = requests.get(
+        f"{sim.simulation.organization_url}/_apis/distributedtask/pools",
+        params={"api-version": "7.1"},
+        headers={"Authorization": f"Bearer {body['access_token']}", "X-TFS-FedAuthRedirect": "Suppress"},
+        timeout=5,
+    )
+    assert pools.status_code == 401, pools.text
     other = sim.azdo.register_agent(pool_id=sim.pool_ids["linux"], name="someone-else", capabilities={}, token=PAT)
     with pytest.raises(EmulatorAuthError):
         sim.azdo.agent_session(body["access_token"], int(other["id"]), capabilities={})
