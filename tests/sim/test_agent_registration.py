@@ -9,20 +9,44 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 import yaml
-from conftest import PAT, WORLD, Sim
 
 from azp_simulation import agent_oauth
 from azp_simulation.azdo_emulator import EmulatorAuthError
 from azp_simulation.runner import run_simulation
-from azp_simulation.world import SCENARIOS
+from azp_simulation.world import PAT, SCENARIOS
+
+if TYPE_CHECKING:
+    # Collected first in tests/sim, this module must not import conftest at run time (pytest's prepend
+    # import mode may still have another directory's conftest under that name): the fixtures bring it.
+    from conftest import Sim
 from reconciler import agent_files
 
-RECONCILER_MODE = {**WORLD, "reconciler": {**WORLD["reconciler"], "agents": {"registration": "reconciler"}}}  # type: ignore[dict-item]
+# conftest.WORLD with the agents registered by the reconciler.
+RECONCILER_MODE: dict[str, Any] = {
+    "name": "agent-registration",
+    "timeout": 60,
+    "reconciler": {
+        "loopFor": 0,
+        "interval": 0.5,
+        "idleInterval": 1,
+        "sweepInterval": 10,
+        "agents": {"registration": "reconciler"},
+    },
+    "pools": [
+        {
+            "name": "linux",
+            "maxAgents": 4,
+            "provisioningTimeout": 5,
+            "idleTimeout": 3,
+            "templates": [{"name": "default", "capabilities": {"docker": "", "Agent.OS": "Linux"}}],
+        }
+    ],
+}
 
 
 def _secret_files(secret: dict[str, Any]) -> dict[str, str]:
