@@ -14,6 +14,8 @@ its entrypoint runs the agent:
     modes               first container argument -> what the script then does: register, run, or both
     default_args        the image's CMD
     token_file_env / token_env   where the script reads the PAT from
+    agent_files_env     names the directory of an agent's .agent, .credentials and .credentials_rsaparams made
+                        for it (start.sh AZP_AGENT_FILES): the script then runs the agent from them, no config.sh
     hidden_env          variables the script removes before the agent runs (env -u, VSO_AGENT_IGNORE)
     refuses_tokens      a run-only start exits 2 when a token variable or the token file is visible
     programs            other programs on PATH a pipeline step can run (buildctl, docker, docker-buildx)
@@ -85,6 +87,7 @@ class ImageEntry:
     token_dir: str = ""
     programs: tuple[str, ...] = ()
     daemon: str = ""
+    agent_files_env: str = ""
 
     @property
     def runs_agent(self) -> bool:
@@ -104,6 +107,7 @@ _START_SH = {
     "refuses_tokens": True,
     "token_dir_env": "AZP_SECRET_DIR",
     "token_dir": "/var/run/secrets/azp",
+    "agent_files_env": "AZP_AGENT_FILES",
 }
 _LINUX_ENV = {
     "PATH": _UBUNTU_PATH,

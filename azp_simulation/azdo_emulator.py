@@ -40,6 +40,11 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
   answers of an expired credential. Such a token carries no PAT scopes: what it may do is the identity's pool
   roles (`set_pool_role` with its name), so a Reader gets 403 on writes. Not emulated: access levels (Basic vs
   Stakeholder) and the license an identity costs;
+- the agent's OAuth flow (agent_oauth.py has its sources and choices): `oauth_token` is the token endpoint at
+  an agent's authorizationUrl, checking the client assertion against the public key that agent was registered
+  with; `agent_session` starts a listener's session with the access token, and only that agent's. Agents that
+  simulations register through `register_agent` (config.sh with a PAT) still come online by id with
+  `agent_online`: their key exchange is not emulated;
 - an api-version is required on every route and method except a GET of the pools list or of a
   pool's jobrequests, which KEDA's scaler sends without one (VERSIONLESS_GET_ROUTES); a client
   that forgets it elsewhere fails here first.
@@ -61,6 +66,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from azp_simulation.agent_oauth import OAuthClient, OAuthRefusal, TokenService
 from azp_simulation.azdo_support import (
     SCOPE_MANAGE,
     SCOPE_READ,
@@ -268,6 +274,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         # Exits of once-agents, reported to on_agent_exit after the lock is released.
         self._pending_exits: list[tuple[str, int]] = []
         self._throttle = Throttle(rate_limit) if rate_limit is not None else None
+        self.oauth = TokenService(clock)
         self._next_pool_id = 1
         self._next_agent_id = 1
         self._next_request_id = FIRST_REQUEST_ID
@@ -568,6 +575,37 @@ class AzureDevOpsEmulator(ServedEmulator):
             self._set_status(agent, "online")
         self.tick()
 
+    def authorization_url(self) -> str:
+        """The authorizationUrl registrations return (the organization's token service, reference section 3)."""
+        return f"https://vstoken.dev.azure.com/{self.instance_id}"
+
+    def oauth_token(self, url: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """The agent's token request posted to `url`: (200, access token) or (400, {error, error_description})."""
+        with self._lock:
+            try:
+                return 200, self.oauth.exchange(form, self._oauth_client, url)
+            except OAuthRefusal as refusal:
+                return 400, refusal.body
+
+    def _oauth_client(self, client_id: str) -> OAuthClient | None:
+        agent = next((a for a in self._agents.values() if a.client_id == client_id and a.public_key), None)
+        if agent is None or agent.public_key is None:
+            return None
+        return OAuthClient(agent.agent_id, agent.client_id, self.authorization_url(), agent.public_key)
+
+    def agent_session(
+        self, access_token: str, agent_id: int, *, capabilities: Mapping[str, str], once: bool = True
+    ) -> None:
+        """The listener of agent `agent_id` starts its session with an access token, only one issued to that
+        agent (EmulatorAuthError otherwise, as the service answers 401), sending the system capabilities it
+        found (MessageListener.CreateSessionAsync: the agent in the session carries them, and they replace what
+        its registration said)."""
+        with self._lock:
+            if self.oauth.agent_of(access_token) != agent_id:
+                raise EmulatorAuthError(f"TF400813: the access token is not valid for agent {agent_id}")
+            self._agent(agent_id).system_capabilities = dict(capabilities)
+        self.agent_online(agent_id, once=once)
+
     def agent_offline(self, agent_id: int) -> None:
         """The listener stops cleanly (SIGTERM): it cancels a job it runs and closes its session."""
         with self._lock:
@@ -861,7 +899,7 @@ class AzureDevOpsEmulator(ServedEmulator):
                 "statusChangedOn": format_time(agent.status_changed_on),
                 "authorization": _without_nulls(
                     {
-                        "authorizationUrl": f"https://vstoken.dev.azure.com/{self.instance_id}",
+                        "authorizationUrl": self.authorization_url(),
                         "clientId": agent.client_id,
                         "publicKey": agent.public_key,
                     }
@@ -1043,6 +1081,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         if public_key is not None and public_key != agent.public_key:
             agent.public_key = public_key
             agent.client_id = str(uuid.uuid4())
+            self.oauth.revoke_agent(agent_id)
         return self._agent_json(agent, capabilities=True)
 
     def _rename(self, agent: _Agent, fields: Mapping[str, Any]) -> None:
@@ -1067,6 +1106,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             )
         del self._agents[agent_id]
         del self._agents_by_pool[pool_id][agent_id]
+        self.oauth.revoke_agent(agent_id)
         pool["size"] = len(self._agents_by_pool[pool_id])
         self.stats.agents_deleted += 1
 

@@ -27,6 +27,11 @@ taint `os=windows:NoSchedule` that Kubernetes' "Guide for scheduling Windows con
 so Linux pods without the toleration never land there. An agent reports Agent.OS of its node's OS
 (Windows_NT on Windows, as the agent's PlatformUtil says).
 
+An agent container given AZP_AGENT_FILES (the reconciler registered its agent) runs no config.sh: it reads
+the agent's three files from its Secret volume and goes online through the agent's OAuth flow
+(`AzureDevOpsEmulator.oauth_token`, then `agent_session`), as world.py's agents do. A pod whose Secret volume
+does not exist yet stays Pending until it does, as the kubelet retries the mount.
+
 Not emulated: images, probes, restarts (restartPolicy is treated as Never), resource accounting,
 the scheduler's Unschedulable condition and events, container logs, volumes other than the Secret and
 ConfigMap files `mounted_files` lists.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -45,6 +51,7 @@ from typing import Any, Protocol
 
 import requests
 
+from azp_simulation import agent_oauth
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import ApiError
 from azp_simulation.kube_emulator import _expand, _field_value
@@ -108,6 +115,14 @@ class Idle:
 
     def stopped(self, kubelet: Kubelet, pod: Mapping[str, Any]) -> None:
         return None
+
+
+def _capabilities(env: Mapping[str, str], name: str, os_name: str) -> dict[str, str]:
+    """What the agent in a container with this environment on a node of this OS advertises (the module
+    docstring)."""
+    ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
+    capabilities = {k: v for k, v in env.items() if k not in ignored}
+    return capabilities | {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": os_name}
 
 
 def _container_status(container: Mapping[str, Any], state: dict[str, Any], *, ready: bool) -> dict[str, Any]:
@@ -227,8 +242,20 @@ class Kubelet:
             options = {"gracePeriodSeconds": 0, "preconditions": {"uid": metadata["uid"]}}
             self._api("DELETE", where, {"kind": "DeleteOptions", "apiVersion": "v1"} | options)
         elif metadata["uid"] not in self._started and pod.get("status", {}).get("phase", "Pending") == "Pending":
+            if self._missing_secret(pod):
+                return  # the kubelet retries the mount until the Secret exists: the pod stays Pending
             self._started.add(metadata["uid"])
             self._run_pod(pod, where)
+
+    def _missing_secret(self, pod: Mapping[str, Any]) -> bool:
+        """A non-optional Secret volume whose Secret does not exist (yet): the real kubelet does not start the
+        containers (MountVolume.SetUp failed ... not found) and retries (pkg/volume/secret)."""
+        namespace = pod["metadata"]["namespace"]
+        return any(
+            self._values(namespace, "secrets", str(volume["secret"].get("secretName"))) is None
+            for volume in pod["spec"].get("volumes") or []
+            if "secret" in volume and not volume["secret"].get("optional")
+        )
 
     def _patch_status(self, where: str, status: dict[str, Any]) -> None:
         self._api("PATCH", f"{where}/status", {"status": status}, "application/merge-patch+json")
@@ -367,6 +394,7 @@ class SimulatedAgents:
     # The next this many agents hang before registering (a stuck pod: the init container never ends).
     stall_next: int = 0
     _pods: dict[str, tuple[str, str, int]] = field(default_factory=dict, init=False)
+    _saved: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -379,9 +407,7 @@ class SimulatedAgents:
         if pool is None:
             return None
         name = env.get("AZP_AGENT_NAME", pod["metadata"]["name"])
-        ignored = {"AZP_TOKEN", "AZP_TOKEN_FILE", *env.get("VSO_AGENT_IGNORE", "").split(",")}
-        capabilities = {k: v for k, v in env.items() if k not in ignored}
-        capabilities |= {"Agent.Name": name, "Agent.Version": AGENT_VERSION, "Agent.OS": kubelet.agent_os(pod)}
+        capabilities = _capabilities(env, name, kubelet.agent_os(pod))
         try:
             agent = self.azdo.register_agent(
                 pool_id=int(pool["id"]), name=name, capabilities=capabilities, version=AGENT_VERSION, token=token
@@ -390,7 +416,35 @@ class SimulatedAgents:
             return None
         return int(agent["id"])
 
+    def _files(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str] | None:
+        """The agent files in the container's AZP_AGENT_FILES directory (None: not given, or one missing)."""
+        directory = kubelet.resolve_env(pod, container).get("AZP_AGENT_FILES")
+        if not directory:
+            return None
+        files = {name: kubelet.read_file(pod, container, f"{directory}/{name}") for name in agent_oauth.AGENT_FILES}
+        return {k: v for k, v in files.items() if v is not None} if all(files.values()) else None
+
+    def _online_from_files(self, files: Mapping[str, str], capabilities: Mapping[str, str]) -> int | None:
+        """What the listener does with the files: its key's assertion for an access token, then its session
+        with the capabilities it finds in its container."""
+        agent_id, url, form = agent_oauth.token_request(files, now=self.azdo.clock())
+        status, token = self.azdo.oauth_token(url, form)
+        if status != 200:
+            return None
+        try:
+            self.azdo.agent_session(token["access_token"], agent_id, capabilities=capabilities, once=True)
+        except (EmulatorAuthError, ApiError):
+            return None
+        return agent_id
+
     def init(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, str] | None:
+        if any(e.get("name") == "AZP_AGENT_FILES" for e in container.get("env") or []):
+            files = self._files(kubelet, pod, container)
+            if files is None:
+                return 2, ""  # start.sh: AZP_AGENT_FILES lacks a file
+            with self._lock:  # start.sh register saves them to the state the run container restores
+                self._saved[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = files
+            return 0, f"{AGENT_ID_MESSAGE}{json.loads(files['.agent'])['agentId']}\n"
         if not any(e.get("name") == "AZP_TOKEN_FILE" for e in container.get("env") or []):
             return 0, ""
         with self._lock:
@@ -402,6 +456,14 @@ class SimulatedAgents:
 
     def start(self, kubelet: Kubelet, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
         env = kubelet.resolve_env(pod, container)
+        where = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        files = self._files(kubelet, pod, container)
+        with self._lock:
+            saved = self._saved.pop(where, None)
+        files = files or saved
+        if files is not None:
+            self._start_from_files(kubelet, where, files, _capabilities(env, "", kubelet.agent_os(pod)))
+            return
         if "AZP_URL" not in env:
             return
         pool = next((p for p in self.azdo.pools() if p["name"] == env.get("AZP_POOL")), None)
@@ -416,6 +478,19 @@ class SimulatedAgents:
             self._pods[name] = (pod["metadata"]["namespace"], pod["metadata"]["name"], agent_id)
         self.kubelet = kubelet
         self.azdo.agent_online(agent_id, once=True)
+
+    def _start_from_files(
+        self, kubelet: Kubelet, where: tuple[str, str], files: Mapping[str, str], advertised: Mapping[str, str]
+    ) -> None:
+        """`advertised`: what the container advertises; Agent.Name comes from its .agent file."""
+        name = str(json.loads(files[".agent"])["agentName"])
+        with self._lock:
+            self._pods[name] = (*where, int(json.loads(files[".agent"])["agentId"]))
+        self.kubelet = kubelet
+        if self._online_from_files(files, {**advertised, "Agent.Name": name}) is None:
+            with self._lock:
+                self._pods.pop(name, None)
+            kubelet.finish_pod(*where, exit_code=1)
 
     def stopped(self, kubelet: Kubelet, pod: Mapping[str, Any]) -> None:
         with self._lock:

@@ -19,6 +19,13 @@ and the linux image's `run` exits 2 when it sees a token. A job may carry build 
 container_builds.py): the agent runs them in its container, and a step that finds no working BuildKit daemon
 in the pod fails the job (`step_failures` says why).
 
+Agents registered for their pod (the world's `reconciler: {agents: {registration: reconciler}}`): the chart then
+puts no PAT Secret in the agent namespace, and a registering container given AZP_AGENT_FILES (the image's
+`agent_files_env`) runs no config.sh: its agent reads .agent, .credentials and .credentials_rsaparams from that
+Secret volume (a file missing: the script exits 2), signs a client assertion with that key and trades it for an
+access token at the OAuth endpoint the files name, and starts its session with it (agent_oauth.py); a refusal
+ends the container with exit 1. Such an agent never sees, and could do nothing with, a PAT.
+
 Nodes: a world file may list node pools (`nodes: [{arch: arm64, count: 2}, ...]`, default three amd64
 nodes); the Kubernetes emulator schedules on their kubernetes.io/arch label, so a pod selecting an
 architecture no node has stays Pending (Unschedulable). Nodes of another arch than amd64 are tainted
@@ -32,6 +39,7 @@ and multi-arch manifests resolved at pull time (the image's `architectures` stan
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import threading
 import time
@@ -42,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from azp_simulation import agent_images, container_builds
+from azp_simulation import agent_images, agent_oauth, container_builds
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
@@ -311,6 +319,8 @@ class Registration:
     token: str
     capabilities: dict[str, str]
     publisher: str | None
+    files: Mapping[str, str] | None = None
+    """The agent's .agent, .credentials and .credentials_rsaparams when they were mounted for it (no config.sh)."""
 
 
 @dataclass
@@ -358,6 +368,8 @@ class Simulation:
             node_taints=world.nodes.taints if world.nodes else None,
         )
         self.processes: dict[str, AgentProcess] = {}
+        self.oauth_refusals = 0
+        """Token requests of simulated agents the emulated service refused (a wrong key, a deleted agent)."""
         self.metrics = Metrics()
         self.pool_ids: dict[str, int] = {}
         self.request_ids: dict[str, list[int]] = {}
@@ -380,7 +392,9 @@ class Simulation:
         self.kube_url = self.kube.start(port=kube_port)
         self.azdo.add_pat(PAT, scopes=("vso.agentpools_manage",))
         self.kube.add_namespace(NAMESPACE)
-        self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
+        if self.world.reconciler.get("agents", {}).get("registration") != "reconciler":
+            # What the chart installs in the agent namespace, unless the reconciler registers the agents.
+            self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
         for pool in self.world.pools:
             created = self.azdo.add_pool(pool["name"])
             self.pool_ids[pool["name"]] = int(created["id"])
@@ -458,7 +472,7 @@ class Simulation:
             "azureDevOps": {"timeoutSeconds": 10, "retries": 3},
             "pools": pools,
         }
-        for key in ("allowTokenInAgentContainer", "podPolicy"):
+        for key in ("allowTokenInAgentContainer", "podPolicy", "agents"):
             if key in self.world.reconciler:
                 config[key] = self.world.reconciler[key]
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -600,7 +614,13 @@ class Simulation:
             self.kube.finish_pod(namespace, pod_name, exit_code=2)
             return
         register_env = self._environment(pod, registrar)
+        files = self._agent_files(pod, registrar, register_env)
+        if files == {}:
+            self.kube.finish_pod(namespace, pod_name, exit_code=2)  # start.sh: AZP_AGENT_FILES lacks a file
+            return
         name = register_env.get("AZP_AGENT_NAME") or register_env["HOSTNAME"]
+        if files is not None:
+            name = str(json.loads(files[".agent"]).get("agentName", name))
         pool = register_env.get("AZP_POOL") or "Default"
         process = AgentProcess(pod_name=pod_name, namespace=namespace, pool=pool)
         with self._lock:
@@ -635,15 +655,33 @@ class Simulation:
             capabilities=capabilities,
             # An init container that registers (the chart's pattern) publishes the agent id when it ends.
             publisher=registrar.get("name") if registrar is not runner else None,
+            files=files,
         )
         timer = threading.Timer(REGISTER_DELAY, self._register, args=(process, registration))
         timer.daemon = True
         timer.start()
 
+    def _agent_files(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], env: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """The agent files the image's script finds in its AZP_AGENT_FILES directory: None when the variable is
+        not set (config.sh registers), {} when one of the three is missing (the script exits 2)."""
+        entry = self._entry(container)
+        directory = env.get(entry.agent_files_env, "") if entry and entry.agent_files_env else ""
+        if not directory:
+            return None
+        files = {
+            name: self.kube.read_secret_file(pod, container, f"{directory}/{name}") for name in agent_oauth.AGENT_FILES
+        }
+        return {k: v for k, v in files.items() if v is not None} if all(files.values()) else {}
+
     def _register(self, process: AgentProcess, registration: Registration) -> None:
-        pool_id = self.pool_ids.get(registration.pool)
         if process.exited:
             return
+        if registration.files is not None:
+            self._run_from_files(process, registration, registration.files)
+            return
+        pool_id = self.pool_ids.get(registration.pool)
         if pool_id is None or registration.url.rstrip("/") != self.organization_url.rstrip("/"):
             # config.sh cannot find the pool in the organization it was pointed at: the container fails.
             self.kube.finish_pod(process.namespace, process.pod_name, exit_code=1)
@@ -689,6 +727,31 @@ class Simulation:
 
     def _lookup(self, image: str) -> agent_images.ImageEntry | None:
         return agent_images.lookup(self.catalogue, image)
+
+    def _run_from_files(self, process: AgentProcess, registration: Registration, files: Mapping[str, str]) -> None:
+        """The listener of an agent registered for it: trade a client assertion signed with its key for an access
+        token at its OAuth endpoint, then start its session with that token (agent_oauth.py has the sources). A
+        refusal ends the container with an error, as the listener cannot connect."""
+        agent_id, url, form = agent_oauth.token_request(files, now=self.azdo.clock())
+        status, token = self.azdo.oauth_token(url, form)
+        with self._lock:
+            process.agent_id = agent_id
+            self.oauth_refusals += status != 200
+            if process.exited:
+                return
+            process.online = status == 200
+        if registration.publisher is not None:
+            self.kube.set_termination_message(
+                process.namespace, process.pod_name, registration.publisher, f"{AGENT_ID_MESSAGE}{agent_id}\n"
+            )
+        try:
+            if status != 200:
+                raise EmulatorAuthError(str(token))
+            self.azdo.agent_session(token["access_token"], agent_id, capabilities=registration.capabilities, once=True)
+        except (EmulatorAuthError, ApiError):
+            with self._lock:
+                process.online = False
+            self.kube.finish_pod(process.namespace, process.pod_name, exit_code=1)
 
     def _crash(self, process: AgentProcess, container: str, crash: CrashPods) -> None:
         """The agent container exits before its agent came online, leaving its termination message."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from reconciler import render
+from reconciler import agent_files, render
 from reconciler.azdo import AzureDevOps
 from reconciler.errors import AuthError, ForbiddenError, ReconcilerError
 from reconciler.model import (
@@ -31,6 +31,7 @@ from reconciler.model import (
     ReportCrashBackoff,
     ReportMissingPool,
     ReportUnroutable,
+    TemplateConfig,
     UpdatePlaceholder,
 )
 
@@ -265,6 +266,8 @@ class Applier:
         job_template = self.job_templates.get((action.pool, action.template))
         if pool is None or template is None or job_template is None:
             raise ReconcilerError(f"no job template for pool {action.pool!r} template {action.template!r}")
+        by_reconciler = self.config.agent_registration == "reconciler"
+        registered = self._register(action, template) if by_reconciler and not self.dry_run else None
         job = render.render_job(
             config=self.config,
             pool=pool,
@@ -273,26 +276,82 @@ class Applier:
             job_name=action.job_name,
             request_id=action.request_id,
             demands=action.demands,
+            agent_id=registered[0] if registered else None,
         )
         log.info(
-            "%s Job %s/%s for pool %r template %r: %s",
+            "%s Job %s/%s for pool %r template %r%s: %s",
             _verb(self.dry_run, "creating", "would create"),
             action.namespace,
             action.job_name,
             action.pool,
             action.template,
+            " with its agent's files" if by_reconciler else "",
             action.reason,
         )
         if self.dry_run:
             outcome.counts["created"] += 1
             outcome.created.append(action)
             return
-        if self.kube.create_job(job):
-            outcome.counts["created"] += 1
-            outcome.created.append(action)
-        else:
+        uid = self._create_or_forget(job, action, registered)
+        if uid is None:
             outcome.counts["existing"] += 1
             log.info("Job %s/%s already exists (an overlapping pass made it)", action.namespace, action.job_name)
+            return
+        if registered is not None:
+            self._hand_over(job, action, registered, uid)
+        outcome.counts["created"] += 1
+        outcome.created.append(action)
+
+    def _register(self, action: CreateJob, template: TemplateConfig) -> tuple[int, dict[str, str]]:
+        """Register the Job's agent under the Job's name with a fresh key pair: (agent id, its three files)."""
+        if action.pool_id is None:
+            raise ReconcilerError(f"pool {action.pool!r}: no pool id to register agent {action.job_name} in")
+        key = agent_files.AgentKey.generate()
+        registered = self.azdo.register_agent(
+            action.pool_id,
+            name=action.job_name,
+            capabilities={**template.known_capabilities, **template.capabilities},
+            version=self.config.agent_version,
+            public_key=key.public_key(),
+        )
+        files = agent_files.agent_files(
+            registered=registered,
+            key=key,
+            pool_id=action.pool_id,
+            pool_name=action.pool,
+            server_url=self.config.organization,
+        )
+        log.info("registered agent %s (id %d) in pool %r", action.job_name, registered["id"], action.pool)
+        return registered["id"], files
+
+    def _create_or_forget(
+        self, job: Mapping[str, Any], action: CreateJob, registered: tuple[int, dict[str, str]] | None
+    ) -> str | None:
+        """Create the Job (its uid; None when it existed); an agent registered for a Job not created is deleted."""
+        try:
+            uid = self.kube.create_job_uid(job)
+        except ReconcilerError:
+            self._forget(action, registered)
+            raise
+        if uid is None:
+            self._forget(action, registered)
+        return uid
+
+    def _hand_over(
+        self, job: Mapping[str, Any], action: CreateJob, registered: tuple[int, dict[str, str]], uid: str
+    ) -> None:
+        """The Secret with the agent's files, owned by its Job; without it the pod could never start: the Job
+        and the agent go."""
+        try:
+            self.kube.create_secret(render.agent_files_secret(job, files=registered[1], job_uid=uid))
+        except ReconcilerError:
+            self.kube.delete_job(action.namespace, action.job_name)
+            self._forget(action, registered)
+            raise
+
+    def _forget(self, action: CreateJob, registered: tuple[int, dict[str, str]] | None) -> None:
+        if registered is not None and action.pool_id is not None:
+            self.azdo.delete_agent(action.pool_id, registered[0])
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(

@@ -506,24 +506,48 @@ class AzureDevOps:
             raise TransientError("POST hooks/subscriptions: the response is not a subscription")
         return created
 
-    def register_placeholder(self, pool_id: int, *, name: str, capabilities: Mapping[str, str], version: str) -> int:
-        """Register a disabled agent that never connects, the way config.sh registers one."""
+    def register_agent(
+        self,
+        pool_id: int,
+        *,
+        name: str,
+        capabilities: Mapping[str, str],
+        version: str,
+        public_key: Mapping[str, str],
+        enabled: bool = True,
+        os_description: str = "azp-agents agent (registered by the reconciler)",
+    ) -> dict[str, Any]:
+        """Register an agent the way config.sh does (reference, section 3: `POST .../pools/{id}/agents` with
+        its RSA public key); returns the stored agent with its id and OAuth client identity."""
         body = {
             "name": name,
             "version": version,
-            "osDescription": "azp-agents placeholder (never runs jobs)",
-            "enabled": False,
+            "osDescription": os_description,
+            "enabled": enabled,
             "maxParallelism": 1,
             "provisioningState": "Provisioned",
             "systemCapabilities": dict(capabilities),
-            "authorization": {"publicKey": placeholder_public_key()},
+            "authorization": {"publicKey": dict(public_key)},
         }
         created = self._request(
             "POST", f"distributedtask/pools/{pool_id}/agents", route="pools/{poolId}/agents", body=body
         )
-        agent_id = created.get("id") if isinstance(created, dict) else None
-        if not isinstance(agent_id, int):
+        if not isinstance(created, dict) or not isinstance(created.get("id"), int):
             raise TransientError("POST pools/{poolId}/agents: the response has no agent id")
+        return created
+
+    def register_placeholder(self, pool_id: int, *, name: str, capabilities: Mapping[str, str], version: str) -> int:
+        """Register a disabled agent that never connects, the way config.sh registers one."""
+        created = self.register_agent(
+            pool_id,
+            name=name,
+            capabilities=capabilities,
+            version=version,
+            public_key=placeholder_public_key(),
+            enabled=False,
+            os_description="azp-agents placeholder (never runs jobs)",
+        )
+        agent_id: int = created["id"]
         if created.get("enabled", False):
             self.set_enabled(pool_id, agent_id, enabled=False)
         return agent_id

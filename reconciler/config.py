@@ -266,6 +266,8 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
     )
     namespace = document.get("namespace", "azp-agents")
     allow_once = bool(document.get("allowTokenInAgentContainer", False))
+    # An agent registered by the reconciler gets no PAT, so one container may both set it up and run it.
+    single_ok = allow_once or agent_registration(document) == "reconciler"
     pools: list[PoolConfig] = []
     for index, pool in enumerate(document["pools"]):
         templates: list[TemplateConfig] = []
@@ -282,7 +284,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
                 render.check_policy(job, policy=policy, key=key, source=source)
                 for note in render.check_agent_containers(
-                    job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
+                    job, declared=declared, allow_token_in_agent_container=single_ok, where=f"{source}: {key}"
                 ):
                     log.warning("%s", note)
                 cost = render.resource_cost(job)
@@ -372,8 +374,15 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         azdo_retries=client.get("retries", 4),
         azdo_api_version=client.get("apiVersion", "auto"),
         allow_token_in_agent_container=allow_once,
+        agent_registration=agent_registration(document),
         source=source,
     )
+
+
+def agent_registration(document: Mapping[str, Any]) -> str:
+    """agents.registration: as set, else `reconciler` when the reconciler holds no PAT (auth.method is not pat)."""
+    method = document.get("auth", {}).get("method", "pat")
+    return str(document.get("agents", {}).get("registration", "token" if method == "pat" else "reconciler"))
 
 
 def load_file(path: Path, *, check_templates: bool = True) -> tuple[Config, dict[str, Any]]:

@@ -141,6 +141,8 @@ def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
     if not metadata.get("name"):
         return None
     labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    registered_id = str(annotations.get(names.ANNOTATION_AGENT_ID, ""))
     status = item.get("status") or {}
     reason, message = _pod_reason(status)
     finished = None
@@ -149,9 +151,12 @@ def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
         if moment is not None and (finished is None or moment > finished):
             finished = moment
     return AgentPod(
-        agent_id=_published_agent_id(status),
+        agent_id=int(registered_id)
+        if registered_id.isascii() and registered_id.isdigit()
+        else _published_agent_id(status),
         exit_code=_exit_code(status),
-        name=metadata["name"],
+        # An agent the reconciler registered is named after its Job (annotated); otherwise agent name = pod name.
+        name=str(annotations.get(names.ANNOTATION_AGENT_NAME) or metadata["name"]),
         namespace=metadata.get("namespace", ""),
         job_name=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name"),
         phase=str(status.get("phase") or "Pending"),
@@ -330,16 +335,26 @@ class Kubernetes:
 
     def create_job(self, job: Mapping[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False when it already existed (an overlapping pass made it: success)."""
+        return self.create_job_uid(job, dry_run=dry_run) is not None
+
+    def create_job_uid(self, job: Mapping[str, Any], *, dry_run: bool = False) -> str | None:
+        """Create a Job and return its uid (what an ownerReference names); None when it already existed."""
         # Strict: a mistyped field of a job template (`resource:` for `resources:`) is refused with its name
         # instead of dropped with a warning nobody reads (pods without limits).
         kwargs: dict[str, Any] = {"field_validation": "Strict", **({"dry_run": "All"} if dry_run else {})}
         try:
-            self._call(
+            created = self._call(
                 "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs
             )
         except ConflictError:
-            return False
-        return True
+            return None
+        metadata = created.get("metadata") if isinstance(created, dict) else None
+        return str((metadata or {}).get("uid") or "")
+
+    def create_secret(self, secret: Mapping[str, Any]) -> None:
+        """Create a Secret (an agent's files, owned by its Job)."""
+        namespace = secret["metadata"]["namespace"]
+        self._call("create secret", self.core.create_namespaced_secret, namespace, dict(secret))
 
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and, in the background, its pods; False when it was already gone."""

@@ -131,6 +131,9 @@ class Config:
     azdo_retries: int = 4
     allow_token_in_agent_container: bool = False
     """Accept `once` templates, whose agent container registers too (its steps can read the PAT)."""
+    agent_registration: str = "token"
+    """agents.registration: `reconciler` registers each agent and gives its pod only that agent's files
+    (agent_files.py); `token`: the pod registers itself with the PAT Secret."""
     source: str = "config"
 
     def pool(self, name: str) -> PoolConfig | None:
@@ -228,9 +231,11 @@ PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 
 @dataclass(frozen=True)
 class AgentPod:
-    """The pod of an agent Job (agent name = pod name)."""
+    """The pod of an agent Job."""
 
     name: str
+    """The name of its agent: the pod's name, which `start.sh register` gives the agent, or for an agent the
+    reconciler registered (agents.registration: reconciler) its Job's name, from the pod's annotation."""
     namespace: str
     job_name: str | None
     phase: str = "Pending"
@@ -242,7 +247,8 @@ class AgentPod:
     message: str | None = None
     deleting: bool = False
     agent_id: int | None = None
-    """The id of the agent the pod registered, from its register init container's termination message."""
+    """The id of the pod's agent: from its register init container's termination message, or the pod's annotation
+    when the reconciler registered it."""
     exit_code: int | None = None
     """The non-zero exit code of the container that failed, if one did."""
 
@@ -305,6 +311,8 @@ class CreateJob:
     request_id: int | None
     reason: str
     demands: tuple[str, ...] = ()
+    pool_id: int | None = None
+    """Where the reconciler registers the Job's agent (agents.registration: reconciler)."""
     kind: Literal["create-job"] = "create-job"
 
 

@@ -23,6 +23,11 @@ ANNOTATION_DEMANDS = "azp-agents.dev/demands"
 ANNOTATION_REASON = "azp-agents.dev/reason"
 ANNOTATION_AGENTS_OBSERVED = "azp-agents.dev/agents-observed"
 ANNOTATION_AGENTS_PRUNED = "azp-agents.dev/agents-pruned"
+ANNOTATION_AGENT_NAME = "azp-agents.dev/agent-name"
+"""On the pod of an agent the reconciler registered (agents.registration: reconciler): its agent's name (its
+Job's, known before the pod's name is)."""
+ANNOTATION_AGENT_ID = "azp-agents.dev/agent-id"
+"""On the pod of an agent the reconciler registered: its agent's id."""
 # What the image's `start.sh register` writes to its init container's termination message.
 AGENT_ID_MESSAGE = "azp-agents.dev/agent-id="
 AGENT_APP_NAME = "azp-agent"

@@ -612,6 +612,7 @@ def _create_job(p: _PoolPass, template_name: str, request: JobRequest | None, *,
         request_id=None if request is None else request.request_id,
         reason="standby (minIdle/minAgents)" if request is None else f"request {request.request_id} is queued",
         demands=() if request is None else request.demands,
+        pool_id=p.pool_id,
     )
 
 
@@ -787,6 +788,8 @@ def _plan_agents(
     }
     placeholder_prefix = names.placeholder_prefix(prefix=config.job_name_prefix, pool_name=pool.name).lower()
     pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
+    # An agent the reconciler registered is named after its Job, and exists before the Job's pod does.
+    pod_of_agent.update({v.job.name.lower(): v for v in views if v.pod is None})
 
     for key, template in placeholders.items():
         wanted = router.capabilities(pool.templates.index(template))

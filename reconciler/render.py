@@ -8,6 +8,7 @@ Only a fixed set of `${NAME}` variables is substituted in string values; anythin
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from collections.abc import Mapping
@@ -36,6 +37,9 @@ _VARIABLE = re.compile(r"\$\{(" + "|".join(VARIABLES) + r")\}")
 TOKEN_VOLUME = "azp-token"
 TOKEN_DIR = "/var/run/secrets/azp"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
+AGENT_FILES_VOLUME = "azp-agent-files"
+AGENT_FILES_DIR = "/var/run/secrets/azp-agent"
+"""Where the container that registers the agent finds the agent's files (agents.registration: reconciler)."""
 TOKEN_ENV_NAMES = (
     "AZP_TOKEN",  # Microsoft's container start script (MS:pipelines/agents/docker)
     "VSTS_TOKEN",  # the retired microsoft/vsts-agent images
@@ -381,8 +385,11 @@ def render_job(
     job_name: str,
     request_id: int | None,
     demands: tuple[str, ...] = (),
+    agent_id: int | None = None,
 ) -> dict[str, Any]:
-    """The Job that runs one agent of `template` in `pool`: the user's template plus what we own."""
+    """The Job that runs one agent of `template` in `pool`: the user's template plus what we own. With
+    agents.registration: reconciler, its pod gets the files of agent `agent_id` (registered under the Job's
+    name) from the Secret named after the Job, instead of the PAT."""
     variables = {
         "AZP_URL": config.organization,
         "AZP_POOL": pool.name,
@@ -431,11 +438,15 @@ def render_job(
     pod["restartPolicy"] = "Never"
     pod.setdefault("automountServiceAccountToken", False)
 
+    by_reconciler = config.agent_registration == "reconciler"
+    agent_name: dict[str, Any] = (
+        {"value": job_name} if by_reconciler else {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    )
     agent_env: list[dict[str, Any]] = [
         {"name": "AZP_URL", "value": config.organization},
         {"name": "AZP_POOL", "value": pool.name},
         {"name": "AZP_TEMPLATE", "value": template.name},
-        {"name": "AZP_AGENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "AZP_AGENT_NAME", **agent_name},
     ]
     # A real agent turns its environment into capabilities: the declared ones reach it that way.
     declared = [{"name": k, "value": str(v)} for k, v in template.capabilities.items()]
@@ -443,27 +454,55 @@ def render_job(
     for container in {id(c): c for c in (containers.runner, containers.registrar)}.values():
         _set_env(container, agent_env)
         _add_env(container, declared)
-
-    volumes = pod["volumes"] = list(pod.get("volumes") or [])
-    if not any(v.get("name") == TOKEN_VOLUME for v in volumes):
-        volumes.append(
-            {
-                "name": TOKEN_VOLUME,
-                "secret": {
-                    "secretName": config.agent_secret_name,
-                    "items": [{"key": config.agent_secret_key, "path": "token"}],
-                    "defaultMode": 0o440,
-                },
-            }
-        )
+    if by_reconciler:
+        pod_meta["annotations"][names.ANNOTATION_AGENT_NAME] = job_name
+        if agent_id is not None:
+            pod_meta["annotations"][names.ANNOTATION_AGENT_ID] = str(agent_id)
+        _mount(pod, containers.registrar, volume=_secret_volume(AGENT_FILES_VOLUME, job_name), path=AGENT_FILES_DIR)
+        _set_env(containers.registrar, [{"name": "AZP_AGENT_FILES", "value": AGENT_FILES_DIR}])
+        return job
+    token = _secret_volume(TOKEN_VOLUME, config.agent_secret_name, items={config.agent_secret_key: "token"})
     # Exactly one container sees the token: the one that registers the agent; sidecars, user init
     # containers and (in split mode) the container running steps never do.
-    registrar = containers.registrar
-    mounts = registrar["volumeMounts"] = list(registrar.get("volumeMounts") or [])
-    if not any(m.get("name") == TOKEN_VOLUME for m in mounts):
-        mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
-    _set_env(registrar, [{"name": "AZP_TOKEN_FILE", "value": TOKEN_FILE}])
+    _mount(pod, containers.registrar, volume=token, path=TOKEN_DIR)
+    _set_env(containers.registrar, [{"name": "AZP_TOKEN_FILE", "value": TOKEN_FILE}])
     return job
+
+
+def _secret_volume(name: str, secret: str, *, items: Mapping[str, str] | None = None) -> dict[str, Any]:
+    source: dict[str, Any] = {"secretName": secret, "defaultMode": 0o440}
+    if items:
+        source["items"] = [{"key": key, "path": path} for key, path in items.items()]
+    return {"name": name, "secret": source}
+
+
+def _mount(pod: dict[str, Any], container: dict[str, Any], *, volume: dict[str, Any], path: str) -> None:
+    """Add `volume` to the pod (unless the template has one of that name) and mount it read-only in `container`."""
+    volumes = pod["volumes"] = list(pod.get("volumes") or [])
+    if not any(v.get("name") == volume["name"] for v in volumes):
+        volumes.append(volume)
+    mounts = container["volumeMounts"] = list(container.get("volumeMounts") or [])
+    if not any(m.get("name") == volume["name"] for m in mounts):
+        mounts.append({"name": volume["name"], "mountPath": path, "readOnly": True})
+
+
+def agent_files_secret(job: Mapping[str, Any], *, files: Mapping[str, str], job_uid: str) -> dict[str, Any]:
+    """The Secret holding one agent's files, named after its Job and owned by it, so the garbage collector
+    deletes it with the Job (Kubernetes docs, concepts/architecture/garbage-collection: ownerReferences)."""
+    metadata = job["metadata"]
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": metadata["name"], "uid": job_uid}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "labels": dict(metadata.get("labels") or {}),
+            "ownerReferences": [owner],
+        },
+        "data": {name: base64.b64encode(text.encode()).decode() for name, text in files.items()},
+    }
 
 
 def image_template(*, image: str, once: bool = False, docker_socket: str | None = None) -> dict[str, Any]:

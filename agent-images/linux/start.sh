@@ -22,6 +22,10 @@
 # AZP_PROXY_BYPASS (comma-separated regular expressions of URLs) -> the agent's .proxybypass file, one a line;
 # AZP_CA_CERT_FILE (a PEM file) -> config.sh --sslcacert. The files config.sh writes for them (.proxy,
 # .proxycredentials, .proxybypass, .certificates) travel to the run container with the identity.
+# AZP_AGENT_FILES: a directory holding .agent, .credentials and .credentials_rsaparams of an agent the
+# reconciler registered (agents.registration: reconciler; a Secret owned by the Job). With it no mode runs
+# config.sh or needs a PAT: register copies the files to AZP_STATE_DIR, once and run into the agent directory,
+# and the agent authenticates with its own key (the OAuth credential those files describe).
 # Exit status: the agent's own; 2 for a missing or invalid input, named in the message.
 set -euo pipefail
 umask 077
@@ -164,6 +168,22 @@ copy_agent_files() {
   done
 }
 
+# Copies the files of an agent the reconciler registered into the agent directory (no config.sh, no PAT).
+install_agent_files() {
+  local name
+  for name in "${IDENTITY_FILES[@]}"; do
+    if [[ ! -f "$AZP_AGENT_FILES/$name" || ! -r "$AZP_AGENT_FILES/$name" ]]; then
+      usage_error "AZP_AGENT_FILES=$AZP_AGENT_FILES has no readable $name (mount the agent's Secret there)"
+    fi
+  done
+  copy_agent_files "$AZP_AGENT_FILES" "$AZP_AGENT_DIR" "${IDENTITY_FILES[@]}"
+  log "agent files of '$(agent_name_of_files)' installed from $AZP_AGENT_FILES: no registration needed"
+}
+
+agent_name_of_files() {
+  sed -n 's/.*"[Aa]gent[Nn]ame"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$AZP_AGENT_DIR/.agent" | head -n 1 || true
+}
+
 save_state() {
   if ! mkdir -p "$AZP_STATE_DIR" 2>/dev/null || [[ ! -w "$AZP_STATE_DIR" ]]; then
     usage_error "AZP_STATE_DIR=$AZP_STATE_DIR is not a writable directory (mount the emptyDir shared with the run container there)"
@@ -277,18 +297,32 @@ main() {
   load_settings
   case "$mode" in
     register)
-      validate_registration_inputs
-      read_token
-      configure_agent
+      if [[ -n "${AZP_AGENT_FILES:-}" ]]; then
+        refuse_token_variables
+        install_agent_files
+      else
+        validate_registration_inputs
+        read_token
+        configure_agent
+      fi
       save_state
       publish_agent_id
       ;;
     run)
       refuse_tokens
-      restore_state
+      if [[ -n "${AZP_AGENT_FILES:-}" ]]; then
+        install_agent_files
+      else
+        restore_state
+      fi
       run_agent
       ;;
     once)
+      if [[ -n "${AZP_AGENT_FILES:-}" ]]; then
+        refuse_token_variables
+        install_agent_files
+        run_agent
+      fi
       validate_registration_inputs
       read_token
       configure_agent

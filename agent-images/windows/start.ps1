@@ -20,6 +20,15 @@ agent's id there, as start.sh does). Proxies and private CAs as in start.sh: AZP
 AZP_PROXY_USERNAME, AZP_PROXY_PASSWORD (config.cmd --proxyurl, --proxyusername, --proxypassword),
 AZP_PROXY_BYPASS (comma-separated regular expressions, written to .proxybypass) and AZP_CA_CERT_FILE
 (--sslcacert). Exit status: the agent's own; 2 for a missing or invalid input.
+
+AZP_AGENT_FILES: a directory holding .agent, .credentials and .credentials_rsaparams of an agent the
+reconciler registered (agents.registration: reconciler; a Secret owned by the Job). With it no mode runs
+config.cmd or needs a PAT: register copies the files to AZP_STATE_DIR, once and run into the agent directory.
+The reconciler writes the key as plain RSAParametersSerializable JSON (what the agent writes on Linux); the
+Windows agent reads it only DPAPI-protected in LocalMachine scope (azure-pipelines-agent
+src/Agent.Listener/Configuration.Windows/RSAEncryptedFileKeyManager.cs, LoadParameters/SaveParameters), which
+only this machine can do, so before the agent starts Protect-AgentKey encrypts a plain key in place with
+ProtectedData.Protect(bytes, null, LocalMachine) and marks the file hidden, exactly as SaveParameters does.
 #>
 [CmdletBinding()]
 param(
@@ -232,8 +241,36 @@ function Restore-AgentState {
     Copy-AgentFile -From $StateDir -To $AgentDir -Names ($IdentityFiles + $OptionalFiles)
 }
 
+function Install-AgentFiles {
+    param([string]$To)
+    foreach ($name in $IdentityFiles) {
+        if (-not (Test-Path -LiteralPath (Join-Path $env:AZP_AGENT_FILES $name) -PathType Leaf)) {
+            Exit-WithUsageError "AZP_AGENT_FILES=$env:AZP_AGENT_FILES has no readable $name (mount the agent's Secret there)"
+        }
+    }
+    Copy-AgentFile -From $env:AZP_AGENT_FILES -To $To -Names $IdentityFiles
+    Write-Log "agent files installed from $env:AZP_AGENT_FILES into ${To}: no registration needed"
+}
+
+# A key file that is still plain JSON (written by the reconciler, not by config.cmd) is protected with DPAPI
+# in LocalMachine scope and hidden, as RSAEncryptedFileKeyManager.SaveParameters writes it; a protected one
+# (config.cmd's) is left alone.
+function Protect-AgentKey {
+    $keyFile = Join-Path $AgentDir '.credentials_rsaparams'
+    $bytes = [System.IO.File]::ReadAllBytes($keyFile)
+    $text = [System.Text.Encoding]::UTF8.GetString($bytes).TrimStart([char]0xFEFF).Trim()
+    if (-not $text.StartsWith('{')) { return }
+    Add-Type -AssemblyName System.Security
+    $scope = [System.Security.Cryptography.DataProtectionScope]::LocalMachine
+    $protected = [System.Security.Cryptography.ProtectedData]::Protect([System.Text.Encoding]::UTF8.GetBytes($text), $null, $scope)
+    [System.IO.File]::WriteAllBytes($keyFile, $protected)
+    $item = Get-Item -LiteralPath $keyFile -Force
+    $item.Attributes = $item.Attributes -bor [System.IO.FileAttributes]::Hidden
+}
+
 function Start-AgentOnce {
     Assert-AgentScript -Name 'run.cmd'
+    Protect-AgentKey
     # Console control events (Ctrl+C, container shutdown) reach every process on the console, the agent
     # included, so nothing needs forwarding here; the exit code is the agent's.
     Write-Log "starting agent '$AgentName' for one job"
@@ -251,17 +288,28 @@ function Start-AgentOnce {
 
 switch ($Mode) {
     'register' {
-        Assert-RegistrationInput
-        Invoke-AgentConfiguration -Token (Read-Token)
+        if ($env:AZP_AGENT_FILES) {
+            Assert-NoToken
+            Install-AgentFiles -To $AgentDir
+        }
+        else {
+            Assert-RegistrationInput
+            Invoke-AgentConfiguration -Token (Read-Token)
+        }
         Save-AgentState
         Publish-AgentId
     }
     'run' {
         Assert-NoToken
-        Restore-AgentState
+        if ($env:AZP_AGENT_FILES) { Install-AgentFiles -To $AgentDir } else { Restore-AgentState }
         Start-AgentOnce
     }
     'once' {
+        if ($env:AZP_AGENT_FILES) {
+            Assert-NoToken
+            Install-AgentFiles -To $AgentDir
+            Start-AgentOnce
+        }
         Assert-RegistrationInput
         Invoke-AgentConfiguration -Token (Read-Token)
         # Nothing that runs pipeline steps may inherit a token variable.

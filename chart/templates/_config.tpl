@@ -58,12 +58,13 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
   "events" $reconciler.events
   "azureDevOps" (dict "timeoutSeconds" $reconciler.azureDevOps.timeoutSeconds "retries" (int $reconciler.azureDevOps.retries) "apiVersion" (toString (default "auto" .Values.organization.apiVersion)))
 -}}
+{{- $_ := set $config "agents" (dict "registration" (include "azp-agents.agentRegistration" .)) -}}
 {{- if .Values.organization.allowInsecureHttp -}}
 {{- $_ := set $config "allowInsecureHttp" true -}}
 {{- end -}}
 {{- if .Values.agent.allowTokenInAgentContainer -}}
 {{- $_ := set $config "allowTokenInAgentContainer" true -}}
-{{- else if eq .Values.agent.mode "once" -}}
+{{- else if and (eq .Values.agent.mode "once") (eq (include "azp-agents.agentRegistration" .) "token") -}}
 {{- fail "agent.mode=once registers and runs pipeline steps in one container, which can then read the PAT: use agent.mode=split, or accept the risk with agent.allowTokenInAgentContainer=true" -}}
 {{- end -}}
 {{- if gt (int $reconciler.shard.count) 1 -}}

@@ -108,6 +108,15 @@ app.kubernetes.io/part-of: azp-agents
 {{- end -}}
 {{- end -}}
 
+{{/*
+How agents are registered (agent.registration): as set, else reconciler unless the reconciler holds a PAT
+(auth.method pat, the default): reconciler/config.py agent_registration says the same.
+*/}}
+{{- define "azp-agents.agentRegistration" -}}
+{{- $method := default "pat" (get .Values.auth "method") -}}
+{{- default (ternary "token" "reconciler" (eq $method "pat")) .Values.agent.registration -}}
+{{- end -}}
+
 {{- define "azp-agents.secretKey" -}}
 {{- if .Values.auth.existingSecret -}}
 {{- .Values.auth.existingSecretKey -}}

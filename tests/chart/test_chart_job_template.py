@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from chart_helpers import (
     REPO,
@@ -225,3 +226,20 @@ def test_set_file_gives_a_template(tmp_path: Path, helm: str) -> None:
     assert code == 0, stderr
     template = job_templates_of(parse_documents(stdout))["linux"]
     assert template["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/agent:2"
+
+
+@pytest.mark.parametrize("mode", ["split", "once"])
+def test_agents_registered_by_the_reconciler_get_their_files_and_no_pat(tmp_path: Path, mode: str) -> None:
+    """We test: with agent.registration reconciler the Job the reconciler makes from the chart's template mounts
+    the agent's own Secret (named after the Job) at AZP_AGENT_FILES in the container that sets the agent up (the
+    register init container, or the single container in mode once, which needs no allowTokenInAgentContainer
+    there: it gets no PAT), and names no PAT Secret anywhere."""
+    objects = render_chart(with_defaults(agent={"registration": "reconciler", "mode": mode}))
+    (job,) = agent_jobs(objects, tmp_path)
+    pod = _pod(job)
+    setup = (pod.get("initContainers") or pod["containers"])[0]
+    assert {"name": "AZP_AGENT_FILES", "value": render.AGENT_FILES_DIR} in setup["env"]
+    files = {v["name"]: v for v in pod["volumes"]}[render.AGENT_FILES_VOLUME]
+    assert files["secret"]["secretName"] == job["metadata"]["name"]
+    text = json.dumps(job)
+    assert "azp-agents-pat" not in text and "AZP_TOKEN_FILE" not in text

@@ -13,12 +13,14 @@ from chart_helpers import (
     NAMESPACE,
     RELEASE,
     TEST_PAT,
+    config_of,
     find,
     helm_path,
     helm_template,
     only,
     parse_documents,
     render_chart,
+    render_failure,
     with_defaults,
 )
 
@@ -35,6 +37,33 @@ def test_secret_in_release_and_agent_namespaces() -> None:
     for secret in secrets:
         assert secret["type"] == "Opaque"
         assert base64.b64decode(secret["data"]["pat"]).decode() == TEST_PAT
+
+
+@pytest.mark.parametrize("helm", ["helm", "helm3"])
+def test_no_pat_secret_in_agent_namespaces_when_the_reconciler_registers_agents(helm: str) -> None:
+    """We test: with agent.registration reconciler the PAT Secret is only in the release namespace (for the
+    reconciler), the reconciler's config says so, and no rendered object of an agent namespace holds the PAT;
+    token keeps the Secret in every agent namespace."""
+    values = with_defaults(pools=TWO_NAMESPACES, agent={"registration": "reconciler", "namespace": "agents"})
+    objects = render_chart(values, helm=helm)
+    secrets = find(objects, "Secret")
+    assert {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in secrets} == {(NAMESPACE, "azp-agents-pat")}
+    assert config_of(objects)["agents"] == {"registration": "reconciler"}
+    encoded = base64.b64encode(TEST_PAT.encode()).decode()
+    for obj in objects:
+        if obj["metadata"].get("namespace") in ("agents", "team-b"):
+            assert TEST_PAT not in str(obj) and encoded not in str(obj), obj["metadata"]
+
+    token = render_chart(with_defaults(pools=TWO_NAMESPACES, agent={"registration": "token", "namespace": "agents"}))
+    assert {s["metadata"]["namespace"] for s in find(token, "Secret")} == {NAMESPACE, "agents", "team-b"}
+    assert config_of(token)["agents"] == {"registration": "token"}
+
+
+def test_registration_defaults_to_token_with_a_pat_and_is_validated() -> None:
+    """We test: without agent.registration a PAT-holding reconciler keeps agents registering with the PAT, and
+    an unknown value is refused naming the key."""
+    assert config_of(render_chart(with_defaults()))["agents"] == {"registration": "token"}
+    assert "registration" in render_failure(with_defaults(agent={"registration": "pat"}))
 
 
 def test_no_secret_with_an_existing_one() -> None:

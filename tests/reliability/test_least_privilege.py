@@ -77,6 +77,11 @@ BREAKS: dict[tuple[str, str, str], tuple[int, str, str]] = {
         "could not record event",
         "decisions are missing from the Job's Events",
     ),
+    ("agentNamespace", "secrets", "create"): (
+        1,
+        "Kubernetes forbids create secret",
+        "agents the reconciler registers (agents.registration: reconciler) get no files, so no Job stays",
+    ),
     ("leaseNamespace", "leases", "get"): (2, "Kubernetes forbids get lease", "no run can start"),
     ("leaseNamespace", "leases", "create"): (2, "Kubernetes forbids create lease", "a first run cannot start"),
     ("leaseNamespace", "leases", "update"): (2, "forbids update lease", "the Lease is never released or renewed"),
@@ -110,13 +115,16 @@ def test_each_rule_is_needed(world: RichWorld, section: str, resource: str, verb
     code, phrase, effect = BREAKS[(section, resource, verb)]
     _grant(world, _without(json.loads(RBAC.read_text()), section, resource, verb))
     rig = world.rig
+    if resource == "secrets":
+        # Only a reconciler that registers the agents itself writes Secrets (their files).
+        rig.write_config({**rig.config(), "agents": {"registration": "reconciler"}})
     result = rig.reconcile()
     forbidden = [c for c in rig.kube.calls() if c.status == 403]
     assert forbidden, f"nothing in a pass needs {verb} {resource}: the rule is superfluous\n{result.out}"
     assert result.code == code, f"without {verb} {resource}, {effect}: {result.out}"
     assert phrase in result.out, result.out
     assert not violations(rig.simulation, max_agents=max_agents_of(rig.config()))
-    if (resource, verb) == ("jobs", "create"):
+    if (resource, verb) in (("jobs", "create"), ("secrets", "create")):
         assert not any(j["metadata"]["name"] in world.expected_job_names() for j in rig.jobs())
     if (resource, verb) == ("events", "create"):
         assert rig.kube.objects("events", NAMESPACE) == [] or all(
