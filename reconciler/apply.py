@@ -14,12 +14,11 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler import render
 from reconciler.azdo import AzureDevOps
-from reconciler.errors import AuthError, ForbiddenError, ReconcilerError
+from reconciler.errors import AuthError, CreateRefusedError, ForbiddenError, ReconcilerError
 from reconciler.model import (
     Action,
     Config,
@@ -35,7 +34,7 @@ from reconciler.model import (
 )
 
 if TYPE_CHECKING:
-    from reconciler.kube import Kubernetes
+    from reconciler.backend import Backend
 
 log = logging.getLogger("reconciler.apply")
 
@@ -50,6 +49,10 @@ _ORDER = {
     "update-placeholder": 6,
     "create-job": 7,
 }
+
+REFUSED_BACKOFF_SECONDS = 30.0
+"""The first wait of a template whose create was refused (a quota); it doubles per refusal in a row."""
+MAX_REFUSED_BACKOFF_SECONDS = 600.0
 
 _AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
 
@@ -85,24 +88,28 @@ def _verb(dry_run: bool, done: str, would: str) -> str:
 
 
 class Applier:
-    """Runs actions against Azure DevOps and Kubernetes (or only logs them in a dry run)."""
+    """Runs actions against Azure DevOps and the backend agents run on (or only logs them in a dry run).
+
+    It lives as long as its Reconciler: a template whose creates were refused stays backed off across passes."""
 
     def __init__(
         self,
         *,
         config: Config,
         azdo: AzureDevOps,
-        kube: Kubernetes,
+        backend: Backend,
         job_templates: Mapping[tuple[str, str], Mapping[str, Any]],
         dry_run: bool,
         clock: Callable[[], datetime],
     ) -> None:
         self.config = config
         self.azdo = azdo
-        self.kube = kube
+        self.backend = backend
         self.job_templates = job_templates
         self.dry_run = dry_run
         self.clock = clock
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        self.refused_until: dict[tuple[str, str], datetime] = {}
 
     def apply(self, actions: Sequence[Action]) -> Outcome:
         """Run every action; an AuthError stops the pass (nothing else can work), others are counted."""
@@ -139,7 +146,7 @@ class Applier:
         if not self.config.events or self.dry_run or not namespace or not job_name:
             return
         try:
-            self.kube.post_event(
+            self.backend.post_event(
                 namespace=namespace,
                 job_name=job_name,
                 reason=reason,
@@ -148,7 +155,9 @@ class Applier:
                 now=self.clock(),
             )
         except ReconcilerError as exc:
-            log.warning("could not record event %s on Job %s/%s: %s", reason, namespace, job_name, exc)
+            log.warning(
+                "could not record event %s on %s %s/%s: %s", reason, self.backend.kind, namespace, job_name, exc
+            )
 
     def _report_backoff(self, action: ReportCrashBackoff, outcome: Outcome) -> None:
         outcome.counts["crash_backoff"] += 1
@@ -224,8 +233,9 @@ class Applier:
         elif isinstance(action, DeleteJob):
             detail = f" ({action.detail})" if action.detail else ""
             log.info(
-                "%s Job %s/%s of pool %r: %s%s",
+                "%s %s %s/%s of pool %r: %s%s",
                 _verb(dry, "deleting", "would delete"),
+                self.backend.kind,
                 action.namespace,
                 action.job_name,
                 action.pool,
@@ -241,7 +251,7 @@ class Applier:
                 warning=stuck,
             )
             if not dry:
-                self.kube.delete_job(action.namespace, action.job_name)
+                self.backend.delete(action.namespace, action.job_name)
                 if action.agent_id is not None and action.pool_id is not None:
                     self.azdo.delete_agent(action.pool_id, action.agent_id)
             outcome.counts["stuck" if stuck else "deleted"] += 1
@@ -265,7 +275,20 @@ class Applier:
         job_template = self.job_templates.get((action.pool, action.template))
         if pool is None or template is None or job_template is None:
             raise ReconcilerError(f"no job template for pool {action.pool!r} template {action.template!r}")
-        job = render.render_job(
+        key = (action.pool, action.template)
+        until = self.refused_until.get(key)
+        if until is not None and self.clock() < until:
+            outcome.counts["refused_backoff"] += 1
+            log.info(
+                "not creating %s %s for pool %r template %r: its last create was refused; next try after %s",
+                self.backend.kind,
+                action.job_name,
+                action.pool,
+                action.template,
+                until.isoformat(),
+            )
+            return
+        manifest = self.backend.render(
             config=self.config,
             pool=pool,
             template=template,
@@ -275,8 +298,9 @@ class Applier:
             demands=action.demands,
         )
         log.info(
-            "%s Job %s/%s for pool %r template %r: %s",
+            "%s %s %s/%s for pool %r template %r: %s",
             _verb(self.dry_run, "creating", "would create"),
+            self.backend.kind,
             action.namespace,
             action.job_name,
             action.pool,
@@ -287,12 +311,34 @@ class Applier:
             outcome.counts["created"] += 1
             outcome.created.append(action)
             return
-        if self.kube.create_job(job):
+        try:
+            created = self.backend.create(manifest)
+        except CreateRefusedError as exc:
+            raise self._create_refused(key, exc) from None
+        self.refusals.pop(key, None)
+        self.refused_until.pop(key, None)
+        if created:
             outcome.counts["created"] += 1
             outcome.created.append(action)
         else:
             outcome.counts["existing"] += 1
-            log.info("Job %s/%s already exists (an overlapping pass made it)", action.namespace, action.job_name)
+            log.info(
+                "%s %s/%s already exists (an overlapping pass made it)",
+                self.backend.kind,
+                action.namespace,
+                action.job_name,
+            )
+
+    def _create_refused(self, key: tuple[str, str], exc: CreateRefusedError) -> CreateRefusedError:
+        """Back the template off: REFUSED_BACKOFF_SECONDS doubled per refusal in a row, at most the maximum."""
+        self.refusals[key] += 1
+        delay = min(REFUSED_BACKOFF_SECONDS * 2 ** (self.refusals[key] - 1), MAX_REFUSED_BACKOFF_SECONDS)
+        until = self.clock() + timedelta(seconds=delay)
+        self.refused_until[key] = until
+        return CreateRefusedError(
+            f"{exc}; template {key[1]!r} creates nothing before {until.isoformat()} (refusal "
+            f"{self.refusals[key]} in a row)"
+        )
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(
@@ -320,7 +366,7 @@ class Applier:
             return
         self._event(namespace=action.namespace, job_name=action.job_name, reason="AgentDrained", message=action.reason)
         if action.namespace and action.job_name:
-            self.kube.delete_job(action.namespace, action.job_name)
+            self.backend.delete(action.namespace, action.job_name)
         if agent is not None:
             self.azdo.delete_agent(action.pool_id, action.agent_id)
         outcome.counts["drained"] += 1

@@ -21,14 +21,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
-from reconciler import capabilities, render
+from reconciler import capabilities, container_groups, render
 from reconciler.errors import ConfigError
 from reconciler.model import (
+    AciConfig,
     Capabilities,
     Config,
     LoopConfig,
     PodPolicy,
     PoolConfig,
+    RegistryCredential,
     StandbyWindow,
     TemplateConfig,
     frozen_map,
@@ -220,6 +222,87 @@ def _time_zone(name: str, *, key: str, source: str) -> ZoneInfo:
         ) from error
 
 
+def _check_job_template(
+    template: Mapping[str, Any],
+    *,
+    key: str,
+    source: str,
+    policy: PodPolicy,
+    allow_once: bool,
+    declared: Mapping[str, str],
+) -> tuple[tuple[int, int], Capabilities]:
+    """Check a Kubernetes job template; its resource cost and the capabilities its agent will advertise."""
+    job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
+    render.check_policy(job, policy=policy, key=key, source=source)
+    for note in render.check_agent_containers(
+        job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
+    ):
+        log.warning("%s", note)
+    runner = render.agent_containers(job, where=f"{source}: {key}").runner
+    pod_spec = render.select_arch(job["spec"]["template"]["spec"], template.get("arch"), where=f"{source}: {key}")
+    known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
+    for name, value in capabilities.overridden(declared, known).items():
+        log.warning(
+            "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
+            "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
+            "it is advertised",
+            f"{source}: {key}",
+            name,
+            declared[name],
+            runner.get("image"),
+            name,
+            value,
+        )
+    return render.resource_cost(job), known
+
+
+def _check_group_template(path: Path, *, key: str, source: str, allow_once: bool) -> None:
+    """Check an ACI container group template (backend: aci)."""
+    group = container_groups.load_template(path, key=key, source=source)
+    where = f"{source}: {key}"
+    if container_groups.registers_where_steps_run(group, where=where) and not allow_once:
+        raise ConfigError(
+            f"{where}: container {container_groups.AGENT_CONTAINER!r} both registers and runs the agent, so "
+            "pipeline steps could read the PAT: add an init container named 'register' of the same image "
+            "(command [/azp/start.sh, register], the agent container [/azp/start.sh, run], an emptyDir for "
+            "/azp/state), or accept the risk with allowTokenInAgentContainer: true"
+        )
+
+
+def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None:
+    """The `aci` settings when `backend: aci`; a ConfigError naming the key when they are missing."""
+    if document.get("backend", "kubernetes") != "aci":
+        return None
+    raw = document.get("aci")
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: backend is aci but the aci settings are missing: set aci.subscriptionId, "
+            "aci.resourceGroup and aci.location"
+        )
+    return AciConfig(
+        subscription_id=raw["subscriptionId"],
+        resource_group=raw["resourceGroup"],
+        location=raw["location"],
+        credential=raw.get("credential", "default"),
+        tenant_id=raw.get("tenantId"),
+        client_id=raw.get("clientId"),
+        client_secret_file=raw.get("clientSecretFile"),
+        authority_host=raw.get("authorityHost"),
+        arm_endpoint=raw.get("armEndpoint", "https://management.azure.com"),
+        identity=raw.get("identity"),
+        registries=tuple(
+            RegistryCredential(
+                server=r["server"],
+                identity=r.get("identity"),
+                username=r.get("username"),
+                password_file=r.get("passwordFile"),
+            )
+            for r in raw.get("registries", [])
+        ),
+        subnet_ids=tuple(raw.get("subnetIds", [])),
+    )
+
+
 def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True) -> Config:
     """Turn a validated document into the effective Config; job templates are loaded and checked."""
     validate_document(document, source=source)
@@ -231,6 +314,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         allow_service_account_token=policy_doc.get("allowServiceAccountToken", False),
     )
     namespace = document.get("namespace", "azp-agents")
+    aci = _aci_config(document, source=source)
     allow_once = bool(document.get("allowTokenInAgentContainer", False))
     pools: list[PoolConfig] = []
     for index, pool in enumerate(document["pools"]):
@@ -241,34 +325,14 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 if "templates" in pool
                 else f"pools[{index}].jobTemplate"
             )
-            cost = (0, 0)
-            known: Capabilities = frozen_map()
             declared = template.get("capabilities", {})
-            if check_templates:
-                job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
-                render.check_policy(job, policy=policy, key=key, source=source)
-                for note in render.check_agent_containers(
-                    job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
-                ):
-                    log.warning("%s", note)
-                cost = render.resource_cost(job)
-                runner = render.agent_containers(job, where=f"{source}: {key}").runner
-                pod_spec = render.select_arch(
-                    job["spec"]["template"]["spec"], template.get("arch"), where=f"{source}: {key}"
+            cost, known = (0, 0), frozen_map()
+            if check_templates and aci is not None:
+                _check_group_template(Path(template["jobTemplate"]), key=key, source=source, allow_once=allow_once)
+            elif check_templates:
+                cost, known = _check_job_template(
+                    template, key=key, source=source, policy=policy, allow_once=allow_once, declared=declared
                 )
-                known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
-                for name, value in capabilities.overridden(declared, known).items():
-                    log.warning(
-                        "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
-                        "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
-                        "it is advertised",
-                        f"{source}: {key}",
-                        name,
-                        declared[name],
-                        runner.get("image"),
-                        name,
-                        value,
-                    )
             templates.append(
                 TemplateConfig(
                     name=template["name"],
@@ -291,7 +355,8 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         pools.append(
             PoolConfig(
                 name=pool["name"],
-                namespace=pool.get("namespace", namespace),
+                # On ACI the pool's groups live in the resource group: it is their namespace.
+                namespace=aci.resource_group if aci is not None else pool.get("namespace", namespace),
                 templates=tuple(templates),
                 max_agents=pool.get("maxAgents", 10),
                 min_idle=pool.get("minIdle", 0),
@@ -338,6 +403,8 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         azdo_retries=client.get("retries", 4),
         azdo_api_version=client.get("apiVersion", "auto"),
         allow_token_in_agent_container=allow_once,
+        backend="aci" if aci is not None else "kubernetes",
+        aci=aci,
         source=source,
     )
 

@@ -1,0 +1,116 @@
+"""Where agents run: the backend protocol that apply and observe use, and its Kubernetes implementation.
+
+`plan()` never sees a backend: it plans over AgentJob/AgentPod snapshots (model.py) and emits actions
+naming a `namespace` and a `job_name`. A backend lists its workloads as those snapshots, turns a
+CreateJob into its own object (a batch/v1 Job, an ACI container group) and creates or deletes it.
+For Kubernetes a scope is a namespace; for Azure Container Instances it is a resource group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reconciler import render
+from reconciler.model import AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
+
+if TYPE_CHECKING:
+    from reconciler.kube import Kubernetes
+
+
+class Backend(Protocol):
+    """What the reconciler needs from the place agents run."""
+
+    kind: str
+    """What one workload is called in log lines: "Job", "container group"."""
+
+    @property
+    def call_count(self) -> int: ...
+
+    def list_workloads(self, scope: str, *, release: str) -> tuple[list[AgentJob], list[AgentPod]]:
+        """The release's workloads in one scope, each as a Job and the pod that runs its agent."""
+        ...
+
+    def render(
+        self,
+        *,
+        config: Config,
+        pool: PoolConfig,
+        template: TemplateConfig,
+        job_template: Mapping[str, Any],
+        job_name: str,
+        request_id: int | None,
+        demands: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """The object that runs one agent of `template`, from the user's template."""
+        ...
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create (or start creating) the object; False when it already existed."""
+        ...
+
+    def delete(self, scope: str, name: str) -> bool:
+        """Delete the object; False when it was already gone."""
+        ...
+
+    def post_event(
+        self, *, namespace: str, job_name: str, reason: str, message: str, warning: bool = False, now: datetime
+    ) -> None:
+        """Record a decision beside the object it concerns, where the backend has a place for it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KubernetesBackend:
+    """Agents as batch/v1 Jobs in the pools' namespaces (kube.py does the calls)."""
+
+    kind = "Job"
+
+    def __init__(self, kube: Kubernetes) -> None:
+        self.kube = kube
+
+    @property
+    def call_count(self) -> int:
+        return self.kube.call_count
+
+    def list_workloads(self, scope: str, *, release: str) -> tuple[list[AgentJob], list[AgentPod]]:
+        return self.kube.list_jobs(scope, release=release), self.kube.list_pods(scope, release=release)
+
+    def render(
+        self,
+        *,
+        config: Config,
+        pool: PoolConfig,
+        template: TemplateConfig,
+        job_template: Mapping[str, Any],
+        job_name: str,
+        request_id: int | None,
+        demands: tuple[str, ...],
+    ) -> dict[str, Any]:
+        return render.render_job(
+            config=config,
+            pool=pool,
+            template=template,
+            job_template=job_template,
+            job_name=job_name,
+            request_id=request_id,
+            demands=demands,
+        )
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        return self.kube.create_job(manifest)
+
+    def delete(self, scope: str, name: str) -> bool:
+        return self.kube.delete_job(scope, name)
+
+    def post_event(
+        self, *, namespace: str, job_name: str, reason: str, message: str, warning: bool = False, now: datetime
+    ) -> None:
+        self.kube.post_event(
+            namespace=namespace, job_name=job_name, reason=reason, message=message, warning=warning, now=now
+        )
+
+    def close(self) -> None:
+        self.kube.close()
