@@ -17,8 +17,6 @@ azure-mgmt-containerinstance and an azure-identity credential (the reference's s
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +27,9 @@ from typing import Any, TypeVar, cast
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DeserializationError,
     HttpResponseError,
+    SerializationError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -60,6 +60,8 @@ from reconciler.errors import (
 from reconciler.model import AciConfig, AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
 
 log = logging.getLogger("reconciler.aci")
+# azure-core logs every request and its headers at INFO, azure-identity every token: not our log lines.
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 REFUSED_CODES = frozenset({"ContainerGroupQuotaReached", "InaccessibleImage"})
@@ -138,6 +140,14 @@ def _translate(key: str, exc: Exception) -> Exception:
     if status == 429 or status >= 500:
         return TransientError(detail)
     return PermanentError(detail)
+
+
+def _model(body: Mapping[str, Any]) -> ContainerGroup:
+    """The SDK's model of a REST-shaped group body (the SDK sends only models of this API version)."""
+    try:
+        return ContainerGroup.deserialize(dict(body))
+    except (DeserializationError, SerializationError) as exc:
+        raise PermanentError(f"the container group template does not fit the ACI API: {exc}") from None
 
 
 def _next_page(pages: Iterator[Iterator[T]]) -> list[T] | None:
@@ -239,14 +249,12 @@ class ContainerInstances:
             pass
         else:
             return False
-        content = io.BytesIO(json.dumps(manifest["body"]).encode("utf-8"))
         self._call(
             "create container group",
             self.client.container_groups.begin_create_or_update,
             resource_group,
             name,
-            content,
-            content_type="application/json",
+            _model(manifest["body"]),
             polling=False,
         )
         return True

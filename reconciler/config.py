@@ -52,7 +52,23 @@ ORCHESTRATOR_ENV = (
     "JOB_DOCKER_SOCKET_PATH",
     "MINIMUM_AGENT_COUNT",
     "MINIMUM_IDLE_AGENT_COUNT",
+    "HOST_TYPE",
+    "JOB_OS",
+    "AZ_SUBSCRIPTION_ID",
+    "AZ_RESOURCE_GROUP",
+    "AZ_TENANT_ID",
+    "AZ_REGION",
+    "AZ_ENVIRONMENT",
 )
+# HOST_TYPE values of microsoft/azure-pipelines-orchestrator (src/Program.cs) and the AZ_ENVIRONMENT names its
+# Fluent SDK accepts (AzureEnvironment.FromName), with each cloud's Entra authority and ARM endpoint.
+_ACI_HOST_TYPES = ("aci", "azurecontainerinstance", "azurecontainerinstances")
+_AZURE_CLOUDS = {
+    "azureglobalcloud": None,
+    "azurepubliccloud": None,
+    "azurechinacloud": ("https://login.chinacloudapi.cn", "https://management.chinacloudapi.cn"),
+    "azureusgovernment": ("https://login.microsoftonline.us", "https://management.usgovcloudapi.net"),
+}
 
 
 @dataclass(frozen=True)
@@ -470,6 +486,7 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
     # Not one of the orchestrator's variables: its single-container Jobs expose the PAT to steps, so
     # that shape is ours only on request.
     allow_once = env.get("ALLOW_TOKEN_IN_AGENT_CONTAINER", "").strip().lower() in ("1", "true", "yes")
+    aci = _orchestrator_aci(env)
     if not template_path:
         image = env.get("JOB_IMAGE", "").strip()
         if not image:
@@ -478,7 +495,13 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
             )
         work_dir.mkdir(parents=True, exist_ok=True)
         generated = work_dir / "orchestrator-job.yaml"
-        generated.write_text(yaml.safe_dump(render.image_template(image=image, once=allow_once, docker_socket=socket)))
+        windows = env.get("JOB_OS", "linux").strip().lower() == "windows"
+        template = (
+            container_groups.image_template(image=image, windows=windows)
+            if aci is not None
+            else render.image_template(image=image, once=allow_once, docker_socket=socket)
+        )
+        generated.write_text(yaml.safe_dump(template))
         template_path = str(generated)
     document: dict[str, Any] = {
         "organization": url,
@@ -491,6 +514,10 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
         "allowTokenInAgentContainer": allow_once,
         "pools": [],
     }
+    if aci is not None:
+        # The orchestrator on ACI needs no cluster: a Lease only where a Kubernetes API server is at hand.
+        in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
+        document |= {"backend": "aci", "aci": aci, "lease": {**document["lease"], "enabled": in_cluster}}
     if socket:
         document["podPolicy"] = {"allowHostPath": True}
     run_once = env.get("RUN_ONCE", "").strip().lower() in ("1", "true", "yes")
@@ -506,6 +533,29 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
             {"name": name, "jobTemplate": template_path, "minAgents": min_agents, "minIdle": min_idle}
         )
     return document
+
+
+def _orchestrator_aci(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """`backend: aci` settings from the orchestrator's HOST_TYPE and AZ_* variables; None for Kubernetes."""
+    host_type = env.get("HOST_TYPE", "").strip().lower() or "kubernetes"
+    if host_type in ("kubernetes", "k8s"):
+        return None
+    if host_type not in _ACI_HOST_TYPES:
+        raise ConfigError(f"environment: HOST_TYPE={host_type!r} is not valid: use kubernetes or aci")
+    wanted = {"AZ_SUBSCRIPTION_ID": "subscriptionId", "AZ_RESOURCE_GROUP": "resourceGroup", "AZ_REGION": "location"}
+    missing = [name for name in (*wanted, "AZ_TENANT_ID") if not env.get(name, "").strip()]
+    if missing:
+        raise ConfigError(f"environment: HOST_TYPE={host_type} needs {', '.join(missing)}")
+    cloud_name = env.get("AZ_ENVIRONMENT", "").strip() or "AzureGlobalCloud"
+    if cloud_name.lower() not in _AZURE_CLOUDS:
+        raise ConfigError(f"environment: AZ_ENVIRONMENT={cloud_name!r} is not one of {', '.join(_AZURE_CLOUDS)}")
+    aci: dict[str, Any] = {key: env[name].strip() for name, key in wanted.items()}
+    # The orchestrator authenticates with DefaultAzureCredential in AZ_TENANT_ID, as this does.
+    aci |= {"credential": "default", "tenantId": env["AZ_TENANT_ID"].strip()}
+    cloud = _AZURE_CLOUDS[cloud_name.lower()]
+    if cloud is not None:
+        aci |= {"authorityHost": cloud[0], "armEndpoint": cloud[1]}
+    return aci
 
 
 def load(

@@ -68,6 +68,11 @@ def load_template(path: Path, *, key: str, source: str) -> dict[str, Any]:
         if len(groups) != 1:
             raise ConfigError(f"{where}: an ARM template must hold exactly one resource of type {RESOURCE_TYPE}")
         document = groups[0]
+    if isinstance(document, dict) and "kind" in document:
+        raise ConfigError(
+            f"{where}: is a Kubernetes {document['kind']}, not a container group (backend: aci): give a "
+            f"{RESOURCE_TYPE} body with properties.containers"
+        )
     if not isinstance(document, dict) or document.get("type", RESOURCE_TYPE) != RESOURCE_TYPE:
         raise ConfigError(f"{where}: is not a container group: give a {RESOURCE_TYPE} body with properties.containers")
     group = {k: copy.deepcopy(v) for k, v in document.items() if k in ("location", "tags", "identity", "properties")}
@@ -309,3 +314,34 @@ def resource_group_of(resource_id: str) -> str:
     parts = resource_id.split("/")
     lowered = [p.lower() for p in parts]
     return parts[lowered.index("resourcegroups") + 1] if "resourcegroups" in lowered[:-1] else ""
+
+
+def image_template(*, image: str, windows: bool = False) -> dict[str, Any]:
+    """The container group template for an agent image alone (ado-agent-orchestrator's JOB_IMAGE): on Linux an
+    init container `register` and the `agent` container sharing the agent's state in an emptyDir; on Windows
+    (no init containers or volumes on ACI) one container that registers and runs the agent (`once`)."""
+    resources = {"requests": {"cpu": 1, "memoryInGB": 2}}
+    if windows:
+        command = ["powershell", "C:\\azp\\start.ps1", "once"]
+        agent = {"name": AGENT_CONTAINER, "properties": {"image": image, "command": command, "resources": resources}}
+        return {"properties": {"osType": "Windows", "containers": [agent]}}
+    state = [{"name": "agent-state", "mountPath": "/azp/state"}]
+    command = ["/azp/start.sh", "register"]
+    register = {"name": REGISTER_CONTAINER, "properties": {"image": image, "command": command, "volumeMounts": state}}
+    agent = {
+        "name": AGENT_CONTAINER,
+        "properties": {
+            "image": image,
+            "command": ["/azp/start.sh", "run"],
+            "resources": resources,
+            "volumeMounts": state,
+        },
+    }
+    return {
+        "properties": {
+            "osType": "Linux",
+            "initContainers": [register],
+            "containers": [agent],
+            "volumes": [{"name": "agent-state", "emptyDir": {}}],
+        }
+    }
