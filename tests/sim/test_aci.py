@@ -153,3 +153,17 @@ def test_cleanup_removes_the_release_groups_only(make_sim: Callable[..., Sim]) -
     assert [g["name"] for g in arm(sim).groups(ACI_RESOURCE_GROUP)] == ["someone-elses"]
     ours = [a for a in sim.agents() if str(a.get("name", "")).startswith("azp-")]
     assert not [a for a in ours if a["name"].startswith("azp-placeholder-") or a.get("status") == "online"]
+
+
+def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Sim]) -> None:
+    """We test: `azp-reconciler check` on ACI signs in with the service principal and lists the resource
+    group's container groups; with a wrong client secret it fails, saying the credential was refused."""
+    sim = make_sim(aci_world(), install=False)
+    result = sim.cli("check")
+    assert result.code == 0, result.text
+    assert re.search(r"container groups in azp-agents\s+ok\s+listed \(0 of this release\)", result.out), result.out
+    (sim.simulation.directory / "aci-client-secret").write_text("wrong\n")
+    failed = sim.cli("check")
+    assert failed.code == 1, failed.text
+    assert re.search(r"container groups in azp-agents\s+FAILED\s+.*AADSTS7000215", failed.out), failed.out
+    assert "wrong" not in failed.out
