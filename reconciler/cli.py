@@ -382,7 +382,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from reconciler import names, render
+    from reconciler import container_groups, names, render
 
     with _load(args) as (config, _):
         pool = config.pool(args.pool)
@@ -395,10 +395,14 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}"
             )
-        job_template = render.load_template(
+        load = container_groups.load_template if config.backend == "aci" else render.load_template
+        job_template = load(
             Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
         )
     job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
+    if config.backend == "aci":
+        sys.stdout.write(_plain_yaml(_render_group(config, pool, template, job_template, job_name, args.request_id)))
+        return 0
     job = render.render_job(
         config=config,
         pool=pool,
@@ -409,6 +413,33 @@ def cmd_render(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(_plain_yaml(job))
     return 0
+
+
+def _render_group(
+    config: Any, pool: Any, template: Any, group_template: Any, name: str, request_id: int
+) -> dict[str, Any]:
+    """The container group the reconciler would create, its secrets shown as placeholders (never read)."""
+    from datetime import UTC, datetime
+
+    from reconciler import container_groups
+
+    tags = container_groups.tags_for(
+        config=config, pool=pool, template=template, request_id=request_id, now=datetime.now(UTC)
+    )
+    return {
+        "name": name,
+        "resourceGroup": pool.namespace,
+        "body": container_groups.render_group(
+            config=config,
+            pool=pool,
+            template=template,
+            group_template=group_template,
+            name=name,
+            tags=tags,
+            token="<the PAT, from auth.patFile>",
+            read_file=lambda path: f"<the password, from {path}>",
+        ),
+    }
 
 
 def _plain_yaml(document: Any) -> str:

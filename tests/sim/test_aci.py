@@ -167,3 +167,13 @@ def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Si
     assert failed.code == 1, failed.text
     assert re.search(r"container groups in azp-agents\s+FAILED\s+.*AADSTS7000215", failed.out), failed.out
     assert "wrong" not in failed.out
+
+
+def test_render_prints_the_group_without_secrets(make_sim: Callable[..., Sim]) -> None:
+    """We test: `azp-reconciler render` on ACI prints the container group the reconciler would create, tagged
+    and with its token volume, but never the PAT it would put there."""
+    sim = make_sim(aci_world(), install=False)
+    result = sim.cli("render", "--pool", "linux", "--request-id", "42")
+    assert result.code == 0, result.text
+    assert "azp-agents.request-id: '42'" in result.out and "restartPolicy: Never" in result.out
+    assert "azp-token" in result.out and PAT not in result.out
