@@ -13,9 +13,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler import render
+from reconciler.errors import ConfigError
 from reconciler.model import AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
 
 if TYPE_CHECKING:
+    from reconciler.config import Credentials
+    from reconciler.deadline import Deadline
     from reconciler.kube import Kubernetes
 
 
@@ -114,3 +117,15 @@ class KubernetesBackend:
 
     def close(self) -> None:
         self.kube.close()
+
+
+def container_instances(config: Config, credentials: Credentials, *, deadline: Deadline | None = None) -> Backend:
+    """The ACI backend (aci.py); a ConfigError saying what to install when the Azure SDK is missing."""
+    try:
+        from reconciler.aci import ContainerInstances
+    except ImportError as exc:
+        raise ConfigError(
+            f"backend: aci needs the Azure SDK ({exc.name} is missing): install azp-agents[aci] "
+            "(pip install 'azp-agents[aci]'); the reconciler image has it"
+        ) from None
+    return ContainerInstances(config, credentials, deadline=deadline)

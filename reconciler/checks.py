@@ -219,12 +219,12 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
 def _aci_finding(config: Config, credentials: config_module.Credentials) -> Finding:
     """backend aci: the identity signs in to Azure and may list the resource group's container groups (its
     container group templates were checked when the configuration loaded)."""
-    from reconciler.aci import ContainerInstances
+    from reconciler.backend import container_instances
 
     assert config.aci is not None
     label = f"container groups in {config.aci.resource_group}"
     try:
-        aci = ContainerInstances(config, credentials)
+        aci = container_instances(config, credentials)
         try:
             jobs, _ = aci.list_workloads(config.aci.resource_group, release=config.release)
         finally:

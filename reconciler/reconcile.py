@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler import __version__, capabilities, container_groups, names, render
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
-from reconciler.backend import Backend, KubernetesBackend
+from reconciler.backend import Backend, KubernetesBackend, container_instances
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
@@ -676,10 +676,8 @@ def _backend(
     from reconciler.kube import Kubernetes
 
     if config.backend == "aci":
-        from reconciler.aci import ContainerInstances
-
         kube = Kubernetes(kubeconfig=kubeconfig, deadline=deadline) if config.lease_enabled else None
-        return kube, ContainerInstances(config, credentials, deadline=deadline)
+        return kube, container_instances(config, credentials, deadline=deadline)
     kube = Kubernetes(kubeconfig=kubeconfig, deadline=deadline)
     return kube, KubernetesBackend(kube)
 

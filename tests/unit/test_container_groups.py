@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler import backend, container_groups
 from reconciler import config as config_module
-from reconciler import container_groups
+from reconciler.config import Credentials
 from reconciler.errors import ConfigError
 from reconciler.model import AciConfig, Config, PoolConfig, RegistryCredential, TemplateConfig, frozen_map
 
@@ -300,3 +302,11 @@ def test_orchestrator_aci_variable_errors(tmp_path: Path, change: dict[str, str]
     """We test: a wrong HOST_TYPE, a missing AZ_* variable and an unknown cloud name the variable."""
     with pytest.raises(ConfigError, match=expected):
         config_module.document_from_orchestrator_env({**ORCHESTRATOR, **change}, work_dir=tmp_path)
+
+
+def test_missing_azure_sdk_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """We test: backend aci without the Azure SDK installed is one ConfigError saying what to install."""
+    monkeypatch.setitem(sys.modules, "azure.mgmt.containerinstance", None)
+    monkeypatch.delitem(sys.modules, "reconciler.aci", raising=False)
+    with pytest.raises(ConfigError, match=r"backend: aci needs the Azure SDK .*pip install 'azp-agents\[aci\]'"):
+        backend.container_instances(aci_config(), Credentials(pat="p", source="test"))
