@@ -579,25 +579,28 @@ class ArmEmulator:
             group.provisioning = "Succeeded"
         roles = {c["name"]: agent_images.roles(c["properties"], self._entry(c)) for c in
                  [*group.containers("initContainers"), *group.containers()]}  # fmt: skip
+        # Which container runs the agent follows from its image and command, as start.sh decides.
+        runner = next((c for c in group.containers() if "run" in (roles[c["name"]] or ())), None)
         for container in group.containers("initContainers"):
-            code = self._run_init(group, container, roles[container["name"]])
+            code = self._run_init(group, container, roles[container["name"]], runner or container)
             self._set_state(group, container["name"], "Terminated", exitCode=code,
                             detail="Completed" if code == 0 else "Error")  # fmt: skip
             if code != 0:
                 return  # restartPolicy Never: the main containers never start
         for container in group.containers():
             self._set_state(group, container["name"], "Running")
-        runner = next((c for c in group.containers() if "run" in (roles[c["name"]] or ())), None)
         if runner is not None:
             self._run_agent(group, runner, roles[runner["name"]])
 
-    def _run_init(self, group: Group, container: Mapping[str, Any], roles: tuple[str, ...] | None) -> int:
-        """An init container's exit code: start.sh `register` registers the agent; an unknown mode exits 2."""
+    def _run_init(
+        self, group: Group, container: Mapping[str, Any], roles: tuple[str, ...] | None, runner: Mapping[str, Any]
+    ) -> int:
+        """An init container's exit code: start.sh `register` registers the agent that `runner` will run; an
+        unknown mode exits 2."""
         if roles is None:
             return 2
         if "register" not in roles:
             return 0
-        runner = next((c for c in group.containers() if c.get("name") == "agent"), group.containers()[0])
         return self._register(group, container, runner)
 
     def _register(self, group: Group, registrar: Mapping[str, Any], runner: Mapping[str, Any]) -> int:
