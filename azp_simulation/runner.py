@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,6 +64,8 @@ class Summary:
     passes: int = 0
     azdo_calls_per_pass: dict[str, float] = field(default_factory=dict)
     kube_calls_per_pass: dict[str, float] = field(default_factory=dict)
+    arm_calls_per_pass: dict[str, float] = field(default_factory=dict)
+    """Azure Resource Manager (and Entra token) requests per pass on `backend: aci`."""
     created: int = 0
     pruned: int = 0
     drained: int = 0
@@ -88,6 +90,7 @@ class ReconcilerProcess:
     def __init__(self, simulation: Simulation, *, loop_for: float, progress: TextIO | None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(simulation.reconciler_env())
         command = [
             sys.executable,
             "-m",
@@ -169,10 +172,18 @@ def _done(simulation: Simulation) -> bool:
 
 
 def run_simulation(
-    scenario: str, *, seed: int = 1, progress: TextIO | None = None, directory: Path | None = None
+    scenario: str,
+    *,
+    seed: int = 1,
+    progress: TextIO | None = None,
+    directory: Path | None = None,
+    backend: str | None = None,
 ) -> Summary:
-    """Run a scenario to its end (or its timeout) and return the measured summary."""
+    """Run a scenario to its end (or its timeout) and return the measured summary; `backend` overrides the
+    world file's (kubernetes or aci)."""
     world = load_world(scenario_path(scenario))
+    if backend is not None:
+        world = replace(world, backend=backend)
     summary = Summary(scenario=world.name, seed=seed, jobs=world.total_jobs)
     loop_for = float(world.reconciler.get("loopFor", 30))
     with _directory(directory) as workdir:
@@ -239,6 +250,10 @@ def _fill(summary: Summary, simulation: Simulation, runs: list[ReconcilerProcess
     summary.kube_calls_per_pass = {
         route: round(count / passes, 2) for route, count in sorted(simulation.kube.call_counts().items())
     }
+    if simulation.arm is not None:
+        summary.arm_calls_per_pass = {
+            route: round(count / passes, 2) for route, count in sorted(simulation.arm.call_counts().items())
+        }
     totals: Counter[str] = Counter()
     for entry in all_summaries:
         for key in ("created", "pruned", "drained", "stuck", "unroutable", "failed"):
@@ -291,14 +306,18 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
     stream.write("  Kubernetes calls per pass by route:\n")
     for route, per_pass in summary.kube_calls_per_pass.items():
         stream.write(f"    {route.ljust(48)} {per_pass:>7}\n")
+    if summary.arm_calls_per_pass:
+        stream.write("  Azure Resource Manager calls per pass by route:\n")
+        for route, per_pass in summary.arm_calls_per_pass.items():
+            stream.write(f"    {route.ljust(48)} {per_pass:>7}\n")
     verdict = "every job served" if summary.ok else "NOT every job was served"
     stream.write(f"  result: {verdict}\n")
     stream.flush()
 
 
-def simulate(scenario: str, *, seed: int, quiet: bool, json_out: Path | None) -> int:
+def simulate(scenario: str, *, seed: int, quiet: bool, json_out: Path | None, backend: str | None = None) -> int:
     """The `simulate` command: exit 0 when every job was served and none was killed."""
-    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout)
+    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout, backend=backend)
     print_summary(summary, sys.stdout)
     if json_out is not None:
         json_out.write_text(json.dumps(summary.as_dict(), indent=2))

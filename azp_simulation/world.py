@@ -51,9 +51,11 @@ from typing import Any
 import yaml
 
 from azp_simulation import agent_images, agent_oauth, container_builds
+from azp_simulation.arm_emulator import DEFAULT_START_DELAY, ArmEmulator, Quotas
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
+from reconciler import container_groups
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
 
@@ -66,6 +68,12 @@ RELEASE = "azp-agents"
 AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
 AGENT_VERSION = "4.269.0"
 REGISTER_DELAY = 0.3
+ACI_SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
+ACI_RESOURCE_GROUP = "azp-agents"
+ACI_LOCATION = "westeurope"
+ACI_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+ACI_CLIENT_ID = "azp-agents-reconciler"
+ACI_CLIENT_SECRET = "simulated-client-secret-5e1d"
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -144,6 +152,11 @@ class WorldFile:
     """The world file's own image entries; the built-in ones (agent_images.BUILT_IN) come after them."""
     nodes: Nodes | None = None
     """The cluster's nodes (None: the emulator's three amd64 nodes)."""
+    backend: str = "kubernetes"
+    """Where the reconciler runs agents: kubernetes (the emulator's Jobs) or aci (the ARM emulator's groups)."""
+    aci: Mapping[str, Any] = field(default_factory=dict)
+    """`aci:` startDelay (seconds of a real start), timeScale, quotas {containerGroups, standardCores},
+    inaccessibleImages (glob patterns), failProvisioning [{pool, nth, message}]."""
 
     @property
     def total_jobs(self) -> int:
@@ -262,6 +275,8 @@ def load_world(path: Path) -> WorldFile:
         images=document.get("images") or {},
         image_catalogue=agent_images.parse_catalogue(document.get("image_catalogue"), where=where),
         nodes=_nodes(document.get("nodes"), where),
+        backend=str(document.get("backend", "kubernetes")),
+        aci=document.get("aci") or {},
     )
 
 
@@ -383,6 +398,7 @@ class Simulation:
         self._thread: threading.Thread | None = None
         self.organization_url = ""
         self.kube_url = ""
+        self.arm: ArmEmulator | None = None
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -410,6 +426,8 @@ class Simulation:
         self.azdo.on_job_received = self._run_steps
         self.kube.on_pod_running = self._pod_running
         self.kube.on_pod_deleted = self._pod_deleted
+        if self.world.backend == "aci":
+            self.arm = self._start_arm()
         self._write_files()
         self._build_timeline()
         self._thread = threading.Thread(target=self._run_timeline, name="world-timeline", daemon=True)
@@ -420,6 +438,8 @@ class Simulation:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.kube.stop()
+        if self.arm is not None:
+            self.arm.stop()
         self.azdo.stop()
 
     @property
@@ -446,7 +466,11 @@ class Simulation:
             entry["templates"] = []
             for template in pool["templates"]:
                 # A world file may give a template's job.yaml inline; else the chart's default shape.
-                document = template.get("jobTemplate") or job_template(template.get("image", AGENT_IMAGE))
+                image = template.get("image", AGENT_IMAGE)
+                windows = "agent-windows" in image
+                aci = self.arm is not None
+                default = container_groups.image_template(image=image, windows=windows) if aci else job_template(image)
+                document = template.get("jobTemplate") or default
                 path = templates_dir / f"{pool_slug(pool['name'])}-{template['name']}.yaml"
                 path.write_text(yaml.safe_dump(document, sort_keys=False))
                 entry["templates"].append(
@@ -475,7 +499,69 @@ class Simulation:
         for key in ("allowTokenInAgentContainer", "podPolicy", "agents"):
             if key in self.world.reconciler:
                 config[key] = self.world.reconciler[key]
+        if self.arm is not None:
+            config |= self._aci_config()
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _start_arm(self) -> ArmEmulator:
+        """The ARM emulator for `backend: aci`, its resource group, a service principal and the world's rules."""
+        settings = self.world.aci
+        quotas = settings.get("quotas") or {}
+        arm = ArmEmulator(
+            directory=self.directory / "arm",
+            subscription=ACI_SUBSCRIPTION,
+            azdo=self.azdo,
+            organization_url=self.organization_url,
+            catalogue=self.catalogue,
+            start_delay=float(settings.get("startDelay", DEFAULT_START_DELAY)),
+            time_scale=float(settings.get("timeScale", 1.0)),
+            quotas=Quotas(
+                container_groups=int(quotas.get("containerGroups", 100)),
+                standard_cores=float(quotas.get("standardCores", 100)),
+            ),
+            inaccessible_images=tuple(settings.get("inaccessibleImages") or ()),
+        )
+        arm.add_resource_group(ACI_RESOURCE_GROUP, ACI_LOCATION)
+        arm.add_client(ACI_TENANT, ACI_CLIENT_ID, ACI_CLIENT_SECRET)
+        arm.never_start = lambda env: self._is_stuck(env.get("AZP_POOL", ""))
+        failures = tuple(settings.get("failProvisioning") or ())
+        started: dict[str, int] = {}
+
+        def fail(env: Mapping[str, str]) -> str | None:
+            pool = env.get("AZP_POOL", "")
+            with self._lock:
+                started[pool] = started.get(pool, 0) + 1
+            rule = next((f for f in failures if f.get("pool") == pool and int(f.get("nth", 0)) == started[pool]), None)
+            return None if rule is None else str(rule.get("message", "The container group failed to start."))
+
+        arm.fail_provisioning = fail
+        arm.start()
+        return arm
+
+    def _aci_config(self) -> dict[str, Any]:
+        """The reconciler's `backend: aci` settings for the ARM emulator (HTTPS: the reconciler trusts its CA
+        through REQUESTS_CA_BUNDLE, as behind a private CA)."""
+        assert self.arm is not None
+        secret = self.directory / "aci-client-secret"
+        secret.write_text(ACI_CLIENT_SECRET + "\n")
+        return {
+            "backend": "aci",
+            "aci": {
+                "subscriptionId": ACI_SUBSCRIPTION,
+                "resourceGroup": ACI_RESOURCE_GROUP,
+                "location": ACI_LOCATION,
+                "credential": "servicePrincipal",
+                "tenantId": ACI_TENANT,
+                "clientId": ACI_CLIENT_ID,
+                "clientSecretFile": str(secret),
+                "authorityHost": self.arm.base_url,
+                "armEndpoint": self.arm.base_url,
+            },
+        }
+
+    def reconciler_env(self) -> dict[str, str]:
+        """What the reconciler's process needs besides the config: the ARM emulator's CA on ACI."""
+        return {"REQUESTS_CA_BUNDLE": str(self.arm.ca_path)} if self.arm is not None else {}
 
     def _build_timeline(self) -> None:
         for arrival in self.world.arrivals:
@@ -804,6 +890,10 @@ class Simulation:
                         ours_online += 1
                     else:
                         ours_offline += 1
+        if self.arm is not None:
+            groups = self.arm.groups(ACI_RESOURCE_GROUP)
+            running = [g for g in groups if g["properties"]["instanceView"]["state"] in ("Pending", "Running")]
+            return {"offline_agents": ours_offline, "online_agents": ours_online, "active_jobs": len(running)}
         jobs = [
             j
             for j in self.kube.objects("jobs", NAMESPACE)

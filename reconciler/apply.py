@@ -14,12 +14,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler import agent_files, render
+from reconciler import agent_files
 from reconciler.azdo import AzureDevOps
-from reconciler.errors import AuthError, ForbiddenError, ReconcilerError
+from reconciler.errors import AuthError, CreateRefusedError, ForbiddenError, ReconcilerError
 from reconciler.model import (
     Action,
     Config,
@@ -36,7 +36,7 @@ from reconciler.model import (
 )
 
 if TYPE_CHECKING:
-    from reconciler.kube import Kubernetes
+    from reconciler.backend import Backend
 
 log = logging.getLogger("reconciler.apply")
 
@@ -51,6 +51,10 @@ _ORDER = {
     "update-placeholder": 6,
     "create-job": 7,
 }
+
+REFUSED_BACKOFF_SECONDS = 30.0
+"""The first wait of a template whose create was refused (a quota); it doubles per refusal in a row."""
+MAX_REFUSED_BACKOFF_SECONDS = 600.0
 
 _AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
 
@@ -86,24 +90,28 @@ def _verb(dry_run: bool, done: str, would: str) -> str:
 
 
 class Applier:
-    """Runs actions against Azure DevOps and Kubernetes (or only logs them in a dry run)."""
+    """Runs actions against Azure DevOps and the backend agents run on (or only logs them in a dry run).
+
+    It lives as long as its Reconciler: a template whose creates were refused stays backed off across passes."""
 
     def __init__(
         self,
         *,
         config: Config,
         azdo: AzureDevOps,
-        kube: Kubernetes,
+        backend: Backend,
         job_templates: Mapping[tuple[str, str], Mapping[str, Any]],
         dry_run: bool,
         clock: Callable[[], datetime],
     ) -> None:
         self.config = config
         self.azdo = azdo
-        self.kube = kube
+        self.backend = backend
         self.job_templates = job_templates
         self.dry_run = dry_run
         self.clock = clock
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        self.refused_until: dict[tuple[str, str], datetime] = {}
 
     def apply(self, actions: Sequence[Action]) -> Outcome:
         """Run every action; an AuthError stops the pass (nothing else can work), others are counted."""
@@ -140,7 +148,7 @@ class Applier:
         if not self.config.events or self.dry_run or not namespace or not job_name:
             return
         try:
-            self.kube.post_event(
+            self.backend.post_event(
                 namespace=namespace,
                 job_name=job_name,
                 reason=reason,
@@ -149,7 +157,9 @@ class Applier:
                 now=self.clock(),
             )
         except ReconcilerError as exc:
-            log.warning("could not record event %s on Job %s/%s: %s", reason, namespace, job_name, exc)
+            log.warning(
+                "could not record event %s on %s %s/%s: %s", reason, self.backend.kind, namespace, job_name, exc
+            )
 
     def _report_backoff(self, action: ReportCrashBackoff, outcome: Outcome) -> None:
         outcome.counts["crash_backoff"] += 1
@@ -225,8 +235,9 @@ class Applier:
         elif isinstance(action, DeleteJob):
             detail = f" ({action.detail})" if action.detail else ""
             log.info(
-                "%s Job %s/%s of pool %r: %s%s",
+                "%s %s %s/%s of pool %r: %s%s",
                 _verb(dry, "deleting", "would delete"),
+                self.backend.kind,
                 action.namespace,
                 action.job_name,
                 action.pool,
@@ -242,7 +253,7 @@ class Applier:
                 warning=stuck,
             )
             if not dry:
-                self.kube.delete_job(action.namespace, action.job_name)
+                self.backend.delete(action.namespace, action.job_name)
                 if action.agent_id is not None and action.pool_id is not None:
                     self.azdo.delete_agent(action.pool_id, action.agent_id)
             outcome.counts["stuck" if stuck else "deleted"] += 1
@@ -266,9 +277,12 @@ class Applier:
         job_template = self.job_templates.get((action.pool, action.template))
         if pool is None or template is None or job_template is None:
             raise ReconcilerError(f"no job template for pool {action.pool!r} template {action.template!r}")
+        key = (action.pool, action.template)
+        if self._refused_now(key, action, outcome):
+            return
         by_reconciler = self.config.agent_registration == "reconciler"
         registered = self._register(action, template) if by_reconciler and not self.dry_run else None
-        job = render.render_job(
+        manifest = self.backend.render(
             config=self.config,
             pool=pool,
             template=template,
@@ -279,8 +293,9 @@ class Applier:
             agent_id=registered[0] if registered else None,
         )
         log.info(
-            "%s Job %s/%s for pool %r template %r%s: %s",
+            "%s %s %s/%s for pool %r template %r%s: %s",
             _verb(self.dry_run, "creating", "would create"),
+            self.backend.kind,
             action.namespace,
             action.job_name,
             action.pool,
@@ -292,15 +307,36 @@ class Applier:
             outcome.counts["created"] += 1
             outcome.created.append(action)
             return
-        uid = self._create_or_forget(job, action, registered)
+        uid = self._create_or_forget(manifest, action, registered, key)
         if uid is None:
             outcome.counts["existing"] += 1
-            log.info("Job %s/%s already exists (an overlapping pass made it)", action.namespace, action.job_name)
+            log.info(
+                "%s %s/%s already exists (an overlapping pass made it)",
+                self.backend.kind,
+                action.namespace,
+                action.job_name,
+            )
             return
         if registered is not None:
-            self._hand_over(job, action, registered, uid)
+            self._hand_over(manifest, action, registered, uid)
         outcome.counts["created"] += 1
         outcome.created.append(action)
+
+    def _refused_now(self, key: tuple[str, str], action: CreateJob, outcome: Outcome) -> bool:
+        """True while the template backs off after a refused create (quota, an image the backend cannot pull)."""
+        until = self.refused_until.get(key)
+        if until is None or self.clock() >= until:
+            return False
+        outcome.counts["refused_backoff"] += 1
+        log.info(
+            "not creating %s %s for pool %r template %r: its last create was refused; next try after %s",
+            self.backend.kind,
+            action.job_name,
+            action.pool,
+            action.template,
+            until.isoformat(),
+        )
+        return True
 
     def _register(self, action: CreateJob, template: TemplateConfig) -> tuple[int, dict[str, str]]:
         """Register the Job's agent under the Job's name with a fresh key pair: (agent id, its three files)."""
@@ -325,33 +361,53 @@ class Applier:
         return registered["id"], files
 
     def _create_or_forget(
-        self, job: Mapping[str, Any], action: CreateJob, registered: tuple[int, dict[str, str]] | None
+        self,
+        manifest: Mapping[str, Any],
+        action: CreateJob,
+        registered: tuple[int, dict[str, str]] | None,
+        key: tuple[str, str],
     ) -> str | None:
-        """Create the Job (its uid; None when it existed); an agent registered for a Job not created is deleted."""
+        """Create the object (its id; None when it existed); an agent registered for an object not created is
+        deleted, and a refused create backs the template off."""
         try:
-            uid = self.kube.create_job_uid(job)
+            uid = self.backend.create(manifest)
+        except CreateRefusedError as exc:
+            self._forget(action, registered)
+            raise self._create_refused(key, exc) from None
         except ReconcilerError:
             self._forget(action, registered)
             raise
+        self.refusals.pop(key, None)
+        self.refused_until.pop(key, None)
         if uid is None:
             self._forget(action, registered)
         return uid
 
     def _hand_over(
-        self, job: Mapping[str, Any], action: CreateJob, registered: tuple[int, dict[str, str]], uid: str
+        self, manifest: Mapping[str, Any], action: CreateJob, registered: tuple[int, dict[str, str]], uid: str
     ) -> None:
-        """The Secret with the agent's files, owned by its Job; without it the pod could never start: the Job
-        and the agent go."""
+        """The agent's files, owned by its Job; without them the pod could never start: the Job and the agent go."""
         try:
-            self.kube.create_secret(render.agent_files_secret(job, files=registered[1], job_uid=uid))
+            self.backend.hand_over(manifest, files=registered[1], uid=uid)
         except ReconcilerError:
-            self.kube.delete_job(action.namespace, action.job_name)
+            self.backend.delete(action.namespace, action.job_name)
             self._forget(action, registered)
             raise
 
     def _forget(self, action: CreateJob, registered: tuple[int, dict[str, str]] | None) -> None:
         if registered is not None and action.pool_id is not None:
             self.azdo.delete_agent(action.pool_id, registered[0])
+
+    def _create_refused(self, key: tuple[str, str], exc: CreateRefusedError) -> CreateRefusedError:
+        """Back the template off: REFUSED_BACKOFF_SECONDS doubled per refusal in a row, at most the maximum."""
+        self.refusals[key] += 1
+        delay = min(REFUSED_BACKOFF_SECONDS * 2 ** (self.refusals[key] - 1), MAX_REFUSED_BACKOFF_SECONDS)
+        until = self.clock() + timedelta(seconds=delay)
+        self.refused_until[key] = until
+        return CreateRefusedError(
+            f"{exc}; template {key[1]!r} creates nothing before {until.isoformat()} (refusal "
+            f"{self.refusals[key]} in a row)"
+        )
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(
@@ -379,7 +435,7 @@ class Applier:
             return
         self._event(namespace=action.namespace, job_name=action.job_name, reason="AgentDrained", message=action.reason)
         if action.namespace and action.job_name:
-            self.kube.delete_job(action.namespace, action.job_name)
+            self.backend.delete(action.namespace, action.job_name)
         if agent is not None:
             self.azdo.delete_agent(action.pool_id, action.agent_id)
         outcome.counts["drained"] += 1

@@ -156,7 +156,7 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     from reconciler.kube import Kubernetes
 
     findings = [Finding("configuration", True, f"{config.source} is valid ({len(config.pools)} pools)")]
-    template_findings, jobs = _template_findings(config)
+    template_findings, jobs = _template_findings(config) if config.backend == "kubernetes" else ([], [])
     findings += template_findings
     try:
         credentials = config_module.read_credentials(document)
@@ -187,6 +187,8 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
         findings.append(Finding("credentials", False, str(exc)))
     finally:
         azdo.close()
+    if config.backend == "aci":
+        return [*findings, _aci_finding(config, credentials)]
     try:
         kube = Kubernetes(kubeconfig=kubeconfig, retries=1)
     except ReconcilerError as exc:
@@ -212,6 +214,24 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
     finally:
         kube.close()
     return findings
+
+
+def _aci_finding(config: Config, credentials: config_module.Credentials) -> Finding:
+    """backend aci: the identity signs in to Azure and may list the resource group's container groups (its
+    container group templates were checked when the configuration loaded)."""
+    from reconciler.backend import container_instances
+
+    assert config.aci is not None
+    label = f"container groups in {config.aci.resource_group}"
+    try:
+        aci = container_instances(config, credentials)
+        try:
+            jobs, _ = aci.list_workloads(config.aci.resource_group, release=config.release)
+        finally:
+            aci.close()
+    except ReconcilerError as exc:
+        return Finding(label, False, str(exc))
+    return Finding(label, True, f"listed ({len(jobs)} of this release)")
 
 
 def print_table(findings: list[Finding], stream: TextIO) -> None:

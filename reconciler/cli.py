@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--log-format", choices=["text", "json"], default="text")
     simulate.add_argument("--quiet", action="store_true", help="no live progress, only the summary")
     simulate.add_argument("--json", dest="json_out", type=Path, help="also write the summary as JSON here")
+    simulate.add_argument(
+        "--backend", choices=["kubernetes", "aci"], help="run agents on this backend (default: the world file's)"
+    )
 
     emulate = commands.add_parser("emulate", help="serve the Azure DevOps and Kubernetes emulators")
     emulate.add_argument("--world", default="burst", help="scenario name or path of a world file")
@@ -378,7 +381,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from reconciler import names, render
+    from reconciler import container_groups, names, render
 
     with _load(args) as (config, _):
         pool = config.pool(args.pool)
@@ -391,10 +394,14 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--template {args.template!r}: pool {pool.name!r} has templates {[t.name for t in pool.templates]}"
             )
-        job_template = render.load_template(
+        load = container_groups.load_template if config.backend == "aci" else render.load_template
+        job_template = load(
             Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
         )
     job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
+    if config.backend == "aci":
+        sys.stdout.write(_plain_yaml(_render_group(config, pool, template, job_template, job_name, args.request_id)))
+        return 0
     job = render.render_job(
         config=config,
         pool=pool,
@@ -405,6 +412,33 @@ def cmd_render(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(_plain_yaml(job))
     return 0
+
+
+def _render_group(
+    config: Any, pool: Any, template: Any, group_template: Any, name: str, request_id: int
+) -> dict[str, Any]:
+    """The container group the reconciler would create, its secrets shown as placeholders (never read)."""
+    from datetime import UTC, datetime
+
+    from reconciler import container_groups
+
+    tags = container_groups.tags_for(
+        config=config, pool=pool, template=template, request_id=request_id, now=datetime.now(UTC)
+    )
+    return {
+        "name": name,
+        "resourceGroup": pool.namespace,
+        "body": container_groups.render_group(
+            config=config,
+            pool=pool,
+            template=template,
+            group_template=group_template,
+            name=name,
+            tags=tags,
+            token="<the PAT, from auth.patFile>",
+            read_file=lambda path: f"<the password, from {path}>",
+        ),
+    }
 
 
 def _plain_yaml(document: Any) -> str:
@@ -443,7 +477,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     simulate = _simulation().simulate
 
     logs.setup(fmt=args.log_format, level="warning")
-    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out))
+    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out, backend=args.backend))
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:

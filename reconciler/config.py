@@ -21,14 +21,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
-from reconciler import capabilities, logs, render
+from reconciler import capabilities, container_groups, logs, render
 from reconciler.errors import ConfigError
 from reconciler.model import (
+    AciConfig,
     Capabilities,
     Config,
     LoopConfig,
     PodPolicy,
     PoolConfig,
+    RegistryCredential,
     StandbyWindow,
     TemplateConfig,
     frozen_map,
@@ -50,7 +52,23 @@ ORCHESTRATOR_ENV = (
     "JOB_DOCKER_SOCKET_PATH",
     "MINIMUM_AGENT_COUNT",
     "MINIMUM_IDLE_AGENT_COUNT",
+    "HOST_TYPE",
+    "JOB_OS",
+    "AZ_SUBSCRIPTION_ID",
+    "AZ_RESOURCE_GROUP",
+    "AZ_TENANT_ID",
+    "AZ_REGION",
+    "AZ_ENVIRONMENT",
 )
+# HOST_TYPE values of microsoft/azure-pipelines-orchestrator (src/Program.cs) and the AZ_ENVIRONMENT names its
+# Fluent SDK accepts (AzureEnvironment.FromName), with each cloud's Entra authority and ARM endpoint.
+_ACI_HOST_TYPES = ("aci", "azurecontainerinstance", "azurecontainerinstances")
+_AZURE_CLOUDS = {
+    "azureglobalcloud": None,
+    "azurepubliccloud": None,
+    "azurechinacloud": ("https://login.chinacloudapi.cn", "https://management.chinacloudapi.cn"),
+    "azureusgovernment": ("https://login.microsoftonline.us", "https://management.usgovcloudapi.net"),
+}
 
 
 AUTH_METHODS = ("pat", "workloadIdentity", "managedIdentity", "servicePrincipal")
@@ -254,6 +272,87 @@ def _time_zone(name: str, *, key: str, source: str) -> ZoneInfo:
         ) from error
 
 
+def _check_job_template(
+    template: Mapping[str, Any],
+    *,
+    key: str,
+    source: str,
+    policy: PodPolicy,
+    allow_once: bool,
+    declared: Mapping[str, str],
+) -> tuple[tuple[int, int], Capabilities]:
+    """Check a Kubernetes job template; its resource cost and the capabilities its agent will advertise."""
+    job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
+    render.check_policy(job, policy=policy, key=key, source=source)
+    for note in render.check_agent_containers(
+        job, declared=declared, allow_token_in_agent_container=allow_once, where=f"{source}: {key}"
+    ):
+        log.warning("%s", note)
+    runner = render.agent_containers(job, where=f"{source}: {key}").runner
+    pod_spec = render.select_arch(job["spec"]["template"]["spec"], template.get("arch"), where=f"{source}: {key}")
+    known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
+    for name, value in capabilities.overridden(declared, known).items():
+        log.warning(
+            "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
+            "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
+            "it is advertised",
+            f"{source}: {key}",
+            name,
+            declared[name],
+            runner.get("image"),
+            name,
+            value,
+        )
+    return render.resource_cost(job), known
+
+
+def _check_group_template(path: Path, *, key: str, source: str, allow_once: bool) -> None:
+    """Check an ACI container group template (backend: aci)."""
+    group = container_groups.load_template(path, key=key, source=source)
+    where = f"{source}: {key}"
+    if container_groups.registers_where_steps_run(group, where=where) and not allow_once:
+        raise ConfigError(
+            f"{where}: container {container_groups.AGENT_CONTAINER!r} both registers and runs the agent, so "
+            "pipeline steps could read the PAT: add an init container named 'register' of the same image "
+            "(command [/azp/start.sh, register], the agent container [/azp/start.sh, run], an emptyDir for "
+            "/azp/state), or accept the risk with allowTokenInAgentContainer: true"
+        )
+
+
+def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None:
+    """The `aci` settings when `backend: aci`; a ConfigError naming the key when they are missing."""
+    if document.get("backend", "kubernetes") != "aci":
+        return None
+    raw = document.get("aci")
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: backend is aci but the aci settings are missing: set aci.subscriptionId, "
+            "aci.resourceGroup and aci.location"
+        )
+    return AciConfig(
+        subscription_id=raw["subscriptionId"],
+        resource_group=raw["resourceGroup"],
+        location=raw["location"],
+        credential=raw.get("credential", "default"),
+        tenant_id=raw.get("tenantId"),
+        client_id=raw.get("clientId"),
+        client_secret_file=raw.get("clientSecretFile"),
+        authority_host=raw.get("authorityHost"),
+        arm_endpoint=raw.get("armEndpoint", "https://management.azure.com"),
+        identity=raw.get("identity"),
+        registries=tuple(
+            RegistryCredential(
+                server=r["server"],
+                identity=r.get("identity"),
+                username=r.get("username"),
+                password_file=r.get("passwordFile"),
+            )
+            for r in raw.get("registries", [])
+        ),
+        subnet_ids=tuple(raw.get("subnetIds", [])),
+    )
+
+
 def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, check_templates: bool = True) -> Config:
     """Turn a validated document into the effective Config; job templates are loaded and checked."""
     validate_document(document, source=source)
@@ -265,6 +364,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         allow_service_account_token=policy_doc.get("allowServiceAccountToken", False),
     )
     namespace = document.get("namespace", "azp-agents")
+    aci = _aci_config(document, source=source)
     allow_once = bool(document.get("allowTokenInAgentContainer", False))
     # An agent registered by the reconciler gets no PAT, so one container may both set it up and run it.
     single_ok = allow_once or agent_registration(document) == "reconciler"
@@ -277,34 +377,14 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                 if "templates" in pool
                 else f"pools[{index}].jobTemplate"
             )
-            cost = (0, 0)
-            known: Capabilities = frozen_map()
             declared = template.get("capabilities", {})
-            if check_templates:
-                job = render.load_template(Path(template["jobTemplate"]), key=key, source=source)
-                render.check_policy(job, policy=policy, key=key, source=source)
-                for note in render.check_agent_containers(
-                    job, declared=declared, allow_token_in_agent_container=single_ok, where=f"{source}: {key}"
-                ):
-                    log.warning("%s", note)
-                cost = render.resource_cost(job)
-                runner = render.agent_containers(job, where=f"{source}: {key}").runner
-                pod_spec = render.select_arch(
-                    job["spec"]["template"]["spec"], template.get("arch"), where=f"{source}: {key}"
+            cost, known = (0, 0), frozen_map()
+            if check_templates and aci is not None:
+                _check_group_template(Path(template["jobTemplate"]), key=key, source=source, allow_once=allow_once)
+            elif check_templates:
+                cost, known = _check_job_template(
+                    template, key=key, source=source, policy=policy, allow_once=single_ok, declared=declared
                 )
-                known = capabilities.defaults(pod_spec=pod_spec, container=runner, declared=declared)
-                for name, value in capabilities.overridden(declared, known).items():
-                    log.warning(
-                        "%s: capability %s is declared as %r, but the agent of image %s advertises %s=%r (a tool "
-                        "it finds, or Agent.*): jobs demanding the declared value will not match; declare it as "
-                        "it is advertised",
-                        f"{source}: {key}",
-                        name,
-                        declared[name],
-                        runner.get("image"),
-                        name,
-                        value,
-                    )
             templates.append(
                 TemplateConfig(
                     name=template["name"],
@@ -327,7 +407,8 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         pools.append(
             PoolConfig(
                 name=pool["name"],
-                namespace=pool.get("namespace", namespace),
+                # On ACI the pool's groups live in the resource group: it is their namespace.
+                namespace=aci.resource_group if aci is not None else pool.get("namespace", namespace),
                 templates=tuple(templates),
                 max_agents=pool.get("maxAgents", 10),
                 min_idle=pool.get("minIdle", 0),
@@ -375,14 +456,26 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
         azdo_api_version=client.get("apiVersion", "auto"),
         allow_token_in_agent_container=allow_once,
         agent_registration=agent_registration(document),
+        backend="aci" if aci is not None else "kubernetes",
+        aci=aci,
         source=source,
     )
 
 
 def agent_registration(document: Mapping[str, Any]) -> str:
-    """agents.registration: as set, else `reconciler` when the reconciler holds no PAT (auth.method is not pat)."""
+    """agents.registration: as set, else `reconciler` when the reconciler holds no PAT (auth.method is not pat).
+    Container groups (backend aci) register themselves: their agents get the PAT only in a secure volume or
+    variable that start.sh/start.ps1 remove before steps run."""
     method = document.get("auth", {}).get("method", "pat")
-    return str(document.get("agents", {}).get("registration", "token" if method == "pat" else "reconciler"))
+    chosen = document.get("agents", {}).get("registration")
+    if document.get("backend") == "aci":
+        if chosen == "reconciler":
+            raise ConfigError(
+                "agents.registration: reconciler is not supported with backend aci yet: set it to token (container "
+                "groups register their agent with the PAT, which start.sh removes before steps run)"
+            )
+        return "token"
+    return str(chosen or ("token" if method == "pat" else "reconciler"))
 
 
 def load_file(path: Path, *, check_templates: bool = True) -> tuple[Config, dict[str, Any]]:
@@ -446,6 +539,7 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
     # Not one of the orchestrator's variables: its single-container Jobs expose the PAT to steps, so
     # that shape is ours only on request.
     allow_once = env.get("ALLOW_TOKEN_IN_AGENT_CONTAINER", "").strip().lower() in ("1", "true", "yes")
+    aci = _orchestrator_aci(env)
     if not template_path:
         image = env.get("JOB_IMAGE", "").strip()
         if not image:
@@ -454,7 +548,13 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
             )
         work_dir.mkdir(parents=True, exist_ok=True)
         generated = work_dir / "orchestrator-job.yaml"
-        generated.write_text(yaml.safe_dump(render.image_template(image=image, once=allow_once, docker_socket=socket)))
+        windows = env.get("JOB_OS", "linux").strip().lower() == "windows"
+        template = (
+            container_groups.image_template(image=image, windows=windows)
+            if aci is not None
+            else render.image_template(image=image, once=allow_once, docker_socket=socket)
+        )
+        generated.write_text(yaml.safe_dump(template))
         template_path = str(generated)
     document: dict[str, Any] = {
         "organization": url,
@@ -467,6 +567,10 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
         "allowTokenInAgentContainer": allow_once,
         "pools": [],
     }
+    if aci is not None:
+        # The orchestrator on ACI needs no cluster: a Lease only where a Kubernetes API server is at hand.
+        in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
+        document |= {"backend": "aci", "aci": aci, "lease": {**document["lease"], "enabled": in_cluster}}
     if socket:
         document["podPolicy"] = {"allowHostPath": True}
     run_once = env.get("RUN_ONCE", "").strip().lower() in ("1", "true", "yes")
@@ -482,6 +586,29 @@ def document_from_orchestrator_env(env: Mapping[str, str], *, work_dir: Path) ->
             {"name": name, "jobTemplate": template_path, "minAgents": min_agents, "minIdle": min_idle}
         )
     return document
+
+
+def _orchestrator_aci(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """`backend: aci` settings from the orchestrator's HOST_TYPE and AZ_* variables; None for Kubernetes."""
+    host_type = env.get("HOST_TYPE", "").strip().lower() or "kubernetes"
+    if host_type in ("kubernetes", "k8s"):
+        return None
+    if host_type not in _ACI_HOST_TYPES:
+        raise ConfigError(f"environment: HOST_TYPE={host_type!r} is not valid: use kubernetes or aci")
+    wanted = {"AZ_SUBSCRIPTION_ID": "subscriptionId", "AZ_RESOURCE_GROUP": "resourceGroup", "AZ_REGION": "location"}
+    missing = [name for name in (*wanted, "AZ_TENANT_ID") if not env.get(name, "").strip()]
+    if missing:
+        raise ConfigError(f"environment: HOST_TYPE={host_type} needs {', '.join(missing)}")
+    cloud_name = env.get("AZ_ENVIRONMENT", "").strip() or "AzureGlobalCloud"
+    if cloud_name.lower() not in _AZURE_CLOUDS:
+        raise ConfigError(f"environment: AZ_ENVIRONMENT={cloud_name!r} is not one of {', '.join(_AZURE_CLOUDS)}")
+    aci: dict[str, Any] = {key: env[name].strip() for name, key in wanted.items()}
+    # The orchestrator authenticates with DefaultAzureCredential in AZ_TENANT_ID, as this does.
+    aci |= {"credential": "default", "tenantId": env["AZ_TENANT_ID"].strip()}
+    cloud = _AZURE_CLOUDS[cloud_name.lower()]
+    if cloud is not None:
+        aci |= {"authorityHost": cloud[0], "armEndpoint": cloud[1]}
+    return aci
 
 
 def load(

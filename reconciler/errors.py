@@ -41,3 +41,9 @@ class ConflictError(PermanentError):
 
 class NotFoundError(PermanentError):
     """The object does not exist (HTTP 404)."""
+
+
+class CreateRefusedError(ForbiddenError):
+    """The cloud refused to create an agent's workload for a reason of its template or subscription (Azure's
+    ContainerGroupQuotaReached, a throttled create, an image it cannot pull): creates from that template
+    wait and back off; nothing else is affected."""

@@ -99,6 +99,38 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class RegistryCredential:
+    """How ACI pulls from a private registry: a managed identity (resource id), or a user name whose
+    password is read from a file when the group is created (never kept in the configuration)."""
+
+    server: str
+    identity: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AciConfig:
+    """The `aci` settings: where container groups go, how the reconciler authenticates to Azure, and what
+    every group gets besides its template (identity, registries, subnets)."""
+
+    subscription_id: str
+    resource_group: str
+    location: str
+    credential: str = "default"
+    """default | managedIdentity | workloadIdentity | servicePrincipal (azure-identity credentials)."""
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret_file: str | None = None
+    authority_host: str | None = None
+    arm_endpoint: str = "https://management.azure.com"
+    identity: str | None = None
+    """Resource id of a user-assigned managed identity every group runs as (ACR pulls with it)."""
+    registries: tuple[RegistryCredential, ...] = ()
+    subnet_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration of one release (secrets are not part of it)."""
 
@@ -134,6 +166,9 @@ class Config:
     agent_registration: str = "token"
     """agents.registration: `reconciler` registers each agent and gives its pod only that agent's files
     (agent_files.py); `token`: the pod registers itself with the PAT Secret."""
+    backend: str = "kubernetes"
+    """kubernetes (batch/v1 Jobs) or aci (Azure Container Instances container groups)."""
+    aci: AciConfig | None = None
     source: str = "config"
 
     def pool(self, name: str) -> PoolConfig | None:

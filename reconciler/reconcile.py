@@ -21,11 +21,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler import __version__, capabilities, identity, names, render
+from reconciler import __version__, capabilities, container_groups, identity, names, render
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
+from reconciler.backend import Backend, KubernetesBackend, container_instances
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
@@ -41,6 +42,9 @@ from reconciler.lease import (
 from reconciler.metrics import agent_state
 from reconciler.model import Agent, AgentJob, AgentPod, Capabilities, Config, PoolState, World
 from reconciler.plan import plan, pools_needing_agents
+
+if TYPE_CHECKING:
+    from reconciler.kube import Kubernetes
 
 log = logging.getLogger("reconciler")
 
@@ -73,6 +77,7 @@ class PassReport:
     outcome: Outcome = field(default_factory=Outcome)
     azdo_calls: int = 0
     kube_calls: int = 0
+    arm_calls: int = 0
     seconds: float = 0.0
     observe_failures: int = 0
     skipped: str | None = None
@@ -104,19 +109,19 @@ class PassReport:
             "failed": self.failed,
             "azdo_calls": self.azdo_calls,
             "kube_calls": self.kube_calls,
+            "arm_calls": self.arm_calls,
             "seconds": round(self.seconds, 3),
         }
 
 
 def load_job_templates(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every pool's job templates, parsed once per run."""
+    """Every pool's job templates (container group templates on ACI), parsed once per run."""
     loaded: dict[tuple[str, str], dict[str, Any]] = {}
     for index, pool in enumerate(config.pools):
         for t_index, template in enumerate(pool.templates):
             key = f"pools[{index}].templates[{t_index}].jobTemplate"
-            loaded[(pool.name, template.name)] = render.load_template(
-                Path(template.job_template), key=key, source=config.source
-            )
+            load = container_groups.load_template if config.backend == "aci" else render.load_template
+            loaded[(pool.name, template.name)] = load(Path(template.job_template), key=key, source=config.source)
     return loaded
 
 
@@ -148,12 +153,15 @@ class Reconciler:
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.
         self.pool_ids: dict[str, int] = self.azdo.pools_by_name([p.name for p in config.pools])
-        from reconciler.kube import Kubernetes
-
-        self.kube = Kubernetes(kubeconfig=kubeconfig, deadline=self.deadline)
+        self.kube, self.backend = _backend(config, credentials, kubeconfig=kubeconfig, deadline=self.deadline)
         self.templates = load_job_templates(config)
         self.applier = Applier(
-            config=config, azdo=self.azdo, kube=self.kube, job_templates=self.templates, dry_run=dry_run, clock=clock
+            config=config,
+            azdo=self.azdo,
+            backend=self.backend,
+            job_templates=self.templates,
+            dry_run=dry_run,
+            clock=clock,
         )
         self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
         self.agents_observed: dict[str, datetime] = {}
@@ -250,7 +258,16 @@ class Reconciler:
 
     def close(self) -> None:
         self.azdo.close()
-        self.kube.close()
+        self.backend.close()
+        if self.kube is not None and self.config.backend != "kubernetes":
+            self.kube.close()
+
+    @property
+    def lease_kube(self) -> Kubernetes:
+        """The Kubernetes client that holds the Lease (a release with `lease.enabled: false` has none)."""
+        if self.kube is None:
+            raise AuthError("the Lease needs a Kubernetes API server: run in a cluster, or set lease.enabled: false")
+        return self.kube
 
     # --- the Lease -----------------------------------------------------------------------------
 
@@ -313,7 +330,7 @@ class Reconciler:
 
     def _acquire(self, namespace: str) -> str | None:
         config = self.config
-        current = self.kube.read_lease(namespace, self.lease_name)
+        current = self.lease_kube.read_lease(namespace, self.lease_name)
         self._remember(current)
         if self.dry_run:
             return None
@@ -329,7 +346,7 @@ class Reconciler:
                 annotations=self._lease_annotations(),
                 labels=labels,
             )
-            self._lease = self.kube.create_lease(namespace, body)
+            self._lease = self.lease_kube.create_lease(namespace, body)
             if self._lease is None:
                 return "another run created the Lease at the same moment"
         else:
@@ -346,7 +363,7 @@ class Reconciler:
                 labels=labels,
                 resource_version=(current.get("metadata") or {}).get("resourceVersion"),
             )
-            self._lease = self.kube.replace_lease(namespace, body)
+            self._lease = self.lease_kube.replace_lease(namespace, body)
             if self._lease is None:
                 return "another run took the Lease at the same moment"
         self._lease_renewed = time.monotonic()
@@ -362,7 +379,7 @@ class Reconciler:
             return None
         config = self.config
         cap = max(config.loop.loop_for, config.lease_duration) + LEASE_GRACE_SECONDS
-        current = self.kube.read_lease(config.lease_namespace, self.lease_name)
+        current = self.lease_kube.read_lease(config.lease_namespace, self.lease_name)
         limit = wait_limit(current, now=self.clock(), grace=LEASE_GRACE_SECONDS, cap=cap)
         log.info("%s: waiting for it until %s at the latest", reason, format_time(limit))
         # Leave this run time for at least one pass of its own before its deadline.
@@ -397,7 +414,7 @@ class Reconciler:
             acquire_time=parse_time(spec.get("acquireTime")),
         )
         try:
-            renewed = self.kube.replace_lease(self.config.lease_namespace, body)
+            renewed = self.lease_kube.replace_lease(self.config.lease_namespace, body)
         except ForbiddenError as exc:
             raise AuthError(str(exc)) from None
         except TransientError as exc:
@@ -496,14 +513,15 @@ class Reconciler:
                 self.learned[(pool_name, template.name)] = learned
 
     def _list_namespaces(self, report: PassReport) -> tuple[list[AgentJob], list[AgentPod], set[str]]:
-        """Our Jobs and Pods in every agent namespace, and the namespaces that could not be listed."""
+        """Our Jobs and Pods in every agent namespace (resource group on ACI), and those that could not be listed."""
         jobs: list[AgentJob] = []
         pods: list[AgentPod] = []
         failed: set[str] = set()
         for namespace in self.config.namespaces:
             try:
-                jobs.extend(self.kube.list_jobs(namespace, release=self.config.release))
-                pods.extend(self.kube.list_pods(namespace, release=self.config.release))
+                found_jobs, found_pods = self.backend.list_workloads(namespace, release=self.config.release)
+                jobs.extend(found_jobs)
+                pods.extend(found_pods)
             except AuthError:
                 raise
             except ReconcilerError as exc:
@@ -546,7 +564,7 @@ class Reconciler:
         """Observe, plan, apply and report once."""
         started = time.monotonic()
         cpu_started = time.process_time()
-        azdo_before, kube_before = self.azdo.call_count, self.kube.call_count
+        azdo_before, kube_before, arm_before = self.azdo.call_count, self._kube_calls(), self._arm_calls()
         report = PassReport(number=number)
         due = self._due_pools(started)
         world = self.observe(report, due)
@@ -577,13 +595,20 @@ class Reconciler:
             self.last_polled[pool.name] = started
         self._follow_hints(world)
         report.azdo_calls = self.azdo.call_count - azdo_before
-        report.kube_calls = self.kube.call_count - kube_before
+        report.kube_calls = self._kube_calls() - kube_before
+        report.arm_calls = self._arm_calls() - arm_before
         report.seconds = time.monotonic() - started
         log.info(
             "pass summary",
             extra={"fields": {**report.fields(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}},
         )
         return report
+
+    def _kube_calls(self) -> int:
+        return self.kube.call_count if self.kube is not None else 0
+
+    def _arm_calls(self) -> int:
+        return self.backend.call_count if self.config.backend == "aci" else 0
 
     def _announced_end(self, seconds: float) -> datetime | None:
         """When this run means to stop, for the Lease: None for a loop without end (`serve`)."""
@@ -640,6 +665,21 @@ class Reconciler:
             except ReconcilerError as exc:
                 log.warning("could not release the Lease (it expires by itself): %s", exc)
         return exit_code
+
+
+def _backend(
+    config: Config, credentials: Credentials, *, kubeconfig: str | None, deadline: Deadline
+) -> tuple[Kubernetes | None, Backend]:
+    """The Kubernetes client (for the Lease, and the Jobs on that backend) and the backend agents run on.
+
+    On ACI the reconciler can run anywhere: without a Lease it needs no Kubernetes API server at all."""
+    from reconciler.kube import Kubernetes
+
+    if config.backend == "aci":
+        kube = Kubernetes(kubeconfig=kubeconfig, deadline=deadline) if config.lease_enabled else None
+        return kube, container_instances(config, credentials, deadline=deadline)
+    kube = Kubernetes(kubeconfig=kubeconfig, deadline=deadline)
+    return kube, KubernetesBackend(kube)
 
 
 def _main_thread() -> bool:

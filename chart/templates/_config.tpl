@@ -67,6 +67,10 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- else if and (eq .Values.agent.mode "once") (eq (include "azp-agents.agentRegistration" .) "token") -}}
 {{- fail "agent.mode=once registers and runs pipeline steps in one container, which can then read the PAT: use agent.mode=split, or accept the risk with agent.allowTokenInAgentContainer=true" -}}
 {{- end -}}
+{{- if include "azp-agents.aci" . -}}
+{{- $_ := set $config "backend" "aci" -}}
+{{- $_ := set $config "aci" (include "azp-agents.aciConfig" . | fromJson) -}}
+{{- end -}}
 {{- if gt (int $reconciler.shard.count) 1 -}}
 {{- $_ := set $config "shard" (dict "index" (int $reconciler.shard.index) "count" (int $reconciler.shard.count)) -}}
 {{- end -}}

@@ -132,6 +132,9 @@ pat
 
 {{/* Every namespace agent Jobs run in, as a sorted JSON list without duplicates. */}}
 {{- define "azp-agents.agentNamespaces" -}}
+{{- if include "azp-agents.aci" . -}}
+{{- list | toJson -}}
+{{- else -}}
 {{- $namespaces := list (include "azp-agents.agentNamespace" .) -}}
 {{- range .Values.pools -}}
 {{- if .namespace -}}
@@ -139,6 +142,7 @@ pat
 {{- end -}}
 {{- end -}}
 {{- $namespaces | uniq | sortAlpha | toJson -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Cache name -> mount path in agent pods; the order is the order of the volumes. */}}
@@ -275,6 +279,7 @@ Cross-field rules values.schema.json cannot express. Each failure names the key 
 {{- include "azp-agents.checkNetwork" . -}}
 {{- include "azp-agents.checkPools" . -}}
 {{- include "azp-agents.checkContainerBuilds" . -}}
+{{- include "azp-agents.checkAci" . -}}
 {{- $_ := include "azp-agents.podSecurityLevel" . -}}
 {{- if and .Values.auth.pat .Values.auth.existingSecret -}}
 {{- fail "auth.pat and auth.existingSecret are both set: give only one (unset auth.pat to use the existing Secret, or unset auth.existingSecret to let the chart create one)" -}}
@@ -404,6 +409,11 @@ containers:
       {{- end }}
       - name: tmp
         mountPath: /tmp
+      {{- if and (include "azp-agents.aci" $root) (eq $root.Values.aci.credential "servicePrincipal") }}
+      - name: azure-client-secret
+        mountPath: {{ include "azp-agents.aciSecretDir" $root }}
+        readOnly: true
+      {{- end }}
       {{- with concat (include "azp-agents.caVolumeMounts" $root | fromJsonArray) $reconciler.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -445,6 +455,15 @@ volumes:
     emptyDir:
       medium: Memory
       sizeLimit: 64Mi
+  {{- if and (include "azp-agents.aci" $root) (eq $root.Values.aci.credential "servicePrincipal") }}
+  - name: azure-client-secret
+    secret:
+      secretName: {{ $root.Values.aci.clientSecret.existingSecret }}
+      defaultMode: 0440
+      items:
+        - key: {{ $root.Values.aci.clientSecret.key }}
+          path: client-secret
+  {{- end }}
   {{- with concat (include "azp-agents.caVolumes" $root | fromJsonArray) $reconciler.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

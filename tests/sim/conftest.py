@@ -59,9 +59,9 @@ class Sim:
         if args and args[0] in ("reconcile", "check"):
             command += ["--kubeconfig", str(self.simulation.kubeconfig_path)]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AZP_", "ORG_"))}
-        completed = subprocess.run(
-            command, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
-        )
+        # On ACI the reconciler trusts the ARM emulator's CA, as it would a private CA.
+        env = {**base, **self.simulation.reconciler_env(), **(env or {})}
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         return Result(completed.returncode, completed.stdout, completed.stderr)
 
     def reconcile(self, *args: str, **kwargs: Any) -> Result:

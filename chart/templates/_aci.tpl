@@ -1,0 +1,98 @@
+{{/*
+backend: aci (Azure Container Instances): the reconciler creates one container group per agent in
+aci.resourceGroup through Azure Resource Manager, so the chart makes no agent namespaces, PVCs, agent
+ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and the PAT Secret.
+*/}}
+
+{{- define "azp-agents.aci" -}}
+{{- if eq .Values.backend "aci" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the reconciler reads a service principal's client secret (credential servicePrincipal). */}}
+{{- define "azp-agents.aciSecretDir" -}}/var/run/secrets/azure{{- end -}}
+
+{{/* The config's `aci` settings (reconciler/config.schema.json), as JSON. */}}
+{{- define "azp-agents.aciConfig" -}}
+{{- $aci := .Values.aci -}}
+{{- $config := pick $aci "subscriptionId" "resourceGroup" "location" "credential" -}}
+{{- range $key := list "tenantId" "clientId" "identity" "authorityHost" "armEndpoint" -}}
+{{- with index $aci $key -}}
+{{- $_ := set $config $key . -}}
+{{- end -}}
+{{- end -}}
+{{- with $aci.registries -}}
+{{- $_ := set $config "registries" . -}}
+{{- end -}}
+{{- with $aci.subnetIds -}}
+{{- $_ := set $config "subnetIds" . -}}
+{{- end -}}
+{{- if eq $aci.credential "servicePrincipal" -}}
+{{- $_ := set $config "clientSecretFile" (printf "%s/client-secret" (include "azp-agents.aciSecretDir" .)) -}}
+{{- end -}}
+{{- toJson $config -}}
+{{- end -}}
+
+{{/* Cross-field rules of backend: aci the schema cannot express. */}}
+{{- define "azp-agents.checkAci" -}}
+{{- if include "azp-agents.aci" . -}}
+{{- $aci := .Values.aci -}}
+{{- range $key := list "subscriptionId" "resourceGroup" "location" -}}
+{{- if not (index $aci $key) -}}
+{{- fail (printf "aci.%s is required with backend: aci (the subscription, existing resource group and region of the agents' container groups)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (regexMatch "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$" $aci.subscriptionId) -}}
+{{- fail (printf "aci.subscriptionId: %q is not a subscription id: give the GUID of the subscription (az account show --query id)" $aci.subscriptionId) -}}
+{{- end -}}
+{{- $ids := concat (list $aci.identity) $aci.subnetIds -}}
+{{- range $registry := $aci.registries -}}
+{{- $ids = append $ids $registry.identity -}}
+{{- end -}}
+{{- range $id := $ids -}}
+{{- if and $id (not (hasPrefix "/subscriptions/" $id)) -}}
+{{- fail (printf "aci: %q is not an Azure resource id: aci.identity, aci.subnetIds and aci.registries[].identity take ids that start with /subscriptions/" $id) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $aci.credential "servicePrincipal") (not (and $aci.tenantId $aci.clientId $aci.clientSecret.existingSecret)) -}}
+{{- fail "aci.credential=servicePrincipal needs aci.tenantId, aci.clientId and aci.clientSecret.existingSecret (a Secret holding the client secret)" -}}
+{{- end -}}
+{{- range $pool := .Values.pools -}}
+{{- if $pool.namespace -}}
+{{- fail (printf "pools: pool %q sets namespace, but with backend: aci its container groups live in aci.resourceGroup: remove it" $pool.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The built-in container group template (jobTemplates.<name>: "" on ACI): agent.image, register in an init
+container, run in the agent container, the agent's state in an emptyDir (reconciler/container_groups.py). */}}
+{{- define "azp-agents.defaultGroupTemplate" -}}
+{{- $image := include "azp-agents.image" (dict "image" .Values.agent.image "defaultTag" .Values.reconciler.agentVersion) -}}
+{{- $state := list (dict "name" "agent-state" "mountPath" "/azp/state") -}}
+{{- $register := dict "name" "register" "properties" (dict "image" $image "command" (list "/azp/start.sh" "register") "volumeMounts" $state) -}}
+{{- $resources := dict "requests" (dict "cpu" .Values.aci.cpu "memoryInGB" .Values.aci.memoryInGB) -}}
+{{- $agent := dict "name" "agent" "properties" (dict "image" $image "command" (list "/azp/start.sh" "run") "resources" $resources "volumeMounts" $state) -}}
+{{- $properties := dict "osType" "Linux" "initContainers" (list $register) "containers" (list $agent) "volumes" (list (dict "name" "agent-state" "emptyDir" dict)) -}}
+{{- toYaml (dict "properties" $properties) -}}
+{{- end -}}
+
+{{/* jobTemplates.<.name> on ACI: a container group template (YAML/JSON, ARM shape), checked for containers. */}}
+{{- define "azp-agents.groupTemplate" -}}
+{{- $template := index .root.Values.jobTemplates .name -}}
+{{- if and (not (kindIs "map" $template)) (not (trim ($template | default ""))) -}}
+{{- include "azp-agents.defaultGroupTemplate" .root -}}
+{{- else -}}
+{{- $parsed := $template -}}
+{{- if not (kindIs "map" $template) -}}
+{{- $parsed = fromYaml $template -}}
+{{- end -}}
+{{- $body := $parsed -}}
+{{- if $parsed.resources -}}
+{{- $body = first $parsed.resources -}}
+{{- end -}}
+{{- if not (and (kindIs "map" $body.properties) $body.properties.containers) -}}
+{{- fail (printf "jobTemplates.%s: with backend: aci a template is a container group (properties.containers, ARM shape): %s" .name ($parsed.Error | default "properties.containers is missing")) -}}
+{{- end -}}
+{{- toYaml $parsed -}}
+{{- end -}}
+{{- end -}}

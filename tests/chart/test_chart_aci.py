@@ -1,0 +1,82 @@
+"""We test the chart with backend: aci: the reconciler's CronJob and Lease without agent namespaces, caches or
+agent RBAC, a config the reconciler loads, container group templates, and the errors of wrong ACI values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_helpers import config_of, find, only, render_chart, render_failure, with_defaults
+from chart_reconciler import load_config
+
+SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
+IDENTITY = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/p"
+)
+ACI = {"subscriptionId": SUBSCRIPTION, "resourceGroup": "agents", "location": "westeurope"}
+
+
+def aci_values(**aci: Any) -> dict[str, Any]:
+    return with_defaults(backend="aci", aci={**ACI, **aci}, caches={"tasks": {"enabled": True}})
+
+
+def test_aci_release_has_no_agent_namespace_objects(tmp_path: Path) -> None:
+    """We test: on ACI the chart renders the reconciler (CronJob, its Lease Role, ConfigMap, PAT Secret) but no
+    Namespace, PersistentVolumeClaim or agent ServiceAccount, and the reconciler loads its config: backend aci,
+    the built-in container group template, every pool's groups in aci.resourceGroup."""
+    objects = render_chart(aci_values(registries=[{"server": "contoso.azurecr.io", "identity": IDENTITY}]))
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"Namespace", "PersistentVolumeClaim"}
+    assert [o["metadata"]["name"] for o in find(objects, "ServiceAccount")] == ["azp-agents-reconciler"]
+    assert [o["metadata"]["name"] for o in find(objects, "Role")] == ["azp-agents-reconciler-lease"]
+    only(objects, "CronJob")
+    config = load_config(objects, tmp_path)
+    assert config.backend == "aci" and config.aci is not None
+    assert config.aci.registries[0].identity == IDENTITY
+    assert {pool.namespace for pool in config.pools} == {"agents"}
+
+
+def test_service_principal_secret_is_mounted_as_a_file() -> None:
+    """We test: credential servicePrincipal mounts aci.clientSecret.existingSecret into the reconciler and the
+    config names that file, never the secret itself."""
+    values = aci_values(
+        credential="servicePrincipal", tenantId="t", clientId="c", clientSecret={"existingSecret": "sp"}
+    )
+    objects = render_chart(values)
+    config = config_of(objects)
+    assert config["aci"]["clientSecretFile"] == "/var/run/secrets/azure/client-secret"
+    pod = only(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "azure-client-secret"]
+    assert volume["secret"]["secretName"] == "sp"
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["azure-client-secret"] == "/var/run/secrets/azure"
+
+
+def test_user_container_group_template_is_passed_through(tmp_path: Path) -> None:
+    """We test: a jobTemplates entry on ACI is a container group template, kept as given for the reconciler."""
+    group = {"properties": {"osType": "Windows", "containers": [{"name": "agent", "properties": {"image": "w:1"}}]}}
+    values = aci_values() | {"jobTemplates": {"linux": group}}
+    config = load_config(render_chart(values), tmp_path)
+    assert config.pools[0].templates[0].job_template.endswith("linux.yaml")
+
+
+@pytest.mark.parametrize(
+    ("aci", "extra", "expected"),
+    [
+        ({"resourceGroup": ""}, {}, "aci.resourceGroup is required with backend: aci"),
+        ({"credential": "servicePrincipal"}, {}, "aci.credential=servicePrincipal needs aci.tenantId"),
+        ({}, {"pools": [{"name": "p", "namespace": "x", "maxAgents": 1}]}, "with backend: aci its container groups"),
+        (
+            {},
+            {"jobTemplates": {"linux": {"apiVersion": "batch/v1", "kind": "Job", "spec": {}}}},
+            "jobTemplates.linux: with backend: aci a template is a container group",
+        ),
+        ({"credential": "kubeconfig"}, {}, "at '/aci/credential': value must be one of"),
+        ({"subscriptionId": "contoso"}, {}, 'aci.subscriptionId: "contoso" is not a subscription id'),
+        ({"subnetIds": ["agents-subnet"]}, {}, '"agents-subnet" is not an Azure resource id'),
+    ],
+)
+def test_wrong_aci_values_are_refused(aci: dict[str, Any], extra: dict[str, Any], expected: str) -> None:
+    """We test: each wrong ACI value fails the install with a message naming the key."""
+    assert expected in render_failure(aci_values(**aci) | extra)

@@ -1,0 +1,125 @@
+"""We test the ARM emulator through the real Azure SDK (azure-identity's ClientSecretCredential and
+azure-mgmt-containerinstance) over HTTPS: the token flow, the long-running create the SDK's ARM poller
+follows, list pages with nextLink, ARM error bodies, quotas and what a GET never shows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.identity import ClientSecretCredential
+from azure.mgmt.containerinstance import ContainerInstanceManagementClient
+from azure.mgmt.containerinstance.models import ContainerGroup
+
+from azp_simulation.arm_emulator import ArmEmulator, Quotas
+
+SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
+TENANT = "tenant-1"
+IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
+
+
+@pytest.fixture
+def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEmulator]:
+    emulator = ArmEmulator(
+        directory=tmp_path / "arm", subscription=SUBSCRIPTION, start_delay=30, time_scale=0.01, page_size=2,
+        quotas=Quotas(container_groups=5, standard_cores=4),
+    )  # fmt: skip
+    emulator.add_resource_group("agents", "westeurope")
+    emulator.add_client(TENANT, "app", "secret")
+    emulator.start()
+    # The SDK's transport (requests) trusts the emulator's CA as it would a private CA.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.ca_path))
+    yield emulator
+    emulator.stop()
+
+
+def client(arm: ArmEmulator, secret: str = "secret") -> ContainerInstanceManagementClient:
+    credential = ClientSecretCredential(TENANT, "app", secret, authority=arm.base_url, disable_instance_discovery=True)
+    return ContainerInstanceManagementClient(
+        credential, SUBSCRIPTION, base_url=arm.base_url, credential_scopes=[f"{arm.base_url}/.default"]
+    )
+
+
+def group(cpu: float = 1, secret_env: str = "s3cret") -> ContainerGroup:
+    body = {
+        "location": "westeurope",
+        "tags": {"owner": "test"},
+        "properties": {
+            "osType": "Linux",
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "web",
+                    "properties": {
+                        "image": "nginx",
+                        "resources": {"requests": {"cpu": cpu, "memoryInGB": 1}},
+                        "environmentVariables": [{"name": "TOKEN", "secureValue": secret_env}],
+                    },
+                }
+            ],
+            "volumes": [{"name": "s", "secret": {"token": "dG9rZW4="}}],
+        },
+    }
+    model: ContainerGroup = ContainerGroup.deserialize(body)
+    return model
+
+
+def test_create_is_a_long_running_operation_the_sdk_follows(arm: ArmEmulator) -> None:
+    """We test: begin_create_or_update returns at once with provisioningState Creating; the SDK's poller
+    follows Azure-AsyncOperation to Succeeded; a GET then shows the group, its instance view and neither the
+    secure value nor the secret volume's contents."""
+    aci = client(arm)
+    poller = aci.container_groups.begin_create_or_update("agents", "g1", group(), polling_interval=0.1)
+    assert not poller.done()
+    created = poller.result(timeout=30)
+    assert created.provisioning_state == "Succeeded"
+    fetched = aci.container_groups.get("agents", "g1")
+    assert fetched.instance_view is not None and fetched.tags == {"owner": "test"}
+    raw = json.dumps(fetched.serialize(keep_readonly=True))
+    assert "s3cret" not in raw and "dG9rZW4=" not in raw
+    assert "s3cret" in json.dumps(arm.stored("agents"))
+
+
+def test_list_pages_follow_next_link(arm: ArmEmulator) -> None:
+    """We test: five groups listed two per page come back complete through nextLink (three requests)."""
+    aci = client(arm)
+    for index in range(5):
+        aci.container_groups.begin_create_or_update("agents", f"g{index}", group(cpu=0.5), polling=False)
+    before = arm.call_counts().get("GET containerGroups", 0)
+    names = sorted(g.name for g in aci.container_groups.list_by_resource_group("agents"))
+    assert names == [f"g{index}" for index in range(5)]
+    assert arm.call_counts()["GET containerGroups"] - before == 3
+
+
+def test_errors_use_arms_envelope(arm: ArmEmulator) -> None:
+    """We test: a missing group is 404 ResourceNotFound, a missing resource group 404 ResourceGroupNotFound,
+    deleting a missing group is 204 (no error), and a wrong client secret fails the token request."""
+    aci = client(arm)
+    with pytest.raises(ResourceNotFoundError) as missing:
+        aci.container_groups.get("agents", "nope")
+    assert missing.value.error is not None and missing.value.error.code == "ResourceNotFound"
+    with pytest.raises(ResourceNotFoundError) as no_group:
+        list(aci.container_groups.list_by_resource_group("other"))
+    assert no_group.value.error is not None and no_group.value.error.code == "ResourceGroupNotFound"
+    aci.container_groups.begin_delete("agents", "nope").result(timeout=10)
+    with pytest.raises(ClientAuthenticationError, match="AADSTS7000215"):
+        client(arm, secret="wrong").container_groups.get("agents", "nope")
+
+
+def test_quotas_refuse_creates_with_arms_message(arm: ArmEmulator) -> None:
+    """We test: past the region's standard cores a create is refused (400 ContainerGroupQuotaReached) with the
+    quota, region, limit, usage and request in ARM's words; deleting a group frees its cores."""
+    aci = client(arm)
+    aci.container_groups.begin_create_or_update("agents", "big", group(cpu=3), polling=False)
+    with pytest.raises(HttpResponseError) as refused:
+        aci.container_groups.begin_create_or_update("agents", "more", group(cpu=2), polling=False)
+    assert refused.value.status_code == 400 and refused.value.error is not None
+    assert refused.value.error.code == "ContainerGroupQuotaReached"
+    assert "quota 'StandardCores' exceeded in region 'westeurope'. Limit: '4', Usage: '3' Requested: '2'." in str(
+        refused.value
+    )
+    aci.container_groups.begin_delete("agents", "big", polling=False)
+    aci.container_groups.begin_create_or_update("agents", "more", group(cpu=2), polling=False)

@@ -1,0 +1,179 @@
+"""We test the Azure Container Instances backend end to end: the real CLI in its own process, through
+azure-identity and azure-mgmt-containerinstance over HTTPS to the ARM emulator, whose container groups run
+simulated agents in the Azure DevOps emulator."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from conftest import PAT, Sim
+
+from azp_simulation.arm_emulator import ArmEmulator
+from azp_simulation.runner import run_simulation
+from azp_simulation.world import ACI_RESOURCE_GROUP
+from reconciler import container_groups
+
+LOOP = ("--loop-for", "25", "--interval", "0.5", "--idle-interval", "1")
+
+
+def aci_world(**aci: Any) -> dict[str, Any]:
+    """One Linux pool on ACI; groups start 1.5 s after their create (30 s of ACI time, x0.05)."""
+    return {
+        "name": "aci",
+        "timeout": 60,
+        "backend": "aci",
+        "aci": {"startDelay": 30, "timeScale": 0.05, **aci},
+        "reconciler": {"loopFor": 0, "interval": 0.5, "idleInterval": 1, "sweepInterval": 10},
+        "pools": [
+            {
+                "name": "linux",
+                "maxAgents": 4,
+                "provisioningTimeout": 6,
+                "idleTimeout": 3,
+                "templates": [{"name": "default", "capabilities": {"docker": "", "Agent.OS": "Linux"}}],
+            }
+        ],
+    }
+
+
+def arm(sim: Sim) -> ArmEmulator:
+    assert sim.simulation.arm is not None
+    return sim.simulation.arm
+
+
+def puts(sim: Sim) -> int:
+    return arm(sim).call_counts().get("PUT containerGroups/{name}", 0)
+
+
+def test_burst_scenario_serves_every_job_on_aci() -> None:
+    """We test: the burst scenario (40 jobs, 3 pools, Windows and Linux templates, a cancellation, a group whose
+    agent never starts, leftovers to prune) serves every job on the ACI backend, reaps the stuck group, and
+    leaves no group running and no agent of ours registered."""
+    summary = run_simulation("burst", backend="aci")
+    assert summary.ok, summary.as_dict()
+    assert summary.served + summary.canceled == summary.jobs
+    assert summary.stuck >= 1
+    assert summary.leftovers == {"offline_agents": 0, "online_agents": 0, "active_jobs": 0}
+    assert summary.arm_calls_per_pass.get("PUT containerGroups/{name}", 0) > 0
+    assert summary.kube_calls_per_pass.keys() <= {"GET leases", "POST leases", "PUT leases"}
+
+
+def test_groups_keep_the_pat_from_the_steps_container(make_sim: Callable[..., Sim]) -> None:
+    """We test: a Linux group carries the PAT only in a secret volume mounted in its `register` init
+    container (never in the agent container, never in any GET or list answer), is tagged with the release,
+    pool, template and request, and restarts Never; a job runs on it and is served."""
+    sim = make_sim(aci_world())
+    sim.queue("linux", 1, demands=("docker",), duration=30)
+    result = sim.reconcile("--loop-for", "4", "--interval", "0.5")
+    assert result.code == 0, result.text
+    sim.wait_for(lambda: any(a.get("status") == "online" for a in sim.agents()), timeout=20, what="agent online")
+    (stored,) = [g for g in arm(sim).stored(ACI_RESOURCE_GROUP) if g.get("tags")]
+    properties = stored["properties"]
+    assert properties["restartPolicy"] == "Never"
+    (agent,) = properties["containers"]
+    (register,) = properties["initContainers"]
+    assert PAT not in json.dumps(agent) and "azp-token" not in json.dumps(agent)
+    assert [m["name"] for m in register["properties"]["volumeMounts"] if m["name"] == "azp-token"] == ["azp-token"]
+    tags = stored["tags"]
+    assert tags[container_groups.TAG_RELEASE] == "azp-agents" and tags[container_groups.TAG_POOL] == "linux"
+    assert tags[container_groups.TAG_TEMPLATE] == "default" and tags[container_groups.TAG_REQUEST_ID].isdigit()
+    assert PAT not in json.dumps(arm(sim).groups())
+
+
+def test_quota_refusal_is_reported_and_backed_off(make_sim: Callable[..., Sim]) -> None:
+    """We test: with room for 2 container groups in the region, 4 queued jobs give 2 groups; the third create
+    is refused with ContainerGroupQuotaReached, reported with ARM's message, fails the run (exit 1), and the
+    template creates nothing more for its backoff, however many passes run."""
+    sim = make_sim(aci_world(quotas={"containerGroups": 2}))
+    sim.queue("linux", 4, demands=("docker",), duration=60)
+    result = sim.reconcile("--loop-for", "5", "--interval", "0.5")
+    assert result.code == 1, result.text
+    assert "ContainerGroupQuotaReached" in result.err
+    assert "container group quota 'ContainerGroups' exceeded in region 'westeurope'" in result.err
+    assert re.search(r"creates nothing before \S+ \(refusal 1 in a row\)", result.err)
+    assert "its last create was refused; next try after" in result.err
+    assert puts(sim) == 3
+    assert len([g for g in arm(sim).groups(ACI_RESOURCE_GROUP)]) == 2
+
+
+def test_inaccessible_image_fails_the_create_and_backs_off(make_sim: Callable[..., Sim]) -> None:
+    """We test: an image ACI cannot pull is refused at create (400 InaccessibleImage): the failure names the
+    code and the image, and the template is not tried again within its backoff."""
+    sim = make_sim(aci_world(inaccessibleImages=["ghcr.io/azp-agents/agent-linux:*"]))
+    sim.queue("linux", 2, demands=("docker",), duration=5)
+    result = sim.reconcile("--loop-for", "4", "--interval", "0.5")
+    assert result.code == 1, result.text
+    assert "InaccessibleImage" in result.err and "ghcr.io/azp-agents/agent-linux:4.269.0" in result.err
+    assert puts(sim) == 1
+    assert arm(sim).groups(ACI_RESOURCE_GROUP) == []
+
+
+def test_group_whose_provisioning_fails_is_reported_and_replaced(make_sim: Callable[..., Sim]) -> None:
+    """We test: a group whose provisioning ends Failed (ARM's long-running create failed after the PUT was
+    accepted) is seen by the next pass, reported with its reason, and after the crash backoff another group
+    serves the job."""
+    message = "The requested resource is not available in the location 'westeurope' at this moment."
+    sim = make_sim(aci_world(failProvisioning=[{"pool": "linux", "nth": 1, "message": message}]))
+    sim.queue("linux", 1, demands=("docker",), duration=1)
+    result = sim.reconcile(*LOOP)
+    assert "ProvisioningFailed" in result.err and message in result.err, result.text
+    assert [r.get("result") for r in sim.requests()] == ["succeeded"]
+    assert puts(sim) == 2
+
+
+def test_group_stuck_creating_is_reaped(make_sim: Callable[..., Sim]) -> None:
+    """We test: a group that never leaves Creating (its containers never start) is deleted once the pool's
+    provisioningTimeout passes, reported as stuck, and another group serves the job."""
+    sim = make_sim(aci_world(), stuck_pods=[{"pool": "linux", "nth": 1}])
+    sim.queue("linux", 1, demands=("docker",), duration=1)
+    result = sim.reconcile(*LOOP)
+    assert result.code == 0, result.text
+    assert re.search(r"deleting container group azp-agents/\S+ of pool 'linux': stuck", result.err), result.err
+    assert [r.get("result") for r in sim.requests()] == ["succeeded"]
+    assert arm(sim).call_counts().get("DELETE containerGroups/{name}", 0) >= 1
+
+
+def test_cleanup_removes_the_release_groups_only(make_sim: Callable[..., Sim]) -> None:
+    """We test: `azp-reconciler cleanup --force` deletes every container group of the release, running
+    ones included (their agents stop: none stays online), deregisters its placeholders, and leaves a group
+    someone else made in the same resource group."""
+    sim = make_sim(aci_world())
+    web = {"name": "web", "properties": {"image": "nginx"}}
+    foreign = {"location": "westeurope", "properties": {"containers": [web]}}
+    arm(sim).add_group(ACI_RESOURCE_GROUP, "someone-elses", foreign)
+    sim.queue("linux", 2, demands=("docker",), duration=120)
+    sim.reconcile("--loop-for", "4", "--interval", "0.5")
+    sim.wait_for(lambda: sum(a.get("status") == "online" for a in sim.agents()) == 2, timeout=20, what="2 agents")
+    config, kubeconfig = str(sim.config_path), str(sim.simulation.kubeconfig_path)
+    result = sim.cli("cleanup", "--config", config, "--kubeconfig", kubeconfig, "--force", "--wait", "5")
+    assert result.code == 0, result.text
+    assert [g["name"] for g in arm(sim).groups(ACI_RESOURCE_GROUP)] == ["someone-elses"]
+    ours = [a for a in sim.agents() if str(a.get("name", "")).startswith("azp-")]
+    assert not [a for a in ours if a["name"].startswith("azp-placeholder-") or a.get("status") == "online"]
+
+
+def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Sim]) -> None:
+    """We test: `azp-reconciler check` on ACI signs in with the service principal and lists the resource
+    group's container groups; with a wrong client secret it fails, saying the credential was refused."""
+    sim = make_sim(aci_world(), install=False)
+    result = sim.cli("check")
+    assert result.code == 0, result.text
+    assert re.search(r"container groups in azp-agents\s+ok\s+listed \(0 of this release\)", result.out), result.out
+    (sim.simulation.directory / "aci-client-secret").write_text("wrong\n")
+    failed = sim.cli("check")
+    assert failed.code == 1, failed.text
+    assert re.search(r"container groups in azp-agents\s+FAILED\s+.*AADSTS7000215", failed.out), failed.out
+    assert "wrong" not in failed.out
+
+
+def test_render_prints_the_group_without_secrets(make_sim: Callable[..., Sim]) -> None:
+    """We test: `azp-reconciler render` on ACI prints the container group the reconciler would create, tagged
+    and with its token volume, but never the PAT it would put there."""
+    sim = make_sim(aci_world(), install=False)
+    result = sim.cli("render", "--pool", "linux", "--request-id", "42")
+    assert result.code == 0, result.text
+    assert "azp-agents.request-id: '42'" in result.out and "restartPolicy: Never" in result.out
+    assert "azp-token" in result.out and PAT not in result.out
