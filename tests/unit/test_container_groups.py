@@ -309,4 +309,4 @@ def test_missing_azure_sdk_is_a_config_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "azure.mgmt.containerinstance", None)
     monkeypatch.delitem(sys.modules, "reconciler.aci", raising=False)
     with pytest.raises(ConfigError, match=r"backend: aci needs the Azure SDK .*pip install 'azp-agents\[aci\]'"):
-        backend.container_instances(aci_config(), Credentials(pat="p", source="test"))
+        backend.container_instances(aci_config(), Credentials(method="pat", pat="p", source="test"))
