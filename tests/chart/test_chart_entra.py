@@ -96,11 +96,14 @@ def test_service_principal_mounts_only_its_secret(tmp_path: Path) -> None:
 
 
 def test_a_pat_given_with_entra_reaches_only_the_agent_namespaces() -> None:
-    """We test: with an Entra ID method and auth.pat (the agents' registration token), the PAT Secret is rendered
-    in the agent namespaces only, never in the reconciler's, and no reconciler pod mounts it."""
+    """We test: with an Entra ID method, the reconciler registers the agents by default, so a PAT given in
+    auth.pat is rendered nowhere; with agent.registration token (pods register with it) the PAT Secret is in
+    the agent namespaces only, never in the reconciler's, and no reconciler pod mounts it."""
     values = {**SERVICE_PRINCIPAL, "auth": {**SERVICE_PRINCIPAL["auth"], "pat": "agent-registration-pat-1"}}
-    values["agent"] = {"namespace": "agents"}
     values["pools"] = [{"name": "Default"}, {"name": "Builds", "namespace": "builds"}]
+    values["agent"] = {"namespace": "agents"}
+    assert [s["metadata"]["namespace"] for s in find(render_chart(values), "Secret")] == []
+    values["agent"] = {"namespace": "agents", "registration": "token"}
     objects = render_chart(values)
     assert [s["metadata"]["namespace"] for s in find(objects, "Secret")] == ["agents", "builds"]
     for _, spec in reconciler_pods(objects):
