@@ -44,6 +44,7 @@ from azp_simulation import agent_images
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
+from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
 
@@ -81,6 +82,8 @@ class Arrival:
     duration: tuple[float, float]
     every: float = 0.0
     result: str = "succeeded"
+    project: str | None = None
+    """The project whose pipeline queues the jobs (None: the pool's first project)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class WorldFile:
     """The world file's own image entries; the built-in ones (agent_images.BUILT_IN) come after them."""
     nodes: Nodes | None = None
     """The cluster's nodes (None: the emulator's three amd64 nodes)."""
+    projects: tuple[str, ...] = ()
+    """Projects besides the default one ("project"); a pool's `projects` name those with a queue for it."""
 
     @property
     def total_jobs(self) -> int:
@@ -198,9 +203,14 @@ def load_world(path: Path) -> WorldFile:
     where = str(path)
     pools = _require(document, "pools", list, where)
     names = set()
+    projects = tuple(str(p) for p in document.get("projects") or ())
+    pool_projects: dict[str, list[str]] = {}
     for index, pool in enumerate(pools):
         name = _require(pool, "name", str, f"{where}: pools[{index}]")
         names.add(name)
+        pool_projects[name] = [str(p) for p in pool.get("projects") or [DEFAULT_PROJECT]]
+        for project in set(pool_projects[name]) - {DEFAULT_PROJECT, *projects}:
+            raise ConfigError(f"{where}: pools[{index}].projects: {project!r} is not in the world's projects")
         for t_index, template in enumerate(_require(pool, "templates", list, f"{where}: pools[{index}]")):
             _require(template, "name", str, f"{where}: pools[{index}].templates[{t_index}]")
     arrivals = []
@@ -208,6 +218,8 @@ def load_world(path: Path) -> WorldFile:
         key = f"{where}: arrivals[{index}]"
         if raw.get("pool") not in names:
             raise ConfigError(f"{key}.pool: {raw.get('pool')!r} is not one of the world's pools {sorted(names)}")
+        if raw.get("project") is not None and raw["project"] not in pool_projects[raw["pool"]]:
+            raise ConfigError(f"{key}.project: {raw['project']!r} has no queue for pool {raw['pool']!r}")
         duration = raw.get("duration", [3, 6])
         low, high = (duration, duration) if isinstance(duration, int | float) else (duration[0], duration[-1])
         arrivals.append(
@@ -219,6 +231,7 @@ def load_world(path: Path) -> WorldFile:
                 duration=(float(low), float(high)),
                 every=float(raw.get("every", 0)),
                 result=str(raw.get("result", "succeeded")),
+                project=raw.get("project"),
             )
         )
     crash_pods = tuple(
@@ -245,6 +258,7 @@ def load_world(path: Path) -> WorldFile:
         images=document.get("images") or {},
         image_catalogue=agent_images.parse_catalogue(document.get("image_catalogue"), where=where),
         nodes=_nodes(document.get("nodes"), where),
+        projects=projects,
     )
 
 
@@ -368,8 +382,10 @@ class Simulation:
         self.azdo.add_pat(PAT, scopes=("vso.agentpools_manage",))
         self.kube.add_namespace(NAMESPACE)
         self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
+        for project in set(self.world.projects) - {DEFAULT_PROJECT}:
+            self.azdo.add_project(project)
         for pool in self.world.pools:
-            created = self.azdo.add_pool(pool["name"])
+            created = self.azdo.add_pool(pool["name"], projects=pool.get("projects") or ())
             self.pool_ids[pool["name"]] = int(created["id"])
         for agent in self.world.agents:
             self.azdo.add_agent(
@@ -495,7 +511,11 @@ class Simulation:
         if kind == "queue":
             arrival, duration = payload
             request_id = self.azdo.queue_request(
-                self.pool_ids[arrival.pool], demands=arrival.demands, duration=duration, result=arrival.result
+                self.pool_ids[arrival.pool],
+                demands=arrival.demands,
+                duration=duration,
+                result=arrival.result,
+                project=arrival.project,
             )
             self.request_ids.setdefault(arrival.pool, []).append(request_id)
         elif kind == "cancel":
