@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.azdo import parse_time
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
+    from reconciler.azdo import AzureDevOps
     from reconciler.reconcile import Reconciler
 
 log = logging.getLogger("reconciler.receiver")
@@ -342,11 +343,52 @@ def subscribed_projects(subscriptions: list[dict[str, Any]], *, url: str) -> set
     return projects
 
 
+def subscription_problem(subscriptions: list[dict[str, Any]], *, project_id: str, url: str) -> str | None:
+    """What keeps the project's waiting jobs from reaching `url` (None: an enabled subscription sends them)."""
+    mine = [
+        s
+        for s in subscriptions
+        if s.get("eventType") == EVENT_TYPE
+        and str((s.get("publisherInputs") or {}).get("projectId", "")).lower() == project_id.lower()
+    ]
+    to_url = [s for s in mine if (s.get("consumerInputs") or {}).get("url") == url]
+    waiting = [
+        s for s in to_url if str((s.get("publisherInputs") or {}).get("jobStateId") or "Waiting").lower() == "waiting"
+    ]
+    if any(s.get("status") == "enabled" for s in waiting):
+        return None
+    if waiting:
+        return (
+            f"the subscription to {url} is {waiting[0].get('status')}: enable it again (Project settings > "
+            "Service hooks) or run `azp-reconciler subscribe`"
+        )
+    if to_url:
+        return f"the subscription to {url} does not send jobs entering Waiting: run `azp-reconciler subscribe`"
+    elsewhere = sorted({str((s.get("consumerInputs") or {}).get("url")) for s in mine})
+    where = f" (it sends to {', '.join(elsewhere)})" if elsewhere else ""
+    return f"no subscription sends its waiting jobs to {url}{where}: run `azp-reconciler subscribe`"
+
+
+def pools_by_project(azdo: AzureDevOps, pool_ids: Mapping[str, int]) -> dict[str, set[str]]:
+    """Which of the pools (name -> id) each project (lower-case id) may queue jobs into: the pools it has an
+    agent queue for. One call lists the projects, one per project reads its queues of these pools; projects
+    with none of them are left out. Needs the Project and Team read scope (vso.project)."""
+    names = {pool_id: name for name, pool_id in pool_ids.items()}
+    found: dict[str, set[str]] = {}
+    for project in azdo.project_ids():
+        pools = {names[pool_id] for pool_id in azdo.queue_pool_ids(project, list(names))}
+        if pools:
+            found[project] = pools
+    return found
+
+
 def serve(reconciler: Reconciler, receiver: Receiver) -> int:
     """Run the loop for as long as the process lives, taking the Lease over whenever it is free.
 
     While a CronJob run (or a second replica) holds the Lease this process only waits for it; hints
-    received meanwhile are kept and served by the first pass once it holds the Lease."""
+    received meanwhile are kept and served by the first pass once it holds the Lease. First it reads which
+    pools each project may use (its agent queues), so that a project's hint polls only those; without the
+    scope to list projects every hint may poll every pool."""
 
     def terminate(signum: int, frame: object) -> None:
         log.info("received signal %d: stopping", signum)
@@ -356,6 +398,14 @@ def serve(reconciler: Reconciler, receiver: Receiver) -> int:
     previous = (
         signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
     )
+    try:
+        reconciler.project_queues = pools_by_project(reconciler.azdo, reconciler.pool_ids)
+        log.info(
+            "pools by project (from their agent queues): %s",
+            {p: sorted(q) for p, q in reconciler.project_queues.items()},
+        )
+    except ReconcilerError as exc:
+        log.warning("cannot read which projects use the pools (%s): a hint may poll every pool", exc)
     receiver.start()
     code = 0
     try:

@@ -176,6 +176,8 @@ class Reconciler:
         # Pools each project's jobs were seen in, and hinted jobs not found yet: job id -> (pools polled
         # for it first, pools to poll next, when it was hinted).
         self.project_pools: dict[str, set[str]] = {}
+        # Pools each project has an agent queue for (None: not known, any project may use any pool).
+        self.project_queues: dict[str, set[str]] | None = None
         self._hinted_jobs: dict[str, tuple[set[str], set[str], float]] = {}
 
     def _terminate(self, signum: int, frame: object) -> None:
@@ -195,14 +197,18 @@ class Reconciler:
 
     def hint_job(self, *, project_id: str | None, job_id: str, raised: datetime | None = None) -> bool:
         """A job of this project waits for an agent (a service hook; the event names no pool): poll the
-        pools the project's jobs were seen in, and the others only if the job is not found there. False,
+        pools the project's jobs were seen in, and its other pools only if the job is not found there (its
+        pools: those it has an agent queue for, when known; else every pool). False,
         doing nothing, when the event was raised more than `idleInterval` ago: every pool has been polled
         since, so the job has been seen if it still waits (a late hook would only cost calls)."""
         if raised is not None and (self.clock() - raised).total_seconds() > self.config.loop.idle_interval:
             return False
+        project = (project_id or "").lower()
         every = {p.name for p in self.config.pools}
+        if self.project_queues is not None and project in self.project_queues:
+            every &= self.project_queues[project]
         with self._hint_lock:
-            first = (self.project_pools.get((project_id or "").lower(), set()) & every) or every
+            first = (self.project_pools.get(project, set()) & every) or every
             self._hinted_jobs[job_id.lower()] = (first, every - first, time.monotonic())
         self.hint(first)
         return True

@@ -342,3 +342,77 @@ def test_a_job_in_a_pool_the_project_never_used_is_found_at_once(
     sim.queue("gpu", 1, demands=("docker",), duration=60)
     sim.wait_for(lambda: len(sim.jobs()) == 2, timeout=15, what="the Job in pool gpu")
     assert time.monotonic() - queued_at < 8
+
+
+PROJECT_POOLS = {
+    **WORLD,
+    "projects": ["web", "docs"],
+    "pools": [
+        {
+            **WORLD["pools"][0],
+            "name": name,
+            "projects": projects,
+            "templates": [{"name": "default", "capabilities": {"docker": ""}}],
+        }
+        for name, projects in (("linux", ["project"]), ("gpu", ["web"]))
+    ],
+}
+"""Pool linux serves the default project, gpu serves web; project docs uses neither."""
+
+
+def test_subscribe_finds_the_projects_and_check_verifies_them(make_sim: Callable[..., Sim], tmp_path: Path) -> None:
+    """We test: without --project, `subscribe` subscribes exactly the projects with an agent queue for one of
+    the pools (not docs), and says which scope it lacks without vso.project; `check --hooks-url` fails a row per
+    project until the subscriptions exist, then passes them, and fails without the Service Hooks read scope."""
+    sim = make_sim(PROJECT_POOLS)
+    web = sim.azdo.projects.require("web").project_id
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    url = "http://127.0.0.1:9/hooks/azure-devops"
+    subscribe = ["subscribe", "--config", str(sim.config_path), "--secret-file", str(secret_file), "--url", url]
+    check = ["check", "--hooks-url", url]
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write"))
+    unscoped = sim.cli(*subscribe, "--allow-http")
+    assert unscoped.code == 2 and "vso.project" in unscoped.err and "--project" in unscoped.err
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write", "vso.project"))
+    before = sim.cli(*check)
+    assert before.code == 1, before.text
+    for project in (sim.azdo.project_id, web):
+        assert re.search(rf"service hook for project {project}\s+FAILED\s+no subscription sends", before.out)
+    assert "docs" not in before.out and sim.azdo.projects.require("docs").project_id not in before.out
+    assert sim.cli(*subscribe, "--allow-http").code == 0
+    subscribed = {s["publisherInputs"]["projectId"] for s in sim.azdo.hooks.subscriptions()}
+    assert subscribed == {sim.azdo.project_id, web}
+    after = sim.cli(*check)
+    assert after.code == 0, after.text
+    assert re.search(rf"service hook for project {web}\s+ok\s+sends to {url}", after.out)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.project"))
+    unreadable = sim.cli(*check)
+    assert unreadable.code == 1 and re.search(r"service hooks\s+FAILED.*vso\.hooks", unreadable.out)
+
+
+def test_a_hint_polls_only_the_pools_of_its_project(make_sim: Callable[..., Sim], serve: Callable[..., Served]) -> None:
+    """We test: `serve` reads which pools each project has a queue for, so the first hint of project web (its
+    map of pools not learned from any job yet) polls pool gpu and not linux, which serves another project;
+    the job's Job is created within seconds with idleInterval 60 s."""
+    sim = make_sim(PROJECT_POOLS)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write", "vso.project"))
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    web = sim.azdo.projects.require("web").project_id
+    for project in (sim.azdo.project_id, web):
+        body = subscription_body(project_id=project, url=f"{served.url}{HOOK_PATH}", username="azp", password=SECRET)
+        sim.azdo.hooks.create(body, identity={})
+    time.sleep(1.5)  # the first passes have polled both pools: from now on they are idle for 60 s
+
+    def polls(pool: str) -> int:
+        return sum(1 for c in sim.azdo.calls() if c.path.endswith(f"/pools/{sim.pool_ids[pool]}/jobrequests"))
+
+    linux_before = polls("linux")
+    queued_at = time.monotonic()
+    sim.azdo.queue_request(sim.pool_ids["gpu"], demands=("docker",), duration=30, project="web")
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=10, what="the Job of web's job in pool gpu")
+    assert time.monotonic() - queued_at < 5
+    time.sleep(1.0)
+    assert polls("linux") == linux_before, "the hint of project web polled pool linux"
+    assert "pools by project" in served.log
