@@ -1,8 +1,8 @@
 """An emulator of the Azure DevOps agent-pool REST API: a real HTTP server on 127.0.0.1.
 
 It serves the routes the reconciler, `config.sh` and `curl` use (connectionData, pools, agents, job
-requests, service hook subscriptions, and the projects and their agent queues of a multi-project
-organization: azp_simulation/projects.py) with the service's shapes: `{"count", "value"}` lists,
+requests, service hook subscriptions, a run's timeline, and the projects and their agent queues of a
+multi-project organization: azp_simulation/projects.py) with the service's shapes: `{"count", "value"}` lists,
 camelCase fields, null fields left out, UTC timestamps with 'Z', api-version rules, PAT scopes, sign-in
 pages, throttling headers and JSON error bodies. Behind it sits a small server-side scheduler that
 assigns queued job requests to online, enabled, idle agents whose capabilities satisfy the demands, the
@@ -78,7 +78,7 @@ from azp_simulation.azdo_support import (
     short_route,
 )
 from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
-from azp_simulation.projects import SCOPE_PROJECT_READ, Projects
+from azp_simulation.projects import SCOPE_BUILD_READ, SCOPE_PROJECT_READ, Projects
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 from reconciler.demands import satisfies_all
 
@@ -859,6 +859,52 @@ class AzureDevOpsEmulator(ServedEmulator):
             )
         return data
 
+    def _timeline(self, reference: str, build_id: int, credential: Credential) -> dict[str, Any]:
+        """GET {project}/_apis/build/builds/{buildId}/timeline (Build - Timeline - Get; scope vso.build): the
+        run's Job records. A record's id is the job's id (the job request's jobId, which the agent reports its
+        job record under), `queueId` the queue it was queued to (TimelineRecord, azure-devops-extension-api:
+        "The ID of the queue which connects projects to agent pools"), set from the moment it waits [unconfirmed
+        for a job still waiting]. Not emulated: Stage, Phase and Task records, logs, issues, `changeId` paging."""
+        if SCOPE_BUILD_READ not in credential.scopes:
+            raise ApiError(
+                403,
+                f"Access Denied: the access token of {credential.identity} does not have the scope {SCOPE_BUILD_READ} "
+                "(Build: Read) that build/builds/{buildId}/timeline requires.",
+                "AccessCheckException",
+            )
+        project = self.projects.require(reference)
+        jobs = [r for r in self._requests.values() if r.run_id == build_id and r.scope_id == project.project_id]
+        if not jobs:
+            raise ApiError(404, f"The requested build {build_id} could not be found.", "BuildNotFoundException")
+        builds = f"{self._public_base()}/{project.project_id}/_apis/build/builds"
+        return {
+            "id": jobs[0].plan_id,
+            "changeId": len(jobs),
+            "url": f"{builds}/{build_id}/Timeline/{jobs[0].plan_id}",
+            "records": [self._job_record(request) for request in jobs],
+        }
+
+    def _job_record(self, request: _Request) -> dict[str, Any]:
+        state = "completed" if request.finished else ("inProgress" if request.receive_time else "pending")
+        agent = self._agents.get(request.reserved_agent) if request.reserved_agent is not None else None
+        return _without_nulls(
+            {
+                "id": request.job_id,
+                "parentId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.plan_id}/phase")),
+                "type": "Job",
+                "name": request.job_name,
+                "identifier": f"__default.{request.job_name}",
+                "state": state,
+                "result": request.result,
+                "startTime": _time_or_none(request.receive_time),
+                "finishTime": _time_or_none(request.finish_time),
+                "queueId": request.queue_id,
+                "workerName": agent.name if agent and request.receive_time else None,
+                "attempt": 1,
+                "order": 1,
+            }
+        )
+
     def _public_base(self) -> str:
         return self.base_url or f"https://dev.azure.com/{self.organization}"
 
@@ -1151,6 +1197,8 @@ class AzureDevOpsEmulator(ServedEmulator):
                         "AccessCheckException",
                     )
                 return 200, _collection(self.projects.list_json(query, base_url=self._public_base())), {}
+            if short == "build/builds/{buildId}/timeline":
+                return 200, self._timeline(project or "", ids["buildId"], credential), {}
             if short == "queues":
                 return 200, _collection(self.projects.queues_json(project or "", query, pool_json=self._pool_ref)), {}
             if short == "pools/{poolId}/jobrequests":

@@ -198,7 +198,7 @@ def short_route(template: str) -> str:
 
 def _route(template: str, *methods: str, in_project: bool = False) -> Route:
     regex = re.escape(template)
-    for name in ("poolId", "agentId", "requestId"):
+    for name in ("poolId", "agentId", "requestId", "buildId"):
         regex = regex.replace(re.escape("{" + name + "}"), f"(?P<{name}>[0-9]+)")
     return Route(
         template=template, pattern=re.compile(regex, re.IGNORECASE), methods=frozenset(methods), in_project=in_project
@@ -217,6 +217,7 @@ ROUTES: tuple[Route, ...] = (
     _route("/_apis/hooks/subscriptions", "GET", "POST"),
     _route("/_apis/projects", "GET"),
     _route("/_apis/distributedtask/queues", "GET", in_project=True),
+    _route("/_apis/build/builds/{buildId}/timeline", "GET", in_project=True),
 )
 
 

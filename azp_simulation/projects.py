@@ -33,6 +33,7 @@ from typing import Any
 from azp_simulation.azdo_support import ApiError, format_time
 
 SCOPE_PROJECT_READ = "vso.project"
+SCOPE_BUILD_READ = "vso.build"
 DEFAULT_PROJECT = "project"
 PROJECTS_PAGE = 100
 FIRST_QUEUE_ID = 101

@@ -235,3 +235,24 @@ def test_a_job_is_posted_only_to_its_projects_subscriptions(emulator: AzureDevOp
     emulator.queue_request(pool, demands=("docker",))
     wait_for(lambda: len(consumer.posts) == 2)
     assert consumer.posts[1][1]["resource"]["projectId"] == emulator.project_id
+
+
+def test_a_runs_timeline_names_the_queue_of_its_job(emulator: AzureDevOpsEmulator, consumer: Consumer) -> None:
+    """We test: the run id a job's event carries leads to the run's timeline in the job's project, whose Job
+    record (id = the job's id, state pending while it waits) names the queue the job was queued to; the route
+    needs vso.build, and a run of another project is a 404 there."""
+    emulator.add_pat(PROJECTS_PAT, scopes=("vso.agentpools", "vso.build"))
+    web = emulator.add_project("web")
+    assert post(emulator, subscription(emulator, consumer.url)).status_code == 200
+    pool = emulator.add_pool("linux", projects=(web, emulator.project_id))["id"]
+    emulator.add_agent(pool, "placeholder", enabled=False, capabilities={"docker": ""})
+    emulator.queue_request(pool, demands=("docker",), project=emulator.project_id)
+    wait_for(lambda: len(consumer.posts) == 1)
+    resource = consumer.posts[0][1]["resource"]
+    path = f"{emulator.project_id}/_apis/build/builds/{resource['run']['id']}/timeline"
+    assert get(emulator, path, pat=POOLS_ONLY).status_code == 403
+    records = get(emulator, path).json()["records"]
+    (job,) = [r for r in records if r["id"] == resource["job"]["id"]]
+    queues = get(emulator, f"{emulator.project_id}/_apis/distributedtask/queues", poolIds=str(pool)).json()
+    assert (job["type"], job["state"], job["queueId"]) == ("Job", "pending", queues["value"][0]["id"])
+    assert get(emulator, f"{web}/_apis/build/builds/{resource['run']['id']}/timeline").status_code == 404
