@@ -505,16 +505,34 @@ class AzureDevOps:
             if len(page) < PROJECTS_PAGE:
                 return found
 
-    def queue_pool_ids(self, project: str, pool_ids: Collection[int]) -> set[int]:
-        """Which of these pools the project has an agent queue for, i.e. may queue jobs into (Queues - Get
-        Agent Queues For Pools, a project-scoped route; Agent Pools read scope)."""
+    def queues_of_pools(self, project: str, pool_ids: Collection[int]) -> dict[int, int]:
+        """The project's agent queues (queue id -> pool id) of these pools, i.e. the pools it may queue jobs into
+        (Queues - Get Agent Queues For Pools, a project-scoped route; Agent Pools read scope)."""
         queues = self._list(
             "distributedtask/queues",
             route="{project}/queues",
             params={"poolIds": ",".join(str(i) for i in sorted(pool_ids))},
             project=project,
         )
-        return {pool_id for q in queues if (pool_id := _ref_id(q.get("pool"))) is not None and pool_id in pool_ids}
+        found: dict[int, int] = {}
+        for queue in queues:
+            pool_id, queue_id = _ref_id(queue.get("pool")), queue.get("id")
+            if pool_id is not None and pool_id in pool_ids and isinstance(queue_id, int):
+                found[queue_id] = pool_id
+        return found
+
+    def job_queue_id(self, project: str, run_id: int, job_id: str) -> int | None:
+        """The queue a run's job was queued to, from its timeline (Timeline - Get: the Job record whose id is the
+        job's id carries `queueId`; needs the Build read scope, vso.build). None when the record has none."""
+        timeline = self._request(
+            "GET", f"build/builds/{run_id}/timeline", route="{project}/build/builds/{buildId}/timeline", project=project
+        )
+        records = timeline.get("records") if isinstance(timeline, dict) else None
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict) and str(record.get("id", "")).lower() == job_id.lower():
+                queue_id = record.get("queueId")
+                return queue_id if isinstance(queue_id, int) else None
+        return None
 
     def create_subscription(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create one service hook subscription (needs the Service Hooks read & write scope)."""

@@ -294,7 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 (args.host, args.port),
                 auth=auth,
                 on_hint=lambda hint: reconciler.hint_job(
-                    project_id=hint.project_id, job_id=hint.job_id, raised=hint.created
+                    project_id=hint.project_id, job_id=hint.job_id, raised=hint.created, run_id=hint.run_id
                 ),
                 metrics=metrics,
                 tls=tls,
@@ -354,7 +354,12 @@ def _projects_using(azdo: Any, config: Any) -> list[str]:
     from reconciler import receiver
 
     try:
-        found = receiver.pools_by_project(azdo, azdo.pools_by_name([p.name for p in config.pools]))
+        found = {
+            project: set(queues.values())
+            for project, queues in receiver.pools_by_project(
+                azdo, azdo.pools_by_name([p.name for p in config.pools])
+            ).items()
+        }
     except ForbiddenError:
         raise AuthError(
             f"{config.organization} refused to list its projects or their agent queues (HTTP 403): give the PAT the "

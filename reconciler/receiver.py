@@ -13,7 +13,8 @@ backstop. The reconciler loop runs in the same process (`azp-reconciler serve`),
 Hints are deduplicated by (job id, attempt, state), a hint raised longer than `idleInterval` ago is
 stale (every pool has been polled since), and hints are rate-limited by the loop: a hinted pool is
 polled no sooner than `interval` after its previous poll, so a flood of hooks costs at most one
-job-requests call per pool per `interval`. Posts are refused before their body is read when they are
+job-requests call per pool per `interval` (and at most a few reads of a run's timeline a pass, for jobs not
+in the pools their project's jobs were seen in). Posts are refused before their body is read when they are
 not authenticated (401), and when their body is too large (413) or not such an event (400).
 """
 
@@ -71,6 +72,8 @@ class Hint:
     state: str
     created: datetime | None = None
     """When the service raised the event (`createdDate`)."""
+    run_id: int | None = None
+    """The pipeline run (`resource.run.id`, the build id) the job belongs to."""
 
     @property
     def waiting(self) -> bool:
@@ -100,12 +103,15 @@ def parse_hint(body: bytes) -> Hint:
     if not isinstance(project, str):
         container = (event.get("resourceContainers") or {}).get("project")
         project = container.get("id") if isinstance(container, dict) else None
+    run = resource.get("run")
+    run_id = run.get("id") if isinstance(run, dict) else None
     return Hint(
         project_id=project if isinstance(project, str) else None,
         job_id=job_id.lower(),
         attempt=attempt,
         state=state,
         created=parse_time(event.get("createdDate")),
+        run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None,
     )
 
 
@@ -369,16 +375,16 @@ def subscription_problem(subscriptions: list[dict[str, Any]], *, project_id: str
     return f"no subscription sends its waiting jobs to {url}{where}: run `azp-reconciler subscribe`"
 
 
-def pools_by_project(azdo: AzureDevOps, pool_ids: Mapping[str, int]) -> dict[str, set[str]]:
-    """Which of the pools (name -> id) each project (lower-case id) may queue jobs into: the pools it has an
-    agent queue for. One call lists the projects, one per project reads its queues of these pools; projects
-    with none of them are left out. Needs the Project and Team read scope (vso.project)."""
+def pools_by_project(azdo: AzureDevOps, pool_ids: Mapping[str, int]) -> dict[str, dict[int, str]]:
+    """Which of the pools (name -> id) each project (lower-case id) may queue jobs into: its agent queues of
+    them (queue id -> pool name). One call lists the projects, one per project reads its queues of these
+    pools; projects with none of them are left out. Needs the Project and Team read scope (vso.project)."""
     names = {pool_id: name for name, pool_id in pool_ids.items()}
-    found: dict[str, set[str]] = {}
+    found: dict[str, dict[int, str]] = {}
     for project in azdo.project_ids():
-        pools = {names[pool_id] for pool_id in azdo.queue_pool_ids(project, list(names))}
-        if pools:
-            found[project] = pools
+        queues = {queue: names[pool_id] for queue, pool_id in azdo.queues_of_pools(project, list(names)).items()}
+        if queues:
+            found[project] = queues
     return found
 
 
@@ -399,7 +405,9 @@ def serve(reconciler: Reconciler, receiver: Receiver) -> int:
         signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
     )
     try:
-        reconciler.project_queues = pools_by_project(reconciler.azdo, reconciler.pool_ids)
+        queues = pools_by_project(reconciler.azdo, reconciler.pool_ids)
+        reconciler.project_queues = {project: set(pools.values()) for project, pools in queues.items()}
+        reconciler.queue_pools = {queue: pool for pools in queues.values() for queue, pool in pools.items()}
         log.info(
             "pools by project (from their agent queues): %s",
             {p: sorted(q) for p, q in reconciler.project_queues.items()},
