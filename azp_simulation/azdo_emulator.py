@@ -1,10 +1,12 @@
 """An emulator of the Azure DevOps agent-pool REST API: a real HTTP server on 127.0.0.1.
 
 It serves the routes the reconciler, `config.sh` and `curl` use (connectionData, pools, agents, job
-requests) with the service's shapes: `{"count", "value"}` lists, camelCase fields, null fields left
-out, UTC timestamps with 'Z', api-version rules, PAT scopes, sign-in pages, throttling headers and
-JSON error bodies. Behind it sits a small server-side scheduler that assigns queued job requests
-to online, enabled, idle agents whose capabilities satisfy the demands, the way the service does.
+requests, service hook subscriptions, a run's timeline, and the projects and their agent queues of a
+multi-project organization: azp_simulation/projects.py) with the service's shapes: `{"count", "value"}` lists,
+camelCase fields, null fields left out, UTC timestamps with 'Z', api-version rules, PAT scopes, sign-in
+pages, throttling headers and JSON error bodies. Behind it sits a small server-side scheduler that
+assigns queued job requests to online, enabled, idle agents whose capabilities satisfy the demands, the
+way the service does.
 
 Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unconfirmed]:
 - a valid PAT without `vso.agentpools_manage` on a write gets 403 with an "Access Denied ... needs
@@ -64,7 +66,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from azp_simulation.agent_oauth import OAuthClient, OAuthRefusal, TokenService
 from azp_simulation.azdo_support import (
@@ -91,6 +93,7 @@ from azp_simulation.azdo_support import (
 )
 from azp_simulation.entra import AZURE_DEVOPS_APP_ID, EntraEmulator
 from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
+from azp_simulation.projects import SCOPE_BUILD_READ, SCOPE_PROJECT_READ, Projects
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 from reconciler.demands import satisfies_all
 
@@ -204,6 +207,7 @@ class _Request:
     plan_id: str
     job_id: str
     scope_id: str
+    queue_id: int
     job_name: str = "Job"
     assign_time: float | None = None
     receive_time: float | None = None
@@ -258,7 +262,9 @@ class AzureDevOpsEmulator(ServedEmulator):
         agent, not the server, decides its outcome. Called under the emulator's lock."""
         self.stats = EmulatorStats()
         self.instance_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}"))
-        self.project_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://dev.azure.com/{organization}/project"))
+        self.projects = Projects(organization=organization, clock=clock)
+        self.project_id = self.projects.default_id
+        """The project every pool has a queue in unless told otherwise (`add_pool(projects=...)`)."""
         self._lock = threading.RLock()
         self._pools: dict[int, dict[str, Any]] = {}
         self._agents: dict[int, _Agent] = {}
@@ -280,7 +286,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         self._next_request_id = FIRST_REQUEST_ID
         self.hooks = ServiceHooks(
             account_id=self.instance_id,
-            project_id=self.project_id,
+            projects=self.projects,
             base_url=f"https://dev.azure.com/{organization}",
             clock=clock,
         )
@@ -364,8 +370,15 @@ class AzureDevOpsEmulator(ServedEmulator):
 
     # World setup
 
-    def add_pool(self, name: str, *, pool_id: int | None = None, **fields: Any) -> dict[str, Any]:
-        """Create an agent pool; `fields` override the service's camelCase pool fields."""
+    def add_project(self, name: str) -> str:
+        """Create a project; returns its id."""
+        return self.projects.add(name)
+
+    def add_pool(
+        self, name: str, *, pool_id: int | None = None, projects: Iterable[str] = (), **fields: Any
+    ) -> dict[str, Any]:
+        """Create an agent pool with a queue in each of `projects` (ids or names; default: the default
+        project); `fields` override the service's camelCase pool fields."""
         with self._lock:
             if pool_id is None:
                 while self._next_pool_id in self._pools:
@@ -394,6 +407,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             }
             pool.update(fields)
             self._pools[pool_id] = pool
+            for project in list(projects) or [self.project_id]:
+                self.projects.add_queue(project, pool_id)
             return self._pool_json(pool_id)
 
     def remove_pool(self, pool_id: int) -> None:
@@ -402,6 +417,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             self._pool(pool_id)
             del self._pools[pool_id]
+            self.projects.remove_pool(pool_id)
             for agent_id in self._agents_by_pool.pop(pool_id, {}):
                 self._agents.pop(agent_id, None)
             self._requests = {rid: r for rid, r in self._requests.items() if r.pool_id != pool_id}
@@ -442,13 +458,19 @@ class AzureDevOpsEmulator(ServedEmulator):
         definition_name: str = "ci",
         queue_time: float | None = None,
         steps: Iterable[str] = (),
+        project: str | None = None,
     ) -> int:
-        """Queue a pipeline job in a pool; returns its request id.
+        """Queue a pipeline job of `project` (id or name; default: the first project with a queue for the
+        pool) in a pool; returns its request id.
 
         Like the service, a request no registered agent of the pool could ever satisfy (offline and
         disabled agents count) fails at once."""
         with self._lock:
             self._pool(pool_id)
+            scope_id = self.projects.require(project).project_id if project else self.projects.projects_of(pool_id)[0]
+            queue_id = self.projects.queue_of(scope_id, pool_id)
+            if queue_id is None:
+                raise ValueError(f"project {project!r} has no queue for pool {pool_id}: add the pool to the project")
             request_id = self._next_request_id
             self._next_request_id += 1
             definition_id = 1 + zlib.crc32(definition_name.encode()) % 500
@@ -466,8 +488,9 @@ class AzureDevOpsEmulator(ServedEmulator):
                 run_id=request_id * 7 + 11,
                 plan_id=plan_id,
                 job_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{plan_id}/job")),
-                scope_id=self.project_id,
                 steps=tuple(steps),
+                scope_id=scope_id,
+                queue_id=queue_id,
             )
             self._requests[request_id] = request
             self._requests_by_pool.setdefault(pool_id, {})[request_id] = request
@@ -501,7 +524,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             "pipeline_id": request.definition_id,
             "pipeline_name": request.definition_name,
         }
-        self.hooks.job_changed(job, state="waiting", run=run, when=request.queue_time)
+        self.hooks.job_changed(job, state="waiting", run=run, project_id=request.scope_id, when=request.queue_time)
 
     def cancel_request(self, request_id: int) -> None:
         """Cancel a job (the user pressed Cancel): result 'canceled', its agent freed."""
@@ -917,9 +940,61 @@ class AzureDevOpsEmulator(ServedEmulator):
             )
         return data
 
+    def _timeline(self, reference: str, build_id: int, credential: Credential) -> dict[str, Any]:
+        """GET {project}/_apis/build/builds/{buildId}/timeline (Build - Timeline - Get; scope vso.build): the
+        run's Job records. A record's id is the job's id (the job request's jobId, which the agent reports its
+        job record under), `queueId` the queue it was queued to (TimelineRecord, azure-devops-extension-api:
+        "The ID of the queue which connects projects to agent pools"), set from the moment it waits [unconfirmed
+        for a job still waiting]. Not emulated: Stage, Phase and Task records, logs, issues, `changeId` paging."""
+        if SCOPE_BUILD_READ not in credential.scopes:
+            raise ApiError(
+                403,
+                f"Access Denied: the access token of {credential.identity} does not have the scope {SCOPE_BUILD_READ} "
+                "(Build: Read) that build/builds/{buildId}/timeline requires.",
+                "AccessCheckException",
+            )
+        project = self.projects.require(reference)
+        jobs = [r for r in self._requests.values() if r.run_id == build_id and r.scope_id == project.project_id]
+        if not jobs:
+            raise ApiError(404, f"The requested build {build_id} could not be found.", "BuildNotFoundException")
+        builds = f"{self._public_base()}/{project.project_id}/_apis/build/builds"
+        return {
+            "id": jobs[0].plan_id,
+            "changeId": len(jobs),
+            "url": f"{builds}/{build_id}/Timeline/{jobs[0].plan_id}",
+            "records": [self._job_record(request) for request in jobs],
+        }
+
+    def _job_record(self, request: _Request) -> dict[str, Any]:
+        state = "completed" if request.finished else ("inProgress" if request.receive_time else "pending")
+        agent = self._agents.get(request.reserved_agent) if request.reserved_agent is not None else None
+        return _without_nulls(
+            {
+                "id": request.job_id,
+                "parentId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.plan_id}/phase")),
+                "type": "Job",
+                "name": request.job_name,
+                "identifier": f"__default.{request.job_name}",
+                "state": state,
+                "result": request.result,
+                "startTime": _time_or_none(request.receive_time),
+                "finishTime": _time_or_none(request.finish_time),
+                "queueId": request.queue_id,
+                "workerName": agent.name if agent and request.receive_time else None,
+                "attempt": 1,
+                "order": 1,
+            }
+        )
+
+    def _public_base(self) -> str:
+        return self.base_url or f"https://dev.azure.com/{self.organization}"
+
+    def _pool_ref(self, pool_id: int) -> dict[str, Any] | None:
+        return self._pool_json(pool_id) if pool_id in self._pools else None
+
     def _request_json(self, request: _Request, *, matched: bool) -> dict[str, Any]:
-        base = self.base_url or f"https://dev.azure.com/{self.organization}"
-        project = f"{base}/{self.project_id}"
+        base = self._public_base()
+        project = f"{base}/{request.scope_id}"
         data: dict[str, Any] = {
             "requestId": request.request_id,
             "queueTime": format_time(request.queue_time),
@@ -932,7 +1007,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             "hostId": self.instance_id,
             "scopeId": request.scope_id,
             "poolId": request.pool_id,
-            "queueId": 100 + request.pool_id,
+            "queueId": request.queue_id,
             "planType": request.plan_type,
             "planId": request.plan_id,
             "planGroup": f"{request.plan_type}:{request.scope_id}:{request.definition_id}",
@@ -1164,8 +1239,10 @@ class AzureDevOpsEmulator(ServedEmulator):
         query: Mapping[str, str],
         body: Any,
         credential: Credential,
+        project: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
-        """Serve one authenticated, versioned request: (status, JSON body or None, extra headers)."""
+        """Serve one authenticated, versioned request (`project`: the project a project route was called
+        below): (status, JSON body or None, extra headers)."""
         short = route.short
         pool_id, agent_id = ids.get("poolId", 0), ids.get("agentId", 0)
         with self._lock:
@@ -1194,6 +1271,19 @@ class AzureDevOpsEmulator(ServedEmulator):
                 return 200, self._put_user_capabilities(pool_id, agent_id, body), {}
             if short == "hooks/subscriptions":
                 return self._subscriptions(method, body, credential)
+            if short == "projects":
+                if SCOPE_PROJECT_READ not in credential.scopes:
+                    raise ApiError(
+                        403,
+                        f"Access Denied: the access token of {credential.identity} does not have the scope "
+                        f"{SCOPE_PROJECT_READ} (Project and Team: Read) that {short} requires.",
+                        "AccessCheckException",
+                    )
+                return 200, _collection(self.projects.list_json(query, base_url=self._public_base())), {}
+            if short == "build/builds/{buildId}/timeline":
+                return 200, self._timeline(project or "", ids["buildId"], credential), {}
+            if short == "queues":
+                return 200, _collection(self.projects.queues_json(project or "", query, pool_json=self._pool_ref)), {}
             if short == "pools/{poolId}/jobrequests":
                 items, token = self._list_requests(pool_id, query)
                 return 200, _collection(items), ({"X-MS-ContinuationToken": token} if token else {})
@@ -1372,8 +1462,13 @@ class _Handler(FaultingHandler):
         prefix = f"/{emulator.organization}".casefold()
         path = parts.path.rstrip("/") or "/"
         found = None
+        project: str | None = None
         if path.casefold().startswith(prefix + "/") or path.casefold() == prefix:
-            found = match_route(path[len(prefix) :])
+            below = path[len(prefix) :]
+            head, _, rest = below.lstrip("/").partition("/")
+            if rest and not head.casefold().startswith("_apis"):  # {org}/{project}/_apis/...
+                project, below = unquote(head), "/" + rest
+            found = match_route(below, in_project=project is not None)
         route = found[0] if found else None
         template = route.template if route else path
         state = _CallState(method=method, template=template, path=parts.path, query=query_raw)
@@ -1442,7 +1537,7 @@ class _Handler(FaultingHandler):
         if emulator.auto_tick:
             emulator.tick()
         try:
-            status, payload, extra = emulator.dispatch(method, route, found[1], query, body, credential)
+            status, payload, extra = emulator.dispatch(method, route, found[1], query, body, credential, project)
         except ApiError as error:
             self._send_error(error, state)
             return

@@ -178,6 +178,8 @@ class Route:
     template: str
     pattern: re.Pattern[str]
     methods: frozenset[str]
+    in_project: bool = False
+    """Served below a project (`{org}/{project}/_apis/...`) rather than the organization."""
 
     @property
     def short(self) -> str:
@@ -194,11 +196,13 @@ def short_route(template: str) -> str:
     return text
 
 
-def _route(template: str, *methods: str) -> Route:
+def _route(template: str, *methods: str, in_project: bool = False) -> Route:
     regex = re.escape(template)
-    for name in ("poolId", "agentId", "requestId"):
+    for name in ("poolId", "agentId", "requestId", "buildId"):
         regex = regex.replace(re.escape("{" + name + "}"), f"(?P<{name}>[0-9]+)")
-    return Route(template=template, pattern=re.compile(regex, re.IGNORECASE), methods=frozenset(methods))
+    return Route(
+        template=template, pattern=re.compile(regex, re.IGNORECASE), methods=frozenset(methods), in_project=in_project
+    )
 
 
 ROUTES: tuple[Route, ...] = (
@@ -211,14 +215,18 @@ ROUTES: tuple[Route, ...] = (
     _route("/_apis/distributedtask/pools/{poolId}/jobrequests", "GET"),
     _route("/_apis/distributedtask/pools/{poolId}/jobrequests/{requestId}", "GET"),
     _route("/_apis/hooks/subscriptions", "GET", "POST"),
+    _route("/_apis/projects", "GET"),
+    _route("/_apis/distributedtask/queues", "GET", in_project=True),
+    _route("/_apis/build/builds/{buildId}/timeline", "GET", in_project=True),
 )
 
 
-def match_route(path: str) -> tuple[Route, dict[str, int]] | None:
-    """The route a path (below the organization) belongs to, with its numeric ids."""
+def match_route(path: str, *, in_project: bool = False) -> tuple[Route, dict[str, int]] | None:
+    """The route a path (below the organization, or below a project with `in_project`) belongs to, with its
+    numeric ids. Organization routes are not served below a project, nor project routes without one."""
     for route in ROUTES:
         found = route.pattern.fullmatch(path)
-        if found is not None:
+        if found is not None and route.in_project == in_project:
             return route, {key: int(value) for key, value in found.groupdict().items()}
     return None
 

@@ -16,7 +16,9 @@ Modelled on (reference /work/shared/reference/entra-hooks-aci.md, section 1):
   job changed), sometimes much later (azure-devops-docs issue #6727, "Severe lag in Web Hook"), sometimes
   never (Learn Q&A "Service Hooks stuck in Queued state"); out of order (issue #7646). 408, 502, 503 and
   504 answers are retried after 1, 2, 4, 8, 16, 32 and 60 s; 410 disables the subscription
-  (docs/service-hooks/troubleshoot.md).
+  (docs/service-hooks/troubleshoot.md);
+- a subscription is per project (`publisherInputs.projectId`, reference 1.2): a job's event goes only to the
+  subscriptions of the project whose pipeline queued it, and carries that project's id.
 
 Deliberately not emulated: the other pipeline events and consumers, probation after repeated failures,
 the `message`/`detailedMessage` texts (the reconciler's subscription asks for none), certificate
@@ -44,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azp_simulation.azdo_support import ApiError, format_time
+from azp_simulation.projects import Projects
 
 log = logging.getLogger("azp_simulation.hooks")
 
@@ -103,7 +106,7 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, message, "InvalidSubscriptionException")
 
 
-def _check_body(body: Any, *, project_id: str) -> dict[str, Any]:
+def _check_body(body: Any, *, projects: Projects) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad("The subscription must be a JSON object.")
     for key, expected in (
@@ -118,7 +121,9 @@ def _check_body(body: Any, *, project_id: str) -> dict[str, Any]:
     consumer = body.get("consumerInputs") or {}
     if not isinstance(publisher, dict) or not isinstance(consumer, dict):
         raise _bad("publisherInputs and consumerInputs must be objects.")
-    if str(publisher.get("projectId", "")).lower() != project_id:
+    project = projects.find(str(publisher.get("projectId", "")))
+    if project is None or project.project_id != str(publisher.get("projectId", "")).lower():
+        # The filter takes the project's id (reference 1.2), not its name.
         raise ApiError(404, f"Project {publisher.get('projectId')!r} does not exist.", "ProjectDoesNotExistException")
     state = publisher.get("jobStateId")
     if state is not None and str(state).lower() not in JOB_STATES:
@@ -135,14 +140,14 @@ class ServiceHooks:
         self,
         *,
         account_id: str,
-        project_id: str,
+        projects: Projects,
         base_url: str,
         clock: Callable[[], float] = time.time,
         seed: int = 1,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.account_id = account_id
-        self.project_id = project_id
+        self.projects = projects
         self.base_url = base_url
         self.clock = clock
         self.delivery = HookDelivery()
@@ -160,7 +165,7 @@ class ServiceHooks:
 
     def create(self, body: Any, *, identity: Mapping[str, Any]) -> dict[str, Any]:
         """POST _apis/hooks/subscriptions: the stored subscription, its password masked."""
-        checked = _check_body(body, project_id=self.project_id)
+        checked = _check_body(body, projects=self.projects)
         subscription = {
             **checked,
             "id": str(uuid.uuid4()),
@@ -185,12 +190,18 @@ class ServiceHooks:
             consumer["basicAuthPassword"] = "********"
         return {**subscription, "consumerInputs": consumer}
 
-    def job_changed(self, job: Mapping[str, Any], *, state: str, run: Mapping[str, Any], when: float) -> None:
-        """A job changed state: queue a post for every enabled subscription whose filters match."""
+    def job_changed(
+        self, job: Mapping[str, Any], *, state: str, run: Mapping[str, Any], project_id: str, when: float
+    ) -> None:
+        """A job of a project changed state: queue a post for every enabled subscription of that project whose
+        filters match."""
         with self._lock:
             for subscription in self._subscriptions.values():
-                if subscription["status"] == "enabled" and _matches(subscription, state=state, run=run):
-                    self._schedule(subscription, self._event(subscription, job, state=state, run=run, when=when), when)
+                if subscription["status"] == "enabled" and _matches(
+                    subscription, state=state, run=run, project=project_id
+                ):
+                    event = self._event(subscription, job, state=state, run=run, project_id=project_id, when=when)
+                    self._schedule(subscription, event, when)
             self._wake.notify()
         self._ensure_thread()
 
@@ -201,10 +212,11 @@ class ServiceHooks:
         *,
         state: str,
         run: Mapping[str, Any],
+        project_id: str,
         when: float,
     ) -> dict[str, Any]:
         pipeline = {"id": run["pipeline_id"], "name": run["pipeline_name"]}
-        container = {"id": self.project_id, "baseUrl": f"{self.base_url}/"}
+        container = {"id": project_id, "baseUrl": f"{self.base_url}/"}
         return {
             "subscriptionId": subscription["id"],
             "notificationId": next(self._notifications),
@@ -212,7 +224,7 @@ class ServiceHooks:
             "eventType": EVENT_TYPE,
             "publisherId": PUBLISHER,
             "resource": {
-                "projectId": self.project_id,
+                "projectId": project_id,
                 "job": {"id": job["id"], "name": job["name"], "attempt": job.get("attempt", 1), "state": state},
                 "stage": {"id": job["stage_id"], "name": "__default", "attempt": 1, "state": "running"},
                 "run": {"id": run["id"], "name": run["name"], "state": "inProgress", "pipeline": pipeline},
@@ -299,8 +311,10 @@ class ServiceHooks:
             return None
 
 
-def _matches(subscription: Mapping[str, Any], *, state: str, run: Mapping[str, Any]) -> bool:
+def _matches(subscription: Mapping[str, Any], *, state: str, run: Mapping[str, Any], project: str) -> bool:
     inputs = subscription.get("publisherInputs") or {}
+    if str(inputs.get("projectId", "")).lower() != project:
+        return False
     wanted_state = inputs.get("jobStateId")
     if wanted_state and str(wanted_state).lower() != state:
         return False

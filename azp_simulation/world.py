@@ -55,6 +55,7 @@ from azp_simulation.arm_emulator import DEFAULT_START_DELAY, ArmEmulator, Quotas
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
 from azp_simulation.kube_emulator import KubernetesEmulator
+from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler import container_groups
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
@@ -100,6 +101,8 @@ class Arrival:
     every: float = 0.0
     result: str = "succeeded"
     steps: tuple[str, ...] = ()
+    project: str | None = None
+    """The project whose pipeline queues the jobs (None: the pool's first project)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class WorldFile:
     aci: Mapping[str, Any] = field(default_factory=dict)
     """`aci:` startDelay (seconds of a real start), timeScale, quotas {containerGroups, standardCores},
     inaccessibleImages (glob patterns), failProvisioning [{pool, nth, message}]."""
+    projects: tuple[str, ...] = ()
+    """Projects besides the default one ("project"); a pool's `projects` name those with a queue for it."""
 
     @property
     def total_jobs(self) -> int:
@@ -222,9 +227,14 @@ def load_world(path: Path) -> WorldFile:
     where = str(path)
     pools = _require(document, "pools", list, where)
     names = set()
+    projects = tuple(str(p) for p in document.get("projects") or ())
+    pool_projects: dict[str, list[str]] = {}
     for index, pool in enumerate(pools):
         name = _require(pool, "name", str, f"{where}: pools[{index}]")
         names.add(name)
+        pool_projects[name] = [str(p) for p in pool.get("projects") or [DEFAULT_PROJECT]]
+        for project in set(pool_projects[name]) - {DEFAULT_PROJECT, *projects}:
+            raise ConfigError(f"{where}: pools[{index}].projects: {project!r} is not in the world's projects")
         for t_index, template in enumerate(_require(pool, "templates", list, f"{where}: pools[{index}]")):
             _require(template, "name", str, f"{where}: pools[{index}].templates[{t_index}]")
     arrivals = []
@@ -237,6 +247,8 @@ def load_world(path: Path) -> WorldFile:
         if unknown:
             known = ", ".join(container_builds.STEPS)
             raise ConfigError(f"{key}.steps: {unknown[0]!r} is not a step the simulated agent runs ({known})")
+        if raw.get("project") is not None and raw["project"] not in pool_projects[raw["pool"]]:
+            raise ConfigError(f"{key}.project: {raw['project']!r} has no queue for pool {raw['pool']!r}")
         duration = raw.get("duration", [3, 6])
         low, high = (duration, duration) if isinstance(duration, int | float) else (duration[0], duration[-1])
         arrivals.append(
@@ -249,6 +261,7 @@ def load_world(path: Path) -> WorldFile:
                 every=float(raw.get("every", 0)),
                 result=str(raw.get("result", "succeeded")),
                 steps=steps,
+                project=raw.get("project"),
             )
         )
     crash_pods = tuple(
@@ -277,6 +290,7 @@ def load_world(path: Path) -> WorldFile:
         nodes=_nodes(document.get("nodes"), where),
         backend=str(document.get("backend", "kubernetes")),
         aci=document.get("aci") or {},
+        projects=projects,
     )
 
 
@@ -411,8 +425,10 @@ class Simulation:
         if self.world.reconciler.get("agents", {}).get("registration") != "reconciler":
             # What the chart installs in the agent namespace, unless the reconciler registers the agents.
             self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
+        for project in set(self.world.projects) - {DEFAULT_PROJECT}:
+            self.azdo.add_project(project)
         for pool in self.world.pools:
-            created = self.azdo.add_pool(pool["name"])
+            created = self.azdo.add_pool(pool["name"], projects=pool.get("projects") or ())
             self.pool_ids[pool["name"]] = int(created["id"])
         for agent in self.world.agents:
             self.azdo.add_agent(
@@ -614,6 +630,7 @@ class Simulation:
                 duration=duration,
                 result=arrival.result,
                 steps=arrival.steps,
+                project=arrival.project,
             )
             self.request_ids.setdefault(arrival.pool, []).append(request_id)
         elif kind == "cancel":

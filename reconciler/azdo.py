@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -50,6 +50,7 @@ MAX_RETRY_AFTER = 60.0
 """The longest `Retry-After` waited for: an answer of an hour must not outlive the run (it is reported)."""
 # Pool names a "pool not found" message lists at most (an organization can have hundreds).
 LISTED_POOLS = 20
+PROJECTS_PAGE = 100
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -253,14 +254,17 @@ class AzureDevOps:
         body: Any = None,
         version: VersionKind = "released",
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
+        project: str | None = None,
     ) -> Any:
-        """One call; a version the server refuses is negotiated down once (see `_downgrade`) and the call resent
-        (a refused version changed nothing on the server, so a write is safe to resend)."""
+        """One call (below `project` for a project-scoped route); a version the server refuses is negotiated
+        down once (see `_downgrade`) and the call resent (a refused version changed nothing on the server, so a
+        write is safe to resend)."""
+        where = f"{quote(project, safe='')}/_apis/{path}" if project else f"_apis/{path}"
         try:
-            return self._send(method, path, route=route, params=params, body=body, version=version, hook=object_hook)
+            return self._send(method, where, route=route, params=params, body=body, version=version, hook=object_hook)
         except ApiVersionRefused as error:
             self._downgrade(error)
-        return self._send(method, path, route=route, params=params, body=body, version=version, hook=object_hook)
+        return self._send(method, where, route=route, params=params, body=body, version=version, hook=object_hook)
 
     def _send(
         self,
@@ -273,7 +277,7 @@ class AzureDevOps:
         version: VersionKind,
         hook: Callable[[dict[str, Any]], Any] | None,
     ) -> Any:
-        url = f"{self.organization}/_apis/{path}"
+        url = f"{self.organization}/{path}"
         query = {**(params or {}), "api-version": self._version(version)}
         attempt = 0
         while True:
@@ -378,8 +382,11 @@ class AzureDevOps:
         params: Mapping[str, Any] | None = None,
         version: VersionKind = "released",
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
-        payload = self._request("GET", path, route=route, params=params, version=version, object_hook=object_hook)
+        payload = self._request(
+            "GET", path, route=route, params=params, version=version, object_hook=object_hook, project=project
+        )
         if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
             raise TransientError(f"GET {route}: the response is not a list ({{count, value}})")
         return [item for item in payload["value"] if isinstance(item, dict)]
@@ -498,6 +505,45 @@ class AzureDevOps:
     def subscriptions(self) -> list[dict[str, Any]]:
         """The organization's service hook subscriptions (needs the Service Hooks read scope)."""
         return self._list("hooks/subscriptions", route="hooks/subscriptions")
+
+    def project_ids(self) -> list[str]:
+        """Ids (lower case) of the organization's projects, a page of PROJECTS_PAGE at a time (Core, Projects -
+        List: `$top`/`$skip`; needs the Project and Team read scope, vso.project)."""
+        found: list[str] = []
+        while True:
+            page = self._list("projects", route="projects", params={"$top": PROJECTS_PAGE, "$skip": len(found)})
+            found += [str(item["id"]).lower() for item in page if item.get("id")]
+            if len(page) < PROJECTS_PAGE:
+                return found
+
+    def queues_of_pools(self, project: str, pool_ids: Collection[int]) -> dict[int, int]:
+        """The project's agent queues (queue id -> pool id) of these pools, i.e. the pools it may queue jobs into
+        (Queues - Get Agent Queues For Pools, a project-scoped route; Agent Pools read scope)."""
+        queues = self._list(
+            "distributedtask/queues",
+            route="{project}/queues",
+            params={"poolIds": ",".join(str(i) for i in sorted(pool_ids))},
+            project=project,
+        )
+        found: dict[int, int] = {}
+        for queue in queues:
+            pool_id, queue_id = _ref_id(queue.get("pool")), queue.get("id")
+            if pool_id is not None and pool_id in pool_ids and isinstance(queue_id, int):
+                found[queue_id] = pool_id
+        return found
+
+    def job_queue_id(self, project: str, run_id: int, job_id: str) -> int | None:
+        """The queue a run's job was queued to, from its timeline (Timeline - Get: the Job record whose id is the
+        job's id carries `queueId`; needs the Build read scope, vso.build). None when the record has none."""
+        timeline = self._request(
+            "GET", f"build/builds/{run_id}/timeline", route="{project}/build/builds/{buildId}/timeline", project=project
+        )
+        records = timeline.get("records") if isinstance(timeline, dict) else None
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict) and str(record.get("id", "")).lower() == job_id.lower():
+                queue_id = record.get("queueId")
+                return queue_id if isinstance(queue_id, int) else None
+        return None
 
     def create_subscription(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create one service hook subscription (needs the Service Hooks read & write scope)."""

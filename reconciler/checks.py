@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler import capabilities, identity, logs, names, render
 from reconciler import config as config_module
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.errors import ConfigError, ForbiddenError, ReconcilerError
 from reconciler.model import Agent, Config, PoolConfig
 
 if TYPE_CHECKING:
@@ -116,6 +116,45 @@ def _pool_findings(config: Config, azdo: AzureDevOps) -> list[Finding]:
     return findings
 
 
+def hook_findings(config: Config, azdo: AzureDevOps, *, url: str, projects: list[str]) -> list[Finding]:
+    """With the receiver on: the credential may read service hook subscriptions, and each project that uses the
+    pools (`projects`, else found from their agent queues) sends its waiting jobs to `url`."""
+    from reconciler import receiver
+
+    try:
+        subscriptions = azdo.subscriptions()
+    except ReconcilerError as exc:
+        detail = f"{exc}" if not isinstance(exc, ForbiddenError) else "HTTP 403"
+        return [
+            Finding(
+                "service hooks",
+                False,
+                f"cannot read the subscriptions ({detail}): give the PAT the Service Hooks (read) scope (vso.hooks)",
+            )
+        ]
+    found = [Finding("service hooks", True, f"{len(subscriptions)} subscriptions readable")]
+    if not projects:
+        try:
+            projects = sorted(receiver.pools_by_project(azdo, azdo.pools_by_name([p.name for p in config.pools])))
+        except ReconcilerError as exc:
+            reason = "HTTP 403" if isinstance(exc, ForbiddenError) else str(exc)
+            return [
+                *found,
+                Finding(
+                    "service hook projects",
+                    False,
+                    f"cannot list the projects or their agent queues ({reason}): give the PAT the Project and Team "
+                    "(read) scope (vso.project), or name the projects with --project",
+                ),
+            ]
+    for project in projects:
+        problem = receiver.subscription_problem(subscriptions, project_id=project, url=url)
+        found.append(Finding(f"service hook for project {project}", problem is None, problem or f"sends to {url}"))
+    if not projects:
+        found.append(Finding("service hook projects", False, "no project has an agent queue for any of the pools"))
+    return found
+
+
 def _dry_run_findings(kube: Kubernetes, jobs: list[tuple[str, dict[str, Any]]]) -> list[Finding]:
     """Each rendered Job created by the API server in a dry run, unknown fields refused (Strict)."""
     findings = []
@@ -150,8 +189,15 @@ def capability_findings(pool: PoolConfig, agents: Iterable[Agent]) -> list[Findi
     return findings
 
 
-def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None) -> list[Finding]:
-    """Every finding, in the order a user would fix them."""
+def collect(
+    config: Config,
+    document: dict[str, Any],
+    *,
+    kubeconfig: str | None,
+    hooks_url: str | None = None,
+    projects: list[str] | None = None,
+) -> list[Finding]:
+    """Every finding, in the order a user would fix them; the service hooks' when `hooks_url` is given."""
     from reconciler.azdo import AzureDevOps
     from reconciler.kube import Kubernetes
 
@@ -181,6 +227,8 @@ def collect(config: Config, document: dict[str, Any], *, kubeconfig: str | None)
             )
         )
         findings += _pool_findings(config, azdo)
+        if hooks_url:
+            findings += hook_findings(config, azdo, url=hooks_url, projects=list(projects or ()))
     except ConfigError as exc:
         findings.append(Finding("organization", False, str(exc)))
     except ReconcilerError as exc:
@@ -242,8 +290,15 @@ def print_table(findings: list[Finding], stream: TextIO) -> None:
         stream.write(f"{finding.check.ljust(width)}  {result.ljust(6)}  {logs.SECRETS.scrub(finding.detail)}\n")
 
 
-def run_checks(config: Config, document: dict[str, Any], *, kubeconfig: str | None) -> int:
-    findings = collect(config, document, kubeconfig=kubeconfig)
+def run_checks(
+    config: Config,
+    document: dict[str, Any],
+    *,
+    kubeconfig: str | None,
+    hooks_url: str | None = None,
+    projects: list[str] | None = None,
+) -> int:
+    findings = collect(config, document, kubeconfig=kubeconfig, hooks_url=hooks_url, projects=projects)
     print_table(findings, sys.stdout)
     failed = sum(1 for f in findings if not f.ok)
     sys.stdout.write(

@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(subscribe)
     subscribe.add_argument("--url", required=True, help="public URL of the receiver, ending in /hooks/azure-devops")
     subscribe.add_argument(
-        "--project", action="append", required=True, help="id (GUID) of a project whose pipelines use the pools"
+        "--project",
+        action="append",
+        help="id (GUID) of a project whose pipelines use the pools (repeatable; default: every project with an "
+        "agent queue for one of the pools, which needs the Project and Team read scope)",
     )
     subscribe.add_argument("--secret-file", type=Path, required=True, help="file holding the service hook secret")
     subscribe.add_argument("--username", default="azp-agents", help="basic auth user name (default: azp-agents)")
@@ -113,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="verify credentials, pools, permissions and templates")
     _common(check)
+    check.add_argument(
+        "--hooks-url",
+        help="the receiver's public URL (webhook enabled): also check that the credential can read the service hook "
+        "subscriptions and that each project using the pools sends its waiting jobs there",
+    )
+    check.add_argument(
+        "--project", action="append", help="with --hooks-url: project id to check (default: those using the pools)"
+    )
 
     render_cmd = commands.add_parser("render", help="print the Job the reconciler would create for a pool")
     _common(render_cmd)
@@ -284,7 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 (args.host, args.port),
                 auth=auth,
                 on_hint=lambda hint: reconciler.hint_job(
-                    project_id=hint.project_id, job_id=hint.job_id, raised=hint.created
+                    project_id=hint.project_id, job_id=hint.job_id, raised=hint.created, run_id=hint.run_id
                 ),
                 metrics=metrics,
                 tls=tls,
@@ -309,18 +320,20 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     if url.scheme != "https" and not (url.scheme == "http" and args.allow_http):
         raise ConfigError(f"--url {args.url!r}: the receiver must be reached over https:// (the secret travels)")
     secret = receiver.HookAuth.from_file(args.secret_file).secret
+    logs.SECRETS.add(secret)
     with _load(args) as (config, document):
         _setup_logging(args, config)
-        bodies = [
-            receiver.subscription_body(
-                project_id=project, url=args.url, username=args.username, password="<the --secret-file secret>"
-            )
-            for project in args.project
-        ]
-        if args.print_only:
-            sys.stdout.write(json.dumps(bodies, indent=2) + "\n")
+
+        def bodies(projects: list[str]) -> list[dict[str, Any]]:
+            password = "<the --secret-file secret>"
+            return [
+                receiver.subscription_body(project_id=p, url=args.url, username=args.username, password=password)
+                for p in projects
+            ]
+
+        if args.print_only and args.project:  # printing named projects needs no credential
+            sys.stdout.write(json.dumps(bodies(args.project), indent=2) + "\n")
             return 0
-        logs.SECRETS.add(secret)
         credentials = config_module.read_credentials(document)
         azdo = AzureDevOps(
             config.organization,
@@ -329,26 +342,61 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             api_version=config.azdo_api_version,
         )
         try:
-            _create_subscriptions(azdo, bodies, url=args.url, secret=secret)
-        except AuthError as exc:
-            raise AuthError(
-                f"{exc}; subscriptions also need the Service Hooks (read & write) scope (vso.hooks_write) "
-                "and the Edit subscriptions permission in the project"
-            ) from None
-        except ForbiddenError:
-            # A 403 here is about the hooks, not a pool: say what this command needs.
-            raise AuthError(
-                f"{config.organization} refused to list or create service hook subscriptions (HTTP 403): the PAT "
-                "needs the Service Hooks (read & write) scope (vso.hooks_write) and its identity the Edit "
-                "subscriptions permission in the project"
-            ) from None
+            wanted = bodies(args.project or _projects_using(azdo, config))
+            if args.print_only:
+                sys.stdout.write(json.dumps(wanted, indent=2) + "\n")
+            else:
+                _create_subscriptions(azdo, wanted, url=args.url, secret=secret)
         finally:
             azdo.close()
         return 0
 
 
+def _projects_using(azdo: Any, config: Any) -> list[str]:
+    """The projects with an agent queue for one of the config's pools (the ones whose jobs can reach them)."""
+    from reconciler import receiver
+
+    try:
+        found = {
+            project: set(queues.values())
+            for project, queues in receiver.pools_by_project(
+                azdo, azdo.pools_by_name([p.name for p in config.pools])
+            ).items()
+        }
+    except ForbiddenError:
+        raise AuthError(
+            f"{config.organization} refused to list its projects or their agent queues (HTTP 403): give the PAT the "
+            "Project and Team (read) scope (vso.project), or name the projects with --project"
+        ) from None
+    if not found:
+        raise ConfigError(
+            "no project has an agent queue for any of the pools: add the pools to the projects that use them "
+            "(Project settings > Agent pools), or name the projects with --project"
+        )
+    for project, pools in sorted(found.items()):
+        log.info("project %s uses pools %s", project, ", ".join(sorted(pools)))
+    return sorted(found)
+
+
 def _create_subscriptions(azdo: Any, bodies: list[dict[str, Any]], *, url: str, secret: str) -> None:
     """Create the subscriptions of projects that do not send to `url` yet (running it twice is harmless)."""
+    try:
+        _subscribe_missing(azdo, bodies, url=url, secret=secret)
+    except AuthError as exc:
+        raise AuthError(
+            f"{exc}; subscriptions also need the Service Hooks (read & write) scope (vso.hooks_write) "
+            "and the Edit subscriptions permission in the project"
+        ) from None
+    except ForbiddenError:
+        # A 403 here is about the hooks, not a pool: say what this command needs.
+        raise AuthError(
+            f"{azdo.organization} refused to list or create service hook subscriptions (HTTP 403): the PAT "
+            "needs the Service Hooks (read & write) scope (vso.hooks_write) and its identity the Edit "
+            "subscriptions permission in the project"
+        ) from None
+
+
+def _subscribe_missing(azdo: Any, bodies: list[dict[str, Any]], *, url: str, secret: str) -> None:
     from reconciler import receiver
 
     existing = receiver.subscribed_projects(azdo.subscriptions(), url=url)
@@ -456,9 +504,11 @@ def _plain_yaml(document: Any) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     from reconciler.checks import run_checks
 
+    if args.project and not args.hooks_url:
+        raise ConfigError("check: --project names the projects whose service hooks to check: give --hooks-url too")
     with _load(args) as (config, document):
         _setup_logging(args, config)
-        return run_checks(config, document, kubeconfig=args.kubeconfig)
+        return run_checks(config, document, kubeconfig=args.kubeconfig, hooks_url=args.hooks_url, projects=args.project)
 
 
 def _simulation() -> Any:

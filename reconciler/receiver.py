@@ -13,7 +13,8 @@ backstop. The reconciler loop runs in the same process (`azp-reconciler serve`),
 Hints are deduplicated by (job id, attempt, state), a hint raised longer than `idleInterval` ago is
 stale (every pool has been polled since), and hints are rate-limited by the loop: a hinted pool is
 polled no sooner than `interval` after its previous poll, so a flood of hooks costs at most one
-job-requests call per pool per `interval`. Posts are refused before their body is read when they are
+job-requests call per pool per `interval` (and at most a few reads of a run's timeline a pass, for jobs not
+in the pools their project's jobs were seen in). Posts are refused before their body is read when they are
 not authenticated (401), and when their body is too large (413) or not such an event (400).
 """
 
@@ -29,7 +30,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,10 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.azdo import parse_time
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
+    from reconciler.azdo import AzureDevOps
     from reconciler.reconcile import Reconciler
 
 log = logging.getLogger("reconciler.receiver")
@@ -70,6 +72,8 @@ class Hint:
     state: str
     created: datetime | None = None
     """When the service raised the event (`createdDate`)."""
+    run_id: int | None = None
+    """The pipeline run (`resource.run.id`, the build id) the job belongs to."""
 
     @property
     def waiting(self) -> bool:
@@ -99,12 +103,15 @@ def parse_hint(body: bytes) -> Hint:
     if not isinstance(project, str):
         container = (event.get("resourceContainers") or {}).get("project")
         project = container.get("id") if isinstance(container, dict) else None
+    run = resource.get("run")
+    run_id = run.get("id") if isinstance(run, dict) else None
     return Hint(
         project_id=project if isinstance(project, str) else None,
         job_id=job_id.lower(),
         attempt=attempt,
         state=state,
         created=parse_time(event.get("createdDate")),
+        run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None,
     )
 
 
@@ -342,11 +349,52 @@ def subscribed_projects(subscriptions: list[dict[str, Any]], *, url: str) -> set
     return projects
 
 
+def subscription_problem(subscriptions: list[dict[str, Any]], *, project_id: str, url: str) -> str | None:
+    """What keeps the project's waiting jobs from reaching `url` (None: an enabled subscription sends them)."""
+    mine = [
+        s
+        for s in subscriptions
+        if s.get("eventType") == EVENT_TYPE
+        and str((s.get("publisherInputs") or {}).get("projectId", "")).lower() == project_id.lower()
+    ]
+    to_url = [s for s in mine if (s.get("consumerInputs") or {}).get("url") == url]
+    waiting = [
+        s for s in to_url if str((s.get("publisherInputs") or {}).get("jobStateId") or "Waiting").lower() == "waiting"
+    ]
+    if any(s.get("status") == "enabled" for s in waiting):
+        return None
+    if waiting:
+        return (
+            f"the subscription to {url} is {waiting[0].get('status')}: enable it again (Project settings > "
+            "Service hooks) or run `azp-reconciler subscribe`"
+        )
+    if to_url:
+        return f"the subscription to {url} does not send jobs entering Waiting: run `azp-reconciler subscribe`"
+    elsewhere = sorted({str((s.get("consumerInputs") or {}).get("url")) for s in mine})
+    where = f" (it sends to {', '.join(elsewhere)})" if elsewhere else ""
+    return f"no subscription sends its waiting jobs to {url}{where}: run `azp-reconciler subscribe`"
+
+
+def pools_by_project(azdo: AzureDevOps, pool_ids: Mapping[str, int]) -> dict[str, dict[int, str]]:
+    """Which of the pools (name -> id) each project (lower-case id) may queue jobs into: its agent queues of
+    them (queue id -> pool name). One call lists the projects, one per project reads its queues of these
+    pools; projects with none of them are left out. Needs the Project and Team read scope (vso.project)."""
+    names = {pool_id: name for name, pool_id in pool_ids.items()}
+    found: dict[str, dict[int, str]] = {}
+    for project in azdo.project_ids():
+        queues = {queue: names[pool_id] for queue, pool_id in azdo.queues_of_pools(project, list(names)).items()}
+        if queues:
+            found[project] = queues
+    return found
+
+
 def serve(reconciler: Reconciler, receiver: Receiver) -> int:
     """Run the loop for as long as the process lives, taking the Lease over whenever it is free.
 
     While a CronJob run (or a second replica) holds the Lease this process only waits for it; hints
-    received meanwhile are kept and served by the first pass once it holds the Lease."""
+    received meanwhile are kept and served by the first pass once it holds the Lease. First it reads which
+    pools each project may use (its agent queues), so that a project's hint polls only those; without the
+    scope to list projects every hint may poll every pool."""
 
     def terminate(signum: int, frame: object) -> None:
         log.info("received signal %d: stopping", signum)
@@ -356,6 +404,16 @@ def serve(reconciler: Reconciler, receiver: Receiver) -> int:
     previous = (
         signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
     )
+    try:
+        queues = pools_by_project(reconciler.azdo, reconciler.pool_ids)
+        reconciler.project_queues = {project: set(pools.values()) for project, pools in queues.items()}
+        reconciler.queue_pools = {queue: pool for pools in queues.values() for queue, pool in pools.items()}
+        log.info(
+            "pools by project (from their agent queues): %s",
+            {p: sorted(q) for p, q in reconciler.project_queues.items()},
+        )
+    except ReconcilerError as exc:
+        log.warning("cannot read which projects use the pools (%s): a hint may poll every pool", exc)
     receiver.start()
     code = 0
     try:

@@ -64,6 +64,19 @@ LEASE_POLL_SECONDS = 1.0
 LEASE_GRACE_SECONDS = 10.0
 # A hinted job not found in this time is forgotten (the backstop poll finds it if it still waits).
 HINT_MEMORY_SECONDS = 600.0
+MAX_TIMELINE_READS = 5
+
+
+@dataclass(frozen=True)
+class _HintedJob:
+    """A hinted job not found yet: the pools polled for it first (none yet: its run's timeline is to be read),
+    those to poll next, when, and its project and run."""
+
+    first: set[str]
+    rest: set[str]
+    hinted_at: float
+    project: str = ""
+    run_id: int | None = None
 
 
 @dataclass
@@ -181,10 +194,15 @@ class Reconciler:
         self._hinted: set[str] = set()
         self._hint_lock = threading.Lock()
         self.last_polled: dict[str, float] = {}
-        # Pools each project's jobs were seen in, and hinted jobs not found yet: job id -> (pools polled
-        # for it first, pools to poll next, when it was hinted).
+        # Pools each project's jobs were seen in, and hinted jobs not found yet.
         self.project_pools: dict[str, set[str]] = {}
-        self._hinted_jobs: dict[str, tuple[set[str], set[str], float]] = {}
+        # Pools each project has an agent queue for (None: not known, any project may use any pool).
+        self.project_queues: dict[str, set[str]] | None = None
+        self._hinted_jobs: dict[str, _HintedJob] = {}
+        # Queue id -> pool name of the projects' queues of our pools; whether a run's timeline was refused.
+        self.queue_pools: dict[int, str] = {}
+        self._timeline_refused = False
+        self._timeline_reads: list[float] = []
 
     def _terminate(self, signum: int, frame: object) -> None:
         """SIGTERM (pod deletion, CronJob deadline): finish the pass at hand, release the Lease, exit."""
@@ -201,19 +219,65 @@ class Reconciler:
             self._hinted.update(chosen)
         self.wake.set()
 
-    def hint_job(self, *, project_id: str | None, job_id: str, raised: datetime | None = None) -> bool:
-        """A job of this project waits for an agent (a service hook; the event names no pool): poll the
-        pools the project's jobs were seen in, and the others only if the job is not found there. False,
-        doing nothing, when the event was raised more than `idleInterval` ago: every pool has been polled
-        since, so the job has been seen if it still waits (a late hook would only cost calls)."""
+    def hint_job(
+        self, *, project_id: str | None, job_id: str, raised: datetime | None = None, run_id: int | None = None
+    ) -> bool:
+        """A job of this project and run waits for an agent (a service hook; the event names no pool). When the
+        run's timeline can be read, poll the pool it names; else the pools the project's jobs were seen in, and
+        its other pools only if the job is not found there (its pools: those it has an agent queue for, when
+        known; else every pool). False, doing nothing, when the event was raised more than `idleInterval` ago:
+        every pool has been polled since, so the job has been seen if it still waits (a late hook would only
+        cost calls)."""
         if raised is not None and (self.clock() - raised).total_seconds() > self.config.loop.idle_interval:
             return False
+        project = (project_id or "").lower()
         every = {p.name for p in self.config.pools}
         with self._hint_lock:
-            first = (self.project_pools.get((project_id or "").lower(), set()) & every) or every
-            self._hinted_jobs[job_id.lower()] = (first, every - first, time.monotonic())
+            if self.project_queues is not None and project in self.project_queues:
+                every &= self.project_queues[project]
+            if run_id is not None and self.queue_pools and not self._timeline_refused:
+                first = set()  # the loop reads the run's timeline first (_place_hints)
+            else:
+                first = (self.project_pools.get(project, set()) & every) or every
+            self._hinted_jobs[job_id.lower()] = _HintedJob(first, every - first, time.monotonic(), project, run_id)
         self.hint(first)
         return True
+
+    def _place_hints(self) -> None:
+        """Find the pool of hinted jobs in their runs' timelines (at most MAX_TIMELINE_READS reads per `interval`,
+        so a flood of hints costs few); poll that pool, or the project's pools when the timeline is not read or
+        does not say."""
+        with self._hint_lock:
+            unplaced = [(job, hinted) for job, hinted in self._hinted_jobs.items() if not hinted.first]
+        for job_id, hinted in unplaced:
+            now = time.monotonic()
+            self._timeline_reads = [t for t in self._timeline_reads if t > now - self.config.loop.interval]
+            located = None
+            if len(self._timeline_reads) < MAX_TIMELINE_READS:
+                self._timeline_reads.append(now)
+                located = self._locate(job_id, hinted)
+            # The timeline names the job's pool: when a poll of it does not show the job, the job has an agent
+            # already (a late or repeated hook), and no other pool is polled for it.
+            first = {located} if located is not None and located in hinted.rest else hinted.rest
+            with self._hint_lock:
+                if job_id in self._hinted_jobs:
+                    self._hinted_jobs[job_id] = _HintedJob(first, set(), time.monotonic())
+            self.hint(first)
+
+    def _locate(self, job_id: str, hinted: _HintedJob) -> str | None:
+        """The pool a hinted job was queued into, from its run's timeline and the projects' queues; None when
+        that cannot be read (then every remaining pool of the project is polled)."""
+        if hinted.run_id is None or not hinted.project or not self.queue_pools or self._timeline_refused:
+            return None
+        try:
+            queue = self.azdo.job_queue_id(hinted.project, hinted.run_id, job_id)
+        except TransientError:
+            return None
+        except ReconcilerError as exc:
+            log.warning("cannot read a run's timeline, so hints poll every pool of the project instead: %s", exc)
+            self._timeline_refused = True
+            return None
+        return self.queue_pools.get(queue) if queue is not None else None
 
     def _follow_hints(self, world: World) -> None:
         """Learn which pools serve which project; hint the remaining pools for jobs not found in the first."""
@@ -226,13 +290,18 @@ class Reconciler:
                     seen.add(request.job_id)
                     if request.scope_id:
                         self.project_pools.setdefault(request.scope_id, set()).add(state.name)
-            for job_id, (first, rest, hinted_at) in list(self._hinted_jobs.items()):
-                polled = all(self.last_polled.get(pool, -1.0) >= hinted_at for pool in first)
-                if job_id in seen or (polled and not rest) or now - hinted_at > HINT_MEMORY_SECONDS:
+                    if self.project_queues and request.scope_id in self.project_queues:
+                        # A queue added since serve read them: its job was found by the backstop poll.
+                        self.project_queues[request.scope_id].add(state.name)
+            for job_id, hinted in list(self._hinted_jobs.items()):
+                if not hinted.first and job_id not in seen:
+                    continue  # its timeline is read first (_place_hints)
+                polled = all(self.last_polled.get(pool, -1.0) >= hinted.hinted_at for pool in hinted.first)
+                if job_id in seen or (polled and not hinted.rest) or now - hinted.hinted_at > HINT_MEMORY_SECONDS:
                     del self._hinted_jobs[job_id]
                 elif polled:
-                    self._hinted_jobs[job_id] = (rest, set(), now)
-                    retry |= rest
+                    self._hinted_jobs[job_id] = _HintedJob(hinted.rest, set(), now)
+                    retry |= hinted.rest
         if retry:
             self.hint(retry)
 
@@ -246,6 +315,7 @@ class Reconciler:
     def _sleep_until_due(self, deadline: float) -> bool:
         """Sleep until a pool is due or a hint makes one due; False when the loop should end instead."""
         while not self.stopping.is_set():
+            self._place_hints()
             self._take_hints()
             wake = min(self.next_due.values())
             if wake >= deadline:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks import keda as keda_real
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -137,12 +139,20 @@ def test_cold_start_finds_the_first_call_and_the_imports(tiny_run: dict[str, Any
 
 def test_hooks_measures_polling_hooks_and_lost_hooks(tiny_run: dict[str, Any]) -> None:
     """We test: polling, hooks and hooks with 10 % lost each served both jobs and measured both, the hooks
-    runs had their hooks posted (or lost) by the emulator, and the idle pool's calls were counted."""
+    runs had their hooks posted (or lost) by the emulator, and both idle pools' calls were counted; KEDA's
+    scaler, when its harness is built, counted both jobs at a poll and polled the idle pool."""
     figures = _result(tiny_run, "hooks")["figures"]
     for mode in ("poll", "hooks", "hooks_lost_10"):
         run = figures[mode]
         assert run["served"] == run["jobs"] == 2
         assert run["queue_to_job_created"]["count"] == 2
         assert run["idle_pool_calls_per_minute"] > 0
+        assert run["shared_idle_pool_calls_per_minute"] > 0
     assert figures["poll"]["hooks_posted"] == 0
     assert figures["hooks"]["hooks_posted"] + figures["hooks"]["hooks_lost"] >= 2
+    keda = figures["keda"]
+    if keda_real.available():
+        assert keda["seen"] == keda["jobs"] == 2 and keda["poll_errors"] == 0
+        assert keda["idle_pool_calls_per_minute"] > 0
+    else:
+        assert keda_real.BUILD_SCRIPT in keda["skipped"]

@@ -87,6 +87,22 @@ def test_existing_secret_and_plain_http_behind_an_ingress() -> None:
     assert [p["path"] for p in paths] == ["/hooks/azure-devops"]
 
 
+def test_helm_test_checks_the_hooks_of_the_public_url() -> None:
+    """We test: with the receiver behind an Ingress, the `helm test` pod's check is given the public hook URL
+    (so it verifies the projects' subscriptions); without an Ingress, or without the receiver, it is not."""
+    webhook = {**HTTPS, "ingress": {"enabled": True, "host": "hooks.example.com"}}
+
+    def check_command(**overrides: Any) -> list[str]:
+        pod = only(_render(**overrides), "Pod")
+        command: list[str] = pod["spec"]["containers"][0]["command"]
+        return command
+
+    with_ingress = check_command(webhook=webhook)
+    assert with_ingress[with_ingress.index("--hooks-url") + 1] == "https://hooks.example.com/hooks/azure-devops"
+    assert "--hooks-url" not in check_command(webhook=HTTPS)
+    assert "--hooks-url" not in check_command()
+
+
 def test_service_monitor_and_dashboard() -> None:
     """We test: the ServiceMonitor scrapes /metrics on the receiver's port with the extra labels; the
     dashboard ConfigMap carries grafana_dashboard: "1" and a dashboard whose queries use our metrics."""

@@ -168,3 +168,91 @@ def test_lost_events_are_never_posted(emulator: AzureDevOpsEmulator, consumer: C
         emulator.queue_request(pool["id"], demands=("docker",))
     time.sleep(0.3)
     assert [r.lost for r in emulator.hooks.records] == [True] * 5 and consumer.posts == []
+
+
+PROJECTS_PAT = "projects-pat-0123456789"
+
+
+def get(emu: AzureDevOpsEmulator, path: str, pat: str = PROJECTS_PAT, **params: str) -> requests.Response:
+    return requests.get(f"{emu.base_url}/{path}", params={"api-version": "7.1", **params}, auth=("", pat), timeout=5)
+
+
+def test_projects_and_their_queues(emulator: AzureDevOpsEmulator) -> None:
+    """We test: the projects list needs vso.project and pages with $top/$skip; a project's queues of the
+    given pools name the pool, by project id or name; a pool the project has no queue for is left out; an
+    unknown project is a 404; the queue route is not served outside a project; a job request carries its
+    project as scopeId and its project's queue as queueId, and a project without a queue cannot queue."""
+    emulator.add_pat(PROJECTS_PAT, scopes=("vso.agentpools", "vso.project"))
+    web = emulator.add_project("web")
+    linux = emulator.add_pool("linux", projects=(emulator.project_id, web))["id"]
+    gpu = emulator.add_pool("gpu", projects=("web",))["id"]
+    assert get(emulator, "_apis/projects", pat=POOLS_ONLY).status_code == 403
+    listed = get(emulator, "_apis/projects").json()
+    assert {p["name"]: p["id"] for p in listed["value"]} == {"project": emulator.project_id, "web": web}
+    assert [p["name"] for p in get(emulator, "_apis/projects", **{"$top": "1", "$skip": "1"}).json()["value"]] == [
+        "web"
+    ]
+    pools = f"{linux},{gpu}"
+    for reference in (web, "WEB"):
+        queues = get(emulator, f"{reference}/_apis/distributedtask/queues", poolIds=pools).json()["value"]
+        assert sorted((q["pool"]["id"], q["pool"]["name"], q["projectId"]) for q in queues) == [
+            (linux, "linux", web),
+            (gpu, "gpu", web),
+        ]
+    default = get(emulator, f"{emulator.project_id}/_apis/distributedtask/queues", poolIds=str(gpu)).json()
+    assert default == {"count": 0, "value": []}
+    assert get(emulator, "nope/_apis/distributedtask/queues", poolIds=pools).status_code == 404
+    assert get(emulator, "_apis/distributedtask/queues", poolIds=pools).status_code == 404
+    emulator.add_agent(gpu, "placeholder", enabled=False, capabilities={"docker": ""})
+    request_id = emulator.queue_request(gpu, demands=("docker",))
+    request = next(r for r in emulator.requests(gpu) if r["requestId"] == request_id)
+    web_queue = next(
+        q["id"] for q in get(emulator, f"{web}/_apis/distributedtask/queues").json()["value"] if q["pool"]["id"] == gpu
+    )
+    assert (request["scopeId"], request["queueId"]) == (web, web_queue)
+    assert web in request["definition"]["_links"]["self"]["href"]
+    with pytest.raises(ValueError, match="no queue"):
+        emulator.queue_request(gpu, project=emulator.project_id)
+
+
+def test_a_job_is_posted_only_to_its_projects_subscriptions(emulator: AzureDevOpsEmulator, consumer: Consumer) -> None:
+    """We test: with subscriptions in two projects, a job queued by one project's pipeline is posted once, to
+    that project's subscription, with that project's id in the resource and the resource containers."""
+    web = emulator.add_project("web")
+    assert post(emulator, subscription(emulator, consumer.url)).status_code == 200
+    web_url = consumer.url + "/web"
+    web_subscription = subscription(emulator, web_url, publisherInputs={"projectId": web, "jobStateId": "Waiting"})
+    web_id = post(emulator, web_subscription).json()["id"]
+    pool = emulator.add_pool("linux", projects=(emulator.project_id, web))["id"]
+    emulator.add_agent(pool, "placeholder", enabled=False, capabilities={"docker": ""})
+    emulator.queue_request(pool, demands=("docker",), project="web")
+    wait_for(lambda: len(consumer.posts) == 1)
+    time.sleep(0.3)
+    assert len(consumer.posts) == 1
+    event = consumer.posts[0][1]
+    assert event["subscriptionId"] == web_id
+    assert event["resource"]["projectId"] == web and event["resourceContainers"]["project"]["id"] == web
+    emulator.queue_request(pool, demands=("docker",))
+    wait_for(lambda: len(consumer.posts) == 2)
+    assert consumer.posts[1][1]["resource"]["projectId"] == emulator.project_id
+
+
+def test_a_runs_timeline_names_the_queue_of_its_job(emulator: AzureDevOpsEmulator, consumer: Consumer) -> None:
+    """We test: the run id a job's event carries leads to the run's timeline in the job's project, whose Job
+    record (id = the job's id, state pending while it waits) names the queue the job was queued to; the route
+    needs vso.build, and a run of another project is a 404 there."""
+    emulator.add_pat(PROJECTS_PAT, scopes=("vso.agentpools", "vso.build"))
+    web = emulator.add_project("web")
+    assert post(emulator, subscription(emulator, consumer.url)).status_code == 200
+    pool = emulator.add_pool("linux", projects=(web, emulator.project_id))["id"]
+    emulator.add_agent(pool, "placeholder", enabled=False, capabilities={"docker": ""})
+    emulator.queue_request(pool, demands=("docker",), project=emulator.project_id)
+    wait_for(lambda: len(consumer.posts) == 1)
+    resource = consumer.posts[0][1]["resource"]
+    path = f"{emulator.project_id}/_apis/build/builds/{resource['run']['id']}/timeline"
+    assert get(emulator, path, pat=POOLS_ONLY).status_code == 403
+    records = get(emulator, path).json()["records"]
+    (job,) = [r for r in records if r["id"] == resource["job"]["id"]]
+    queues = get(emulator, f"{emulator.project_id}/_apis/distributedtask/queues", poolIds=str(pool)).json()
+    assert (job["type"], job["state"], job["queueId"]) == ("Job", "pending", queues["value"][0]["id"])
+    assert get(emulator, f"{web}/_apis/build/builds/{resource['run']['id']}/timeline").status_code == 404

@@ -21,6 +21,7 @@ import requests
 from conftest import PAT, WORLD, Sim
 
 from azp_simulation.hooks import HookDelivery
+from reconciler.names import LABEL_REQUEST_ID
 from reconciler.receiver import EVENT_TYPE, HOOK_PATH, SECRET_HEADER, subscription_body
 
 SECRET = "hook-secret-5e1d9a7c"
@@ -342,3 +343,158 @@ def test_a_job_in_a_pool_the_project_never_used_is_found_at_once(
     sim.queue("gpu", 1, demands=("docker",), duration=60)
     sim.wait_for(lambda: len(sim.jobs()) == 2, timeout=15, what="the Job in pool gpu")
     assert time.monotonic() - queued_at < 8
+
+
+PROJECT_POOLS = {
+    **WORLD,
+    "projects": ["web", "docs"],
+    "pools": [
+        {
+            **WORLD["pools"][0],
+            "name": name,
+            "projects": projects,
+            "templates": [{"name": "default", "capabilities": {"docker": ""}}],
+        }
+        for name, projects in (("linux", ["project"]), ("gpu", ["web"]))
+    ],
+}
+"""Pool linux serves the default project, gpu serves web; project docs uses neither."""
+
+
+def test_subscribe_finds_the_projects_and_check_verifies_them(make_sim: Callable[..., Sim], tmp_path: Path) -> None:
+    """We test: without --project, `subscribe` subscribes exactly the projects with an agent queue for one of
+    the pools (not docs), and says which scope it lacks without vso.project; `check --hooks-url` fails a row per
+    project until the subscriptions exist, then passes them, and fails without the Service Hooks read scope."""
+    sim = make_sim(PROJECT_POOLS)
+    web = sim.azdo.projects.require("web").project_id
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    url = "http://127.0.0.1:9/hooks/azure-devops"
+    subscribe = ["subscribe", "--config", str(sim.config_path), "--secret-file", str(secret_file), "--url", url]
+    check = ["check", "--hooks-url", url]
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write"))
+    unscoped = sim.cli(*subscribe, "--allow-http")
+    assert unscoped.code == 2 and "vso.project" in unscoped.err and "--project" in unscoped.err
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write", "vso.project"))
+    before = sim.cli(*check)
+    assert before.code == 1, before.text
+    for project in (sim.azdo.project_id, web):
+        assert re.search(rf"service hook for project {project}\s+FAILED\s+no subscription sends", before.out)
+    assert "docs" not in before.out and sim.azdo.projects.require("docs").project_id not in before.out
+    assert sim.cli(*subscribe, "--allow-http").code == 0
+    subscribed = {s["publisherInputs"]["projectId"] for s in sim.azdo.hooks.subscriptions()}
+    assert subscribed == {sim.azdo.project_id, web}
+    after = sim.cli(*check)
+    assert after.code == 0, after.text
+    assert re.search(rf"service hook for project {web}\s+ok\s+sends to {url}", after.out)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.project"))
+    unreadable = sim.cli(*check)
+    assert unreadable.code == 1 and re.search(r"service hooks\s+FAILED.*vso\.hooks", unreadable.out)
+
+
+def test_a_hint_polls_only_the_pools_of_its_project(make_sim: Callable[..., Sim], serve: Callable[..., Served]) -> None:
+    """We test: `serve` reads which pools each project has a queue for, so the first hint of project web (its
+    map of pools not learned from any job yet) polls pool gpu and not linux, which serves another project;
+    the job's Job is created within seconds with idleInterval 60 s."""
+    sim = make_sim(PROJECT_POOLS)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write", "vso.project"))
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    web = sim.azdo.projects.require("web").project_id
+    for project in (sim.azdo.project_id, web):
+        body = subscription_body(project_id=project, url=f"{served.url}{HOOK_PATH}", username="azp", password=SECRET)
+        sim.azdo.hooks.create(body, identity={})
+    time.sleep(1.5)  # the first passes have polled both pools: from now on they are idle for 60 s
+
+    def polls(pool: str) -> int:
+        return sum(1 for c in sim.azdo.calls() if c.path.endswith(f"/pools/{sim.pool_ids[pool]}/jobrequests"))
+
+    linux_before = polls("linux")
+    queued_at = time.monotonic()
+    sim.azdo.queue_request(sim.pool_ids["gpu"], demands=("docker",), duration=30, project="web")
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=10, what="the Job of web's job in pool gpu")
+    assert time.monotonic() - queued_at < 5
+    time.sleep(1.0)
+    assert polls("linux") == linux_before, "the hint of project web polled pool linux"
+    assert "pools by project" in served.log
+
+
+def test_a_queue_added_after_start_is_learned_from_the_backstop(
+    make_sim: Callable[..., Sim], serve: Callable[..., Served]
+) -> None:
+    """We test: when the default project gets a queue for pool gpu after `serve` read the queues, the backstop
+    poll (idleInterval 12 s) finds its first job there; from then on gpu counts as one of the project's pools,
+    so a later job of that project in gpu, queued just after gpu's idle poll, is created within seconds of its
+    hint rather than at the next idle poll."""
+    sim = make_sim(PROJECT_POOLS)
+    sim.azdo.add_pat(PAT, scopes=("vso.agentpools_manage", "vso.hooks_write", "vso.project"))
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "12")
+    body = subscription_body(
+        project_id=sim.azdo.project_id, url=f"{served.url}{HOOK_PATH}", username="azp", password=SECRET
+    )
+    sim.azdo.hooks.create(body, identity={})
+    sim.wait_for(lambda: "pools by project" in served.log, timeout=20, what="serve to read the queues")
+    sim.azdo.projects.add_queue(sim.azdo.project_id, sim.pool_ids["gpu"])
+
+    def has_job(request_id: int) -> bool:
+        return any(j["metadata"]["labels"].get(LABEL_REQUEST_ID) == str(request_id) for j in sim.jobs())
+
+    first = sim.azdo.queue_request(sim.pool_ids["gpu"], demands=("docker",), duration=1, project=sim.azdo.project_id)
+    sim.wait_for(lambda: has_job(first), timeout=30, what="the backstop to find the job in gpu")
+    sim.wait_for(lambda: not sim.requests("gpu", unfinished_only=True), timeout=30, what="gpu's job to end")
+
+    def gpu_polls() -> list[float]:
+        gpu = sim.pool_ids["gpu"]
+        return [c.time for c in sim.azdo.calls() if c.path.endswith(f"/pools/{gpu}/jobrequests")]
+
+    # Once gpu is idle again (no poll for 3 s), wait for its idle poll: the next one is 12 s away.
+    sim.wait_for(lambda: time.time() - gpu_polls()[-1] > 3, timeout=60, what="gpu to be idle")
+    polled = len(gpu_polls())
+    sim.wait_for(lambda: len(gpu_polls()) > polled, timeout=20, what="gpu's idle poll")
+    queued_at = time.monotonic()
+    second = sim.azdo.queue_request(sim.pool_ids["gpu"], demands=("docker",), duration=1, project=sim.azdo.project_id)
+    sim.wait_for(lambda: has_job(second), timeout=20, what="the hinted Job in gpu")
+    assert time.monotonic() - queued_at < 5
+
+
+THREE_POOLS = {
+    **WORLD,
+    "pools": [
+        {**WORLD["pools"][0], "name": name, "templates": [{"name": "default", "capabilities": {"docker": ""}}]}
+        for name in ("linux", "gpu", "spare")
+    ],
+}
+
+
+def test_the_run_timeline_names_the_pool_of_a_job_in_a_new_pool(
+    make_sim: Callable[..., Sim], serve: Callable[..., Served]
+) -> None:
+    """We test: with the Build read scope, a hinted job not found in the pools its project's jobs were seen in
+    (linux) is looked up in its run's timeline, and only the pool of its queue (gpu) is polled for it, not
+    pool spare, which the project may use too; its Job is created within seconds (idleInterval 60 s)."""
+    sim = make_sim(THREE_POOLS)
+    scopes = ("vso.agentpools_manage", "vso.hooks_write", "vso.project", "vso.build")
+    sim.azdo.add_pat(PAT, scopes=scopes)
+    sim.azdo.hooks.delivery = HookDelivery(delay=(0.1, 0.3), late=0.0)
+    served = serve(sim, "--insecure-http", "--interval", "1", "--idle-interval", "60")
+    body = subscription_body(
+        project_id=sim.azdo.project_id, url=f"{served.url}{HOOK_PATH}", username="azp", password=SECRET
+    )
+    sim.azdo.hooks.create(body, identity={})
+    time.sleep(1.5)
+    sim.queue("linux", 1, demands=("docker",), duration=60)
+    sim.wait_for(lambda: len(sim.jobs()) == 1, timeout=10, what="the Job in pool linux")
+    time.sleep(1.5)  # the first hint polled every pool; they are idle again
+
+    def polls(pool: str) -> int:
+        return sum(1 for c in sim.azdo.calls() if c.path.endswith(f"/pools/{sim.pool_ids[pool]}/jobrequests"))
+
+    spare_before = polls("spare")
+    queued_at = time.monotonic()
+    sim.queue("gpu", 1, demands=("docker",), duration=60)
+    sim.wait_for(lambda: len(sim.jobs()) == 2, timeout=15, what="the Job in pool gpu")
+    assert time.monotonic() - queued_at < 5
+    time.sleep(1.0)
+    assert polls("spare") == spare_before, "the hint polled pool spare"
+    assert any(c.path.endswith("/timeline") for c in sim.azdo.calls())
