@@ -437,14 +437,18 @@ class Kubernetes:
 
     # --- permissions ---------------------------------------------------------------------------
 
-    def can_i(self, *, verb: str, resource: str, group: str, namespace: str) -> tuple[bool, str]:
-        """Ask the API server whether our identity may do `verb` on `resource` (SelfSubjectAccessReview)."""
+    def can_i(
+        self, *, verb: str, resource: str, group: str, namespace: str, name: str | None = None
+    ) -> tuple[bool, str]:
+        """Ask the API server whether our identity may do `verb` on `resource` (one object of it when `name`
+        is given: a rule limited by resourceNames allows only that) (SelfSubjectAccessReview)."""
+        attributes = {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
+        if name is not None:
+            attributes["name"] = name
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {
-                "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
-            },
+            "spec": {"resourceAttributes": attributes},
         }
         answer = self._call(
             "create selfsubjectaccessreview", self.authorization.create_self_subject_access_review, review

@@ -8,11 +8,15 @@ replays whole weeks of office-hours traffic through plan(), which records and re
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Sim
 
+from azp_simulation.kube_emulator import rbac_subject_from_file
 from reconciler import standby
 
 NAMESPACE = "azp-agents"
@@ -76,3 +80,56 @@ def test_agents_are_warm_before_a_peak_learned_last_week(sim: Sim) -> None:
     result = sim.reconcile()
     assert result.code == 0, result.text
     assert len(_standby_jobs(sim)) == 2, result.text
+
+
+RBAC = Path(__file__).resolve().parents[2] / "reconciler" / "rbac.json"
+TOKEN = "reconciler-sa-token"
+
+
+def _grant_all_but(sim: Sim, tmp_path: Path, verb: str | None) -> None:
+    """Serve the reconciler as a service account holding rbac.json, less `verb` on configmaps."""
+    document = json.loads(RBAC.read_text())
+    for rule in document["standbyHistory"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    path = tmp_path / "rbac.json"
+    path.write_text(json.dumps(document))
+    subject = rbac_subject_from_file(path, name="system:serviceaccount:azp-agents:r", agent_namespace=NAMESPACE)
+    sim.kube.rbac = {TOKEN: subject}
+    sim.kube.write_kubeconfig(sim.simulation.kubeconfig_path, token=TOKEN, namespace=NAMESPACE)
+
+
+def test_the_role_grants_exactly_what_recording_needs(sim: Sim, tmp_path: Path) -> None:
+    """We test: granted exactly rbac.json's standbyHistory rules (get/update on that one ConfigMap by name,
+    create), a run creates the history and the next updates it without a 403, and `check` finds every
+    permission, the named ones included; any other ConfigMap stays out of reach (resourceNames)."""
+    _learning(sim)
+    _grant_all_but(sim, tmp_path, None)
+    sim.queue(count=2, duration=600)
+    first = sim.reconcile()
+    sim.queue(count=1, duration=600)
+    second = sim.reconcile()
+    assert (first.code, second.code) == (0, 0), first.text + second.text
+    writes = [(c.method, c.status) for c in sim.kube.calls() if "configmaps" in c.key and c.method != "GET"]
+    assert writes == [("POST", 201), ("PUT", 200)], writes
+    checked = sim.cli("check")
+    assert checked.code == 0, checked.text
+    assert f"can get configmaps {HISTORY} in {NAMESPACE}" in checked.text
+    subject = sim.kube.rbac[TOKEN]
+    assert not subject.allows(verb="get", group="", resource="configmaps", namespace=NAMESPACE, name="other")
+
+
+@pytest.mark.parametrize("verb", ["get", "create", "update"])
+def test_each_standby_history_verb_is_needed(sim: Sim, tmp_path: Path, verb: str) -> None:
+    """We test, for one verb taken from the standbyHistory rules: the run that needs it is refused (exit 1,
+    the message names the call), and `check` names the missing permission."""
+    _learning(sim)
+    if verb == "update":
+        sim.kube.add_configmap(NAMESPACE, HISTORY, {})
+    _grant_all_but(sim, tmp_path, verb)
+    sim.queue(count=2, duration=600)
+    result = sim.reconcile()
+    assert result.code == 1, result.text
+    phrase = "could not read the standby history" if verb == "get" else f"Kubernetes forbids {verb} configmap"
+    assert phrase in result.text, result.text
+    checked = sim.cli("check")
+    assert checked.code != 0 and f"can {verb} configmaps" in checked.text, checked.text
