@@ -430,8 +430,12 @@ class Kubernetes:
                 written = self._call("create configmap", self.core.create_namespaced_config_map, namespace, body)
             else:
                 written = self._call("update configmap", self.core.replace_namespaced_config_map, name, namespace, body)
-        except (ConflictError, NotFoundError):
-            return None
+        except ConflictError:
+            return None  # created or changed by another run since we read it
+        except NotFoundError:
+            if resource_version is None:
+                raise  # the namespace itself is missing
+            return None  # deleted since we read it
         version = ((written or {}).get("metadata") or {}).get("resourceVersion")
         return str(version) if version else None
 
