@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from reconciler import agent_files, render
+from reconciler import agent_files, names, render, standby
 from reconciler.azdo import AzureDevOps
 from reconciler.errors import AuthError, ForbiddenError, ReconcilerError
 from reconciler.model import (
@@ -27,10 +27,12 @@ from reconciler.model import (
     DeleteAgent,
     DeleteJob,
     DrainAgent,
+    RecordStandbyHistory,
     RegisterPlaceholder,
     ReportCrashBackoff,
     ReportMissingPool,
     ReportUnroutable,
+    StandbyHistory,
     TemplateConfig,
     UpdatePlaceholder,
 )
@@ -50,6 +52,7 @@ _ORDER = {
     "register-placeholder": 5,
     "update-placeholder": 6,
     "create-job": 7,
+    "record-standby-history": 8,
 }
 
 _AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
@@ -65,6 +68,10 @@ class Outcome:
     pruned_agents: list[str] = field(default_factory=list)
     failed_agent_pools: set[str] = field(default_factory=set)
     """Pools where an action on agents failed: their agents must be listed again next pass."""
+    standby_history: StandbyHistory | None = None
+    """The standby history as written this pass (with its new resourceVersion)."""
+    standby_history_stale: bool = False
+    """Another run changed the standby history first: read it again."""
 
     @property
     def failed(self) -> int:
@@ -220,6 +227,8 @@ class Applier:
             outcome.counts["placeholders"] += 1
         elif isinstance(action, CreateJob):
             self._create(action, outcome)
+        elif isinstance(action, RecordStandbyHistory):
+            self._record_history(action, outcome)
         elif isinstance(action, DrainAgent):
             self._drain(action, outcome)
         elif isinstance(action, DeleteJob):
@@ -352,6 +361,31 @@ class Applier:
     def _forget(self, action: CreateJob, registered: tuple[int, dict[str, str]] | None) -> None:
         if registered is not None and action.pool_id is not None:
             self.azdo.delete_agent(action.pool_id, registered[0])
+
+    def _record_history(self, action: RecordStandbyHistory, outcome: Outcome) -> None:
+        namespace, name = self.config.lease_namespace, standby.configmap_name(self.config.release)
+        log.info(
+            "%s the standby history %s/%s: %s",
+            _verb(self.dry_run, "recording", "would record"),
+            namespace,
+            name,
+            action.reason,
+        )
+        if self.dry_run:
+            return
+        version = self.kube.write_configmap(
+            namespace,
+            name,
+            data=standby.encode(action.history.peaks),
+            labels={names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_INSTANCE: self.config.release},
+            resource_version=action.history.resource_version,
+        )
+        if version is None:
+            outcome.standby_history_stale = True
+            log.info("the standby history %s/%s changed under us (another run): read again next pass", namespace, name)
+            return
+        outcome.standby_history = replace(action.history, resource_version=version)
+        outcome.counts["standby_history"] += 1
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(
