@@ -748,12 +748,13 @@ def _rule_allows(rule: Mapping[str, Any], *, verb: str, group: str, resource: st
 
 
 def rbac_subject_from_file(
-    path: Path, *, name: str, agent_namespace: str, lease_namespace: str | None = None
+    path: Path, *, name: str, agent_namespace: str, lease_namespace: str | None = None, release: str = "azp-agents"
 ) -> RbacSubject:
-    """An RbacSubject with exactly the permissions of the project's rbac.json."""
-    document = json.loads(path.read_text(encoding="utf-8"))
+    """An RbacSubject with exactly the permissions of the project's rbac.json (as the chart renders them for
+    `release`: its `{release}` in resourceNames stands for the release name)."""
+    document = json.loads(path.read_text(encoding="utf-8").replace("{release}", release))
     rules: dict[str, list[Mapping[str, Any]]] = {agent_namespace: list(document.get("agentNamespace") or [])}
-    lease_rules = list(document.get("leaseNamespace") or [])
+    lease_rules = list(document.get("leaseNamespace") or []) + list(document.get("standbyHistory") or [])
     rules.setdefault(lease_namespace or agent_namespace, []).extend(lease_rules)
     return RbacSubject(name=name, rules_by_namespace=rules)
 

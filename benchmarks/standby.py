@@ -13,23 +13,25 @@ clock and a small queue model instead of the real-time emulators, so a week runs
 Not modelled: provisioning failures, image pulls, Kubernetes' own scheduling latency, several pools.
 
 Policies compared: fixed minIdle 0, fixed minIdle N all week, a standby window (Mon-Fri 08:00-18:00
-Europe/Paris, minIdle N; 0 outside), and history: windows learned (standby.learned) from the week before
-(same traffic model, another seed): per hour of the week, the mean arrival rate times HEADROOM seconds,
-kept from LEAD minutes before the hour. The benchmark hands that history over; the reconciler itself
-does not record it yet.
+Europe/Paris, minIdle N; 0 outside), and history (a template's `standbyLearn`): plan() itself records the
+peaks of the week before (same traffic model, another seed) into a standby history, exactly as it would
+write the `<release>-standby-history` ConfigMap (this model keeps what the RecordStandbyHistory actions
+write), then serves the measured days from that history: FRACTION of each hour's learned peak of
+queued+running requests kept idle from LEAD minutes before the hour. Only the measured days count.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from benchmarks.harness import Outcome, check_size, spread
-from reconciler import names, standby
+from reconciler import names
 from reconciler.model import (
     Agent,
     AgentJob,
@@ -41,6 +43,9 @@ from reconciler.model import (
     JobRequest,
     PoolConfig,
     PoolState,
+    RecordStandbyHistory,
+    StandbyHistory,
+    StandbyLearning,
     StandbyWindow,
     TemplateConfig,
     World,
@@ -50,9 +55,9 @@ from reconciler.plan import plan
 PARIS = ZoneInfo("Europe/Paris")
 START = datetime(2026, 3, 2, tzinfo=PARIS)  # a Monday, no DST change that week
 COLD_START = 90.0
-HEADROOM = 600.0
-"""Chosen after trying 180, 360 and 600 s on this traffic model (p95 100, 97, 17 s): tuned, not learned."""
-LEAD = 5
+FRACTION = 0.5
+"""Idle agents per request of an hour's learned peak (standbyLearn.fraction, its default)."""
+LEAD = 10
 PASS = 30
 """Seconds between plan() passes (loop.interval is 10 s by default, 30 s idle; 30 keeps a week quick)."""
 STANDBY_N = 3
@@ -94,6 +99,10 @@ class _Agent:
 @dataclass
 class _Run:
     config: Config
+    start: datetime = START
+    """The simulated instant of second 0."""
+    history: StandbyHistory | None = None
+    """The standby history as the RecordStandbyHistory actions left it (None: no template learns)."""
     agents: list[_Agent] = field(default_factory=list)
     queue: list[tuple[int, float]] = field(default_factory=list)
     """(request id, queue time) waiting for an agent, oldest first."""
@@ -103,8 +112,8 @@ class _Run:
     next_id: int = 1
 
 
-def _at(seconds: float) -> datetime:
-    return (START + timedelta(seconds=seconds)).astimezone(UTC)
+def _at(run: _Run, seconds: float) -> datetime:
+    return (run.start + timedelta(seconds=seconds)).astimezone(UTC)
 
 
 def _assign(run: _Run, agent: _Agent, request: int, queued: float, at: float, durations: dict[int, float]) -> None:
@@ -137,9 +146,11 @@ def _advance(run: _Run, until: float, arriving: list[tuple[int, float]], duratio
 
 
 def _world(run: _Run, now: float) -> World:
-    requests = [JobRequest(request_id=r, queue_time=_at(t)) for r, t in run.queue]
+    requests = [JobRequest(request_id=r, queue_time=_at(run, t)) for r, t in run.queue]
     requests += [
-        JobRequest(request_id=r, queue_time=_at(t), assign_time=_at(t), reserved_agent_id=i, reserved_agent_name=n)
+        JobRequest(
+            request_id=r, queue_time=_at(run, t), assign_time=_at(run, t), reserved_agent_id=i, reserved_agent_name=n
+        )
         for r, (t, n, i) in run.running.items()
     ]
     agents, pods = [], []
@@ -163,12 +174,16 @@ def _world(run: _Run, now: float) -> World:
                     name=a.job.name,
                     status="online",
                     assigned_request_id=a.request,
-                    status_changed_on=_at(changed),
+                    status_changed_on=_at(run, changed),
                 )
             )
     state = PoolState(name=POOL, pool_id=1, requests=tuple(requests), agents=tuple(agents))
     return World(
-        pools=(state,), jobs=tuple(a.job for a in run.agents), pods=tuple(pods), agents_observed={POOL: _at(now)}
+        pools=(state,),
+        jobs=tuple(a.job for a in run.agents),
+        pods=tuple(pods),
+        agents_observed={POOL: _at(run, now)},
+        standby_history=run.history,
     )
 
 
@@ -183,10 +198,12 @@ def _apply(run: _Run, actions: list[Any], now: float) -> None:
                 template=action.template,
                 request_id=action.request_id,
                 standby=action.request_id is None,
-                created=_at(now),
+                created=_at(run, now),
             )
             run.agents.append(_Agent(job=job, agent_id=run.next_id, online_at=now + COLD_START))
             run.next_id += 1
+        elif isinstance(action, RecordStandbyHistory):
+            run.history = action.history
         elif isinstance(action, (DrainAgent, DeleteJob)):
             for agent in [a for a in run.agents if a.job.name == action.job_name and a.request is None]:
                 if agent.idle_since is not None:
@@ -194,9 +211,24 @@ def _apply(run: _Run, actions: list[Any], now: float) -> None:
                 run.agents.remove(agent)
 
 
-def simulate(config: Config, traffic: list[tuple[float, float]], days: int) -> dict[str, Any]:
-    """Queue-to-agent waits and idle agent-minutes of one policy over `days` of traffic."""
-    run = _Run(config=config)
+def simulate(
+    config: Config, traffic: list[tuple[float, float]], days: int, *, learned_from: Sequence[tuple[float, float]] = ()
+) -> dict[str, Any]:
+    """Queue-to-agent waits and idle agent-minutes of one policy over `days` of traffic; a learning policy
+    first records the week of `learned_from` traffic before (its figures are not counted)."""
+    history = None
+    if any(t.learn is not None for p in config.pools for t in p.templates):
+        before = _Run(config=config, start=START - timedelta(days=7), history=StandbyHistory())
+        _passes(before, learned_from, 7)
+        history = before.history
+    run = _Run(config=config, history=history)
+    _passes(run, traffic, days)
+    run.idle_seconds += sum(days * 86400.0 - a.idle_since for a in run.agents if a.idle_since is not None)
+    return {"queue_to_agent": spread(run.waits, digits=1), "idle_agent_minutes": round(run.idle_seconds / 60)}
+
+
+def _passes(run: _Run, traffic: Sequence[tuple[float, float]], days: int) -> None:
+    """One plan() pass per PASS seconds of `days`, the traffic arriving and agents serving in between."""
     durations = {index + 1: duration for index, (_, duration) in enumerate(traffic)}
     pending = [(index + 1, t) for index, (t, _) in enumerate(traffic)]
     for step in range(days * 86400 // PASS):
@@ -204,22 +236,20 @@ def simulate(config: Config, traffic: list[tuple[float, float]], days: int) -> d
         arriving = [p for p in pending if p[1] <= now]
         pending = pending[len(arriving) :]
         _advance(run, now, arriving, durations)
-        _apply(run, plan(run.config, _world(run, now), _at(now)), now)
-    run.idle_seconds += sum(days * 86400.0 - a.idle_since for a in run.agents if a.idle_since is not None)
-    return {"queue_to_agent": spread(run.waits, digits=1), "idle_agent_minutes": round(run.idle_seconds / 60)}
+        _apply(run, plan(run.config, _world(run, now), _at(run, now)), now)
 
 
 def policies() -> dict[str, Config]:
     """The configurations compared: everything equal but minIdle and its windows."""
     office = StandbyWindow(days=frozenset(range(5)), start=8 * 60, end=18 * 60, zone=PARIS, min_idle=STANDBY_N)
-    last_week = [START - timedelta(days=7, seconds=-t) for t, _ in arrivals(7, random.Random(SEED + 1))]
-    history = standby.learned(last_week, zone=PARIS, weeks=1, headroom=HEADROOM, lead=LEAD)
     base = TemplateConfig(name="default", job_template="/t/default.yaml", placeholder=False)
     variants = {
         "minIdle 0": base,
         f"minIdle {STANDBY_N}": replace(base, min_idle=STANDBY_N),
         f"window Mon-Fri 08-18 Paris, minIdle {STANDBY_N}": replace(base, standby=(office,)),
-        f"history of last week ({HEADROOM:g} s headroom, {LEAD} min lead)": replace(base, standby=history),
+        f"history of last week (fraction {FRACTION:g} of the peak, {LEAD} min lead)": replace(
+            base, learn=StandbyLearning(zone=PARIS, fraction=FRACTION, lead=LEAD)
+        ),
     }
     return {
         name: Config(
@@ -237,7 +267,10 @@ def run(size: str) -> dict[str, Any]:
     days = DAYS[size]
     traffic = arrivals(days, random.Random(SEED))
     outcome = Outcome(name="standby", size=size)
-    outcome.figures = {name: simulate(config, traffic, days) for name, config in policies().items()}
+    last_week = arrivals(7, random.Random(SEED + 1))
+    outcome.figures = {
+        name: simulate(config, traffic, days, learned_from=last_week) for name, config in policies().items()
+    }
     outcome.figures["jobs"] = len(traffic)
     for name, figures in outcome.figures.items():
         if name == "jobs":
@@ -251,8 +284,8 @@ def run(size: str) -> dict[str, Any]:
         )
     outcome.notes.append(
         f"{days} days from Mon {START:%Y-%m-%d} Europe/Paris, {len(traffic)} jobs, cold start {COLD_START:g} s, "
-        f"one plan() pass per {PASS} simulated seconds; the history is handed to the policy, not recorded by the "
-        "reconciler"
+        f"one plan() pass per {PASS} simulated seconds; the history policy's plan() recorded "
+        "the week before itself"
     )
     outcome.seconds = time.monotonic() - started
     return outcome.as_dict()

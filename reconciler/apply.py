@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler import agent_files
+from reconciler import agent_files, names, standby
 from reconciler.azdo import AzureDevOps
 from reconciler.errors import AuthError, CreateRefusedError, ForbiddenError, ReconcilerError
 from reconciler.model import (
@@ -27,16 +27,19 @@ from reconciler.model import (
     DeleteAgent,
     DeleteJob,
     DrainAgent,
+    RecordStandbyHistory,
     RegisterPlaceholder,
     ReportCrashBackoff,
     ReportMissingPool,
     ReportUnroutable,
+    StandbyHistory,
     TemplateConfig,
     UpdatePlaceholder,
 )
 
 if TYPE_CHECKING:
     from reconciler.backend import Backend
+    from reconciler.kube import Kubernetes
 
 log = logging.getLogger("reconciler.apply")
 
@@ -50,6 +53,7 @@ _ORDER = {
     "register-placeholder": 5,
     "update-placeholder": 6,
     "create-job": 7,
+    "record-standby-history": 8,
 }
 
 REFUSED_BACKOFF_SECONDS = 30.0
@@ -69,6 +73,10 @@ class Outcome:
     pruned_agents: list[str] = field(default_factory=list)
     failed_agent_pools: set[str] = field(default_factory=set)
     """Pools where an action on agents failed: their agents must be listed again next pass."""
+    standby_history: StandbyHistory | None = None
+    """The standby history as written this pass (with its new resourceVersion)."""
+    standby_history_stale: bool = False
+    """Another run changed the standby history first: read it again."""
 
     @property
     def failed(self) -> int:
@@ -103,10 +111,13 @@ class Applier:
         job_templates: Mapping[tuple[str, str], Mapping[str, Any]],
         dry_run: bool,
         clock: Callable[[], datetime],
+        kube: Kubernetes | None = None,
     ) -> None:
+        """`kube`: the cluster that keeps the release's own state (the standby history); None without one."""
         self.config = config
         self.azdo = azdo
         self.backend = backend
+        self.kube = kube
         self.job_templates = job_templates
         self.dry_run = dry_run
         self.clock = clock
@@ -230,6 +241,8 @@ class Applier:
             outcome.counts["placeholders"] += 1
         elif isinstance(action, CreateJob):
             self._create(action, outcome)
+        elif isinstance(action, RecordStandbyHistory):
+            self._record_history(action, outcome)
         elif isinstance(action, DrainAgent):
             self._drain(action, outcome)
         elif isinstance(action, DeleteJob):
@@ -408,6 +421,31 @@ class Applier:
             f"{exc}; template {key[1]!r} creates nothing before {until.isoformat()} (refusal "
             f"{self.refusals[key]} in a row)"
         )
+
+    def _record_history(self, action: RecordStandbyHistory, outcome: Outcome) -> None:
+        namespace, name = self.config.lease_namespace, standby.configmap_name(self.config.release)
+        log.info(
+            "%s the standby history %s/%s: %s",
+            _verb(self.dry_run, "recording", "would record"),
+            namespace,
+            name,
+            action.reason,
+        )
+        if self.dry_run or self.kube is None:
+            return
+        version = self.kube.write_configmap(
+            namespace,
+            name,
+            data=standby.encode(action.history.peaks),
+            labels={names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_INSTANCE: self.config.release},
+            resource_version=action.history.resource_version,
+        )
+        if version is None:
+            outcome.standby_history_stale = True
+            log.info("the standby history %s/%s changed under us (another run): read again next pass", namespace, name)
+            return
+        outcome.standby_history = replace(action.history, resource_version=version)
+        outcome.counts["standby_history"] += 1
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(

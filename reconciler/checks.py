@@ -34,24 +34,33 @@ class Finding:
     detail: str
 
 
-def required_permissions(config: Config) -> list[tuple[str, str, str, str]]:
-    """(verb, group, resource, namespace) for every permission the reconciler uses (rbac.json)."""
+Permission = tuple[str, str, str, str, str | None]
+"""(verb, group, resource, namespace, the one object's name or None for any)."""
+
+
+def required_permissions(config: Config) -> list[Permission]:
+    """Every permission the reconciler uses (rbac.json) with this configuration."""
     rules = json.loads((Path(__file__).parent / "rbac.json").read_text(encoding="utf-8"))
-    wanted = []
+    wanted: list[Permission] = []
     for namespace in config.namespaces:
-        for rule in rules["agentNamespace"]:
-            wanted += [
-                (v, g, r, namespace) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
-            ]
+        wanted += _permissions(rules["agentNamespace"], namespace, release=config.release)
     if config.lease_enabled:
-        for rule in rules["leaseNamespace"]:
-            wanted += [
-                (v, g, r, config.lease_namespace)
-                for g in rule["apiGroups"]
-                for r in rule["resources"]
-                for v in rule["verbs"]
-            ]
+        wanted += _permissions(rules["leaseNamespace"], config.lease_namespace, release=config.release)
+    if any(t.learn is not None for p in config.pools for t in p.templates):
+        wanted += _permissions(rules["standbyHistory"], config.lease_namespace, release=config.release)
     return wanted
+
+
+def _permissions(rules: list[dict[str, Any]], namespace: str, *, release: str) -> list[Permission]:
+    """The rules' permissions in a namespace; a rule limited to resourceNames gives one per name."""
+    return [
+        (v, g, r, namespace, name.replace("{release}", release) if name else None)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+        for name in rule.get("resourceNames") or [None]
+    ]
 
 
 def _template_findings(config: Config) -> tuple[list[Finding], list[tuple[str, dict[str, Any]]]]:
@@ -242,10 +251,10 @@ def collect(
     except ReconcilerError as exc:
         return [*findings, Finding("kubernetes", False, str(exc))]
     try:
-        for verb, group, resource, namespace in required_permissions(config):
-            label = f"can {verb} {resource}{'.' + group if group else ''} in {namespace}"
+        for verb, group, resource, namespace, name in required_permissions(config):
+            label = f"can {verb} {resource}{'.' + group if group else ''}{' ' + name if name else ''} in {namespace}"
             try:
-                allowed, reason = kube.can_i(verb=verb, resource=resource, group=group, namespace=namespace)
+                allowed, reason = kube.can_i(verb=verb, resource=resource, group=group, namespace=namespace, name=name)
             except ReconcilerError as exc:
                 findings.append(Finding(label, False, str(exc)))
                 continue

@@ -31,6 +31,7 @@ from reconciler.model import (
     PodPolicy,
     PoolConfig,
     RegistryCredential,
+    StandbyLearning,
     StandbyWindow,
     TemplateConfig,
     frozen_map,
@@ -242,6 +243,18 @@ def _standby_window(entry: Mapping[str, Any], *, key: str, source: str) -> Stand
     )
 
 
+def _standby_learn(entry: Mapping[str, Any], *, key: str, source: str) -> StandbyLearning | None:
+    """A template's history-based warm-up (schema-valid in shape), None unless enabled."""
+    if not entry.get("enabled", False):
+        return None
+    return StandbyLearning(
+        zone=_time_zone(entry.get("timeZone", "UTC"), key=f"{key}.timeZone", source=source),
+        fraction=float(entry.get("fraction", 0.5)),
+        lead=int(entry.get("leadMinutes", 10)),
+        most=entry.get("max"),
+    )
+
+
 def _clock_minutes(text: str, *, key: str, source: str) -> int:
     if not _CLOCK.match(str(text)):
         raise ConfigError(f"{source}: {key}: {text!r} is not a time of day: write HH:MM, 00:00 to 24:00")
@@ -397,6 +410,11 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     min_idle=template.get("minIdle", 0),
                     standby=_standby(
                         template.get("standby", []), key=f"pools[{index}].templates[{t_index}].standby", source=source
+                    ),
+                    learn=_standby_learn(
+                        template.get("standbyLearn", {}),
+                        key=f"pools[{index}].templates[{t_index}].standbyLearn",
+                        source=source,
                     ),
                     arch=template.get("arch"),
                     min_agents=template.get("minAgents", 0),

@@ -415,16 +415,59 @@ class Kubernetes:
             return None
         return replaced if isinstance(replaced, dict) else None
 
+    # --- the standby history ------------------------------------------------------------------
+
+    def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap of ours; None when it does not exist."""
+        try:
+            found = self._call("get configmap", self.core.read_namespaced_config_map, name, namespace)
+        except NotFoundError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def write_configmap(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        data: Mapping[str, str],
+        labels: Mapping[str, str],
+        resource_version: str | None,
+    ) -> str | None:
+        """Create the ConfigMap (resource_version None) or replace it at resource_version; its new
+        resourceVersion, or None when another run created, changed or deleted it first (read it again)."""
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": dict(data)}
+        try:
+            if resource_version is None:
+                written = self._call("create configmap", self.core.create_namespaced_config_map, namespace, body)
+            else:
+                written = self._call("update configmap", self.core.replace_namespaced_config_map, name, namespace, body)
+        except ConflictError:
+            return None  # created or changed by another run since we read it
+        except NotFoundError:
+            if resource_version is None:
+                raise  # the namespace itself is missing
+            return None  # deleted since we read it
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
+
     # --- permissions ---------------------------------------------------------------------------
 
-    def can_i(self, *, verb: str, resource: str, group: str, namespace: str) -> tuple[bool, str]:
-        """Ask the API server whether our identity may do `verb` on `resource` (SelfSubjectAccessReview)."""
+    def can_i(
+        self, *, verb: str, resource: str, group: str, namespace: str, name: str | None = None
+    ) -> tuple[bool, str]:
+        """Ask the API server whether our identity may do `verb` on `resource` (one object of it when `name`
+        is given: a rule limited by resourceNames allows only that) (SelfSubjectAccessReview)."""
+        attributes = {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
+        if name is not None:
+            attributes["name"] = name
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {
-                "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
-            },
+            "spec": {"resourceAttributes": attributes},
         }
         answer = self._call(
             "create selfsubjectaccessreview", self.authorization.create_self_subject_access_review, review

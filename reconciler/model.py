@@ -48,6 +48,20 @@ class StandbyWindow:
 
 
 @dataclass(frozen=True)
+class StandbyLearning:
+    """History-based warm-up of a template (standby.learned): what share of an hour's learned peak to keep idle."""
+
+    zone: tzinfo
+    """The clock whose hours of the week are learned (an office's time zone follows its daylight saving)."""
+    fraction: float = 0.5
+    """Idle agents kept per request of the hour's learned peak of queued+running requests (rounded up)."""
+    lead: int = 10
+    """Minutes before a learned hour that its minIdle starts (agents take that long to come online)."""
+    most: int | None = None
+    """At most this many idle agents from the history (None: the template's maxAgents bounds it)."""
+
+
+@dataclass(frozen=True)
 class TemplateConfig:
     """One kind of agent a pool can start: a job.yaml and the capabilities its agents advertise."""
 
@@ -59,6 +73,8 @@ class TemplateConfig:
     min_idle: int = 0
     standby: tuple[StandbyWindow, ...] = ()
     """Windows when another minIdle applies (standby.py)."""
+    learn: StandbyLearning | None = None
+    """Keep idle agents from the queue's history (standby.learned), None: no history is recorded."""
     arch: str | None = None
     """kubernetes.io/arch its pods select (render.select_arch), None: the template's own nodeSelector."""
     min_agents: int = 0
@@ -182,6 +198,20 @@ class Config:
 
 
 # --- the observed world ------------------------------------------------------------------------
+
+Bucket = tuple[int, int, int]
+"""One hour of the week of a template's history: (week it was last recorded in, that week's peak of
+queued+running requests, the learned peak of the weeks before)."""
+
+
+@dataclass(frozen=True)
+class StandbyHistory:
+    """The queue's peaks per hour of the week, per template (the `<release>-standby-history` ConfigMap)."""
+
+    peaks: Mapping[str, Mapping[int, Bucket]] = field(default_factory=lambda: MappingProxyType({}))
+    """By standby.history_key(pool, template), then hour of the week (Monday 00:00 is 0): buckets seen busy."""
+    resource_version: str | None = None
+    """The ConfigMap's resourceVersion (a write replaces exactly it); None: there is no ConfigMap yet."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +359,9 @@ class World:
     learned: Mapping[tuple[str, str], Capabilities] = field(default_factory=lambda: MappingProxyType({}))
     """System capabilities a registered agent of (pool, template) advertised (capabilities.learn),
     remembered by the run from the last agent list that showed one."""
+    standby_history: StandbyHistory | None = None
+    """The recorded history when a template learns its standby from it; None: not read (nobody learns, or
+    the read failed)."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)
@@ -443,6 +476,17 @@ class ReportMissingPool:
     kind: Literal["report-missing-pool"] = "report-missing-pool"
 
 
+@dataclass(frozen=True)
+class RecordStandbyHistory:
+    """Write the standby history: a template's peak for the hour rose (replaces `history.resource_version`)."""
+
+    pool: str
+    """The pool of the first template whose peak rose (for the log)."""
+    history: StandbyHistory
+    reason: str
+    kind: Literal["record-standby-history"] = "record-standby-history"
+
+
 Action = (
     CreateJob
     | DeleteJob
@@ -453,10 +497,19 @@ Action = (
     | ReportUnroutable
     | ReportCrashBackoff
     | ReportMissingPool
+    | RecordStandbyHistory
 )
 
 WRITE_KINDS = frozenset(
-    {"create-job", "delete-job", "delete-agent", "drain-agent", "register-placeholder", "update-placeholder"}
+    {
+        "create-job",
+        "delete-job",
+        "delete-agent",
+        "drain-agent",
+        "register-placeholder",
+        "update-placeholder",
+        "record-standby-history",
+    }
 )
 
 

@@ -12,9 +12,9 @@ No I/O, no clock, no randomness: everything it needs is in its arguments. DESIGN
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -35,6 +35,7 @@ from reconciler.model import (
     JobRequest,
     PoolConfig,
     PoolState,
+    RecordStandbyHistory,
     RegisterPlaceholder,
     ReportCrashBackoff,
     ReportMissingPool,
@@ -947,7 +948,7 @@ def _drain_idle(
 
 def plan(config: Config, world: World, now: datetime) -> list[Action]:
     """Every action this pass should take, in the order `apply` should take them."""
-    actions: list[Action] = []
+    config, actions = _learn_standby(config, world, now)
     pods_by_job = _pods_by_job(world.pods)
     job_names = {j.name for j in world.jobs}
     by_pool = _jobs_by_pool(world)
@@ -993,6 +994,56 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     return actions
 
 
+def _learn_standby(config: Config, world: World, now: datetime) -> tuple[Config, list[Action]]:
+    """The configuration with each learning template's standby windows from the recorded history
+    (standby.learned) added, and the write of the history when an hour's peak of queued+running requests
+    routed to a template (in pools read this pass) rose."""
+    history = world.standby_history
+    if history is None:
+        return config, []
+    peaks = dict(history.peaks)
+    rose: list[tuple[str, str]] = []
+    pools = []
+    for pool in config.pools:
+        if all(t.learn is None for t in pool.templates):
+            pools.append(pool)
+            continue
+        counts = _routed_counts(config, pool, world)
+        templates = []
+        for template in pool.templates:
+            if template.learn is not None:
+                key = standby.history_key(names.pool_slug(pool.name), template.name)
+                buckets = peaks.get(key, {})
+                count = None if counts is None else counts[template.name]
+                recorded = None if count is None else standby.record(buckets, now, template.learn.zone, count)
+                if recorded is not None:
+                    peaks[key] = recorded
+                    rose.append((pool.name, f"{pool.name}/{template.name}: {count}"))
+                windows = standby.learned_windows(buckets, template.learn, now)
+                template = replace(template, standby=template.standby + windows)
+            templates.append(template)
+        pools.append(replace(pool, templates=tuple(templates)))
+    config = replace(config, pools=tuple(pools))
+    if not rose:
+        return config, []
+    write = RecordStandbyHistory(
+        pool=rose[0][0],
+        history=replace(history, peaks=peaks),
+        reason="the hour's peak of queued+running requests rose: " + ", ".join(text for _, text in rose),
+    )
+    return config, [write]
+
+
+def _routed_counts(config: Config, pool: PoolConfig, world: World) -> Counter[str] | None:
+    """Unfinished requests (queued and running) of a pool read this pass, by the template they route to."""
+    state = world.pool(pool.name)
+    if state is None or not state.found:
+        return None
+    router = _Router(config, pool, world.learned)
+    routes = (router.route(r.demands) for r in state.requests if not r.finished)
+    return Counter(template.name for template in routes if template is not None)
+
+
 def _learning_due(
     config: Config,
     pool: PoolConfig,
@@ -1030,6 +1081,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
     needed): no scan for `sweepInterval`, a template's capabilities to learn, a pod of ours finished
     since the last scan, or idle pods beyond the standby allowance that may be due for
     draining or never came online."""
+    config, _ = _learn_standby(config, world, now)
     needed: set[str] = set()
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)

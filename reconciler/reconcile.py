@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler import __version__, capabilities, container_groups, identity, names, render
+from reconciler import __version__, capabilities, container_groups, identity, names, render, standby
 from reconciler.apply import Applier, Outcome
 from reconciler.azdo import AzureDevOps
 from reconciler.backend import Backend, KubernetesBackend, container_instances
@@ -40,7 +40,7 @@ from reconciler.lease import (
     wait_limit,
 )
 from reconciler.metrics import agent_state
-from reconciler.model import Agent, AgentJob, AgentPod, Capabilities, Config, PoolState, World
+from reconciler.model import Agent, AgentJob, AgentPod, Capabilities, Config, PoolState, StandbyHistory, World
 from reconciler.plan import plan, pools_needing_agents
 
 if TYPE_CHECKING:
@@ -175,12 +175,15 @@ class Reconciler:
             job_templates=self.templates,
             dry_run=dry_run,
             clock=clock,
+            kube=self.kube,
         )
         self.holder = f"{os.environ.get('HOSTNAME', 'reconciler')}-{os.getpid()}-{secrets.token_hex(3)}"
         self.agents_observed: dict[str, datetime] = {}
         self.agent_ids: dict[str, int] = {}
         self.pruned: set[str] = set()
         self.learned: dict[tuple[str, str], Capabilities] = {}
+        self.standby_history: StandbyHistory | None = None
+        self._history_read_hour: datetime | None = None
         self.next_due: dict[str, float] = {}
         self.pool_failures: dict[str, int] = {}
         self._lease: dict[str, Any] | None = None
@@ -540,6 +543,7 @@ class Reconciler:
             agent_ids=dict(self.agent_ids),
             pruned=frozenset(self.pruned),
             learned=dict(self.learned),
+            standby_history=self._read_standby_history(report),
         )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)
@@ -565,6 +569,36 @@ class Reconciler:
                 updated.append(state)
             world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
         return replace(world, learned=dict(self.learned))
+
+    def _read_standby_history(self, report: PassReport) -> StandbyHistory | None:
+        """The standby history, when a template learns from it: read at the first pass, when the hour
+        changed since (another run may have recorded its peaks), or after a write found it changed; else
+        the copy this run keeps (its own writes update it). None when it cannot be read."""
+        if self.kube is None or not any(t.learn is not None for p in self.config.pools for t in p.templates):
+            return None  # no template learns, or no cluster keeps the history (backend aci without a Lease)
+        hour = self.clock().replace(minute=0, second=0, microsecond=0)
+        if self.standby_history is not None and self._history_read_hour == hour:
+            return self.standby_history
+        namespace, name = self.config.lease_namespace, standby.configmap_name(self.config.release)
+        try:
+            found = self.kube.read_configmap(namespace, name)
+        except AuthError:
+            raise
+        except ReconcilerError as exc:
+            report.observe_failures += 1
+            log.error(
+                "could not read the standby history %s/%s: %s (standby is not learned this pass)", namespace, name, exc
+            )
+            self.standby_history = None
+            return None
+        metadata = (found or {}).get("metadata") or {}
+        data = (found or {}).get("data") or {}
+        self.standby_history = StandbyHistory(
+            peaks=standby.decode(data if isinstance(data, dict) else {}),
+            resource_version=metadata.get("resourceVersion") if found else None,
+        )
+        self._history_read_hour = hour
+        return self.standby_history
 
     def _learn(self, pool_name: str, agents: list[Agent]) -> None:
         """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
@@ -642,6 +676,10 @@ class Reconciler:
         actions = plan(self.config, world, now)
         report.outcome = self.applier.apply(actions)
         self.pruned.update(name.lower() for name in report.outcome.pruned_agents)
+        if report.outcome.standby_history is not None:
+            self.standby_history = report.outcome.standby_history
+        elif report.outcome.standby_history_stale:
+            self.standby_history = None
         for pool_name in report.outcome.failed_agent_pools:
             # The scan is forgotten so the next pass lists the agents again and retries the action.
             self.agents_observed.pop(pool_name, None)

@@ -468,3 +468,12 @@ volumes:
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end -}}
+
+{{/* "true" when a template of a pool learns its standby from the queue's history (standbyLearn.enabled). */}}
+{{- define "azp-agents.learnsStandby" -}}
+{{- range $pool := .Values.pools -}}
+{{- range $template := $pool.templates | default list -}}
+{{- if ($template.standbyLearn | default dict).enabled -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -77,6 +77,32 @@ def test_bindings_name_only_the_reconciler_service_account() -> None:
         ]
 
 
+def test_standby_history_role_only_when_a_template_learns() -> None:
+    """We test: a template with standbyLearn.enabled adds a Role (and its binding) in the release namespace
+    granting exactly rbac.json's standbyHistory rules, get/update limited to the release's history ConfigMap
+    by name and create unrestricted (RBAC cannot limit create by name); without it, no such Role."""
+    learning = [{"name": "Default", "templates": [{"name": "linux", "standbyLearn": {"enabled": True}}]}]
+    objects = render_chart(with_defaults(pools=learning))
+    role = only(objects, "Role", "azp-agents-reconciler-standby-history")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert (
+        _grants(role["rules"])
+        == _grants(RBAC["standbyHistory"])
+        == {
+            ("", "configmaps", "get"),
+            ("", "configmaps", "update"),
+            ("", "configmaps", "create"),
+        }
+    )
+    by_verbs = {tuple(rule["verbs"]): rule.get("resourceNames") for rule in role["rules"]}
+    assert by_verbs == {("get", "update"): ["azp-agents-standby-history"], ("create",): None}
+    assert find(objects, "RoleBinding", "azp-agents-reconciler-standby-history")
+    disabled = [{"name": "Default", "templates": [{"name": "linux", "standbyLearn": {"enabled": False}}]}]
+    for values in (with_defaults(), with_defaults(pools=disabled)):
+        rendered = render_chart(values)
+        assert not [o for o in rendered if o["metadata"]["name"].endswith("standby-history")]
+
+
 def test_no_lease_role_when_the_lease_is_disabled() -> None:
     """We test: with reconciler.lease.enabled=false the lease Role and its binding are not rendered."""
     objects = render_chart(with_defaults(reconciler={"lease": {"enabled": False}}))

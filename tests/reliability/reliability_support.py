@@ -51,6 +51,8 @@ KUBE_SITES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "leases", "GET leases", "get lease"),
     ("POST", "leases", "POST leases", "create lease"),
     ("PUT", "leases", "PUT leases", "update lease"),
+    ("GET", "configmaps", "GET configmaps", "get configmap"),
+    ("POST", "configmaps", "POST configmaps", "create configmap"),
 )
 
 
@@ -264,7 +266,8 @@ class RichWorld:
     reconciler makes: queued requests (GET jobrequests, create Jobs), an offline leftover agent of ours
     (DELETE agent), a missing placeholder (POST), a stale one (PUT), an agent idle past idleTimeout
     (PATCH, GET agent, delete Job, event, DELETE agent), a Job whose pod never starts (delete Job,
-    event), and no Lease (get, create, and update on release)."""
+    event), no Lease (get, create, and update on release), and a template learning its standby with no
+    history yet (get and create the ConfigMap; its update is covered by tests/sim/test_standby_learned.py)."""
 
     rig: Rig
     request_ids: list[int]
@@ -301,6 +304,8 @@ def build_rich_world(directory: Path) -> RichWorld:
         rig.wait_for(ready, what="the standby agent online and the broken pod pending")
     idle_agent = next(a["name"] for a in rig.agents() if a["name"].startswith(idle_job))
     _template(document, "broken")["placeholder"] = False
+    # The queued requests' hour is recorded: the pass reads the standby history (none yet) and creates it.
+    _template(document, "default")["standbyLearn"] = {"enabled": True}
     rig.write_config(document)
     rig.azdo.add_agent(rig.pool_id(), LEFTOVER_AGENT, status="offline")
     request_ids = [rig.azdo.queue_request(rig.pool_id(), demands=("docker",), duration=0.3) for _ in range(QUEUED)]

@@ -9,7 +9,7 @@ Then normal passes run while the simulated agents work. Afterwards: no duplicate
 agent registrations, never more agents than maxAgents, every queued job served, nothing left over.
 
 The process is a fork of the test process (a subprocess that needs no fresh interpreter, so the
-26 crash points stay fast); it runs `reconciler.cli.main` exactly as the console script does.
+28 crash points stay fast); it runs `reconciler.cli.main` exactly as the console script does.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ EXPECTED_WRITES: tuple[tuple[str, str, str], ...] = (
     ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
     ("kube", "POST", "jobs"),
     ("kube", "POST", "jobs"),
+    # Then the standby history, the hour's peak recorded (the default template learns; none was kept yet).
+    ("kube", "POST", "configmaps"),
     ("kube", "PUT", "leases"),
 )
 HOLD = 1.0

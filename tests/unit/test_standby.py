@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from plan_builders import NOW, agent, config, job_for, of, pod_for, pool, state, template, world
+from plan_builders import NOW, agent, config, job_for, of, pod_for, pool, queued, state, template, world
 from test_config import JOB, base, error_of, write
 
 from reconciler import config as config_module
 from reconciler import standby
-from reconciler.model import CreateJob, DrainAgent, StandbyWindow
+from reconciler.model import (
+    CreateJob,
+    DrainAgent,
+    RecordStandbyHistory,
+    StandbyHistory,
+    StandbyLearning,
+    StandbyWindow,
+)
 from reconciler.plan import plan
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -154,15 +162,120 @@ def test_plan_window_raises_idle_agents_kept() -> None:
 
 
 def test_learned_windows_follow_the_history_hour_by_hour() -> None:
-    """We test: 60 arrivals in Monday 09:00-10:00 Paris over 2 weeks (0.5 a minute) with 240 s headroom give
-    minIdle 2 from 08:55 to 10:00 that Monday; 2 arrivals at Tuesday 03:xx round to none; an hour starting at
+    """We test: a learned peak of 4 at Monday 09:00 Paris with fraction 0.5 gives minIdle 2 from 08:55 to
+    10:00 that Monday; a peak of 1 rounds up to 1 and `most` caps a peak of 20 at 3; an hour starting at
     Monday 00:00 with a 5-minute lead opens Sunday 23:55 and crosses midnight."""
-    history = [paris(2026, 3, 2, 9, m % 60) for m in range(60)] + [paris(2026, 3, 3, 3, 10), paris(2026, 3, 3, 3, 20)]
-    history += [paris(2026, 3, 2, 0, m % 60) for m in range(60)]
-    windows = standby.learned(history, zone=PARIS, weeks=2, headroom=240, lead=5)
-    assert len(windows) == 2
+    peaks = {9: 4, 24 + 3: 1, 0: 4, 48 + 10: 20, 50: 0}
+    windows = standby.learned(peaks, zone=PARIS, fraction=0.5, lead=5, most=3)
+    assert len(windows) == 4
     assert standby.min_idle(0, windows, paris(2026, 3, 9, 8, 55)) == 2
     assert standby.min_idle(0, windows, paris(2026, 3, 9, 9, 59)) == 2
     assert standby.min_idle(0, windows, paris(2026, 3, 9, 10, 0)) == 0
     assert standby.min_idle(0, windows, paris(2026, 3, 8, 23, 56)) == 2  # Sunday, before the Monday midnight hour
-    assert standby.min_idle(0, windows, paris(2026, 3, 10, 3, 15)) == 0
+    assert standby.min_idle(0, windows, paris(2026, 3, 10, 3, 15)) == 1
+    assert standby.min_idle(0, windows, paris(2026, 3, 11, 10, 15)) == 3
+
+
+def test_hour_of_week_reads_the_local_clock_across_daylight_saving() -> None:
+    """We test: 08:30 UTC is hour 9 (Monday 09:30 Paris) in winter and hour 10 in summer; on the fall-back
+    Sunday both 02:30s are one bucket (hour 6*24+2); weeks count from Monday, so Sunday night and the
+    Monday after are one week apart in number and buckets 167 and 0."""
+    assert standby.hour_of_week(datetime(2026, 3, 2, 8, 30, tzinfo=UTC), PARIS)[1] == 9
+    assert standby.hour_of_week(datetime(2026, 7, 6, 8, 30, tzinfo=UTC), PARIS)[1] == 10
+    first, second = datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    assert standby.hour_of_week(first, PARIS) == standby.hour_of_week(second, PARIS)
+    assert standby.hour_of_week(first, PARIS)[1] == 6 * 24 + 2
+    sunday = standby.hour_of_week(paris(2026, 3, 8, 23, 30), PARIS)
+    monday = standby.hour_of_week(paris(2026, 3, 9, 0, 30), PARIS)
+    assert (monday[0] - sunday[0], sunday[1], monday[1]) == (1, 167, 0)
+
+
+def test_a_week_peak_becomes_the_learned_peak_and_old_weeks_decay() -> None:
+    """We test: an hour recorded with peak 6 in week w is learned as 6 in week w+1, halves for each quiet
+    week after (3 in w+2, 1 in w+3), and a decayed older peak still counts when larger."""
+    assert standby.promoted((10, 6, 2), 10) == (10, 6, 2)
+    assert standby.promoted((10, 6, 2), 11) == (11, 0, 6)
+    assert standby.promoted((10, 6, 2), 12) == (12, 0, 3)
+    assert standby.promoted((10, 6, 2), 13) == (13, 0, 1)
+    assert standby.promoted((10, 2, 8), 11) == (11, 0, 4)
+
+
+def test_record_writes_only_when_the_hour_peak_rises() -> None:
+    """We test: the first count of an hour is recorded, the same or a lower count is not, a higher one is;
+    the same hour a week later starts from zero with last week's peak learned."""
+    monday = paris(2026, 3, 2, 9, 10)
+    week, hour = standby.hour_of_week(monday, PARIS)
+    buckets = standby.record({}, monday, PARIS, 3)
+    assert buckets == {hour: (week, 3, 0)}
+    assert standby.record(buckets, monday + timedelta(minutes=20), PARIS, 3) is None
+    assert standby.record(buckets, monday + timedelta(minutes=20), PARIS, 1) is None
+    assert standby.record(buckets, monday + timedelta(minutes=40), PARIS, 5) == {hour: (week, 5, 0)}
+    assert standby.record(buckets, monday + timedelta(days=7), PARIS, 0) is None
+    assert standby.record(buckets, monday + timedelta(days=7), PARIS, 1) == {hour: (week + 1, 1, 3)}
+
+
+def test_history_round_trips_and_hand_edits_are_skipped() -> None:
+    """We test: encode/decode keep busy buckets, drop quiet ones, and skip entries that are not
+    [week, peak, learned] of an hour 0..167 (a ConfigMap edited by hand)."""
+    peaks = {"linux.default": {9: (5, 3, 1), 10: (5, 0, 0)}}
+    assert standby.decode(standby.encode(peaks)) == {"linux.default": {9: (5, 3, 1)}}
+    edited = {"a.b": '{"9":[1,2,3],"168":[1,2,3],"x":[1,2,3],"3":[1,-2,3],"4":[1,2],"5":[true,1,1]}', "c.d": "{"}
+    assert standby.decode(edited) == {"a.b": {9: (1, 2, 3)}}
+
+
+def test_plan_records_peaks_and_keeps_agents_warm_before_a_learned_peak() -> None:
+    """We test through plan(): with a history whose 13:00 UTC hour learned a peak of 4 last week, at 12:55 a
+    template learning with fraction 0.5 and a 10 min lead gets 2 standby Jobs, at 12:40 none; 3 requests seen
+    at 12:40 raise the 12:00 hour's peak and plan writes the history (at the resourceVersion it read), not
+    again for 3 requests; nothing is recorded when no template learns."""
+    learn = StandbyLearning(zone=UTC, fraction=0.5, lead=10)
+    cfg = config(pool("linux", template(placeholder=False, learn=learn)))
+    week, hour = standby.hour_of_week(NOW + timedelta(hours=1), UTC)
+    history = StandbyHistory(peaks={"linux.default": {hour: (week - 1, 4, 0)}}, resource_version="7")
+    quiet = replace(world(state("linux")), standby_history=history)
+    assert len(of(CreateJob, plan(cfg, quiet, NOW + timedelta(minutes=55)))) == 2
+    assert of(CreateJob, plan(cfg, quiet, NOW + timedelta(minutes=40))) == []
+    assert of(RecordStandbyHistory, plan(cfg, quiet, NOW + timedelta(minutes=40))) == []
+    busy = replace(world(state("linux", queued(1), queued(2), queued(3))), standby_history=history)
+    (write_,) = of(RecordStandbyHistory, plan(cfg, busy, NOW + timedelta(minutes=40)))
+    assert write_.history.resource_version == "7"
+    assert write_.history.peaks["linux.default"][hour - 1] == (week, 3, 0)
+    again = replace(busy, standby_history=write_.history)
+    assert of(RecordStandbyHistory, plan(cfg, again, NOW + timedelta(minutes=45))) == []
+    assert of(RecordStandbyHistory, plan(config(), busy, NOW)) == []
+
+
+def test_config_builds_standby_learning(workdir: Path) -> None:
+    """We test: `standbyLearn` builds the template's learning (defaults: UTC, fraction 0.5, 10 min lead);
+    disabled or absent, none."""
+    learn = {"enabled": True, "timeZone": "Europe/Paris", "max": 4}
+    templates = [
+        {"name": "a", "jobTemplate": "job.yaml", "standbyLearn": learn},
+        {"name": "b", "jobTemplate": "job.yaml", "standbyLearn": {"enabled": False, "fraction": 1}},
+        {"name": "c", "jobTemplate": "job.yaml", "standbyLearn": {"enabled": True}},
+        {"name": "d", "jobTemplate": "job.yaml"},
+    ]
+    loaded, _ = config_module.load_file(write(workdir, base(pools=[{"name": "linux", "templates": templates}])))
+    assert [t.learn for t in loaded.pools[0].templates] == [
+        StandbyLearning(zone=PARIS, fraction=0.5, lead=10, most=4),
+        None,
+        StandbyLearning(zone=ZoneInfo("UTC")),
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("learn", "words"),
+    [
+        ({"enabled": True, "timeZone": "Mars/Olympus"}, ["pools[0].templates[0].standbyLearn.timeZone", "IANA"]),
+        ({"enabled": True, "leadMinutes": 500}, ["standbyLearn.leadMinutes", "500"]),
+        ({"enabled": True, "fraction": 0}, ["standbyLearn.fraction"]),
+        ({"enabled": True, "hours": 3}, ["standbyLearn", "hours"]),
+    ],
+)
+def test_standby_learn_errors_name_the_key(workdir: Path, learn: dict[str, Any], words: list[str]) -> None:
+    """We test: a bad time zone, lead, fraction or an unknown key of standbyLearn is an error naming the key."""
+    document = base(pools=[{"name": "linux", "templates": [{"name": "a", "jobTemplate": "job.yaml"}]}])
+    document["pools"][0]["templates"][0]["standbyLearn"] = learn
+    message = error_of(workdir, document)
+    assert all(word in message for word in words), message
