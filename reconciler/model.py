@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -362,6 +362,8 @@ class World:
     standby_history: StandbyHistory | None = None
     """The recorded history when a template learns its standby from it; None: not read (nobody learns, or
     the read failed)."""
+    azdo_clock_offset: timedelta | None = None
+    """Azure DevOps' clock minus ours, as its last answer's Date header showed (None: not known)."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)
