@@ -8,6 +8,7 @@ emulate: serve both emulators until interrupted, with the files needed to point 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,14 +18,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from azp_simulation.world import PAT, Simulation, load_world, scenario_path
+from azp_simulation.world import PAT, Simulation, auth_method, load_world, scenario_path
 
 
 def _time(value: Any) -> datetime | None:
@@ -51,6 +52,7 @@ class Summary:
 
     scenario: str
     seed: int
+    auth: str = "pat"
     seconds: float = 0.0
     jobs: int = 0
     served: int = 0
@@ -62,6 +64,7 @@ class Summary:
     peak_agents: dict[str, int] = field(default_factory=dict)
     runs: int = 0
     passes: int = 0
+    azdo_calls: int = 0
     azdo_calls_per_pass: dict[str, float] = field(default_factory=dict)
     kube_calls_per_pass: dict[str, float] = field(default_factory=dict)
     created: int = 0
@@ -88,6 +91,7 @@ class ReconcilerProcess:
     def __init__(self, simulation: Simulation, *, loop_for: float, progress: TextIO | None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env |= simulation.reconciler_env
         command = [
             sys.executable,
             "-m",
@@ -169,11 +173,20 @@ def _done(simulation: Simulation) -> bool:
 
 
 def run_simulation(
-    scenario: str, *, seed: int = 1, progress: TextIO | None = None, directory: Path | None = None
+    scenario: str,
+    *,
+    seed: int = 1,
+    progress: TextIO | None = None,
+    directory: Path | None = None,
+    auth: str | None = None,
+    observe: Callable[[Simulation], None] | None = None,
 ) -> Summary:
-    """Run a scenario to its end (or its timeout) and return the measured summary."""
+    """Run a scenario to its end (or its timeout) and return the measured summary; `auth` overrides the world
+    file's auth.method; `observe` is called with the running simulation every 0.2 s and once at the end."""
     world = load_world(scenario_path(scenario))
-    summary = Summary(scenario=world.name, seed=seed, jobs=world.total_jobs)
+    if auth is not None:
+        world = dataclasses.replace(world, auth_method=auth_method(auth, "--auth"))
+    summary = Summary(scenario=world.name, seed=seed, auth=world.auth_method, jobs=world.total_jobs)
     loop_for = float(world.reconciler.get("loopFor", 30))
     with _directory(directory) as workdir:
         simulation = Simulation(world, directory=workdir, seed=seed)
@@ -193,11 +206,15 @@ def run_simulation(
                 while run.running() and time.monotonic() - started < world.timeout:
                     if _done(simulation) and len(run.summaries) >= 1:
                         break
+                    if observe is not None:
+                        observe(simulation)
                     time.sleep(0.2)
                 run.stop()
                 if _done(simulation):
                     break
         finally:
+            if observe is not None:
+                observe(simulation)
             summary.seconds = round(time.monotonic() - started, 1)
             _fill(summary, simulation, runs)
             simulation.stop()
@@ -232,6 +249,7 @@ def _fill(summary: Summary, simulation: Simulation, runs: list[ReconcilerProcess
     summary.runs = len(runs)
     all_summaries = [s for run in runs for s in run.summaries]
     summary.passes = len(all_summaries)
+    summary.azdo_calls = sum(azdo.call_counts().values())
     passes = max(1, summary.passes)
     summary.azdo_calls_per_pass = {
         route: round(count / passes, 2) for route, count in sorted(azdo.call_counts().items())
@@ -259,7 +277,8 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
     rows = [
         (
             "scenario",
-            f"{summary.scenario} (seed {summary.seed}), {summary.seconds}s, {summary.runs} reconciler runs, "
+            f"{summary.scenario} (seed {summary.seed}, auth {summary.auth}), {summary.seconds}s, "
+            f"{summary.runs} reconciler runs, "
             f"{summary.passes} passes",
         ),
         (
@@ -273,6 +292,7 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
             f"p50 {summary.latency.get('p50', 0)}s  p95 {summary.latency.get('p95', 0)}s  "
             f"max {summary.latency.get('max', 0)}s",
         ),
+        ("Azure DevOps calls", str(summary.azdo_calls)),
         ("peak agents per pool", ", ".join(f"{k} {v}" for k, v in summary.peak_agents.items())),
         ("Jobs created", str(summary.created)),
         ("agents pruned / drained", f"{summary.pruned} / {summary.drained}"),
@@ -296,9 +316,9 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
     stream.flush()
 
 
-def simulate(scenario: str, *, seed: int, quiet: bool, json_out: Path | None) -> int:
+def simulate(scenario: str, *, seed: int, quiet: bool, json_out: Path | None, auth: str | None = None) -> int:
     """The `simulate` command: exit 0 when every job was served and none was killed."""
-    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout)
+    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout, auth=auth)
     print_summary(summary, sys.stdout)
     if json_out is not None:
         json_out.write_text(json.dumps(summary.as_dict(), indent=2))

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--log-format", choices=["text", "json"], default="text")
     simulate.add_argument("--quiet", action="store_true", help="no live progress, only the summary")
     simulate.add_argument("--json", dest="json_out", type=Path, help="also write the summary as JSON here")
+    simulate.add_argument(
+        "--auth",
+        help="override the world file's auth.method: pat, servicePrincipal, workloadIdentity or managedIdentity "
+        "(the simulation registers that Entra ID identity)",
+    )
 
     emulate = commands.add_parser("emulate", help="serve the Azure DevOps and Kubernetes emulators")
     emulate.add_argument("--world", default="burst", help="scenario name or path of a world file")
@@ -443,7 +448,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     simulate = _simulation().simulate
 
     logs.setup(fmt=args.log_format, level="warning")
-    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out))
+    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out, auth=args.auth))
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
