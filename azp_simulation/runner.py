@@ -17,14 +17,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from azp_simulation.world import PAT, Simulation, load_world, scenario_path
+from azp_simulation.world import PAT, Simulation, auth_method, load_world, scenario_path
 
 
 def _time(value: Any) -> datetime | None:
@@ -51,6 +51,7 @@ class Summary:
 
     scenario: str
     seed: int
+    auth: str = "pat"
     seconds: float = 0.0
     jobs: int = 0
     served: int = 0
@@ -62,6 +63,7 @@ class Summary:
     peak_agents: dict[str, int] = field(default_factory=dict)
     runs: int = 0
     passes: int = 0
+    azdo_calls: int = 0
     azdo_calls_per_pass: dict[str, float] = field(default_factory=dict)
     kube_calls_per_pass: dict[str, float] = field(default_factory=dict)
     arm_calls_per_pass: dict[str, float] = field(default_factory=dict)
@@ -178,13 +180,18 @@ def run_simulation(
     progress: TextIO | None = None,
     directory: Path | None = None,
     backend: str | None = None,
+    auth: str | None = None,
+    observe: Callable[[Simulation], None] | None = None,
 ) -> Summary:
     """Run a scenario to its end (or its timeout) and return the measured summary; `backend` overrides the
-    world file's (kubernetes or aci)."""
+    world file's (kubernetes or aci), `auth` its auth.method; `observe` is called with the running simulation
+    every 0.2 s and once at the end."""
     world = load_world(scenario_path(scenario))
     if backend is not None:
         world = replace(world, backend=backend)
-    summary = Summary(scenario=world.name, seed=seed, jobs=world.total_jobs)
+    if auth is not None:
+        world = replace(world, auth_method=auth_method(auth, "--auth"))
+    summary = Summary(scenario=world.name, seed=seed, auth=world.auth_method, jobs=world.total_jobs)
     loop_for = float(world.reconciler.get("loopFor", 30))
     with _directory(directory) as workdir:
         simulation = Simulation(world, directory=workdir, seed=seed)
@@ -204,11 +211,15 @@ def run_simulation(
                 while run.running() and time.monotonic() - started < world.timeout:
                     if _done(simulation) and len(run.summaries) >= 1:
                         break
+                    if observe is not None:
+                        observe(simulation)
                     time.sleep(0.2)
                 run.stop()
                 if _done(simulation):
                     break
         finally:
+            if observe is not None:
+                observe(simulation)
             summary.seconds = round(time.monotonic() - started, 1)
             _fill(summary, simulation, runs)
             simulation.stop()
@@ -243,6 +254,7 @@ def _fill(summary: Summary, simulation: Simulation, runs: list[ReconcilerProcess
     summary.runs = len(runs)
     all_summaries = [s for run in runs for s in run.summaries]
     summary.passes = len(all_summaries)
+    summary.azdo_calls = sum(azdo.call_counts().values())
     passes = max(1, summary.passes)
     summary.azdo_calls_per_pass = {
         route: round(count / passes, 2) for route, count in sorted(azdo.call_counts().items())
@@ -274,7 +286,8 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
     rows = [
         (
             "scenario",
-            f"{summary.scenario} (seed {summary.seed}), {summary.seconds}s, {summary.runs} reconciler runs, "
+            f"{summary.scenario} (seed {summary.seed}, auth {summary.auth}), {summary.seconds}s, "
+            f"{summary.runs} reconciler runs, "
             f"{summary.passes} passes",
         ),
         (
@@ -288,6 +301,7 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
             f"p50 {summary.latency.get('p50', 0)}s  p95 {summary.latency.get('p95', 0)}s  "
             f"max {summary.latency.get('max', 0)}s",
         ),
+        ("Azure DevOps calls", str(summary.azdo_calls)),
         ("peak agents per pool", ", ".join(f"{k} {v}" for k, v in summary.peak_agents.items())),
         ("Jobs created", str(summary.created)),
         ("agents pruned / drained", f"{summary.pruned} / {summary.drained}"),
@@ -315,9 +329,17 @@ def print_summary(summary: Summary, stream: TextIO) -> None:
     stream.flush()
 
 
-def simulate(scenario: str, *, seed: int, quiet: bool, json_out: Path | None, backend: str | None = None) -> int:
+def simulate(
+    scenario: str,
+    *,
+    seed: int,
+    quiet: bool,
+    json_out: Path | None,
+    backend: str | None = None,
+    auth: str | None = None,
+) -> int:
     """The `simulate` command: exit 0 when every job was served and none was killed."""
-    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout, backend=backend)
+    summary = run_simulation(scenario, seed=seed, progress=None if quiet else sys.stdout, backend=backend, auth=auth)
     print_summary(summary, sys.stdout)
     if json_out is not None:
         json_out.write_text(json.dumps(summary.as_dict(), indent=2))

@@ -26,6 +26,15 @@ Secret volume (a file missing: the script exits 2), signs a client assertion wit
 access token at the OAuth endpoint the files name, and starts its session with it (agent_oauth.py); a refusal
 ends the container with exit 1. Such an agent never sees, and could do nothing with, a PAT.
 
+Credentials: a world file's `auth: {method: pat|servicePrincipal|workloadIdentity|managedIdentity}` (default pat)
+says how the reconciler authenticates. For a method other than pat the simulation starts the Entra ID emulator
+(entra.py), registers the identity there as an administrator would (identities.py: an app with a client secret,
+an app federated with the cluster's service account issuer and its token file, or a managed identity of the
+host), adds it to the organization with the Administrator role on every pool, and gives the reconciler that
+`auth` block and the environment it needs (the CA bundle, the workload identity or App Service variables); no
+PAT file is written. The PAT Secret the chart installs in the agent namespace is there only when the agents
+register themselves with it (agents.registration resolves to token, reconciler.config.agent_registration).
+
 Nodes: a world file may list node pools (`nodes: [{arch: arm64, count: 2}, ...]`, default three amd64
 nodes); the Kubernetes emulator schedules on their kubernetes.io/arch label, so a pod selecting an
 architecture no node has stays Pending (Unschedulable). Nodes of another arch than amd64 are tainted
@@ -54,9 +63,12 @@ from azp_simulation import agent_images, agent_oauth, container_builds
 from azp_simulation.arm_emulator import DEFAULT_START_DELAY, ArmEmulator, Quotas
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
+from azp_simulation.entra import EntraEmulator
+from azp_simulation.identities import KIND_OF_METHOD, Identity, register_identity
 from azp_simulation.kube_emulator import KubernetesEmulator
 from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler import container_groups
+from reconciler.config import agent_registration
 from reconciler.errors import ConfigError
 from reconciler.names import AGENT_ID_MESSAGE, pool_slug
 
@@ -75,6 +87,7 @@ ACI_LOCATION = "westeurope"
 ACI_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 ACI_CLIENT_ID = "azp-agents-reconciler"
 ACI_CLIENT_SECRET = "simulated-client-secret-5e1d"
+AUTH_METHODS = ("pat", *KIND_OF_METHOD)
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -162,10 +175,22 @@ class WorldFile:
     inaccessibleImages (glob patterns), failProvisioning [{pool, nth, message}]."""
     projects: tuple[str, ...] = ()
     """Projects besides the default one ("project"); a pool's `projects` name those with a queue for it."""
+    auth_method: str = "pat"
+    """How the reconciler authenticates: `auth.method` of its configuration (one of AUTH_METHODS)."""
 
     @property
     def total_jobs(self) -> int:
         return sum(a.count for a in self.arrivals)
+
+
+def auth_method(raw: Any, where: str) -> str:
+    """The world file's `auth: {method}` (or `--auth`'s value): one of AUTH_METHODS, default pat."""
+    if raw is None:
+        return "pat"
+    method = raw.get("method", "pat") if isinstance(raw, dict) else raw
+    if method not in AUTH_METHODS:
+        raise ConfigError(f"{where}: auth.method: {method!r} is not one of {', '.join(AUTH_METHODS)}")
+    return str(method)
 
 
 def _require(mapping: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -291,6 +316,7 @@ def load_world(path: Path) -> WorldFile:
         backend=str(document.get("backend", "kubernetes")),
         aci=document.get("aci") or {},
         projects=projects,
+        auth_method=auth_method(document.get("auth"), where),
     )
 
 
@@ -413,16 +439,20 @@ class Simulation:
         self.organization_url = ""
         self.kube_url = ""
         self.arm: ArmEmulator | None = None
+        self.entra: EntraEmulator | None = None
+        self.identity: Identity | None = None
+        """The reconciler's Entra ID identity (None: it uses the PAT)."""
 
     # --- setup ---------------------------------------------------------------------------------
 
     def start(self, *, azdo_port: int = 0, kube_port: int = 0) -> None:
         """Start both emulators, seed the world, write config/kubeconfig/PAT, start the timeline."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.organization_url = self.azdo.start(port=azdo_port)
         self.kube_url = self.kube.start(port=kube_port)
         self.azdo.add_pat(PAT, scopes=("vso.agentpools_manage",))
         self.kube.add_namespace(NAMESPACE)
-        if self.world.reconciler.get("agents", {}).get("registration") != "reconciler":
+        if self.agent_registration() != "reconciler":
             # What the chart installs in the agent namespace, unless the reconciler registers the agents.
             self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})
         for project in set(self.world.projects) - {DEFAULT_PROJECT}:
@@ -430,6 +460,8 @@ class Simulation:
         for pool in self.world.pools:
             created = self.azdo.add_pool(pool["name"], projects=pool.get("projects") or ())
             self.pool_ids[pool["name"]] = int(created["id"])
+        if self.world.auth_method != "pat":
+            self._use_identity(KIND_OF_METHOD[self.world.auth_method])
         for agent in self.world.agents:
             self.azdo.add_agent(
                 self.pool_ids[agent["pool"]],
@@ -449,6 +481,33 @@ class Simulation:
         self._thread = threading.Thread(target=self._run_timeline, name="world-timeline", daemon=True)
         self._thread.start()
 
+    def agent_registration(self) -> str:
+        """Who registers the agents, as the reconciler resolves agents.registration for this world."""
+        return agent_registration({"auth": {"method": self.world.auth_method}, **self.world.reconciler})
+
+    def _use_identity(self, kind: str) -> None:
+        """Start the Entra ID emulator and register the reconciler's identity there and in the organization."""
+        self.entra = EntraEmulator(directory=self.directory / "entra")
+        self.entra.start()
+        self.identity = register_identity(
+            self.entra, self.azdo, kind, self.directory, pool_ids=tuple(self.pool_ids.values())
+        )
+
+    def reconciler_env(self) -> dict[str, str]:
+        """What the reconciler's process needs in its environment besides its configuration: its Entra ID
+        identity's variables, and the CA bundle that trusts the HTTPS emulators it talks to (Entra ID, ARM)."""
+        env = dict(self.identity.env) if self.identity else {}
+        bundles = [Path(env["REQUESTS_CA_BUNDLE"])] if "REQUESTS_CA_BUNDLE" in env else []
+        if self.arm is not None:
+            bundles.append(self.arm.ca_path)
+        if len(bundles) > 1:
+            combined = self.directory / "ca-bundle.pem"
+            combined.write_text("".join(b.read_text(encoding="utf-8") for b in bundles), encoding="utf-8")
+            bundles = [combined]
+        if bundles:
+            env["REQUESTS_CA_BUNDLE"] = str(bundles[0])
+        return env
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -457,6 +516,8 @@ class Simulation:
         if self.arm is not None:
             self.arm.stop()
         self.azdo.stop()
+        if self.entra is not None:
+            self.entra.stop()
 
     @property
     def config_path(self) -> Path:
@@ -467,8 +528,8 @@ class Simulation:
         return self.directory / "kubeconfig"
 
     def _write_files(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "pat").write_text(PAT + "\n")
+        if self.identity is None:
+            (self.directory / "pat").write_text(PAT + "\n")
         self.kube.write_kubeconfig(self.kubeconfig_path)
         templates_dir = self.directory / "templates"
         templates_dir.mkdir(exist_ok=True)
@@ -503,7 +564,7 @@ class Simulation:
             "release": RELEASE,
             "namespace": NAMESPACE,
             "jobNamePrefix": "azp",
-            "auth": {"patFile": str(self.directory / "pat")},
+            "auth": self.identity.auth if self.identity else {"patFile": str(self.directory / "pat")},
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "sweepInterval": int(self.world.reconciler.get("sweepInterval", 30)),
             "agentVersion": AGENT_VERSION,
@@ -574,10 +635,6 @@ class Simulation:
                 "armEndpoint": self.arm.base_url,
             },
         }
-
-    def reconciler_env(self) -> dict[str, str]:
-        """What the reconciler's process needs besides the config: the ARM emulator's CA on ACI."""
-        return {"REQUESTS_CA_BUNDLE": str(self.arm.ca_path)} if self.arm is not None else {}
 
     def _build_timeline(self) -> None:
         for arrival in self.world.arrivals:

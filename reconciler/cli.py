@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--backend", choices=["kubernetes", "aci"], help="run agents on this backend (default: the world file's)"
     )
+    simulate.add_argument(
+        "--auth",
+        help="override the world file's auth.method: pat, servicePrincipal, workloadIdentity or managedIdentity "
+        "(the simulation registers that Entra ID identity)",
+    )
 
     emulate = commands.add_parser("emulate", help="serve the Azure DevOps and Kubernetes emulators")
     emulate.add_argument("--world", default="burst", help="scenario name or path of a world file")
@@ -527,7 +532,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     simulate = _simulation().simulate
 
     logs.setup(fmt=args.log_format, level="warning")
-    return int(simulate(args.scenario, seed=args.seed, quiet=args.quiet, json_out=args.json_out, backend=args.backend))
+    return int(
+        simulate(
+            args.scenario,
+            seed=args.seed,
+            quiet=args.quiet,
+            json_out=args.json_out,
+            backend=args.backend,
+            auth=args.auth,
+        )
+    )
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:

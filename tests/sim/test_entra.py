@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 from conftest import Sim
 
-from azp_simulation.entra import EntraEmulator, ServiceAccountIssuer, certificate_pem, new_key
-
-SECRET = "entra-client-secret-5b1f0c9e7d2a"
-NAMESPACE = "azp-agents"
-SERVICE_ACCOUNT = "azp-agents-reconciler"
+from azp_simulation.entra import EntraEmulator
+from azp_simulation.identities import register_identity
 
 
 @pytest.fixture
@@ -41,45 +38,11 @@ def use_identity(
     """Register an identity of this kind in the tenant, add it to the organization (unless not `member`), point
     the reconciler's configuration at it. Returns the CLI's environment, the identity's display name in the
     organization and its client id."""
-    sim.azdo.trust_entra(entra)
-    env = {"REQUESTS_CA_BUNDLE": str(entra.ca.ca_file)}
-    authority = {"authorityHost": entra.authority_host}
-    if method == "secret":
-        app = entra.register_app(secret=SECRET)
-        (tmp_path / "client-secret").write_text(SECRET + "\n")
-        auth = {"method": "servicePrincipal", "tenantId": entra.tenant_id, "clientId": app.client_id}
-        auth |= {"clientSecretFile": str(tmp_path / "client-secret"), **authority}
-    elif method == "certificate":
-        pem = certificate_pem(new_key(), subject="azp-agents")
-        app = entra.register_app(certificate=pem)
-        (tmp_path / "sp.pem").write_bytes(pem)
-        auth = {"method": "servicePrincipal", "tenantId": entra.tenant_id, "clientId": app.client_id}
-        auth |= {"certificateFile": str(tmp_path / "sp.pem"), **authority}
-    elif method == "workload":
-        # What the AKS workload identity webhook injects into a pod labelled azure.workload.identity/use.
-        issuer = ServiceAccountIssuer()
-        app = entra.register_app()
-        entra.federate(app, issuer=issuer, subject=f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}")
-        token_file = tmp_path / "azure-identity-token"
-        token_file.write_text(issuer.token(namespace=NAMESPACE, service_account=SERVICE_ACCOUNT))
-        auth = {"method": "workloadIdentity"}
-        env |= {
-            "AZURE_CLIENT_ID": app.client_id,
-            "AZURE_TENANT_ID": entra.tenant_id,
-            "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
-            "AZURE_AUTHORITY_HOST": entra.authority_host,
-        }
-    else:
-        app = entra.assign_managed_identity(user_assigned=True)
-        auth = {"method": "managedIdentity", "clientId": app.client_id}
-        env |= entra.managed_identity_env()
-    name = f"azp-agents ({method})"
-    if member:
-        sim.azdo.add_entra_identity(app.object_id, name=name)
+    identity = register_identity(entra, sim.azdo, method, tmp_path, member=member)
     document = sim.config()
-    document["auth"] = auth
+    document["auth"] = identity.auth
     sim.write_config(document)
-    return env, name, app.client_id
+    return identity.env, identity.name, identity.client_id
 
 
 @pytest.mark.parametrize("method", ["secret", "certificate", "workload", "managed"])
