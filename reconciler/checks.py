@@ -72,7 +72,7 @@ def _template_findings(config: Config) -> tuple[list[Finding], list[tuple[str, d
                     pool=pool,
                     template=template,
                     job_template=job_template,
-                    job_name=names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=1),
+                    job_name=names.request_job_name(config.owner, pool_name=pool.name, request_id=1),
                     request_id=1,
                 )
             except ReconcilerError as exc:

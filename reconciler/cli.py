@@ -395,7 +395,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         job_template = render.load_template(
             Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
         )
-    job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
+    job_name = names.request_job_name(config.owner, pool_name=pool.name, request_id=args.request_id)
     job = render.render_job(
         config=config,
         pool=pool,

@@ -12,6 +12,8 @@ from datetime import datetime, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
 
+from reconciler.names import Owner
+
 Capabilities = Mapping[str, str]
 
 
@@ -136,6 +138,11 @@ class Config:
     def pool(self, name: str) -> PoolConfig | None:
         """The configured pool called `name` (exact, as Azure DevOps spells it)."""
         return next((p for p in self.pools if p.name == name), None)
+
+    @property
+    def owner(self) -> Owner:
+        """This release's shard: in the name of every agent, placeholder and Job it makes."""
+        return Owner(prefix=self.job_name_prefix, release=self.release, shard=self.shard_index)
 
     @property
     def namespaces(self) -> tuple[str, ...]:

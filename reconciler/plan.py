@@ -393,7 +393,7 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     pod has finished (the race of a job given to an exiting `--once` agent) or vanished (evicted) for longer
     than TTL_GRACE, and the agent has not received it. Deleting the agent ends the wait, which would otherwise
     last until the service gives up on the agent; a listed agent that is online is left alone."""
-    prefix = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    prefix = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
     pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
     # An agent that received a job (the service has not failed it yet) is left to the service.
     started = {
@@ -591,15 +591,14 @@ def _report_backoff(p: _PoolPass, template: str, backoff: _Backoff) -> ReportCra
 
 def _create_job(p: _PoolPass, template_name: str, request: JobRequest | None, *, job_names: set[str]) -> CreateJob:
     """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
-    prefix, pool_name = p.config.job_name_prefix, p.pool.name
+    owner, pool_name = p.config.owner, p.pool.name
     if request is None:
         candidates = (
-            names.standby_job_name(prefix=prefix, pool_name=pool_name, template=template_name, slot=n)
-            for n in range(10_000)
+            names.standby_job_name(owner, pool_name=pool_name, template=template_name, slot=n) for n in range(10_000)
         )
     else:
         candidates = (
-            names.request_job_name(prefix=prefix, pool_name=pool_name, request_id=request.request_id, generation=n)
+            names.request_job_name(owner, pool_name=pool_name, request_id=request.request_id, generation=n)
             for n in range(10_000)
         )
     job_name = _next_free(job_names, candidates)
@@ -779,19 +778,19 @@ def _plan_agents(
     whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
     assert state.agents is not None and state.pool_id is not None
     actions: list[Action] = []
-    ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
+    ours = names.agent_prefix(config.owner, pool_name=pool.name)
     placeholders = {
-        names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=t.name).lower(): t
+        names.placeholder_name(config.owner, pool_name=pool.name, template=t.name).lower(): t
         for t in pool.templates
         if t.placeholder
     }
-    placeholder_prefix = names.placeholder_prefix(prefix=config.job_name_prefix, pool_name=pool.name).lower()
+    placeholder_prefix = names.placeholder_prefix(config.owner, pool_name=pool.name).lower()
     pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
 
     for key, template in placeholders.items():
         wanted = router.capabilities(pool.templates.index(template))
         agent = by_name.get(key)
-        name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
+        name = names.placeholder_name(config.owner, pool_name=pool.name, template=template.name)
         if agent is None:
             actions.append(
                 RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
@@ -1125,8 +1124,8 @@ def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
 def _cleanup_agents(p: _PoolPass) -> list[Action]:
     """The release's placeholders and its agents without a Job (theirs is gone or being deleted) that run
     no job: offline ones are deregistered, online ones drained (disabled and re-read first)."""
-    ours = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
-    placeholders = names.placeholder_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    ours = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
+    placeholders = names.placeholder_prefix(p.config.owner, pool_name=p.pool.name).lower()
     with_job = {v.pod.name.lower() for v in p.views if v.pod is not None}
     actions: list[Action] = []
     for agent in p.state.agents or ():

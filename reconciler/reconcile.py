@@ -482,15 +482,15 @@ class Reconciler:
     def _learn(self, pool_name: str, agents: list[Agent]) -> None:
         """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
         pool = self.config.pool(pool_name)
-        prefix = self.config.job_name_prefix
+        owner = self.config.owner
         # Only this release's agents and placeholders teach it: anyone's agent could advertise AZP_TEMPLATE.
         ours = (
-            names.agent_prefix(prefix=prefix, pool_name=pool_name).lower(),
-            names.placeholder_prefix(prefix=prefix, pool_name=pool_name).lower(),
+            names.agent_prefix(owner, pool_name=pool_name).lower(),
+            names.placeholder_prefix(owner, pool_name=pool_name).lower(),
         )
         mine = [a for a in agents if a.name.lower().startswith(ours)]
         for template in pool.templates if pool is not None else ():
-            placeholder = names.placeholder_name(prefix=prefix, pool_name=pool_name, template=template.name)
+            placeholder = names.placeholder_name(owner, pool_name=pool_name, template=template.name)
             learned = capabilities.learn(mine, template=template.name, placeholder=placeholder)
             if learned is not None:
                 self.learned[(pool_name, template.name)] = learned
@@ -502,8 +502,8 @@ class Reconciler:
         failed: set[str] = set()
         for namespace in self.config.namespaces:
             try:
-                jobs.extend(self.kube.list_jobs(namespace, release=self.config.release))
-                pods.extend(self.kube.list_pods(namespace, release=self.config.release))
+                jobs.extend(self.kube.list_jobs(namespace, owner=self.config.owner))
+                pods.extend(self.kube.list_pods(namespace, owner=self.config.owner))
             except AuthError:
                 raise
             except ReconcilerError as exc:

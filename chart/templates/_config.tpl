@@ -41,7 +41,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- fail "agent.mode=once registers and runs pipeline steps in one container, which can then read the PAT: use agent.mode=split, or accept the risk with agent.allowTokenInAgentContainer=true" -}}
 {{- end -}}
 {{- if gt (int $reconciler.shard.count) 1 -}}
-{{- $_ := set $config "shard" (dict "index" (int $reconciler.shard.index) "count" (int $reconciler.shard.count)) -}}
+{{- $_ := set $config "shard" (dict "index" (int $reconciler.shard.index) "count" (int $reconciler.shard.count) "takeoverAfterSeconds" (int $reconciler.shard.takeoverAfterSeconds)) -}}
 {{- end -}}
 {{- $pools := list -}}
 {{- range $index, $pool := .Values.pools -}}

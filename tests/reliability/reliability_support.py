@@ -26,6 +26,7 @@ from reconciler import cli, names
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = f"{RELEASE}-reconciler"
+OWNER = names.Owner(prefix="azp", release=RELEASE)
 POOL = "linux"
 BROKEN_IMAGE = "ghcr.io/azp-agents/does-not-exist:1"
 
@@ -249,7 +250,7 @@ RICH_WORLD: dict[str, Any] = {
         }
     ],
 }
-LEFTOVER_AGENT = "azp-linux-999-zzzzz"
+LEFTOVER_AGENT = "azp-eeca0-linux-999-zzzzz"
 QUEUED = 2
 
 
@@ -273,7 +274,7 @@ class RichWorld:
     stuck_job: str
 
     def expected_job_names(self) -> set[str]:
-        return {names.request_job_name(prefix="azp", pool_name=POOL, request_id=r) for r in self.request_ids}
+        return {names.request_job_name(OWNER, pool_name=POOL, request_id=r) for r in self.request_ids}
 
 
 def build_rich_world(directory: Path) -> RichWorld:
@@ -290,8 +291,8 @@ def build_rich_world(directory: Path) -> RichWorld:
     with rig.shifted_clocks(300):
         first = rig.reconcile()
         assert first.code == 0, first.out
-        idle_job = names.standby_job_name(prefix="azp", pool_name=POOL, template="gpu", slot=0)
-        stuck_job = names.standby_job_name(prefix="azp", pool_name=POOL, template="broken", slot=0)
+        idle_job = names.standby_job_name(OWNER, pool_name=POOL, template="gpu", slot=0)
+        stuck_job = names.standby_job_name(OWNER, pool_name=POOL, template="broken", slot=0)
 
         def ready() -> bool:
             online = [a for a in rig.agents() if a["name"].startswith(idle_job) and a.get("status") == "online"]
@@ -337,7 +338,7 @@ def rich_world_converged(world: RichWorld) -> list[str]:
     if world.stuck_job in jobs and not jobs[world.stuck_job]["metadata"].get("deletionTimestamp"):
         problems.append(f"the stuck Job {world.stuck_job} was not deleted")
     for template, capability in (("default", "docker"), ("java", "java"), ("gpu", "cuda")):
-        placeholder = agents.get(names.placeholder_name(prefix="azp", pool_name=POOL, template=template))
+        placeholder = agents.get(names.placeholder_name(OWNER, pool_name=POOL, template=template))
         if placeholder is None:
             problems.append(f"placeholder of {template} missing")
             continue
@@ -346,7 +347,7 @@ def rich_world_converged(world: RichWorld) -> list[str]:
             problems.append(f"placeholder of {template} lacks {capability}")
         if placeholder.get("enabled"):
             problems.append(f"placeholder of {template} is enabled")
-    java = agents.get(names.placeholder_name(prefix="azp", pool_name=POOL, template="java"))
+    java = agents.get(names.placeholder_name(OWNER, pool_name=POOL, template="java"))
     if java is not None and (java.get("systemCapabilities") or {}).get("java") != "17":
         problems.append("the java placeholder still advertises the old capabilities")
     return problems
