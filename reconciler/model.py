@@ -295,6 +295,9 @@ class World:
     learned: Mapping[tuple[str, str], Capabilities] = field(default_factory=lambda: MappingProxyType({}))
     """System capabilities a registered agent of (pool, template) advertised (capabilities.learn),
     remembered by the run from the last agent list that showed one."""
+    removed: tuple[PoolState, ...] = ()
+    """Pools no longer configured that still hold agents, placeholders or Jobs of ours, with their agents
+    listed (only in the passes that looked for them)."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)

@@ -948,7 +948,6 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     job_names = {j.name for j in world.jobs}
     by_pool = _jobs_by_pool(world)
     budget = config.max_create_per_pass
-    configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
     states = _states_by_name(world)
     for pool in config.pools:
         state = states.get(pool.name)
@@ -970,23 +969,53 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
         )
         budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
         actions.extend(pool_actions)
-    # Jobs of pools no longer configured: removed once their pod can no longer be running a job.
-    # The Jobs are grouped by pool already, so when every group is configured none is looked at again.
-    if by_pool.keys() - configured:
-        for job in world.jobs:
-            if (job.pool_slug, job.namespace) in configured or job.deleting:
-                continue
+    actions.extend(_plan_removed_pools(config, world, now, by_pool=by_pool, pods_by_job=pods_by_job)[0])
+    return actions
+
+
+REMOVED_POOL_REASON = "its pool was removed from the configuration"
+
+
+def _plan_removed_pools(
+    config: Config,
+    world: World,
+    now: datetime,
+    *,
+    by_pool: Mapping[tuple[str, str], list[AgentJob]],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    force: bool = False,
+) -> tuple[list[Action], list[str]]:
+    """Pools no longer configured. One whose agents this pass listed (`world.removed`) is cleaned as
+    `cleanup` cleans a release's pool, its busy Jobs kept (returned) unless `force`; of the others, Jobs
+    whose pod can no longer be running a job are deleted. The Jobs are grouped by pool already: when every
+    group is configured, none is looked at."""
+    configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
+    unconfigured = by_pool.keys() - configured
+    actions: list[Action] = []
+    kept: list[str] = []
+    listed = set()
+    for state in world.removed:
+        slug = names.pool_slug(state.name)
+        listed.add(slug)
+        jobs = [job for key in sorted(unconfigured) if key[0] == slug for job in by_pool[key]]
+        pool = PoolConfig(name=state.name, namespace=jobs[0].namespace if jobs else config.namespace, templates=())
+        p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
+        pool_actions, pool_kept = _cleanup_pool(p, force=force, reason=REMOVED_POOL_REASON)
+        actions.extend(pool_actions)
+        kept.extend(pool_kept)
+    for key in sorted(unconfigured):
+        for job in by_pool[key] if key[0] not in listed else ():
             pod = pods_by_job.get((job.namespace, job.name))
-            if pod is None or pod.phase != "Running" or job.done:
+            if not job.deleting and (pod is None or pod.phase != "Running" or job.done):
                 actions.append(
                     DeleteJob(
                         pool=job.pool_name or job.pool_slug,
                         namespace=job.namespace,
                         job_name=job.name,
-                        reason="its pool was removed from the configuration",
+                        reason=REMOVED_POOL_REASON,
                     )
                 )
-    return actions
+    return actions, kept
 
 
 def _learning_due(
@@ -1085,7 +1114,8 @@ def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) ->
     """What `azp-reconciler cleanup` does before a release goes: deregister its placeholders and its
     agents that run no job, drain its idle agents, delete its Jobs that run no pipeline job (pending,
     starting, finished). A Job whose agent is busy is kept, and named in the second list, unless `force`.
-    Only agents and Jobs of this release are looked at (its Jobs by label, its agents by name)."""
+    Only agents and Jobs of this release's shard are looked at (its Jobs by label, its agents by name), in
+    its configured pools and in the pools it no longer configures but still holds something of (`world.removed`)."""
     actions: list[Action] = []
     kept: list[str] = []
     pods_by_job = _pods_by_job(world.pods)
@@ -1097,31 +1127,45 @@ def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) ->
             continue
         jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
         p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
-        for view in p.views:
-            if view.busy and not force:
-                kept.append(f"{view.job.namespace}/{view.job.name}")
-            else:
-                actions.append(_cleanup_job(p, view))
-        actions.extend(_cleanup_agents(p))
+        pool_actions, pool_kept = _cleanup_pool(p, force=force, reason=CLEANUP_REASON)
+        actions.extend(pool_actions)
+        kept.extend(pool_kept)
+    removed_actions, removed_kept = _plan_removed_pools(
+        config, world, now, by_pool=by_pool, pods_by_job=pods_by_job, force=force
+    )
+    return [*actions, *removed_actions], [*kept, *removed_kept]
+
+
+def _cleanup_pool(p: _PoolPass, *, force: bool, reason: str) -> tuple[list[Action], list[str]]:
+    """A pool's Jobs that run no pipeline job (all with `force`) and its agents without a Job; the busy Jobs
+    kept, by namespace/name."""
+    actions: list[Action] = []
+    kept: list[str] = []
+    for view in p.views:
+        if view.busy and not force:
+            kept.append(f"{view.job.namespace}/{view.job.name}")
+        else:
+            actions.append(_cleanup_job(p, view, reason))
+    actions.extend(_cleanup_agents(p, reason))
     return actions, kept
 
 
-def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
+def _cleanup_job(p: _PoolPass, view: _JobView, reason: str) -> Action:
     agent = view.agent
     if agent is not None and agent.online and not view.busy and view.running:
-        return _drain(p.pool, p.state, view, agent, CLEANUP_REASON)
+        return _drain(p.pool, p.state, view, agent, reason)
     unregister = agent is not None and not view.busy
     return DeleteJob(
         pool=p.pool.name,
         namespace=view.job.namespace,
         job_name=view.job.name,
-        reason=CLEANUP_REASON,
+        reason=reason,
         agent_id=agent.agent_id if unregister and agent is not None else None,
         pool_id=p.pool_id,
     )
 
 
-def _cleanup_agents(p: _PoolPass) -> list[Action]:
+def _cleanup_agents(p: _PoolPass, reason: str) -> list[Action]:
     """The release's placeholders and its agents without a Job (theirs is gone or being deleted) that run
     no job: offline ones are deregistered, online ones drained (disabled and re-read first)."""
     ours = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
@@ -1141,7 +1185,7 @@ def _cleanup_agents(p: _PoolPass) -> list[Action]:
                     agent_name=agent.name,
                     namespace=None,
                     job_name=None,
-                    reason=CLEANUP_REASON,
+                    reason=reason,
                 )
             )
         else:
@@ -1151,7 +1195,7 @@ def _cleanup_agents(p: _PoolPass) -> list[Action]:
                     pool_id=p.pool_id,
                     agent_id=agent.agent_id,
                     agent_name=agent.name,
-                    reason=CLEANUP_REASON,
+                    reason=reason,
                 )
             )
     return actions

@@ -44,6 +44,10 @@ from reconciler.plan import plan, pools_needing_agents
 
 log = logging.getLogger("reconciler")
 
+REMOVED_POOLS_SCAN = ""
+"""Where `agents_observed` (kept in the Lease) remembers the last look for pools no longer configured that
+still hold something of ours: no pool has an empty name."""
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -148,6 +152,8 @@ class Reconciler:
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.
         self.pool_ids: dict[str, int] = self.azdo.pools_by_name([p.name for p in config.pools])
+        # That answer also serves the run's first look for pools no longer configured.
+        self.startup_pools = self.azdo.last_pools
         from reconciler.kube import Kubernetes
 
         self.kube = Kubernetes(kubeconfig=kubeconfig, deadline=self.deadline)
@@ -477,7 +483,42 @@ class Reconciler:
                     self._learn(state.name, agents)
                 updated.append(state)
             world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
-        return replace(world, learned=dict(self.learned))
+        # Without every namespace's Jobs an agent of a removed pool could look as if it had none.
+        removed = () if failed_namespaces else self._observe_removed(report, jobs)
+        return replace(world, learned=dict(self.learned), removed=removed)
+
+    def _observe_removed(self, report: PassReport, jobs: list[AgentJob]) -> tuple[PoolState, ...]:
+        """Pools no longer configured that still hold something of ours, with their agents: those our Jobs
+        name (their pool-name annotation) and those holding an agent or placeholder named with our identity.
+        Looked for once per run and then every sweepInterval: one pools list (the run's first look reuses the
+        one made at start), and the agents of each unconfigured pool that has agents or that our Jobs name."""
+        now = self.clock()
+        last = self.agents_observed.get(REMOVED_POOLS_SCAN)
+        if last is not None and now - last < timedelta(seconds=self.config.sweep_interval):
+            return ()
+        configured = {p.name.lower() for p in self.config.pools}
+        named = {j.pool_name.lower() for j in jobs if j.pool_name and j.pool_name.lower() not in configured}
+        owner = self.config.owner
+        found = []
+        try:
+            listing, self.startup_pools = self.startup_pools or self.azdo.pools(), None
+            for name, (pool_id, size) in sorted(listing.items()):
+                if name.lower() in configured or (size == 0 and name.lower() not in named):
+                    continue
+                agents = tuple(self.azdo.agents(pool_id))
+                ours = (names.agent_prefix(owner, pool_name=name), names.placeholder_prefix(owner, pool_name=name))
+                if name.lower() in named or any(a.name.lower().startswith(ours) for a in agents):
+                    found.append(PoolState(name=name, pool_id=pool_id, agents=agents, read_at=now))
+        except AuthError:
+            raise
+        except ReconcilerError as exc:
+            report.observe_failures += 1
+            log.error("could not look for pools removed from the configuration: %s (tried again next pass)", exc)
+            return ()
+        self.agents_observed[REMOVED_POOLS_SCAN] = now
+        for state in found:
+            log.info("pool %r is no longer configured but holds agents or Jobs of ours: cleaning it", state.name)
+        return tuple(found)
 
     def _learn(self, pool_name: str, agents: list[Agent]) -> None:
         """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
