@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import email.utils
 import json
 import logging
 import threading
@@ -1273,6 +1274,12 @@ class _Handler(FaultingHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the organization's clock (`emulator.clock`, which tests may set off ours): an
+        origin server with a clock sends its time on every answer (RFC 9110, section 6.6.1), so a client sees a
+        skewed service clock there as in the service's own timestamps."""
+        return email.utils.formatdate(self.emulator.clock() if timestamp is None else timestamp, usegmt=True)
 
     def do_OPTIONS(self) -> None:
         self._serve("OPTIONS")

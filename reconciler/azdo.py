@@ -9,6 +9,7 @@ only, and a count of every call so each pass can report what it cost.
 from __future__ import annotations
 
 import base64
+import email.utils
 import logging
 import random
 import re
@@ -16,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
@@ -187,8 +188,12 @@ class AzureDevOps:
         backoff: float = 0.5,
         deadline: Deadline | None = None,
         api_version: str = "auto",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.organization = organization.rstrip("/")
+        self.clock = clock
+        self.clock_offset: timedelta | None = None
+        """The service's clock minus ours, from the last answer's Date header (`_read_clock`)."""
         self.negotiate = api_version == "auto"
         """With `auto`, 7.1 is sent until a server refuses it (out of range, or only a preview there); then the
         highest version below the refused one and the one the server names. One refused call per client."""
@@ -289,6 +294,7 @@ class AzureDevOps:
                 error: Exception = TransientError(f"{method} {route}: {type(exc).__name__}: the service did not answer")
                 retry_after = None
             else:
+                self._read_clock(response)
                 try:
                     return self._parse(response, method=method, route=route, object_hook=hook)
                 except TransientError as exc:
@@ -301,6 +307,17 @@ class AzureDevOps:
             delay += random.uniform(0, self.backoff)
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
             self.deadline.sleep(delay, what=f"{method} {route}", error=error)
+
+    def _read_clock(self, response: requests.Response) -> None:
+        """How far the service's clock is from ours: every answer of a server with a clock carries its time in
+        the Date header (RFC 9110, section 6.6.1), in whole seconds; plan() corrects the service's timestamps
+        by it when it is beyond the measurement's own error."""
+        try:
+            served = email.utils.parsedate_to_datetime(response.headers.get("Date") or "")
+        except (TypeError, ValueError):
+            return
+        if served.tzinfo is not None:
+            self.clock_offset = served - self.clock()
 
     def _parse(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -295,6 +295,8 @@ class World:
     learned: Mapping[tuple[str, str], Capabilities] = field(default_factory=lambda: MappingProxyType({}))
     """System capabilities a registered agent of (pool, template) advertised (capabilities.learn),
     remembered by the run from the last agent list that showed one."""
+    azdo_clock_offset: timedelta | None = None
+    """Azure DevOps' clock minus ours, as its last answer's Date header showed (None: not known)."""
     removed: tuple[PoolState, ...] = ()
     """Pools no longer configured that still hold agents, placeholders or Jobs of ours, with their agents
     listed (only in the passes that looked for them)."""

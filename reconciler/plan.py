@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -52,6 +52,61 @@ FINISH_SLACK = timedelta(seconds=3)
 LEARN_RETRY = timedelta(seconds=60)
 """An unroutable request reads the agent list (to learn what agents advertise) at most this often."""
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+SERVICE_CLOCK_TOLERANCE = timedelta(seconds=2)
+"""Azure DevOps' clock offset within this is the measurement's own error (a whole-second Date header, the
+answer's latency): its timestamps are taken as they are."""
+
+
+def _service_stamps(world: World) -> Iterable[datetime | None]:
+    for state in world.pools:
+        for r in state.requests:
+            yield from (r.queue_time, r.assign_time, r.receive_time, r.finish_time)
+        for a in state.agents or ():
+            yield from (a.created_on, a.status_changed_on)
+
+
+def on_our_clock(world: World, now: datetime) -> World:
+    """The world with Azure DevOps' timestamps (requests' queue, assign, receive and finish times, agents'
+    createdOn and statusChangedOn) on our clock: less the service clock's measured offset when it is beyond
+    SERVICE_CLOCK_TOLERANCE, and none later than `now` by more than that (a stamp from a clock ahead of ours
+    is not trusted beyond the tolerance, whether or not an offset was measured). So a skewed clock never
+    makes an agent look idle, a request queued, or a reservation held longer than it was. The world itself
+    when no stamp needs it, so a large pool pays one comparison per stamp."""
+    offset = world.azdo_clock_offset
+    shift = offset if offset is not None and abs(offset) > SERVICE_CLOCK_TOLERANCE else timedelta(0)
+    latest = now + SERVICE_CLOCK_TOLERANCE
+    if not shift and not any(t is not None and t > latest for t in _service_stamps(world)):
+        return world
+
+    def ours(moment: datetime | None) -> datetime | None:
+        if moment is None:
+            return None
+        moment -= shift
+        return now if moment > latest else moment
+
+    pools = tuple(
+        replace(
+            state,
+            requests=tuple(
+                replace(
+                    r,
+                    queue_time=ours(r.queue_time),
+                    assign_time=ours(r.assign_time),
+                    receive_time=ours(r.receive_time),
+                    finish_time=ours(r.finish_time),
+                )
+                for r in state.requests
+            ),
+            agents=None
+            if state.agents is None
+            else tuple(
+                replace(a, created_on=ours(a.created_on), status_changed_on=ours(a.status_changed_on))
+                for a in state.agents
+            ),
+        )
+        for state in world.pools
+    )
+    return replace(world, pools=pools, azdo_clock_offset=timedelta(0))
 
 
 def effective_capabilities(
@@ -943,6 +998,7 @@ def _drain_idle(
 
 def plan(config: Config, world: World, now: datetime) -> list[Action]:
     """Every action this pass should take, in the order `apply` should take them."""
+    world = on_our_clock(world, now)
     actions: list[Action] = []
     pods_by_job = _pods_by_job(world.pods)
     job_names = {j.name for j in world.jobs}
@@ -1056,6 +1112,7 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
     since the last scan, or idle pods beyond the standby allowance that may be due for
     draining or never came online."""
     needed: set[str] = set()
+    world = on_our_clock(world, now)
     pods_by_job = _pods_by_job(world.pods)
     by_pool = _jobs_by_pool(world)
     states = _states_by_name(world)

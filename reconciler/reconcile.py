@@ -148,6 +148,7 @@ class Reconciler:
             retries=config.azdo_retries,
             deadline=self.deadline,
             api_version=config.azdo_api_version,
+            clock=clock,
         )
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.
@@ -459,6 +460,7 @@ class Reconciler:
             agent_ids=dict(self.agent_ids),
             pruned=frozenset(self.pruned),
             learned=dict(self.learned),
+            azdo_clock_offset=self.azdo.clock_offset,
         )
         now = self.clock()
         needing = pools_needing_agents(config, world, now)
