@@ -199,8 +199,8 @@ class Rig:
         """Run both emulators' clocks `seconds` behind while setting a world up: objects made meanwhile
         look that old to the reconciler (an agent idle for minutes, a pod pending for minutes)."""
         azdo_clock, kube_clock = self.azdo.clock, self.kube.clock
-        self.azdo.clock = lambda: time.time() - seconds
-        self.kube.clock = lambda: time.time() - seconds
+        self.azdo.clock = lambda: azdo_clock() - seconds
+        self.kube.clock = lambda: kube_clock() - seconds
         try:
             yield
         finally:
@@ -277,10 +277,13 @@ class RichWorld:
         return {names.request_job_name(OWNER, pool_name=POOL, request_id=r) for r in self.request_ids}
 
 
-def build_rich_world(directory: Path) -> RichWorld:
+def build_rich_world(directory: Path, *, azdo_skew: float = 0.0) -> RichWorld:
     """Start the rich world: a setup pass (with clocks 300 s behind) leaves a standby agent idle
-    and a standby pod pending for minutes; then the configuration changes under it."""
+    and a standby pod pending for minutes; then the configuration changes under it. `azdo_skew`: seconds
+    the organization's clock is ahead of ours (behind when negative) from the start."""
     rig = start_rig(RICH_WORLD, directory)
+    if azdo_skew:
+        rig.azdo.clock = lambda: time.time() + azdo_skew
     document = rig.config()
     document["azureDevOps"] = {"timeoutSeconds": 0.5, "retries": 1}
     setup = yaml.safe_load(yaml.safe_dump(document))
