@@ -809,6 +809,79 @@ def _drain(pool: PoolConfig, state: PoolState, view: _JobView, agent: Agent, rea
     )
 
 
+def _plan_placeholders(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    *,
+    placeholders: Mapping[str, TemplateConfig],
+    by_name: Mapping[str, Agent],
+    router: _Router,
+) -> list[Action]:
+    """Each wanted placeholder (by lower-case name) registered when missing, and updated when its
+    capabilities differ from what its template's agents advertise or when it is enabled."""
+    assert state.pool_id is not None
+    actions: list[Action] = []
+    for key, template in placeholders.items():
+        wanted = router.capabilities(pool.templates.index(template))
+        agent = by_name.get(key)
+        name = names.placeholder_name(config.owner, pool_name=pool.name, template=template.name)
+        if agent is None:
+            actions.append(
+                RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
+            )
+        elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
+            actions.append(
+                UpdatePlaceholder(
+                    pool=pool.name,
+                    pool_id=state.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    capabilities=wanted,
+                )
+            )
+    return actions
+
+
+def _plan_prunes(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    views: list[_JobView],
+    *,
+    placeholders: Mapping[str, TemplateConfig],
+    busy: set[str],
+) -> list[Action]:
+    """Offline agents of ours whose pod is gone or finished, and offline placeholders of ours of a template
+    no longer configured (`placeholders`: the wanted ones by lower-case name); never a busy agent."""
+    assert state.agents is not None and state.pool_id is not None
+    ours = names.agent_prefix(config.owner, pool_name=pool.name).lower()
+    placeholder_prefix = names.placeholder_prefix(config.owner, pool_name=pool.name).lower()
+    pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
+    actions: list[Action] = []
+    for agent in state.agents:
+        key = agent.name.lower()
+        if key in busy or agent.busy or agent.online:
+            continue
+        if key.startswith(placeholder_prefix):
+            if key not in placeholders:
+                reason = "placeholder of a template no longer configured"
+                actions.append(_delete_agent(pool, state, agent, reason))
+            continue
+        view = pod_of_agent.get(key)
+        if key.startswith(ours) and (view is None or view.terminal):
+            why = "its pod is gone" if view is None else "its pod finished"
+            actions.append(_delete_agent(pool, state, agent, f"offline and {why}"))
+    return actions
+
+
+def _delete_agent(pool: PoolConfig, state: PoolState, agent: Agent, reason: str) -> DeleteAgent:
+    assert state.pool_id is not None
+    return DeleteAgent(
+        pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id, agent_name=agent.name, reason=reason
+    )
+
+
 def _plan_agents(
     config: Config,
     pool: PoolConfig,
@@ -832,68 +905,13 @@ def _plan_agents(
     the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
     whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
     assert state.agents is not None and state.pool_id is not None
-    actions: list[Action] = []
-    ours = names.agent_prefix(config.owner, pool_name=pool.name)
     placeholders = {
         names.placeholder_name(config.owner, pool_name=pool.name, template=t.name).lower(): t
         for t in pool.templates
         if t.placeholder
     }
-    placeholder_prefix = names.placeholder_prefix(config.owner, pool_name=pool.name).lower()
-    pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
-
-    for key, template in placeholders.items():
-        wanted = router.capabilities(pool.templates.index(template))
-        agent = by_name.get(key)
-        name = names.placeholder_name(config.owner, pool_name=pool.name, template=template.name)
-        if agent is None:
-            actions.append(
-                RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
-            )
-        elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
-            actions.append(
-                UpdatePlaceholder(
-                    pool=pool.name,
-                    pool_id=state.pool_id,
-                    agent_id=agent.agent_id,
-                    agent_name=agent.name,
-                    capabilities=wanted,
-                )
-            )
-
-    for agent in state.agents:
-        key = agent.name.lower()
-        if key in busy or agent.busy:
-            continue
-        if key.startswith(placeholder_prefix):
-            if key not in placeholders and not agent.online:
-                actions.append(
-                    DeleteAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent.agent_id,
-                        agent_name=agent.name,
-                        reason="placeholder of a template no longer configured",
-                    )
-                )
-            continue
-        if not key.startswith(ours.lower()):
-            continue
-        view = pod_of_agent.get(key)
-        if not agent.online:
-            if view is None or view.terminal:
-                why = "its pod is gone" if view is None else "its pod finished"
-                actions.append(
-                    DeleteAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent.agent_id,
-                        agent_name=agent.name,
-                        reason=f"offline and {why}",
-                    )
-                )
-            continue
-
+    actions = _plan_placeholders(config, pool, state, placeholders=placeholders, by_name=by_name, router=router)
+    actions.extend(_plan_prunes(config, pool, state, views, placeholders=placeholders, busy=busy))
     actions.extend(
         _plan_drains(
             pool,
