@@ -462,32 +462,38 @@ class Reconciler:
             learned=dict(self.learned),
             azdo_clock_offset=self.azdo.clock_offset,
         )
-        now = self.clock()
-        needing = pools_needing_agents(config, world, now)
-        if needing:
-            updated = []
-            for state in world.pools:
-                if state.name in needing and state.pool_id is not None:
-                    try:
-                        agents = self.azdo.agents(state.pool_id)
-                    except AuthError:
-                        raise
-                    except ReconcilerError as exc:
-                        report.observe_failures += 1
-                        log.error("could not list the agents of pool %r: %s", state.name, exc)
-                        updated.append(state)
-                        continue
-                    self.agents_observed[state.name] = now
-                    report.agents_by_state[state.name] = dict(
-                        Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
-                    )
-                    state = replace(state, agents=tuple(agents))
-                    self._learn(state.name, agents)
-                updated.append(state)
-            world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
+        world = self._list_agents(report, world)
         # Without every namespace's Jobs an agent of a removed pool could look as if it had none.
         removed = () if failed_namespaces else self._observe_removed(report, jobs)
         return replace(world, learned=dict(self.learned), removed=removed)
+
+    def _list_agents(self, report: PassReport, world: World) -> World:
+        """The world with the agents of the pools `pools_needing_agents` names (a pool whose list fails keeps
+        none, and the pass goes on); what each template's agents advertise is learned from them."""
+        now = self.clock()
+        needing = pools_needing_agents(self.config, world, now)
+        if not needing:
+            return world
+        updated = []
+        for state in world.pools:
+            if state.name in needing and state.pool_id is not None:
+                try:
+                    agents = self.azdo.agents(state.pool_id)
+                except AuthError:
+                    raise
+                except ReconcilerError as exc:
+                    report.observe_failures += 1
+                    log.error("could not list the agents of pool %r: %s", state.name, exc)
+                    updated.append(state)
+                    continue
+                self.agents_observed[state.name] = now
+                report.agents_by_state[state.name] = dict(
+                    Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
+                )
+                state = replace(state, agents=tuple(agents))
+                self._learn(state.name, agents)
+            updated.append(state)
+        return replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
 
     def _observe_removed(self, report: PassReport, jobs: list[AgentJob]) -> tuple[PoolState, ...]:
         """Pools no longer configured that still hold something of ours, with their agents: those our Jobs
