@@ -70,7 +70,7 @@ from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler import container_groups
 from reconciler.config import agent_registration
 from reconciler.errors import ConfigError
-from reconciler.names import AGENT_ID_MESSAGE, pool_slug
+from reconciler.names import AGENT_ID_MESSAGE, Owner, placeholder_name, pool_slug
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
@@ -652,12 +652,13 @@ class Simulation:
 
     def installed(self) -> bool:
         """Every template's placeholder is registered: the reconciler has made its first pass."""
+        owner = Owner(prefix="azp", release=RELEASE)  # what _write_files configures
         for pool in self.world.pools:
             names = {str(a.get("name")) for a in self.azdo.agents(self.pool_ids[pool["name"]])}
             for template in pool["templates"]:
                 if (
                     template.get("placeholder", True)
-                    and f"azp-placeholder-{pool_slug(pool['name'])}-{template['name']}" not in names
+                    and placeholder_name(owner, pool_name=pool["name"], template=template["name"]) not in names
                 ):
                     return False
         return True

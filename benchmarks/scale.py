@@ -105,7 +105,7 @@ def _seed(sim: Simulation, per_pool: int, agents_per_pool: int) -> dict[str, flo
         pool_name = next(name for name, value in sim.pool_ids.items() if value == pool_id)
         pool = by_pool[pool_name]
         template = pool.templates[0]
-        name = request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=request_id)
+        name = request_job_name(config.owner, pool_name=pool.name, request_id=request_id)
         job = render_job(
             config=config,
             pool=pool,

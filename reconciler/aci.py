@@ -44,7 +44,7 @@ from azure.identity import (
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from reconciler import container_groups
+from reconciler import container_groups, names
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import (
@@ -195,8 +195,8 @@ class ContainerInstances:
         except CredentialUnavailableError as exc:
             raise _translate(key, exc) from None
 
-    def list_workloads(self, scope: str, *, release: str) -> tuple[list[AgentJob], list[AgentPod]]:
-        """Every group of the release in the resource group `scope`; each page is one counted call."""
+    def list_workloads(self, scope: str, *, owner: names.Owner) -> tuple[list[AgentJob], list[AgentPod]]:
+        """Every group of this release's shard in the resource group `scope`; each page is one counted call."""
         jobs: list[AgentJob] = []
         pods: list[AgentPod] = []
         # The SDK annotates an Iterable; it returns an ItemPaged, whose pages are the requests.
@@ -204,7 +204,7 @@ class ContainerInstances:
         pages = pager.by_page()
         while (page := self._call("list container groups", _next_page, pages)) is not None:
             for group in page:
-                found = container_groups.workload_from_json(group.serialize(keep_readonly=True), release=release)
+                found = container_groups.workload_from_json(group.serialize(keep_readonly=True), owner=owner)
                 if found is not None:
                     jobs.append(found[0])
                     pods.append(found[1])

@@ -218,6 +218,7 @@ class AzureDevOps:
         )
         self._not_before = 0.0
         self.visible_pools: list[str] | None = None
+        self.last_pools: dict[str, tuple[int, int]] | None = None
         self.throttled = 0
         """Answers that asked to slow down: 429, or Retry-After / X-RateLimit-Delay on any answer."""
 
@@ -426,22 +427,30 @@ class AzureDevOps:
             raise self._organization_not_found(exc) from None
         return data if isinstance(data, dict) else {}
 
-    def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
-        """Pool ids for the given names with one call: every automation pool, matched by name; with
+    def pools(self, *, manageable: bool = False) -> dict[str, tuple[int, int]]:
+        """Every automation pool, one call: its id and `size` (registered agents) by name; with
         `manageable`, only the pools the credential may manage (`actionFilter=manage`, reference section 2).
-        The names of every pool the credential can see are kept for `missing_pool_message`."""
+        The names of every pool the credential can see are kept for `missing_pool_message`, the answer in
+        `last_pools`."""
         params = {"poolType": "automation", **({"actionFilter": "manage"} if manageable else {})}
         try:
             pools = self._list("distributedtask/pools", route="pools", params=params)
         except NotFoundError as exc:
             raise self._organization_not_found(exc) from None
-        found: dict[str, int] = {}
+        found: dict[str, tuple[int, int]] = {}
         for pool in pools:
-            name, pool_id = pool.get("name"), pool.get("id")
+            name, pool_id, size = pool.get("name"), pool.get("id"), pool.get("size")
             if isinstance(name, str) and isinstance(pool_id, int):
-                found[name] = pool_id
+                # A pool without a usable size is counted as holding agents: it is looked into.
+                found[name] = (pool_id, size if isinstance(size, int) else 1)
         if not manageable:
             self.visible_pools = sorted(found, key=str.lower)
+            self.last_pools = found
+        return found
+
+    def pools_by_name(self, names: list[str], *, manageable: bool = False) -> dict[str, int]:
+        """Pool ids for the given names with one call: every automation pool (`pools`), matched by name."""
+        found = {name: pool_id for name, (pool_id, _) in self.pools(manageable=manageable).items()}
         lowered = {name.lower(): pool_id for name, pool_id in found.items()}
         return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from reconciler import render
+from reconciler import names, render
 from reconciler.errors import ConfigError
 from reconciler.model import AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
 
@@ -31,8 +31,8 @@ class Backend(Protocol):
     @property
     def call_count(self) -> int: ...
 
-    def list_workloads(self, scope: str, *, release: str) -> tuple[list[AgentJob], list[AgentPod]]:
-        """The release's workloads in one scope, each as a Job and the pod that runs its agent."""
+    def list_workloads(self, scope: str, *, owner: names.Owner) -> tuple[list[AgentJob], list[AgentPod]]:
+        """The workloads of this release's shard in one scope, each as a Job and the pod that runs its agent."""
         ...
 
     def render(
@@ -85,8 +85,8 @@ class KubernetesBackend:
     def call_count(self) -> int:
         return self.kube.call_count
 
-    def list_workloads(self, scope: str, *, release: str) -> tuple[list[AgentJob], list[AgentPod]]:
-        return self.kube.list_jobs(scope, release=release), self.kube.list_pods(scope, release=release)
+    def list_workloads(self, scope: str, *, owner: names.Owner) -> tuple[list[AgentJob], list[AgentPod]]:
+        return self.kube.list_jobs(scope, owner=owner), self.kube.list_pods(scope, owner=owner)
 
     def render(
         self,

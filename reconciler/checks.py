@@ -81,7 +81,7 @@ def _template_findings(config: Config) -> tuple[list[Finding], list[tuple[str, d
                     pool=pool,
                     template=template,
                     job_template=job_template,
-                    job_name=names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=1),
+                    job_name=names.request_job_name(config.owner, pool_name=pool.name, request_id=1),
                     request_id=1,
                 )
             except ReconcilerError as exc:
@@ -283,7 +283,7 @@ def _aci_finding(config: Config, credentials: config_module.Credentials) -> Find
     try:
         aci = container_instances(config, credentials)
         try:
-            jobs, _ = aci.list_workloads(config.aci.resource_group, release=config.release)
+            jobs, _ = aci.list_workloads(config.aci.resource_group, owner=config.owner)
         finally:
             aci.close()
     except ReconcilerError as exc:

@@ -451,7 +451,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         job_template = load(
             Path(template.job_template), key=f"pool {pool.name!r} template {template.name!r}", source=config.source
         )
-    job_name = names.request_job_name(prefix=config.job_name_prefix, pool_name=pool.name, request_id=args.request_id)
+    job_name = names.request_job_name(config.owner, pool_name=pool.name, request_id=args.request_id)
     if config.backend == "aci":
         sys.stdout.write(_plain_yaml(_render_group(config, pool, template, job_template, job_name, args.request_id)))
         return 0

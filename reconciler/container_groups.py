@@ -39,6 +39,7 @@ RESOURCE_TYPE = "Microsoft.ContainerInstance/containerGroups"
 # ARM tag names may not contain < > % & \ ? / (Azure Resource Manager tag rules), so no label keys here.
 TAG_MANAGED_BY = "azp-agents.managed-by"
 TAG_RELEASE = "azp-agents.release"
+TAG_SHARD = "azp-agents.shard"
 TAG_POOL = "azp-agents.pool"
 TAG_POOL_NAME = "azp-agents.pool-name"
 TAG_TEMPLATE = "azp-agents.template"
@@ -146,10 +147,11 @@ def _set_env(container: dict[str, Any], entries: list[dict[str, Any]], *, replac
 def tags_for(
     *, config: Config, pool: PoolConfig, template: TemplateConfig, request_id: int | None, now: datetime
 ) -> dict[str, str]:
-    """The release, pool, template and request identity every group of ours carries."""
+    """The release, shard, pool, template and request identity every group of ours carries."""
     tags = {
         TAG_MANAGED_BY: names.MANAGED_BY,
         TAG_RELEASE: config.release,
+        TAG_SHARD: str(config.owner.shard),
         TAG_POOL: names.pool_slug(pool.name),
         TAG_POOL_NAME: pool.name[:256],
         TAG_TEMPLATE: template.name,
@@ -267,11 +269,12 @@ def _times(group: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
     return (min(started) if started else None), (max(finished) if finished else None)
 
 
-def workload_from_json(group: Mapping[str, Any], *, release: str) -> tuple[AgentJob, AgentPod] | None:
-    """The Job and pod a listed group of this release stands for; None for anyone else's group."""
+def workload_from_json(group: Mapping[str, Any], *, owner: names.Owner) -> tuple[AgentJob, AgentPod] | None:
+    """The Job and pod a listed group of this release's shard stands for; None for anyone else's group."""
     tags = group.get("tags") or {}
     name = group.get("name")
-    if tags.get(TAG_MANAGED_BY) != names.MANAGED_BY or tags.get(TAG_RELEASE) != release or not name:
+    ours = tags.get(TAG_RELEASE) == owner.release and tags.get(TAG_SHARD) == str(owner.shard)
+    if tags.get(TAG_MANAGED_BY) != names.MANAGED_BY or not ours or not name:
         return None
     if not tags.get(TAG_POOL) or not tags.get(TAG_TEMPLATE):
         return None

@@ -283,14 +283,14 @@ class Kubernetes:
         function: Callable[..., Any],
         namespace: str,
         *,
-        release: str,
+        owner: names.Owner,
         convert: Callable[[Mapping[str, Any]], T | None],
     ) -> list[T]:
         """Every object of the release in a namespace, as model objects; read again from the start when the
         continue token expired between two pages (HTTP 410), as the API conventions ask."""
         for restart in range(_LIST_RESTARTS + 1):
             try:
-                return self._list_pages(key, function, namespace, release=release, convert=convert)
+                return self._list_pages(key, function, namespace, owner=owner, convert=convert)
             except _ContinueExpired as exc:
                 if restart == _LIST_RESTARTS:
                     raise TransientError(f"{key}: the continue token expired {restart + 1} times: {exc}") from None
@@ -303,7 +303,7 @@ class Kubernetes:
         function: Callable[..., Any],
         namespace: str,
         *,
-        release: str,
+        owner: names.Owner,
         convert: Callable[[Mapping[str, Any]], T | None],
     ) -> list[T]:
         """Page by page (limit/continue), each page converted and freed before the next is fetched."""
@@ -314,7 +314,7 @@ class Kubernetes:
             if token:
                 paging["_continue"] = token
             page = self._call(
-                key, function, namespace, label_selector=names.selector(release), object_hook=_skim, **paging
+                key, function, namespace, label_selector=names.selector(owner), object_hook=_skim, **paging
             )
             page = page if isinstance(page, dict) else {}
             found.extend(obj for obj in map(convert, page.get("items") or []) if obj is not None)
@@ -323,13 +323,11 @@ class Kubernetes:
             if token is None:
                 return found
 
-    def list_jobs(self, namespace: str, *, release: str) -> list[AgentJob]:
-        return self._list(
-            "list jobs", self.batch.list_namespaced_job, namespace, release=release, convert=job_from_json
-        )
+    def list_jobs(self, namespace: str, *, owner: names.Owner) -> list[AgentJob]:
+        return self._list("list jobs", self.batch.list_namespaced_job, namespace, owner=owner, convert=job_from_json)
 
-    def list_pods(self, namespace: str, *, release: str) -> list[AgentPod]:
-        return self._list("list pods", self.core.list_namespaced_pod, namespace, release=release, convert=pod_from_json)
+    def list_pods(self, namespace: str, *, owner: names.Owner) -> list[AgentPod]:
+        return self._list("list pods", self.core.list_namespaced_pod, namespace, owner=owner, convert=pod_from_json)
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
 
+from reconciler.names import Owner
+
 Capabilities = Mapping[str, str]
 
 
@@ -192,6 +194,11 @@ class Config:
         return next((p for p in self.pools if p.name == name), None)
 
     @property
+    def owner(self) -> Owner:
+        """This release's shard: in the name of every agent, placeholder and Job it makes."""
+        return Owner(prefix=self.job_name_prefix, release=self.release, shard=self.shard_index)
+
+    @property
     def namespaces(self) -> tuple[str, ...]:
         """Every namespace agent Jobs live in, in a stable order."""
         return tuple(sorted({p.namespace for p in self.pools}))
@@ -364,6 +371,9 @@ class World:
     the read failed)."""
     azdo_clock_offset: timedelta | None = None
     """Azure DevOps' clock minus ours, as its last answer's Date header showed (None: not known)."""
+    removed: tuple[PoolState, ...] = ()
+    """Pools no longer configured that still hold agents, placeholders or Jobs of ours, with their agents
+    listed (only in the passes that looked for them)."""
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)

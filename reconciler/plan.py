@@ -449,7 +449,7 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     pod has finished (the race of a job given to an exiting `--once` agent) or vanished (evicted) for longer
     than TTL_GRACE, and the agent has not received it. Deleting the agent ends the wait, which would otherwise
     last until the service gives up on the agent; a listed agent that is online is left alone."""
-    prefix = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    prefix = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
     pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
     # An agent that received a job (the service has not failed it yet) is left to the service.
     started = {
@@ -647,15 +647,14 @@ def _report_backoff(p: _PoolPass, template: str, backoff: _Backoff) -> ReportCra
 
 def _create_job(p: _PoolPass, template_name: str, request: JobRequest | None, *, job_names: set[str]) -> CreateJob:
     """One CreateJob under a name no Job (finished ones included) has, so it is never a duplicate."""
-    prefix, pool_name = p.config.job_name_prefix, p.pool.name
+    owner, pool_name = p.config.owner, p.pool.name
     if request is None:
         candidates = (
-            names.standby_job_name(prefix=prefix, pool_name=pool_name, template=template_name, slot=n)
-            for n in range(10_000)
+            names.standby_job_name(owner, pool_name=pool_name, template=template_name, slot=n) for n in range(10_000)
         )
     else:
         candidates = (
-            names.request_job_name(prefix=prefix, pool_name=pool_name, request_id=request.request_id, generation=n)
+            names.request_job_name(owner, pool_name=pool_name, request_id=request.request_id, generation=n)
             for n in range(10_000)
         )
     job_name = _next_free(job_names, candidates)
@@ -812,6 +811,81 @@ def _drain(pool: PoolConfig, state: PoolState, view: _JobView, agent: Agent, rea
     )
 
 
+def _plan_placeholders(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    *,
+    placeholders: Mapping[str, TemplateConfig],
+    by_name: Mapping[str, Agent],
+    router: _Router,
+) -> list[Action]:
+    """Each wanted placeholder (by lower-case name) registered when missing, and updated when its
+    capabilities differ from what its template's agents advertise or when it is enabled."""
+    assert state.pool_id is not None
+    actions: list[Action] = []
+    for key, template in placeholders.items():
+        wanted = router.capabilities(pool.templates.index(template))
+        agent = by_name.get(key)
+        name = names.placeholder_name(config.owner, pool_name=pool.name, template=template.name)
+        if agent is None:
+            actions.append(
+                RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
+            )
+        elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
+            actions.append(
+                UpdatePlaceholder(
+                    pool=pool.name,
+                    pool_id=state.pool_id,
+                    agent_id=agent.agent_id,
+                    agent_name=agent.name,
+                    capabilities=wanted,
+                )
+            )
+    return actions
+
+
+def _plan_prunes(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    views: list[_JobView],
+    *,
+    placeholders: Mapping[str, TemplateConfig],
+    busy: set[str],
+) -> list[Action]:
+    """Offline agents of ours whose pod is gone or finished, and offline placeholders of ours of a template
+    no longer configured (`placeholders`: the wanted ones by lower-case name); never a busy agent."""
+    assert state.agents is not None and state.pool_id is not None
+    ours = names.agent_prefix(config.owner, pool_name=pool.name).lower()
+    placeholder_prefix = names.placeholder_prefix(config.owner, pool_name=pool.name).lower()
+    pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
+    # An agent the reconciler registered is named after its Job, and exists before the Job's pod does.
+    pod_of_agent.update({v.job.name.lower(): v for v in views if v.pod is None})
+    actions: list[Action] = []
+    for agent in state.agents:
+        key = agent.name.lower()
+        if key in busy or agent.busy or agent.online:
+            continue
+        if key.startswith(placeholder_prefix):
+            if key not in placeholders:
+                reason = "placeholder of a template no longer configured"
+                actions.append(_delete_agent(pool, state, agent, reason))
+            continue
+        view = pod_of_agent.get(key)
+        if key.startswith(ours) and (view is None or view.terminal):
+            why = "its pod is gone" if view is None else "its pod finished"
+            actions.append(_delete_agent(pool, state, agent, f"offline and {why}"))
+    return actions
+
+
+def _delete_agent(pool: PoolConfig, state: PoolState, agent: Agent, reason: str) -> DeleteAgent:
+    assert state.pool_id is not None
+    return DeleteAgent(
+        pool=pool.name, pool_id=state.pool_id, agent_id=agent.agent_id, agent_name=agent.name, reason=reason
+    )
+
+
 def _plan_agents(
     config: Config,
     pool: PoolConfig,
@@ -835,70 +909,13 @@ def _plan_agents(
     the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
     whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
     assert state.agents is not None and state.pool_id is not None
-    actions: list[Action] = []
-    ours = names.agent_prefix(prefix=config.job_name_prefix, pool_name=pool.name)
     placeholders = {
-        names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=t.name).lower(): t
+        names.placeholder_name(config.owner, pool_name=pool.name, template=t.name).lower(): t
         for t in pool.templates
         if t.placeholder
     }
-    placeholder_prefix = names.placeholder_prefix(prefix=config.job_name_prefix, pool_name=pool.name).lower()
-    pod_of_agent = {v.pod.name.lower(): v for v in views if v.pod is not None}
-    # An agent the reconciler registered is named after its Job, and exists before the Job's pod does.
-    pod_of_agent.update({v.job.name.lower(): v for v in views if v.pod is None})
-
-    for key, template in placeholders.items():
-        wanted = router.capabilities(pool.templates.index(template))
-        agent = by_name.get(key)
-        name = names.placeholder_name(prefix=config.job_name_prefix, pool_name=pool.name, template=template.name)
-        if agent is None:
-            actions.append(
-                RegisterPlaceholder(pool=pool.name, pool_id=state.pool_id, agent_name=name, capabilities=wanted)
-            )
-        elif dict(agent.capabilities) != dict(wanted) or agent.enabled:
-            actions.append(
-                UpdatePlaceholder(
-                    pool=pool.name,
-                    pool_id=state.pool_id,
-                    agent_id=agent.agent_id,
-                    agent_name=agent.name,
-                    capabilities=wanted,
-                )
-            )
-
-    for agent in state.agents:
-        key = agent.name.lower()
-        if key in busy or agent.busy:
-            continue
-        if key.startswith(placeholder_prefix):
-            if key not in placeholders and not agent.online:
-                actions.append(
-                    DeleteAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent.agent_id,
-                        agent_name=agent.name,
-                        reason="placeholder of a template no longer configured",
-                    )
-                )
-            continue
-        if not key.startswith(ours.lower()):
-            continue
-        view = pod_of_agent.get(key)
-        if not agent.online:
-            if view is None or view.terminal:
-                why = "its pod is gone" if view is None else "its pod finished"
-                actions.append(
-                    DeleteAgent(
-                        pool=pool.name,
-                        pool_id=state.pool_id,
-                        agent_id=agent.agent_id,
-                        agent_name=agent.name,
-                        reason=f"offline and {why}",
-                    )
-                )
-            continue
-
+    actions = _plan_placeholders(config, pool, state, placeholders=placeholders, by_name=by_name, router=router)
+    actions.extend(_plan_prunes(config, pool, state, views, placeholders=placeholders, busy=busy))
     actions.extend(
         _plan_drains(
             pool,
@@ -1009,7 +1026,6 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
     job_names = {j.name for j in world.jobs}
     by_pool = _jobs_by_pool(world)
     budget = config.max_create_per_pass
-    configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
     states = _states_by_name(world)
     for pool in config.pools:
         state = states.get(pool.name)
@@ -1031,23 +1047,53 @@ def plan(config: Config, world: World, now: datetime) -> list[Action]:
         )
         budget -= sum(1 for a in pool_actions if isinstance(a, CreateJob))
         actions.extend(pool_actions)
-    # Jobs of pools no longer configured: removed once their pod can no longer be running a job.
-    # The Jobs are grouped by pool already, so when every group is configured none is looked at again.
-    if by_pool.keys() - configured:
-        for job in world.jobs:
-            if (job.pool_slug, job.namespace) in configured or job.deleting:
-                continue
+    actions.extend(_plan_removed_pools(config, world, now, by_pool=by_pool, pods_by_job=pods_by_job)[0])
+    return actions
+
+
+REMOVED_POOL_REASON = "its pool was removed from the configuration"
+
+
+def _plan_removed_pools(
+    config: Config,
+    world: World,
+    now: datetime,
+    *,
+    by_pool: Mapping[tuple[str, str], list[AgentJob]],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    force: bool = False,
+) -> tuple[list[Action], list[str]]:
+    """Pools no longer configured. One whose agents this pass listed (`world.removed`) is cleaned as
+    `cleanup` cleans a release's pool, its busy Jobs kept (returned) unless `force`; of the others, Jobs
+    whose pod can no longer be running a job are deleted. The Jobs are grouped by pool already: when every
+    group is configured, none is looked at."""
+    configured = {(names.pool_slug(p.name), p.namespace) for p in config.pools}
+    unconfigured = by_pool.keys() - configured
+    actions: list[Action] = []
+    kept: list[str] = []
+    listed = set()
+    for state in world.removed:
+        slug = names.pool_slug(state.name)
+        listed.add(slug)
+        jobs = [job for key in sorted(unconfigured) if key[0] == slug for job in by_pool[key]]
+        pool = PoolConfig(name=state.name, namespace=jobs[0].namespace if jobs else config.namespace, templates=())
+        p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
+        pool_actions, pool_kept = _cleanup_pool(p, force=force, reason=REMOVED_POOL_REASON)
+        actions.extend(pool_actions)
+        kept.extend(pool_kept)
+    for key in sorted(unconfigured):
+        for job in by_pool[key] if key[0] not in listed else ():
             pod = pods_by_job.get((job.namespace, job.name))
-            if pod is None or pod.phase != "Running" or job.done:
+            if not job.deleting and (pod is None or pod.phase != "Running" or job.done):
                 actions.append(
                     DeleteJob(
                         pool=job.pool_name or job.pool_slug,
                         namespace=job.namespace,
                         job_name=job.name,
-                        reason="its pool was removed from the configuration",
+                        reason=REMOVED_POOL_REASON,
                     )
                 )
-    return actions
+    return actions, kept
 
 
 def _learn_standby(config: Config, world: World, now: datetime) -> tuple[Config, list[Action]]:
@@ -1198,7 +1244,8 @@ def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) ->
     """What `azp-reconciler cleanup` does before a release goes: deregister its placeholders and its
     agents that run no job, drain its idle agents, delete its Jobs that run no pipeline job (pending,
     starting, finished). A Job whose agent is busy is kept, and named in the second list, unless `force`.
-    Only agents and Jobs of this release are looked at (its Jobs by label, its agents by name)."""
+    Only agents and Jobs of this release's shard are looked at (its Jobs by label, its agents by name), in
+    its configured pools and in the pools it no longer configures but still holds something of (`world.removed`)."""
     actions: list[Action] = []
     kept: list[str] = []
     pods_by_job = _pods_by_job(world.pods)
@@ -1210,35 +1257,49 @@ def cleanup_plan(config: Config, world: World, now: datetime, *, force: bool) ->
             continue
         jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
         p = _pool_pass(config, pool, state, world, now, jobs=jobs, pods_by_job=pods_by_job)
-        for view in p.views:
-            if view.busy and not force:
-                kept.append(f"{view.job.namespace}/{view.job.name}")
-            else:
-                actions.append(_cleanup_job(p, view))
-        actions.extend(_cleanup_agents(p))
+        pool_actions, pool_kept = _cleanup_pool(p, force=force, reason=CLEANUP_REASON)
+        actions.extend(pool_actions)
+        kept.extend(pool_kept)
+    removed_actions, removed_kept = _plan_removed_pools(
+        config, world, now, by_pool=by_pool, pods_by_job=pods_by_job, force=force
+    )
+    return [*actions, *removed_actions], [*kept, *removed_kept]
+
+
+def _cleanup_pool(p: _PoolPass, *, force: bool, reason: str) -> tuple[list[Action], list[str]]:
+    """A pool's Jobs that run no pipeline job (all with `force`) and its agents without a Job; the busy Jobs
+    kept, by namespace/name."""
+    actions: list[Action] = []
+    kept: list[str] = []
+    for view in p.views:
+        if view.busy and not force:
+            kept.append(f"{view.job.namespace}/{view.job.name}")
+        else:
+            actions.append(_cleanup_job(p, view, reason))
+    actions.extend(_cleanup_agents(p, reason))
     return actions, kept
 
 
-def _cleanup_job(p: _PoolPass, view: _JobView) -> Action:
+def _cleanup_job(p: _PoolPass, view: _JobView, reason: str) -> Action:
     agent = view.agent
     if agent is not None and agent.online and not view.busy and view.running:
-        return _drain(p.pool, p.state, view, agent, CLEANUP_REASON)
+        return _drain(p.pool, p.state, view, agent, reason)
     unregister = agent is not None and not view.busy
     return DeleteJob(
         pool=p.pool.name,
         namespace=view.job.namespace,
         job_name=view.job.name,
-        reason=CLEANUP_REASON,
+        reason=reason,
         agent_id=agent.agent_id if unregister and agent is not None else None,
         pool_id=p.pool_id,
     )
 
 
-def _cleanup_agents(p: _PoolPass) -> list[Action]:
+def _cleanup_agents(p: _PoolPass, reason: str) -> list[Action]:
     """The release's placeholders and its agents without a Job (theirs is gone or being deleted) that run
     no job: offline ones are deregistered, online ones drained (disabled and re-read first)."""
-    ours = names.agent_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
-    placeholders = names.placeholder_prefix(prefix=p.config.job_name_prefix, pool_name=p.pool.name).lower()
+    ours = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
+    placeholders = names.placeholder_prefix(p.config.owner, pool_name=p.pool.name).lower()
     with_job = {v.pod.name.lower() for v in p.views if v.pod is not None}
     actions: list[Action] = []
     for agent in p.state.agents or ():
@@ -1254,7 +1315,7 @@ def _cleanup_agents(p: _PoolPass) -> list[Action]:
                     agent_name=agent.name,
                     namespace=None,
                     job_name=None,
-                    reason=CLEANUP_REASON,
+                    reason=reason,
                 )
             )
         else:
@@ -1264,7 +1325,7 @@ def _cleanup_agents(p: _PoolPass) -> list[Action]:
                     pool_id=p.pool_id,
                     agent_id=agent.agent_id,
                     agent_name=agent.name,
-                    reason=CLEANUP_REASON,
+                    reason=reason,
                 )
             )
     return actions

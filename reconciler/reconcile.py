@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reconciler")
 
+REMOVED_POOLS_SCAN = ""
+"""Where `agents_observed` (kept in the Lease) remembers the last look for pools no longer configured that
+still hold something of ours: no pool has an empty name."""
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -167,6 +171,8 @@ class Reconciler:
         # The queue's pools are looked up before the Kubernetes client is loaded: its import is the
         # larger part of a CronJob run's cold start, and it can load while this call is in flight.
         self.pool_ids: dict[str, int] = self.azdo.pools_by_name([p.name for p in config.pools])
+        # That answer also serves the run's first look for pools no longer configured.
+        self.startup_pools = self.azdo.last_pools
         self.kube, self.backend = _backend(config, credentials, kubeconfig=kubeconfig, deadline=self.deadline)
         self.templates = load_job_templates(config)
         self.applier = Applier(
@@ -547,30 +553,71 @@ class Reconciler:
             standby_history=self._read_standby_history(report),
             azdo_clock_offset=self.azdo.clock_offset,
         )
+        world = self._list_agents(report, world)
+        # Without every namespace's Jobs an agent of a removed pool could look as if it had none.
+        removed = () if failed_namespaces else self._observe_removed(report, jobs)
+        return replace(world, learned=dict(self.learned), removed=removed)
+
+    def _list_agents(self, report: PassReport, world: World) -> World:
+        """The world with the agents of the pools `pools_needing_agents` names (a pool whose list fails keeps
+        none, and the pass goes on); what each template's agents advertise is learned from them."""
         now = self.clock()
-        needing = pools_needing_agents(config, world, now)
-        if needing:
-            updated = []
-            for state in world.pools:
-                if state.name in needing and state.pool_id is not None:
-                    try:
-                        agents = self.azdo.agents(state.pool_id)
-                    except AuthError:
-                        raise
-                    except ReconcilerError as exc:
-                        report.observe_failures += 1
-                        log.error("could not list the agents of pool %r: %s", state.name, exc)
-                        updated.append(state)
-                        continue
-                    self.agents_observed[state.name] = now
-                    report.agents_by_state[state.name] = dict(
-                        Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
-                    )
-                    state = replace(state, agents=tuple(agents))
-                    self._learn(state.name, agents)
-                updated.append(state)
-            world = replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
-        return replace(world, learned=dict(self.learned))
+        needing = pools_needing_agents(self.config, world, now)
+        if not needing:
+            return world
+        updated = []
+        for state in world.pools:
+            if state.name in needing and state.pool_id is not None:
+                try:
+                    agents = self.azdo.agents(state.pool_id)
+                except AuthError:
+                    raise
+                except ReconcilerError as exc:
+                    report.observe_failures += 1
+                    log.error("could not list the agents of pool %r: %s", state.name, exc)
+                    updated.append(state)
+                    continue
+                self.agents_observed[state.name] = now
+                report.agents_by_state[state.name] = dict(
+                    Counter(agent_state(online=a.online, enabled=a.enabled, busy=a.busy) for a in agents)
+                )
+                state = replace(state, agents=tuple(agents))
+                self._learn(state.name, agents)
+            updated.append(state)
+        return replace(world, pools=tuple(updated), agents_observed=dict(self.agents_observed))
+
+    def _observe_removed(self, report: PassReport, jobs: list[AgentJob]) -> tuple[PoolState, ...]:
+        """Pools no longer configured that still hold something of ours, with their agents: those our Jobs
+        name (their pool-name annotation) and those holding an agent or placeholder named with our identity.
+        Looked for once per run and then every sweepInterval: one pools list (the run's first look reuses the
+        one made at start), and the agents of each unconfigured pool that has agents or that our Jobs name."""
+        now = self.clock()
+        last = self.agents_observed.get(REMOVED_POOLS_SCAN)
+        if last is not None and now - last < timedelta(seconds=self.config.sweep_interval):
+            return ()
+        configured = {p.name.lower() for p in self.config.pools}
+        named = {j.pool_name.lower() for j in jobs if j.pool_name and j.pool_name.lower() not in configured}
+        owner = self.config.owner
+        found = []
+        try:
+            listing, self.startup_pools = self.startup_pools or self.azdo.pools(), None
+            for name, (pool_id, size) in sorted(listing.items()):
+                if name.lower() in configured or (size == 0 and name.lower() not in named):
+                    continue
+                agents = tuple(self.azdo.agents(pool_id))
+                ours = (names.agent_prefix(owner, pool_name=name), names.placeholder_prefix(owner, pool_name=name))
+                if name.lower() in named or any(a.name.lower().startswith(ours) for a in agents):
+                    found.append(PoolState(name=name, pool_id=pool_id, agents=agents, read_at=now))
+        except AuthError:
+            raise
+        except ReconcilerError as exc:
+            report.observe_failures += 1
+            log.error("could not look for pools removed from the configuration: %s (tried again next pass)", exc)
+            return ()
+        self.agents_observed[REMOVED_POOLS_SCAN] = now
+        for state in found:
+            log.info("pool %r is no longer configured but holds agents or Jobs of ours: cleaning it", state.name)
+        return tuple(found)
 
     def _read_standby_history(self, report: PassReport) -> StandbyHistory | None:
         """The standby history, when a template learns from it: read at the first pass, when the hour
@@ -605,15 +652,15 @@ class Reconciler:
     def _learn(self, pool_name: str, agents: list[Agent]) -> None:
         """Remember what the registered agents of each template of the pool advertise (placeholders copy it)."""
         pool = self.config.pool(pool_name)
-        prefix = self.config.job_name_prefix
+        owner = self.config.owner
         # Only this release's agents and placeholders teach it: anyone's agent could advertise AZP_TEMPLATE.
         ours = (
-            names.agent_prefix(prefix=prefix, pool_name=pool_name).lower(),
-            names.placeholder_prefix(prefix=prefix, pool_name=pool_name).lower(),
+            names.agent_prefix(owner, pool_name=pool_name).lower(),
+            names.placeholder_prefix(owner, pool_name=pool_name).lower(),
         )
         mine = [a for a in agents if a.name.lower().startswith(ours)]
         for template in pool.templates if pool is not None else ():
-            placeholder = names.placeholder_name(prefix=prefix, pool_name=pool_name, template=template.name)
+            placeholder = names.placeholder_name(owner, pool_name=pool_name, template=template.name)
             learned = capabilities.learn(mine, template=template.name, placeholder=placeholder)
             if learned is not None:
                 self.learned[(pool_name, template.name)] = learned
@@ -625,7 +672,7 @@ class Reconciler:
         failed: set[str] = set()
         for namespace in self.config.namespaces:
             try:
-                found_jobs, found_pods = self.backend.list_workloads(namespace, release=self.config.release)
+                found_jobs, found_pods = self.backend.list_workloads(namespace, owner=self.config.owner)
                 jobs.extend(found_jobs)
                 pods.extend(found_pods)
             except AuthError:

@@ -408,12 +408,13 @@ def render_job(
         names.LABEL_INSTANCE: config.release,
         names.LABEL_POOL: names.pool_slug(pool.name),
         names.LABEL_TEMPLATE: template.name,
+        names.LABEL_SHARD: str(config.shard_index),
     }
     if request_id is None:
         labels[names.LABEL_STANDBY] = "true"
     else:
         labels[names.LABEL_REQUEST_ID] = str(request_id)
-    annotations = {names.ANNOTATION_POOL_NAME: pool.name}
+    annotations = {names.ANNOTATION_POOL_NAME: pool.name, names.ANNOTATION_OWNER: config.owner.annotation}
     if demands:
         annotations[names.ANNOTATION_DEMANDS] = ", ".join(demands)
 

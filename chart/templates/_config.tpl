@@ -72,7 +72,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- $_ := set $config "aci" (include "azp-agents.aciConfig" . | fromJson) -}}
 {{- end -}}
 {{- if gt (int $reconciler.shard.count) 1 -}}
-{{- $_ := set $config "shard" (dict "index" (int $reconciler.shard.index) "count" (int $reconciler.shard.count)) -}}
+{{- $_ := set $config "shard" (dict "index" (int $reconciler.shard.index) "count" (int $reconciler.shard.count) "takeoverAfterSeconds" (int $reconciler.shard.takeoverAfterSeconds)) -}}
 {{- end -}}
 {{- $pools := list -}}
 {{- range $index, $pool := .Values.pools -}}

@@ -115,7 +115,7 @@ def test_pool_options_and_templates_pass_through() -> None:
             },
             {"name": "Other", "capabilities": {"gpu": ""}},
         ],
-        reconciler={"shard": {"index": 1, "count": 2}},
+        reconciler={"shard": {"index": 1, "count": 2, "takeoverAfterSeconds": 0}},
         organization={"url": "http://ado.local/tfs/Coll", "allowInsecureHttp": True},
     )
     document = config_of(render_chart(values))
@@ -142,7 +142,7 @@ def test_pool_options_and_templates_pass_through() -> None:
         "jobTemplate": "/etc/azp-agents/templates/linux.yaml",
         "capabilities": {"gpu": ""},
     }
-    assert document["shard"] == {"index": 1, "count": 2}
+    assert document["shard"] == {"index": 1, "count": 2, "takeoverAfterSeconds": 0}
     assert document["allowInsecureHttp"] is True
 
 

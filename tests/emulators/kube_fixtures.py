@@ -92,6 +92,7 @@ def agent_job(
         "app.kubernetes.io/name": "azp-agent",
         **MANAGED,
         "app.kubernetes.io/instance": "azp-agents",
+        "azp-agents.dev/shard": "0",
         **(labels or {}),
     }
     env = [

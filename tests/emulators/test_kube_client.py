@@ -19,6 +19,7 @@ from reconciler.errors import TransientError
 from reconciler.kube import LIST_PAGE_SIZE, Kubernetes, _skim, job_from_json, pod_from_json
 
 RELEASE = "azp-agents"
+OWNER = names.Owner(prefix="azp", release=RELEASE)
 JOBS = 5
 
 
@@ -65,8 +66,8 @@ def test_a_namespace_of_usual_size_costs_one_list_call_per_kind(
     one call each, asked with that limit, and every object comes back."""
     assert LIST_PAGE_SIZE >= 500
     kube = make_kube()
-    jobs = kube.list_jobs(NAMESPACE, release=RELEASE)
-    pods = kube.list_pods(NAMESPACE, release=RELEASE)
+    jobs = kube.list_jobs(NAMESPACE, owner=OWNER)
+    pods = kube.list_pods(NAMESPACE, owner=OWNER)
     assert sorted(j.name for j in jobs) == [f"azp-linux-{i}" for i in range(JOBS)]
     assert sorted(p.job_name or "" for p in pods) == [f"azp-linux-{i}" for i in range(JOBS)]
     assert {j.request_id for j in jobs} == set(range(JOBS)) and {p.phase for p in pods} == {"Running"}
@@ -80,13 +81,9 @@ def test_paged_lists_return_every_object_once(cluster: Cluster, make_kube: Calla
     are 3 calls, each object once, the same models as one unpaged call gives."""
     whole = make_kube()
     paged = make_kube(page_size=2)
-    jobs, pods = paged.list_jobs(NAMESPACE, release=RELEASE), paged.list_pods(NAMESPACE, release=RELEASE)
-    assert sorted(jobs, key=lambda j: j.name) == sorted(
-        whole.list_jobs(NAMESPACE, release=RELEASE), key=lambda j: j.name
-    )
-    assert sorted(pods, key=lambda p: p.name) == sorted(
-        whole.list_pods(NAMESPACE, release=RELEASE), key=lambda p: p.name
-    )
+    jobs, pods = paged.list_jobs(NAMESPACE, owner=OWNER), paged.list_pods(NAMESPACE, owner=OWNER)
+    assert sorted(jobs, key=lambda j: j.name) == sorted(whole.list_jobs(NAMESPACE, owner=OWNER), key=lambda j: j.name)
+    assert sorted(pods, key=lambda p: p.name) == sorted(whole.list_pods(NAMESPACE, owner=OWNER), key=lambda p: p.name)
     assert len({j.name for j in jobs}) == len(jobs) == JOBS and len({p.name for p in pods}) == len(pods) == JOBS
     assert dict(paged.calls) == {"list jobs": 3, "list pods": 3}
     queries = list_queries(cluster, "jobs")[:3]
@@ -115,7 +112,7 @@ def test_an_expired_continue_token_lists_again_from_the_start(
     """We test: 410 Expired on the second page starts the list over, and every Job comes back once."""
     kube = make_kube(page_size=2)
     expire_continue_tokens(cluster, kube, times=1)
-    jobs = kube.list_jobs(NAMESPACE, release=RELEASE)
+    jobs = kube.list_jobs(NAMESPACE, owner=OWNER)
     assert sorted(j.name for j in jobs) == [f"azp-linux-{i}" for i in range(JOBS)]
     assert kube.calls["list jobs"] == 1 + 1 + 3  # first page, the expired second page, then the list again
     assert [c.status for c in cluster.emulator.calls() if c.path.endswith("/jobs")].count(410) == 1
@@ -129,7 +126,7 @@ def test_a_list_whose_token_keeps_expiring_is_a_transient_error(
     kube = make_kube(page_size=2)
     expire_continue_tokens(cluster, kube, times=100)
     with pytest.raises(TransientError, match="list jobs: the continue token expired 3 times"):
-        kube.list_jobs(NAMESPACE, release=RELEASE)
+        kube.list_jobs(NAMESPACE, owner=OWNER)
     assert kube.calls["list jobs"] == 3 * 2
 
 
@@ -161,7 +158,7 @@ def test_pods_carry_the_agent_id_their_register_container_published(
     main = next(s["name"] for s in cluster.emulator.objects("pods", NAMESPACE)[0]["status"]["containerStatuses"])
     assert emulator.set_termination_message(NAMESPACE, pods[2], main, f"{names.AGENT_ID_MESSAGE}666\n")
 
-    listed = {pod.name: pod.agent_id for pod in make_kube().list_pods(NAMESPACE, release=RELEASE)}
+    listed = {pod.name: pod.agent_id for pod in make_kube().list_pods(NAMESPACE, owner=OWNER)}
     assert listed[pods[0]] == 4711
     assert listed[pods[1]] is None
     assert listed[pods[2]] is None

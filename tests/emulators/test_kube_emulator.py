@@ -884,7 +884,7 @@ def test_the_reconcilers_adapter_with_exactly_the_rbac_json_permissions(
         assert cluster.emulator.objects("jobs", NAMESPACE) == []
         assert kube.create_job(job) is True
         assert kube.create_job(job) is False
-        [listed] = kube.list_jobs(NAMESPACE, release="azp-agents")
+        [listed] = kube.list_jobs(NAMESPACE, owner=names.Owner(prefix="azp", release="azp-agents"))
         assert (listed.name, listed.pool_slug, listed.template, listed.pool_name) == (
             "azp-linux-1001-abcde",
             "linux",
@@ -892,7 +892,11 @@ def test_the_reconcilers_adapter_with_exactly_the_rbac_json_permissions(
             "linux",
         )
         cluster.wait_for(
-            lambda: [p.phase for p in kube.list_pods(NAMESPACE, release="azp-agents")] == ["Running"], what="pod"
+            lambda: (
+                [p.phase for p in kube.list_pods(NAMESPACE, owner=names.Owner(prefix="azp", release="azp-agents"))]
+                == ["Running"]
+            ),
+            what="pod",
         )
         now = datetime.now(UTC)
         kube.post_event(namespace=NAMESPACE, job_name=listed.name, reason="AgentStuck", message="stuck", now=now)

@@ -40,15 +40,18 @@ def active_jobs_by_pool(kube: Any, *, namespace: str = NAMESPACE, release: str =
     return counts
 
 
-def _is_ephemeral(name: str, pool: str, prefix: str) -> bool:
-    return name.lower().startswith(names.agent_prefix(prefix=prefix, pool_name=pool).lower())
+OWNER = names.Owner(prefix="azp", release=RELEASE)
+
+
+def _is_ephemeral(name: str, pool: str, owner: names.Owner) -> bool:
+    return name.lower().startswith(names.agent_prefix(owner, pool_name=pool).lower())
 
 
 def violations(
     simulation: Any,
     *,
     max_agents: Mapping[str, int],
-    prefix: str = "azp",
+    owner: names.Owner = OWNER,
     namespace: str = NAMESPACE,
     release: str = RELEASE,
     environment_aborts: int = 0,
@@ -73,7 +76,7 @@ def violations(
         online = [
             a
             for a in azdo.agents(pool_id)
-            if a.get("status") == "online" and _is_ephemeral(str(a.get("name", "")), pool, prefix)
+            if a.get("status") == "online" and _is_ephemeral(str(a.get("name", "")), pool, owner)
         ]
         limit = max_agents.get(pool, 0)
         if len(online) > limit:
@@ -100,7 +103,7 @@ def leftovers(
     simulation: Any,
     *,
     min_idle: Mapping[str, int] | None = None,
-    prefix: str = "azp",
+    owner: names.Owner = OWNER,
     namespace: str = NAMESPACE,
     release: str = RELEASE,
 ) -> list[str]:
@@ -112,7 +115,7 @@ def leftovers(
     for pool, pool_id in simulation.pool_ids.items():
         if azdo.requests(pool_id, unfinished_only=True):
             found.append(f"pool {pool!r} still has unfinished requests")
-        ours = [a for a in azdo.agents(pool_id) if _is_ephemeral(str(a.get("name", "")), pool, prefix)]
+        ours = [a for a in azdo.agents(pool_id) if _is_ephemeral(str(a.get("name", "")), pool, owner)]
         offline = [a["name"] for a in ours if a.get("status") != "online"]
         idle = [a["name"] for a in ours if a.get("status") == "online" and not a.get("assignedRequest")]
         if offline:

@@ -26,6 +26,7 @@ from reconciler import cli, names
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = f"{RELEASE}-reconciler"
+OWNER = names.Owner(prefix="azp", release=RELEASE)
 POOL = "linux"
 BROKEN_IMAGE = "ghcr.io/azp-agents/does-not-exist:1"
 
@@ -200,8 +201,8 @@ class Rig:
         """Run both emulators' clocks `seconds` behind while setting a world up: objects made meanwhile
         look that old to the reconciler (an agent idle for minutes, a pod pending for minutes)."""
         azdo_clock, kube_clock = self.azdo.clock, self.kube.clock
-        self.azdo.clock = lambda: time.time() - seconds
-        self.kube.clock = lambda: time.time() - seconds
+        self.azdo.clock = lambda: azdo_clock() - seconds
+        self.kube.clock = lambda: kube_clock() - seconds
         try:
             yield
         finally:
@@ -251,7 +252,7 @@ RICH_WORLD: dict[str, Any] = {
         }
     ],
 }
-LEFTOVER_AGENT = "azp-linux-999-zzzzz"
+LEFTOVER_AGENT = "azp-eeca0-linux-999-zzzzz"
 QUEUED = 2
 
 
@@ -276,13 +277,16 @@ class RichWorld:
     stuck_job: str
 
     def expected_job_names(self) -> set[str]:
-        return {names.request_job_name(prefix="azp", pool_name=POOL, request_id=r) for r in self.request_ids}
+        return {names.request_job_name(OWNER, pool_name=POOL, request_id=r) for r in self.request_ids}
 
 
-def build_rich_world(directory: Path) -> RichWorld:
+def build_rich_world(directory: Path, *, azdo_skew: float = 0.0) -> RichWorld:
     """Start the rich world: a setup pass (with clocks 300 s behind) leaves a standby agent idle
-    and a standby pod pending for minutes; then the configuration changes under it."""
+    and a standby pod pending for minutes; then the configuration changes under it. `azdo_skew`: seconds
+    the organization's clock is ahead of ours (behind when negative) from the start."""
     rig = start_rig(RICH_WORLD, directory)
+    if azdo_skew:
+        rig.azdo.clock = lambda: time.time() + azdo_skew
     document = rig.config()
     document["azureDevOps"] = {"timeoutSeconds": 0.5, "retries": 1}
     setup = yaml.safe_load(yaml.safe_dump(document))
@@ -293,8 +297,8 @@ def build_rich_world(directory: Path) -> RichWorld:
     with rig.shifted_clocks(300):
         first = rig.reconcile()
         assert first.code == 0, first.out
-        idle_job = names.standby_job_name(prefix="azp", pool_name=POOL, template="gpu", slot=0)
-        stuck_job = names.standby_job_name(prefix="azp", pool_name=POOL, template="broken", slot=0)
+        idle_job = names.standby_job_name(OWNER, pool_name=POOL, template="gpu", slot=0)
+        stuck_job = names.standby_job_name(OWNER, pool_name=POOL, template="broken", slot=0)
 
         def ready() -> bool:
             online = [a for a in rig.agents() if a["name"].startswith(idle_job) and a.get("status") == "online"]
@@ -342,7 +346,7 @@ def rich_world_converged(world: RichWorld) -> list[str]:
     if world.stuck_job in jobs and not jobs[world.stuck_job]["metadata"].get("deletionTimestamp"):
         problems.append(f"the stuck Job {world.stuck_job} was not deleted")
     for template, capability in (("default", "docker"), ("java", "java"), ("gpu", "cuda")):
-        placeholder = agents.get(names.placeholder_name(prefix="azp", pool_name=POOL, template=template))
+        placeholder = agents.get(names.placeholder_name(OWNER, pool_name=POOL, template=template))
         if placeholder is None:
             problems.append(f"placeholder of {template} missing")
             continue
@@ -351,7 +355,7 @@ def rich_world_converged(world: RichWorld) -> list[str]:
             problems.append(f"placeholder of {template} lacks {capability}")
         if placeholder.get("enabled"):
             problems.append(f"placeholder of {template} is enabled")
-    java = agents.get(names.placeholder_name(prefix="azp", pool_name=POOL, template="java"))
+    java = agents.get(names.placeholder_name(OWNER, pool_name=POOL, template="java"))
     if java is not None and (java.get("systemCapabilities") or {}).get("java") != "17":
         problems.append("the java placeholder still advertises the old capabilities")
     return problems

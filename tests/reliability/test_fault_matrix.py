@@ -233,6 +233,25 @@ def test_persistent_fault_on_one_site(
     _converges(world, f"{target} {site} {kind}")
 
 
+@pytest.mark.parametrize("skew", [-3600, 3600], ids=["behind", "ahead"])
+def test_a_skewed_service_clock_gives_what_a_clean_pass_gives(tmp_path: Path, skew: int) -> None:
+    """We test the clock-skew fault kind: in a rich world whose Azure DevOps clock runs an hour behind or
+    ahead of ours from the start (its timestamps and its Date header alike), one pass reaches what one clean
+    pass reaches (the queued requests get their Jobs, the idle agent is drained, the stuck Job deleted, the
+    leftover pruned, the placeholders right), exit 0 and no invariant broken; then it keeps converging."""
+    world = build_rich_world(tmp_path, azdo_skew=skew)
+    try:
+        result = world.rig.reconcile()
+        RUNS.append(f"azdo clock {skew:+d} s")
+        assert result.code == 0, result.out
+        _check_invariants(world, "after the skewed pass")
+        problems = rich_world_converged(world)
+        assert not problems, (problems, result.out)
+        _converges(world, f"azdo clock {skew:+d} s")
+    finally:
+        world.rig.simulation.stop()
+
+
 @pytest.mark.parametrize(
     ("method", "route"), [("POST", "pools/{poolId}/agents"), ("PUT", "pools/{poolId}/agents/{agentId}")]
 )

@@ -40,6 +40,8 @@ WORLD: dict[str, Any] = {
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
+OWNER = names.Owner(prefix="azp", release="azp-agents")
+
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
@@ -219,7 +221,7 @@ def test_pool_names_no_kubernetes_name_could_hold(tmp_path: Path) -> None:
                 assert len(value) <= 63 and LABEL_VALUE.match(value), value
             assert metadata["labels"][names.LABEL_REQUEST_ID] == str(requests[pool])
             slugs.add(metadata["labels"][names.LABEL_POOL])
-            placeholder = names.placeholder_name(prefix="azp", pool_name=pool, template="default")
+            placeholder = names.placeholder_name(OWNER, pool_name=pool, template="default")
             assert rig.agent(placeholder, pool) is not None, placeholder
         assert len(slugs) == len(HOSTILE_POOLS)
 
@@ -278,7 +280,7 @@ def test_job_request_list_of_the_wrong_shape(rig: Rig, payload: Any) -> None:
 
 
 def _serve_agents(rig: Rig, extra: list[Any]) -> tuple[Any, int]:
-    rig.azdo.add_agent(rig.pool_id(), "azp-linux-5-aaaaa", status="offline")
+    rig.azdo.add_agent(rig.pool_id(), "azp-eeca0-linux-5-aaaaa", status="offline")
     payload = {"count": 1 + len(extra), "value": [*rig.agents(), *extra]}
     rig.forget_lease()
     _serve_payload(rig, "pools/{poolId}/agents", payload)
@@ -290,18 +292,28 @@ def _serve_agents(rig: Rig, extra: list[Any]) -> tuple[Any, int]:
 def test_agents_without_id_or_name(rig: Rig) -> None:
     """We test: listed agents without a usable id or name (missing, mistyped) are ignored, never acted
     on; the real offline leftover of ours is still pruned."""
-    extra = [{"name": "azp-linux-6-bbbbb", "status": "offline"}, {"id": "7", "name": "azp-linux-7-ccccc"}, {"id": 8}]
+    extra = [
+        {"name": "azp-eeca0-linux-6-bbbbb", "status": "offline"},
+        {"id": "7", "name": "azp-eeca0-linux-7-ccccc"},
+        {"id": 8},
+    ]
     result, deleted = _serve_agents(rig, [*extra, None, 3, "agent"])
     assert result.code == 0, result.out
     assert "Traceback" not in result.out
-    assert deleted == 1 and "deleting agent azp-linux-5-aaaaa" in result.out
-    assert "azp-linux-6-" not in result.out and "azp-linux-7-" not in result.out
+    assert deleted == 1 and "deleting agent azp-eeca0-linux-5-aaaaa" in result.out
+    assert "azp-eeca0-linux-6-" not in result.out and "azp-eeca0-linux-7-" not in result.out
 
 
 def test_agents_with_mistyped_fields(rig: Rig) -> None:
     """We test: an agent whose optional fields have the wrong types is read with those fields absent, and
     the pass goes on."""
-    mistyped = {"id": 9, "name": "azp-linux-9-ddddd", "status": 3, "assignedRequest": "x", "systemCapabilities": [1]}
+    mistyped = {
+        "id": 9,
+        "name": "azp-eeca0-linux-9-ddddd",
+        "status": 3,
+        "assignedRequest": "x",
+        "systemCapabilities": [1],
+    }
     result, _ = _serve_agents(rig, [mistyped])
     assert result.code in (0, 1), result.out
     assert "Traceback" not in result.out

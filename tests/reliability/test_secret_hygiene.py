@@ -69,7 +69,7 @@ WORLD: dict[str, Any] = {
             "templates": [{"name": "default", "capabilities": {"docker": ""}}],
         }
     ],
-    "agents": [{"pool": "linux", "name": "azp-linux-77-qqqqq", "status": "offline"}],
+    "agents": [{"pool": "linux", "name": "azp-eeca0-linux-77-qqqqq", "status": "offline"}],
 }
 
 
@@ -113,7 +113,7 @@ def test_every_command_at_debug_level_in_both_formats(rig: Rig) -> None:
     for name, result in results:
         assert result.code == 0, (name, result.out)
         assert_clean(result.out, name)
-    assert "azp-linux-77-qqqqq" in results[0][1].out  # the passes did real work worth logging
+    assert "azp-eeca0-linux-77-qqqqq" in results[0][1].out  # the passes did real work worth logging
     assert_emulators_clean(rig)
 
 

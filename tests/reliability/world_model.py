@@ -40,6 +40,7 @@ from reconciler.plan import plan
 T0 = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)
 NAMESPACE = "agents"
 PREFIX = "azp"
+OWNER = names.Owner(prefix=PREFIX, release="azp-agents")
 ORDER = ("register-placeholder", "update-placeholder", "create-job", "drain-agent", "delete-job", "delete-agent")
 TEMPLATE_CAPS = ({"docker": ""}, {"java": "17"})
 START_SECONDS = 5
@@ -380,9 +381,7 @@ class Model:
             self.violations.append(f"{why}: deleted agent {agent.name}, which is not ours")
         if agent.name.startswith(f"{PREFIX}-placeholder-"):
             pool = self.pool(agent.pool)
-            configured = {
-                names.placeholder_name(prefix=PREFIX, pool_name=pool.name, template=t.name) for t in pool.templates
-            }
+            configured = {names.placeholder_name(OWNER, pool_name=pool.name, template=t.name) for t in pool.templates}
             if agent.name in configured:
                 self.violations.append(f"{why}: deleted the placeholder {agent.name} of a configured template")
         del self.agents[agent_id]

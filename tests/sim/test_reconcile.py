@@ -64,15 +64,18 @@ def test_prune_only_offline_agents_of_ours(make_sim: Any) -> None:
     placeholder and agents not created by us (offline or online) stay, whatever their state."""
     sim = make_sim(install=False)  # the first pass of a run lists the agents
     pool_id = sim.pool_ids["linux"]
-    sim.azdo.add_agent(pool_id, "azp-linux-11-aaaaa", status="offline")
-    sim.azdo.add_agent(pool_id, "azp-linux-12-bbbbb", status="offline")
+    sim.azdo.add_agent(pool_id, "azp-eeca0-linux-11-aaaaa", status="offline")
+    sim.azdo.add_agent(pool_id, "azp-eeca0-linux-12-bbbbb", status="offline")
     sim.azdo.add_agent(pool_id, "build-server-01", status="offline")
     sim.azdo.add_agent(pool_id, "build-server-02", status="online")
-    busy = sim.azdo.add_agent(pool_id, "azp-linux-13-ccccc", status="online", capabilities={"docker": ""})
+    busy = sim.azdo.add_agent(pool_id, "azp-eeca0-linux-13-ccccc", status="online", capabilities={"docker": ""})
     sim.azdo.queue_request(pool_id, demands=("docker",), duration=60)
     sim.wait_for(
         lambda: (
-            any(a.get("name") == "azp-linux-13-ccccc" and a.get("assignedRequest") for a in sim.azdo.agents(pool_id))
+            any(
+                a.get("name") == "azp-eeca0-linux-13-ccccc" and a.get("assignedRequest")
+                for a in sim.azdo.agents(pool_id)
+            )
             or _busy(sim, busy["id"])
         ),
         timeout=5,
@@ -81,8 +84,13 @@ def test_prune_only_offline_agents_of_ours(make_sim: Any) -> None:
     result = sim.reconcile()
     assert result.code == 0, result.text
     left = {a["name"] for a in sim.agents()}
-    assert "azp-linux-11-aaaaa" not in left and "azp-linux-12-bbbbb" not in left
-    assert {"build-server-01", "build-server-02", "azp-linux-13-ccccc", "azp-placeholder-linux-default"} <= left
+    assert "azp-eeca0-linux-11-aaaaa" not in left and "azp-eeca0-linux-12-bbbbb" not in left
+    assert {
+        "build-server-01",
+        "build-server-02",
+        "azp-eeca0-linux-13-ccccc",
+        "azp-placeholder-eeca0-linux-default",
+    } <= left
     assert sim.kube.touched_foreign == 0
 
 
@@ -106,7 +114,7 @@ def test_finished_agents_are_deregistered_by_their_published_id_once(make_sim: A
         for pod in sim.kube.objects("pods", "azp-agents")
         for entry in pod["status"].get("initContainerStatuses") or []
     }
-    ours = {a["id"] for a in sim.agents() if a["name"].startswith("azp-linux-")}
+    ours = {a["id"] for a in sim.agents() if a["name"].startswith("azp-eeca0-linux-")}
     assert published == {f"{names.AGENT_ID_MESSAGE}{agent_id}\n" for agent_id in ours}, published
 
     before = sim.azdo.call_counts()
@@ -136,7 +144,7 @@ def _busy(sim: Sim, agent_id: int) -> bool:
 
 def test_dry_run_makes_no_write_call(sim: Sim) -> None:
     """We test: --dry-run logs what it would do in the same words and makes zero write calls to either API."""
-    sim.azdo.add_agent(sim.pool_ids["linux"], "azp-linux-99-zzzzz", status="offline")
+    sim.azdo.add_agent(sim.pool_ids["linux"], "azp-eeca0-linux-99-zzzzz", status="offline")
     sim.queue("linux", 2, demands=("docker",))
     sim.forget_agents_scan()
     sim.azdo.reset_calls()
@@ -144,7 +152,7 @@ def test_dry_run_makes_no_write_call(sim: Sim) -> None:
     result = sim.reconcile("--dry-run")
     assert result.code == 0, result.text
     assert sim.azdo.write_calls() == 0 and sim.kube.write_calls() == 0
-    assert "would create Job" in result.err and "would delete agent azp-linux-99-zzzzz" in result.err
+    assert "would create Job" in result.err and "would delete agent azp-eeca0-linux-99-zzzzz" in result.err
     assert sim.jobs() == []
 
 

@@ -60,7 +60,7 @@ def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> Non
     [second] = sim.queue(duration=1)
     sim.azdo.tick()
     held = {r["requestId"]: r for r in sim.requests(unfinished_only=True)}[second]
-    assert held["reservedAgent"]["name"].startswith("azp-linux-") and "receiveTime" not in held
+    assert held["reservedAgent"]["name"].startswith("azp-eeca0-linux-") and "receiveTime" not in held
     sim.wait_for(lambda: not [a for a in sim.agents() if a["status"] == "online"], timeout=10, what="offline")
     sim.azdo.tick()
     sim.forget_agents_scan()
@@ -69,7 +69,7 @@ def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> Non
     assert "before the job started" in result.text
     [ended] = [r for r in sim.requests() if r["requestId"] == second]
     assert ended["result"] == "failed" and "We stopped hearing from agent" in ended["statusMessage"]
-    assert [a["name"] for a in sim.agents()] == ["azp-placeholder-linux-default"]
+    assert [a["name"] for a in sim.agents()] == ["azp-placeholder-eeca0-linux-default"]
     assert sim.azdo.stats.busy_agent_deletes_refused == 0
 
 
@@ -94,7 +94,7 @@ def test_cleanup_removes_the_release_but_never_a_busy_agent_unless_forced(make_s
     --force the busy agent's Job goes too."""
     sim = make_sim({**WORLD, "stuck_pods": [{"pool": "linux", "nth": 2}]})
     pool_id = sim.pool_ids["linux"]
-    sim.azdo.add_agent(pool_id, "azp-linux-77-xxxxx", status="offline")
+    sim.azdo.add_agent(pool_id, "azp-eeca0-linux-77-xxxxx", status="offline")
     sim.azdo.add_agent(pool_id, "build-server-01", status="offline")
     [busy] = sim.queue(duration=120)
     sim.queue(duration=0.5)

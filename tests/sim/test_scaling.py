@@ -27,6 +27,8 @@ TWO_TEMPLATES = {
     ],
 }
 
+OWNER = names.Owner(prefix="azp", release="azp-agents")
+
 
 def templates_of(jobs: list[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -67,7 +69,7 @@ def test_placeholder_keeps_demanding_jobs_queued_and_is_recreated(make_sim: Any)
     exists; deleting the placeholder by hand gets it recreated on the next pass."""
     sim: Sim = make_sim(TWO_TEMPLATES)
     assert sim.reconcile().code == 0
-    placeholder = names.placeholder_name(prefix="azp", pool_name="linux", template="linux-java")
+    placeholder = names.placeholder_name(OWNER, pool_name="linux", template="linux-java")
     agents = {a["name"]: a for a in sim.agents()}
     assert agents[placeholder]["enabled"] is False and agents[placeholder]["status"] == "offline"
     request_id = sim.queue("linux", 1, demands=("java -equals 17",), duration=60)[0]

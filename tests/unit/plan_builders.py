@@ -28,6 +28,7 @@ from reconciler.model import (
 
 NOW = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)
 PREFIX = "azp"
+OWNER = names.Owner(prefix=PREFIX, release="azp-agents")
 
 
 def ago(seconds: float) -> datetime:
@@ -82,9 +83,9 @@ def job_for(
 ) -> AgentJob:
     if name is None:
         name = (
-            names.request_job_name(prefix=PREFIX, pool_name=pool_name, request_id=request_id)
+            names.request_job_name(OWNER, pool_name=pool_name, request_id=request_id)
             if request_id is not None
-            else names.standby_job_name(prefix=PREFIX, pool_name=pool_name, template=template_name, slot=slot)
+            else names.standby_job_name(OWNER, pool_name=pool_name, template=template_name, slot=slot)
         )
     return AgentJob(
         name=name,

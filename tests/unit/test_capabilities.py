@@ -27,6 +27,8 @@ DOTNET_CLI = ("Agent.Version -gtVersion 2.115.0",)
 LINUX = ("Agent.OS -equals Linux",)
 WINDOWS = ("Agent.OS -equals Windows_NT",)
 
+OWNER = names.Owner(prefix="azp", release="azp-agents")
+
 
 def known(image: str, **pod: Any) -> dict[str, str]:
     """The placeholder capabilities of a split template of `image`, before any agent registered."""
@@ -76,7 +78,7 @@ def registered(agent_id: int, name: str, template_name: str, **caps: str) -> Any
 def test_learn_takes_the_newest_agent_of_the_template() -> None:
     """We test: the newest agent advertising AZP_TEMPLATE=<template> is learned, less the values that name
     that one agent; other templates' agents are ignored; a learned placeholder is kept when none is left."""
-    placeholder = names.placeholder_name(prefix="azp", pool_name="linux", template="java")
+    placeholder = names.placeholder_name(OWNER, pool_name="linux", template="java")
     agents = [
         registered(3, "azp-linux-1-aaaaa", "java", terraform="/usr/bin/terraform"),
         registered(7, "azp-linux-2-bbbbb", "java", terraform="/usr/bin/terraform", mvn="/usr/bin/mvn"),
@@ -98,7 +100,7 @@ def test_placeholder_copies_what_the_agents_advertise_and_routing_follows() -> N
     """We test: with learned capabilities in the World the placeholder is updated to them (declared ones
     still win) and a request demanding a tool only the real agents showed is routed, not reported."""
     cfg = config(pool("linux", template("java", capabilities={"size": "large"})))
-    placeholder = names.placeholder_name(prefix="azp", pool_name="linux", template="java")
+    placeholder = names.placeholder_name(OWNER, pool_name="linux", template="java")
     current = agent(
         1, placeholder, online=False, enabled=False, capabilities={"size": "large", "Agent.Version": "4.269.0"}
     )

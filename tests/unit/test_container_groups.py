@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import backend, container_groups
+from reconciler import backend, container_groups, names
 from reconciler import config as config_module
 from reconciler.config import Credentials
 from reconciler.errors import ConfigError
@@ -29,6 +29,8 @@ SUBNET = (
 )
 NOW = "2026-12-01T10:00:00.000000Z"
 NOW_TIME = datetime(2026, 12, 1, 10, tzinfo=UTC)
+
+OWNER = names.Owner(prefix="azp", release="rel")
 
 
 def template_file(tmp_path: Path, document: Any) -> Path:
@@ -181,6 +183,7 @@ def listed(
     default_tags = {
         container_groups.TAG_MANAGED_BY: "azp-agents",
         container_groups.TAG_RELEASE: "rel",
+        container_groups.TAG_SHARD: "0",
         container_groups.TAG_POOL: "linux",
         container_groups.TAG_TEMPLATE: "default",
         container_groups.TAG_REQUEST_ID: "12",
@@ -214,7 +217,7 @@ def test_listed_group_reads_as_job_and_pod(
 ) -> None:
     """We test: provisioning state and container instance views map to the pod phases the plan knows, the
     resource group is the namespace, and the request id, pool and template come from the tags."""
-    found = container_groups.workload_from_json(listed(provisioning=provisioning, states=states), release="rel")
+    found = container_groups.workload_from_json(listed(provisioning=provisioning, states=states), owner=OWNER)
     assert found is not None
     job, pod = found
     assert (pod.phase, job.failed, job.finished is not None) == (phase, failed, finished)
@@ -228,12 +231,11 @@ def test_listed_group_reads_as_job_and_pod(
 
 
 def test_groups_of_others_are_ignored() -> None:
-    """We test: a group without our tags, or of another release, is not ours."""
-    assert (
-        container_groups.workload_from_json(listed(provisioning="Creating", states={}, tags={}), release="rel") is None
-    )
+    """We test: a group without our tags, or of another release or shard, is not ours."""
+    assert container_groups.workload_from_json(listed(provisioning="Creating", states={}, tags={}), owner=OWNER) is None
     group = listed(provisioning="Creating", states={})
-    assert container_groups.workload_from_json(group, release="another") is None
+    assert container_groups.workload_from_json(group, owner=names.Owner(prefix="azp", release="another")) is None
+    assert container_groups.workload_from_json(group, owner=names.Owner(prefix="azp", release="rel", shard=1)) is None
 
 
 def test_backend_aci_needs_its_settings_and_uses_the_resource_group(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from plan_builders import (
     NOW,
-    PREFIX,
+    OWNER,
     agent,
     ago,
     apply_to_world,
@@ -43,7 +43,7 @@ def test_ten_queued_with_max_four_creates_four_oldest_first() -> None:
     requests = [queued(100 + i, at=100 - i) for i in range(10)]
     creates = of(CreateJob, plan(cfg, world(state("linux", *requests)), NOW))
     assert [c.request_id for c in creates] == [100, 101, 102, 103]
-    assert {c.job_name for c in creates} == {f"azp-linux-{100 + i}" for i in range(4)}
+    assert {c.job_name for c in creates} == {f"azp-eeca0-linux-{100 + i}" for i in range(4)}
 
 
 def test_nothing_queued_creates_nothing() -> None:
@@ -75,14 +75,14 @@ def test_job_taken_by_another_request_gets_a_new_generation() -> None:
     pod = pod_for(job)
     w = world(state("linux", running(2, pod.name), queued(1)), jobs=(job,), pods=(pod,))
     creates = of(CreateJob, plan(config(), w, NOW))
-    assert [(c.request_id, c.job_name) for c in creates] == [(1, "azp-linux-1-g1")]
+    assert [(c.request_id, c.job_name) for c in creates] == [(1, "azp-eeca0-linux-1-g1")]
 
 
 def test_finished_job_name_is_not_reused() -> None:
     """We test: a finished Job that still exists (TTL) does not block a new Job for the same request."""
     job = job_for("linux", request_id=5, finished=20)
     w = world(state("linux", queued(5)), jobs=(job,))
-    assert [c.job_name for c in of(CreateJob, plan(config(), w, NOW))] == ["azp-linux-5-g1"]
+    assert [c.job_name for c in of(CreateJob, plan(config(), w, NOW))] == ["azp-eeca0-linux-5-g1"]
 
 
 def test_request_its_pod_ran_after_the_queue_was_read_waits_for_the_next_read() -> None:
@@ -95,7 +95,7 @@ def test_request_its_pod_ran_after_the_queue_was_read_waits_for_the_next_read() 
     assert of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(just_now,)), NOW)) == []
     long_ago = pod_for(job, phase="Succeeded", finished=20)
     creates = of(CreateJob, plan(config(), world(read, jobs=(job,), pods=(long_ago,)), NOW))
-    assert [c.job_name for c in creates] == ["azp-linux-5-g1"]
+    assert [c.job_name for c in creates] == ["azp-eeca0-linux-5-g1"]
 
 
 def test_queued_request_whose_job_finished_since_the_read_gets_no_second_job() -> None:
@@ -105,7 +105,9 @@ def test_queued_request_whose_job_finished_since_the_read_gets_no_second_job() -
     just_now = job_for("linux", request_id=5, finished=1)
     assert of(CreateJob, plan(config(), world(read, jobs=(just_now,)), NOW)) == []
     long_ago = job_for("linux", request_id=5, finished=20)
-    assert [c.job_name for c in of(CreateJob, plan(config(), world(read, jobs=(long_ago,)), NOW))] == ["azp-linux-5-g1"]
+    assert [c.job_name for c in of(CreateJob, plan(config(), world(read, jobs=(long_ago,)), NOW))] == [
+        "azp-eeca0-linux-5-g1"
+    ]
 
 
 def test_queued_request_an_agent_holds_gets_no_second_job() -> None:
@@ -126,7 +128,7 @@ def test_min_idle_keeps_standby_agents() -> None:
     """We test: minIdle 2 with nothing queued creates 2 standby Jobs; with 2 idle agents it creates none."""
     cfg = config(pool("linux", template(min_idle=2, placeholder=False)))
     creates = of(CreateJob, plan(cfg, world(state("linux")), NOW))
-    assert [c.job_name for c in creates] == ["azp-linux-default-s0", "azp-linux-default-s1"]
+    assert [c.job_name for c in creates] == ["azp-eeca0-linux-default-s0", "azp-eeca0-linux-default-s1"]
     assert all(c.request_id is None for c in creates)
     jobs = tuple(job_for("linux", slot=i) for i in range(2))
     pods = tuple(pod_for(j) for j in jobs)
@@ -241,7 +243,7 @@ def test_stuck_job_is_replaced_in_the_same_pass() -> None:
     job = job_for("linux", request_id=1, created=700)
     pod = pod_for(job, phase="Pending", created=690, reason="Unschedulable")
     creates = of(CreateJob, plan(config(), world(state("linux", queued(1)), jobs=(job,), pods=(pod,)), NOW))
-    assert [c.job_name for c in creates] == ["azp-linux-1-g1"]
+    assert [c.job_name for c in creates] == ["azp-eeca0-linux-1-g1"]
 
 
 def test_pending_within_timeout_is_left_alone() -> None:
@@ -265,18 +267,20 @@ def test_prune_offline_agents_of_ours_only() -> None:
     cfg = config(pool("linux", template(placeholder=True)))
     finished_job = job_for("linux", request_id=3, finished=30)
     finished_pod = pod_for(finished_job, phase="Succeeded", finished=30)
-    placeholder = names.placeholder_name(prefix=PREFIX, pool_name="linux", template="default")
+    placeholder = names.placeholder_name(OWNER, pool_name="linux", template="default")
     agents = (
-        agent(1, "azp-linux-1-aaaaa", online=False, completed=1),  # pod gone
-        agent(2, "azp-linux-2-bbbbb", online=False, busy_with=2),  # busy (assigned)
+        agent(1, "azp-eeca0-linux-1-aaaaa", online=False, completed=1),  # pod gone
+        agent(2, "azp-eeca0-linux-2-bbbbb", online=False, busy_with=2),  # busy (assigned)
         agent(3, finished_pod.name, online=False, completed=3),  # pod finished
-        agent(4, "azp-linux-4-ddddd", online=True),  # online, no pod: never
+        agent(4, "azp-eeca0-linux-4-ddddd", online=True),  # online, no pod: never
         agent(5, "build-server-01", online=False),  # not ours
         agent(6, placeholder, online=False, enabled=False, capabilities={"Agent.Version": "4.269.0"}),
-        agent(7, "azp-linux-7-eeeee", online=False),  # reserved by a running request below
+        agent(7, "azp-eeca0-linux-7-eeeee", online=False),  # reserved by a running request below
     )
     w = world(
-        state("linux", running(70, "azp-linux-7-eeeee", 7), agents=agents), jobs=(finished_job,), pods=(finished_pod,)
+        state("linux", running(70, "azp-eeca0-linux-7-eeeee", 7), agents=agents),
+        jobs=(finished_job,),
+        pods=(finished_pod,),
     )
     pruned = of(DeleteAgent, plan(cfg, w, NOW))
     assert sorted(a.agent_id for a in pruned) == [1, 3]
@@ -288,9 +292,9 @@ def test_placeholder_registered_when_missing_and_updated_when_changed() -> None:
     cfg = config(pool("linux", docker))
     registered = of(RegisterPlaceholder, plan(cfg, world(state("linux", agents=())), NOW))
     assert [(r.agent_name, dict(r.capabilities)) for r in registered] == [
-        ("azp-placeholder-linux-docker", {"docker": "", "Agent.Version": "4.269.0"})
+        ("azp-placeholder-eeca0-linux-docker", {"docker": "", "Agent.Version": "4.269.0"})
     ]
-    stale = agent(9, "azp-placeholder-linux-docker", online=False, enabled=False, capabilities={"java": "17"})
+    stale = agent(9, "azp-placeholder-eeca0-linux-docker", online=False, enabled=False, capabilities={"java": "17"})
     updates = of(UpdatePlaceholder, plan(cfg, world(state("linux", agents=(stale,))), NOW))
     assert [u.agent_id for u in updates] == [9]
     current = replace(stale, capabilities=registered[0].capabilities)
@@ -299,7 +303,7 @@ def test_placeholder_registered_when_missing_and_updated_when_changed() -> None:
 
 def test_placeholder_of_removed_template_is_deleted() -> None:
     """We test: a placeholder whose template left the config is removed (it would attract jobs)."""
-    old = agent(9, "azp-placeholder-linux-java", online=False, enabled=False)
+    old = agent(9, "azp-placeholder-eeca0-linux-java", online=False, enabled=False)
     cfg = config(pool("linux", template("docker", placeholder=False)))
     assert [a.agent_id for a in of(DeleteAgent, plan(cfg, world(state("linux", agents=(old,))), NOW))] == [9]
 

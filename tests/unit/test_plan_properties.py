@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_builders import NOW, PREFIX, apply_to_world, config, pool, template
+from plan_builders import NOW, OWNER, PREFIX, apply_to_world, config, pool, template
 
 from reconciler import names
 from reconciler.model import (
@@ -79,7 +79,7 @@ def worlds(draw: st.DrawFn, cfg: Config) -> World:
         agent_id = 100 * (index + 1)
         template_names = [t.name for t in pool_cfg.templates] + ["removed"]
         for _ in range(draw(st.integers(0, 6))):
-            name = names.request_job_name(prefix=PREFIX, pool_name=pool_cfg.name, request_id=request_id)
+            name = names.request_job_name(OWNER, pool_name=pool_cfg.name, request_id=request_id)
             request_id += 1
             phase = draw(st.sampled_from(["none", "Pending", "Running", "Succeeded", "Failed"]))
             created = NOW - timedelta(seconds=draw(st.integers(0, 2000)))
@@ -149,9 +149,9 @@ def worlds(draw: st.DrawFn, cfg: Config) -> World:
             name = {
                 "foreign": f"build-server-{extra}",
                 "foreign-busy": f"build-server-busy-{extra}",
-                "ours-gone": f"{names.agent_prefix(prefix=PREFIX, pool_name=pool_cfg.name)}999{extra}-zzzzz",
+                "ours-gone": f"{names.agent_prefix(OWNER, pool_name=pool_cfg.name)}999{extra}-zzzzz",
                 "placeholder": names.placeholder_name(
-                    prefix=PREFIX, pool_name=pool_cfg.name, template=draw(st.sampled_from(template_names))
+                    OWNER, pool_name=pool_cfg.name, template=draw(st.sampled_from(template_names))
                 ),
             }[kind]
             agents.append(
@@ -209,7 +209,7 @@ def test_plan_safety_invariants(data: st.DataObject) -> None:
     busy = _busy_names(world)
     agents = {a.agent_id: a for s in world.pools for a in s.agents or ()}
     placeholders = {
-        names.placeholder_name(prefix=PREFIX, pool_name=p.name, template=t.name).lower()
+        names.placeholder_name(OWNER, pool_name=p.name, template=t.name).lower()
         for p in cfg.pools
         for t in p.templates
         if t.placeholder

@@ -77,7 +77,9 @@ def test_pods_failing_before_their_agent_came_online_back_off_exponentially() ->
     assert (report.failures, report.job_name, report.retry_at) == (1, one[0].name, ago(5) + CRASH_BACKOFF_BASE)
     assert report.reason == "Error (exit code 1): config.sh: 401 Unauthorized"
     later = plan(config(), world(state("linux", queued(1)), jobs=(one[0],), pods=(one[1],)), ago(-10))
-    assert [c.job_name for c in of(CreateJob, later)] == ["azp-linux-1-g1"] and of(ReportCrashBackoff, later) == []
+    assert [c.job_name for c in of(CreateJob, later)] == ["azp-eeca0-linux-1-g1"] and of(
+        ReportCrashBackoff, later
+    ) == []
     three = [_crashed(1, finished=30), _crashed(1, finished=20, generation=1), _crashed(1, finished=10, generation=2)]
     w = world(state("linux", queued(1)), jobs=tuple(j for j, _ in three), pods=tuple(p for _, p in three))
     [report] = of(ReportCrashBackoff, plan(config(), w, NOW))
@@ -123,17 +125,17 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
     live_pod = pod_for(live_job)
     requests = (
         _assigned(11, done_pod.name, 31, at=10),  # pod finished: released
-        _assigned(12, "azp-linux-9-zzzzz", 32, at=120),  # pod gone for 2 minutes: released
-        _assigned(13, "azp-linux-8-yyyyy", 33, at=5),  # pod gone only just now: not yet
+        _assigned(12, "azp-eeca0-linux-9-zzzzz", 32, at=120),  # pod gone for 2 minutes: released
+        _assigned(13, "azp-eeca0-linux-8-yyyyy", 33, at=5),  # pod gone only just now: not yet
         _assigned(14, live_pod.name, 34, at=10),  # pod still running: it may yet receive it
         _assigned(15, "build-server-01", 35, at=120),  # not ours
-        replace(_assigned(16, "azp-linux-7-xxxxx", 36, at=120), receive_time=ago(100)),  # the job started
+        replace(_assigned(16, "azp-eeca0-linux-7-xxxxx", 36, at=120), receive_time=ago(100)),  # the job started
     )
     w = world(state("linux", *requests), jobs=(done_job, live_job), pods=(done_pod, live_pod))
     rescued = of(DeleteAgent, plan(config(), w, NOW))
-    assert sorted((d.agent_id, d.agent_name) for d in rescued) == [(31, done_pod.name), (32, "azp-linux-9-zzzzz")]
+    assert sorted((d.agent_id, d.agent_name) for d in rescued) == [(31, done_pod.name), (32, "azp-eeca0-linux-9-zzzzz")]
     assert all("before the job started" in d.reason for d in rescued)
-    online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-linux-9-zzzzz", online=False))
+    online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-eeca0-linux-9-zzzzz", online=False))
     w = world(state("linux", *requests, agents=online), jobs=(done_job, live_job), pods=(done_pod, live_pod))
     assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
 
@@ -152,10 +154,10 @@ def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
         agent(1, idle_pod.name),
         agent(2, pending_pod.name, online=False),
         agent(3, busy_pod.name, busy_with=33),
-        agent(4, "azp-placeholder-linux-default", online=False, enabled=False),
-        agent(5, "azp-linux-99-zzzzz", online=False),
+        agent(4, "azp-placeholder-eeca0-linux-default", online=False, enabled=False),
+        agent(5, "azp-eeca0-linux-99-zzzzz", online=False),
         agent(6, "build-server-01", online=False),
-        agent(7, "azp-linux-98-yyyyy"),  # online, its Job already gone
+        agent(7, "azp-eeca0-linux-98-yyyyy"),  # online, its Job already gone
     )
     w = world(
         state("linux", agents=agents),

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_builders import NOW, PREFIX
+from plan_builders import NOW, OWNER
 from test_plan_properties import EXAMPLES, configs, worlds
 
 from reconciler import names
@@ -24,7 +24,7 @@ def worlds_with_reservations(draw: st.DrawFn) -> tuple[object, World]:
     world = draw(worlds(cfg))
     states = []
     for state in world.pools:
-        ours = names.agent_prefix(prefix=PREFIX, pool_name=state.name)
+        ours = names.agent_prefix(OWNER, pool_name=state.name)
         pod_names = [p.name for p in world.pods if p.name.startswith(ours)] + [f"{ours}424242-qqqqq"]
         requests = []
         for request in state.requests:

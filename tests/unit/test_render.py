@@ -144,16 +144,21 @@ def test_multi_document_template_refused(tmp_path: Path) -> None:
 
 
 def test_pool_names_always_give_valid_labels() -> None:
-    """We test: spaces, unicode, capitals and 200 characters still give a DNS-1123 slug <= 16 characters."""
+    """We test: spaces, unicode, capitals and 200 characters still give a DNS-1123 slug <= 16 characters; a
+    Job name with the longest prefix, a two-digit shard's tag, any pool and the largest request id still leaves
+    the pod's name a 63-character hostname, and a short pool keeps its readable slug."""
     import re
 
     for name in ["linux", "Linux Pool", "ünïcødé-池", "x" * 200, "placeholder", "a b", "A-B", "---"]:
         slug = names.pool_slug(name)
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", slug) and len(slug) <= 16, (name, slug)
     assert names.pool_slug("Linux Pool") != names.pool_slug("linux-pool")
-    longest = names.request_job_name(prefix="a" * 12, pool_name="x" * 200, request_id=2**63 - 1, generation=99)
-    # The pod adds '-xxxxx' and the pod name is the agent's name and the pod's hostname (63 at most).
-    assert len(longest) + 6 <= 63
+    owner = names.Owner(prefix="a" * 12, release="r" * 53, shard=99)
+    for pool_name in ("x" * 200, "x" * 16, "linux"):
+        longest = names.request_job_name(owner, pool_name=pool_name, request_id=2**63 - 1, generation=99)
+        # The pod adds '-xxxxx' and the pod name is the agent's name and the pod's hostname (63 at most).
+        assert len(longest) + 6 <= 63 and len(longest) <= names.MAX_JOB_NAME, longest
+    assert names.request_job_name(owner, pool_name="linux", request_id=5) == f"{'a' * 12}-{owner.tag}-linux-5"
 
 
 # --- real-world template shapes -------------------------------------------------------------------
