@@ -1,7 +1,8 @@
 """World files and the simulation that joins the two emulators.
 
 A world file (YAML) describes a starting world and what happens in it: pools and their templates,
-agents already registered, job requests arriving over time (with demands and durations),
+agents already registered (`ours: true`: a leftover of the installed release, named as it names its agents,
+the given name being the part after its pool's prefix), job requests arriving over time (with demands and durations),
 cancellations, pods whose agent never comes online, and faults. `Simulation` builds both
 emulators from it, writes the reconciler's configuration, kubeconfig and PAT file, and plays the
 part of the agents: when a pod of an agent image runs in the Kubernetes emulator, a simulated agent
@@ -70,7 +71,7 @@ from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler import container_groups
 from reconciler.config import agent_registration
 from reconciler.errors import ConfigError
-from reconciler.names import AGENT_ID_MESSAGE, Owner, placeholder_name, pool_slug
+from reconciler.names import AGENT_ID_MESSAGE, Owner, agent_prefix, placeholder_name, pool_slug
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
@@ -78,6 +79,8 @@ PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
 JOB_TTL_SECONDS = 30
 NAMESPACE = "azp-agents"
 RELEASE = "azp-agents"
+INSTALLED_OWNER = Owner(prefix="azp", release=RELEASE)
+"""Who names the installed release's agents: the jobNamePrefix and release _write_files configure."""
 AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
 AGENT_VERSION = "4.269.0"
 REGISTER_DELAY = 0.3
@@ -404,6 +407,14 @@ class Metrics:
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _seeded_agent_name(agent: Mapping[str, Any]) -> str:
+    """A world file's agent: `name` as given, or with `ours: true` a leftover of an earlier run of the installed
+    release, named as that release names its agents in the pool (the name then is the part after the prefix)."""
+    if not agent.get("ours"):
+        return str(agent["name"])
+    return f"{agent_prefix(INSTALLED_OWNER, pool_name=agent['pool'])}{agent['name']}"
+
+
 class Simulation:
     """Both emulators, the simulated agents, and the world file's timeline, in one place."""
 
@@ -465,7 +476,7 @@ class Simulation:
         for agent in self.world.agents:
             self.azdo.add_agent(
                 self.pool_ids[agent["pool"]],
-                agent["name"],
+                _seeded_agent_name(agent),
                 enabled=agent.get("enabled", True),
                 status=agent.get("status", "offline"),
                 capabilities=agent.get("capabilities") or {},
@@ -652,7 +663,7 @@ class Simulation:
 
     def installed(self) -> bool:
         """Every template's placeholder is registered: the reconciler has made its first pass."""
-        owner = Owner(prefix="azp", release=RELEASE)  # what _write_files configures
+        owner = INSTALLED_OWNER
         for pool in self.world.pools:
             names = {str(a.get("name")) for a in self.azdo.agents(self.pool_ids[pool["name"]])}
             for template in pool["templates"]:
