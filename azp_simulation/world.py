@@ -539,6 +539,7 @@ class Simulation:
         return self.directory / "kubeconfig"
 
     def _write_files(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         if self.identity is None:
             (self.directory / "pat").write_text(PAT + "\n")
         self.kube.write_kubeconfig(self.kubeconfig_path)
