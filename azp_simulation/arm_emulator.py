@@ -30,12 +30,20 @@ image's (agent_images.py): the container whose command runs start.sh `register` 
 Azure DevOps emulator with the PAT of its token file (a secret volume mounted at AZP_TOKEN_FILE's directory)
 or token variable, config.sh failing (exit 1) on a bad token, organization or pool; the one that runs
 `run` brings it online for one job and exits when the job ends (exit 2 if it sees a token). With
-restartPolicy Never the group is then Succeeded or Failed and stays until deleted. The agent knows only its
-container's image, environment (environmentVariables, value or secureValue) and command.
+restartPolicy Never the group is then Succeeded or Failed and stays until deleted. With Always (the API's
+default), or OnFailure after a non-zero exit, the ended main containers start again after RESTART_DELAY
+(ContainerGroupRestartPolicy in the REST spec; container-instances-restart-policy.md): each container's
+instanceView counts restartCount and keeps the ended state as previousState (ContainerPropertiesInstanceView),
+the group stays Running, and the agent runs again: `run` from the state its emptyDir kept (same registration),
+`once` by registering again with config.sh --replace under the same name, which the Azure DevOps service
+answers by updating the existing agent, same id (azure-pipelines-agent ConfigurationManager: an agent of that
+name is updated when --replace is given). The agent knows only its container's image, environment
+(environmentVariables, value or secureValue) and command.
 
 Not emulated: the generic ARM resources API and Resource Graph, locations/usages, container logs, exec,
-start/stop/restart, the group-level events, creates-per-hour limits (no documented error code), IP
-addresses, and HOSTNAME (set to the group name here; ACI generates one). Entra is only what the credential
+start/stop/restart, the group-level events, ACI's back-off between restarts of a crashing container,
+creates-per-hour limits (no documented error code), IP addresses, and HOSTNAME (set to the group name here;
+ACI generates one). Entra is only what the credential
 above needs (see azp_simulation/entra.py for the full emulator).
 """
 
@@ -67,6 +75,9 @@ API_VERSION = "2023-05-01"
 PROVIDER = "Microsoft.ContainerInstance"
 TOKEN_LIFETIME = 3600
 DEFAULT_START_DELAY = 30.0
+RESTART_DELAY = 5.0
+"""Seconds (x time_scale) from a container's exit to its restart under restartPolicy Always/OnFailure: the
+image is on the host already [inferred; ACI documents no figure]."""
 AGENT_VERSION = "4.269.0"
 
 
@@ -101,6 +112,9 @@ class Group:
     stuck: bool = False
     agent_id: int | None = None
     agent_online: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restart_at: float | None = None
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -118,9 +132,19 @@ class Group:
         )
 
     @property
+    def restart_policy(self) -> str:
+        """restartPolicy, Always when unset (the API's default: container-instances-restart-policy.md)."""
+        return str(self.properties.get("restartPolicy") or "Always")
+
+    def restarts_after(self, exit_code: int) -> bool:
+        """Whether ACI restarts a container that exited with this code: Always, or OnFailure and not 0."""
+        return self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and exit_code != 0)
+
+    @property
     def finished(self) -> bool:
         mains = [self.states.get(c["name"], {}) for c in self.containers()]
-        return self.provisioning == "Failed" or (bool(mains) and all(s.get("state") == "Terminated" for s in mains))
+        ended = bool(mains) and all(s.get("state") == "Terminated" for s in mains) and self.restart_at is None
+        return self.provisioning == "Failed" or ended
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
@@ -417,7 +441,16 @@ class ArmEmulator:
                 ]
                 state, events = group.states.get(container["name"]), group.events.get(container["name"])
                 if state is not None or events:
-                    props["instanceView"] = {"restartCount": 0, "currentState": state or {}, "events": events or []}
+                    props["instanceView"] = {
+                        "restartCount": group.restarts.get(container["name"], 0),
+                        "currentState": state or {},
+                        **(
+                            {"previousState": group.previous[container["name"]]}
+                            if container["name"] in group.previous
+                            else {}
+                        ),
+                        "events": events or [],
+                    }
         for volume in properties.get("volumes") or []:
             if "secret" in volume:
                 volume["secret"] = {}
@@ -439,7 +472,7 @@ class ArmEmulator:
         if group.provisioning != "Succeeded":
             return "Pending" if group.provisioning == "Creating" else "Failed"
         mains = [group.states.get(c["name"], {}) for c in group.containers()]
-        if mains and all(s.get("state") == "Terminated" for s in mains):
+        if group.finished and mains:
             return "Succeeded" if all(s.get("exitCode") == 0 for s in mains) else "Failed"
         return "Running"
 
@@ -525,8 +558,11 @@ class ArmEmulator:
                     and not g.stuck
                     and now >= g.created + self.start_delay * self.time_scale
                 ]
+                restarts = [g for g in self._groups.values() if g.restart_at is not None and now >= g.restart_at]
             for group in due:
                 self._provisioned(group)
+            for group in restarts:
+                self._restart(group)
 
     def _entry(self, container: Mapping[str, Any]) -> agent_images.ImageEntry | None:
         return agent_images.lookup(self.catalogue, str((container.get("properties") or {}).get("image", "")))
@@ -655,13 +691,35 @@ class ArmEmulator:
         self.azdo.agent_online(group.agent_id, once=True)
 
     def _terminate(self, group: Group, exit_code: int) -> None:
-        """The agent's container ended: with it every main container of the group (one agent per group)."""
+        """The agent's container ended: with it every main container of the group (one agent per group). Its
+        restart policy may start them again in RESTART_DELAY."""
         with self._lock:
             group.agent_online = False
             for container in group.containers():
                 if group.states.get(container["name"], {}).get("state") != "Terminated":
                     self._set_state(group, container["name"], "Terminated", exitCode=exit_code,
                                     detail="Completed" if exit_code == 0 else "Error")  # fmt: skip
+            if group.restarts_after(exit_code):
+                group.restart_at = time.time() + RESTART_DELAY * self.time_scale
+
+    def _restart(self, group: Group) -> None:
+        """ACI restarts the group's ended main containers (not its init containers, which ran to completion
+        once [inferred]): restartCount goes up, the ended state becomes previousState, and the container runs
+        its command again: `run` with the agent state its emptyDir kept (the same registration), `once`
+        registering again under the same name (config.sh --replace keeps the agent's id)."""
+        with self._lock:
+            group.restart_at = None
+            if (group.resource_group.lower(), group.name.lower()) not in self._groups:
+                return  # deleted meanwhile
+            for container in group.containers():
+                name = container["name"]
+                group.previous[name] = group.states.get(name, {})
+                group.restarts[name] = group.restarts.get(name, 0) + 1
+                self._set_state(group, name, "Running")
+        roles = {c["name"]: agent_images.roles(c["properties"], self._entry(c)) for c in group.containers()}
+        runner = next((c for c in group.containers() if "run" in (roles[c["name"]] or ())), None)
+        if runner is not None:
+            self._run_agent(group, runner, roles[runner["name"]])
 
     def _agent_exited(self, agent_name: str, exit_code: int) -> None:
         """The Azure DevOps emulator's once-agent finished its job and exited."""

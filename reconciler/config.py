@@ -332,6 +332,26 @@ def _check_group_template(path: Path, *, key: str, source: str, allow_once: bool
         )
 
 
+def _instances(template: Mapping[str, Any], *, key: str, source: str, aci: bool) -> int | None:
+    """A template's `instances` (named container groups that restart after each job): backend aci only, and
+    not with the per-job sizing keys, which it replaces."""
+    instances = template.get("instances")
+    if instances is None:
+        return None
+    if not aci:
+        raise ConfigError(
+            f"{source}: {key}.instances: named instances that restart after each job need backend: aci (a "
+            "Kubernetes Job does not restart after it succeeds): remove it, or keep agents with minIdle/minAgents"
+        )
+    clashing = [k for k in ("minIdle", "minAgents", "standby", "standbyLearn") if k in template]
+    if clashing:
+        raise ConfigError(
+            f"{source}: {key}: instances keeps exactly {instances} agents, so {', '.join(clashing)} cannot apply: "
+            "remove them"
+        )
+    return int(instances)
+
+
 def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None:
     """The `aci` settings when `backend: aci`; a ConfigError naming the key when they are missing."""
     if document.get("backend", "kubernetes") != "aci":
@@ -418,6 +438,9 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     ),
                     arch=template.get("arch"),
                     min_agents=template.get("minAgents", 0),
+                    instances=_instances(
+                        template, key=f"pools[{index}].templates[{t_index}]", source=source, aci=aci is not None
+                    ),
                     placeholder=template.get("placeholder", True),
                     cost=cost,
                 )

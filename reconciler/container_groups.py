@@ -8,7 +8,9 @@ each container `{name, properties: {image, command, environmentVariables: [{name
 resources.requests {cpu, memoryInGB}, volumeMounts}}`. ACI has no `args`: `command` replaces the image's
 ENTRYPOINT and CMD, so a template that sets none runs the image's default (start.sh `once`).
 
-One agent per group, `restartPolicy: Never`: the group ends when its agent's one job ends. The token reaches
+One agent per group, `restartPolicy: Never`: the group ends when its agent's one job ends; a template with
+`instances` has named groups with `restartPolicy: Always` instead, whose agent container ACI restarts after
+each job (a listed group whose ended container will restart reads as Running). The token reaches
 only the container that registers the agent. With an init container `register` (same image, command
 [start.sh, register]) and a main container `agent` ([start.sh, run]) sharing an emptyDir for the agent's
 state, it is a `secret` volume (ACI keeps secret volume contents out of every GET and list) mounted in the
@@ -95,8 +97,8 @@ def check_template(group: Mapping[str, Any], *, where: str) -> None:
         raise ConfigError(f"{where}: properties.containers is missing: a container group needs one container")
     if properties.get("restartPolicy", "Never") != "Never":
         raise ConfigError(
-            f"{where}: properties.restartPolicy is {properties['restartPolicy']!r}: an agent runs one job, "
-            "remove it (the reconciler sets Never)"
+            f"{where}: properties.restartPolicy is {properties['restartPolicy']!r}: remove it; the reconciler sets "
+            "Never (one job per group), or Always for a template with instances"
         )
     if properties.get("osType", "Linux") not in ("Linux", "Windows"):
         raise ConfigError(f"{where}: properties.osType must be Linux or Windows")
@@ -195,7 +197,9 @@ def render_group(
     group.setdefault("location", aci.location)
     group["tags"] = {**(group.get("tags") or {}), **tags}
     properties = group["properties"]
-    properties["restartPolicy"] = "Never"
+    # Named instances restart after each job (ACI restarts every container of the group that exits, whatever
+    # its code, with Always: container-instances-restart-policy); one-job groups end with their agent.
+    properties["restartPolicy"] = "Always" if template.instances else "Never"
     properties.setdefault("osType", "Linux")
     if aci.identity:
         group["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {aci.identity: {}}}
@@ -233,6 +237,16 @@ def _container_state(container: Mapping[str, Any]) -> Mapping[str, Any]:
     return view.get("currentState") or {}
 
 
+def _restarted(properties: Mapping[str, Any], state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A main container's state as the group's life sees it: one that ended and that its restart policy
+    restarts (Always, the ACI default; OnFailure after a non-zero exit) is running again in a moment."""
+    policy = properties.get("restartPolicy") or "Always"
+    ended = state.get("state") == "Terminated"
+    if ended and (policy == "Always" or (policy == "OnFailure" and state.get("exitCode") != 0)):
+        return {**state, "state": "Running"}
+    return state
+
+
 def _phase(group: Mapping[str, Any]) -> tuple[str, str | None, str | None, int | None]:
     """(pod phase, reason, message, failing exit code) of a group, from its provisioning state and the
     instance views of its containers (Waiting, Running, Terminated with an exit code)."""
@@ -240,7 +254,7 @@ def _phase(group: Mapping[str, Any]) -> tuple[str, str | None, str | None, int |
     provisioning = str(properties.get("provisioningState") or "Pending")
     if provisioning == "Failed":
         return "Failed", "ProvisioningFailed", _last_event(group), None
-    states = [_container_state(c) for c in _containers(group, "containers")]
+    states = [_restarted(properties, _container_state(c)) for c in _containers(group, "containers")]
     inits = [_container_state(c) for c in _containers(group, "initContainers")]
     for state in [*inits, *states]:
         code = state.get("exitCode")

@@ -80,6 +80,9 @@ class TemplateConfig:
     arch: str | None = None
     """kubernetes.io/arch its pods select (render.select_arch), None: the template's own nodeSelector."""
     min_agents: int = 0
+    instances: int | None = None
+    """Backend aci: exactly this many named container groups that restart after each job (restartPolicy
+    Always; the agent re-registers under the group's name), None: one group per job (restartPolicy Never)."""
     placeholder: bool = True
     match_any: bool = False
     """No capabilities declared: serve any request, as ado-agent-orchestrator does (no routing)."""

@@ -101,6 +101,11 @@ def standby_job_name(owner: Owner, *, pool_name: str, template: str, slot: int) 
     return f"{agent_prefix(owner, pool_name=pool_name)}{template}-s{slot}"
 
 
+def instance_name(owner: Owner, *, pool_name: str, template: str, index: int) -> str:
+    """Stable name of named instance `index` of a template (`instances`): its container group and agent."""
+    return f"{agent_prefix(owner, pool_name=pool_name)}{template}-i{index}"
+
+
 def agent_prefix(owner: Owner, *, pool_name: str) -> str:
     """Every ephemeral agent this owner starts in this pool has a name that starts with this (the pool slug
     shortened when the prefix and tag leave a request's Job name under MAX_JOB_NAME no room for it)."""

@@ -508,9 +508,11 @@ def _plan_jobs(p: _PoolPass) -> tuple[list[Action], _JobCounts]:
     actions: list[Action] = []
     counts = _JobCounts()
     templates = {t.name: t for t in p.pool.templates}
+    instanced = {t.name for t in p.pool.templates if t.instances}
     for view in p.views:
         if view.terminal:
-            actions.extend(_plan_finished_job(p, view))
+            if view.job.template not in instanced:  # a failed named instance: _plan_instances
+                actions.extend(_plan_finished_job(p, view))
             continue
         counts.pool_active += 1
         template = templates.get(view.job.template)
@@ -573,6 +575,9 @@ def _sizes(
     want: dict[str, int] = {}
     standby: dict[str, int] = {}
     for index, template in enumerate(pool.templates):
+        if template.instances:
+            want[template.name] = standby[template.name] = 0  # _plan_instances keeps their number
+            continue
         active = counts.active[template.name]
         cap = template.max_agents if template.max_agents is not None else pool.max_agents
         room = max(0, cap - len(active) - counts.stuck[template.name])
@@ -752,6 +757,61 @@ def _plan_creates(
     return creates, blocked, held
 
 
+def _plan_instances(
+    p: _PoolPass, counts: _JobCounts, *, backoff: Mapping[str, _Backoff], job_names: set[str]
+) -> list[Action]:
+    """Templates with `instances`: exactly that many groups under stable names (each restarts after its job and
+    its agent re-registers under the same name). A missing one is created; a failed one is deleted once its
+    template's crash backoff is over (the next pass creates it again); one beyond the count goes, drained when
+    its agent is idle online, never while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
+    actions: list[Action] = []
+    for template in p.pool.templates:
+        if not template.instances:
+            continue
+        wanted = [
+            names.instance_name(p.config.owner, pool_name=p.pool.name, template=template.name, index=index)
+            for index in range(template.instances)
+        ]
+        failed = [v for v in p.views if v.terminal and v.job.template == template.name]
+        for view in [*counts.active.get(template.name, []), *failed]:
+            if view.job.name not in wanted:
+                reason = f"beyond the template's {template.instances} instances"
+            elif view.terminal and template.name not in backoff:
+                reason = "a failed named instance, to be created again"
+            else:
+                continue
+            if view.busy:
+                continue
+            if view.agent is not None and view.agent.online and view.running:
+                actions.append(_drain(p.pool, p.state, view, view.agent, reason))
+            else:
+                delete = DeleteJob(
+                    pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason
+                )
+                actions.append(delete)
+        if template.name in backoff:
+            actions.append(_report_backoff(p, template.name, backoff[template.name]))
+            continue
+        for index, name in enumerate(wanted):
+            if name not in job_names:
+                job_names.add(name)
+                actions.append(_create_instance(p, template, name, index))
+    return actions
+
+
+def _create_instance(p: _PoolPass, template: TemplateConfig, name: str, index: int) -> CreateJob:
+    return CreateJob(
+        pool=p.pool.name,
+        template=template.name,
+        namespace=p.pool.namespace,
+        job_name=name,
+        request_id=None,
+        reason=f"named instance {index + 1} of {template.instances}",
+        demands=(),
+        pool_id=p.pool_id,
+    )
+
+
 def _plan_pool(
     config: Config,
     pool: PoolConfig,
@@ -775,6 +835,7 @@ def _plan_pool(
         p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
+    actions.extend(_plan_instances(p, counts, backoff=backoff, job_names=job_names))
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
         actions.extend(
@@ -962,7 +1023,7 @@ def _plan_drains(
     # keeping minIdle idle agents and minAgents agents per template.
     for index, template in enumerate(pool.templates):
         wanted = bool(routed.get(template.name)) or any(router.serves(index, r.demands) for r in queued)
-        if wanted and template.name not in limited:
+        if (wanted and template.name not in limited) or template.instances:
             continue
         # While requests wait on the parallel-job limit one idle agent stays, to take the next free slot.
         drains = _drain_idle(

@@ -34,6 +34,13 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 
 {{/* Cross-field rules of backend: aci the schema cannot express. */}}
 {{- define "azp-agents.checkAci" -}}
+{{- range $pool := .Values.pools -}}
+{{- range $template := $pool.templates -}}
+{{- if and $template.instances (not (include "azp-agents.aci" $)) -}}
+{{- fail (printf "pools: template %q of pool %q sets instances, which needs backend: aci (a Kubernetes Job does not restart after it succeeds): remove it, or keep agents with minIdle/minAgents" $template.name $pool.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if include "azp-agents.aci" . -}}
 {{- $aci := .Values.aci -}}
 {{- range $key := list "subscriptionId" "resourceGroup" "location" -}}

@@ -80,7 +80,7 @@ toYaml so quoting is never hand-made. Secrets are referenced by path, never copi
 {{- if $pool.templates -}}
 {{- $templates := list -}}
 {{- range $template := $pool.templates -}}
-{{- $item := pick $template "name" "capabilities" "arch" "priority" "maxAgents" "minIdle" "standby" "standbyLearn" "minAgents" "placeholder" -}}
+{{- $item := pick $template "name" "capabilities" "arch" "priority" "maxAgents" "minIdle" "standby" "standbyLearn" "minAgents" "placeholder" "instances" -}}
 {{- $_ := set $item "jobTemplate" (include "azp-agents.templatePath" (default $template.name $template.jobTemplate)) -}}
 {{- $templates = append $templates $item -}}
 {{- end -}}

@@ -80,3 +80,13 @@ def test_user_container_group_template_is_passed_through(tmp_path: Path) -> None
 def test_wrong_aci_values_are_refused(aci: dict[str, Any], extra: dict[str, Any], expected: str) -> None:
     """We test: each wrong ACI value fails the install with a message naming the key."""
     assert expected in render_failure(aci_values(**aci) | extra)
+
+
+def test_named_instances_reach_the_config_and_need_aci(tmp_path: Path) -> None:
+    """We test: pools[].templates[].instances reaches the reconciler's config on ACI; with backend kubernetes
+    the install fails naming the template, the pool and the backend it needs."""
+    pools = [{"name": "p", "maxAgents": 4, "templates": [{"name": "linux", "instances": 2}]}]
+    config = load_config(render_chart(aci_values() | {"pools": pools}), tmp_path)
+    assert config.pools[0].templates[0].instances == 2
+    message = render_failure(with_defaults(pools=pools))
+    assert 'template "linux" of pool "p" sets instances, which needs backend: aci' in message

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import PAT, Sim
 
 from azp_simulation.arm_emulator import ArmEmulator
@@ -177,3 +178,34 @@ def test_render_prints_the_group_without_secrets(make_sim: Callable[..., Sim]) -
     assert result.code == 0, result.text
     assert "azp-agents.request-id: '42'" in result.out and "restartPolicy: Never" in result.out
     assert "azp-token" in result.out and PAT not in result.out
+
+
+WINDOWS = {"image": "ghcr.io/azp-agents/agent-windows:4.269.0", "capabilities": {"Agent.OS": "Windows_NT"}}
+
+
+@pytest.mark.parametrize(("layout", "demand"), [({}, "docker"), (WINDOWS, "Agent.OS -equals Windows_NT")])
+def test_named_instances_serve_a_burst_and_stay_n_agents(
+    make_sim: Callable[..., Sim], layout: dict[str, Any], demand: str
+) -> None:
+    """We test: a template with `instances: 2` keeps two container groups under stable names with restartPolicy
+    Always; a burst of 5 jobs is served by them one job per restart (restartCount goes up), and afterwards the
+    pool holds exactly those 2 agents of ours, each name once, both online: no offline pile-up, no third group.
+    Linux groups restart their `run` container on the registration the init container made; a Windows group's
+    one container registers again on each start with --replace (same name, so the same agent)."""
+    world = aci_world()
+    world["pools"][0]["templates"][0] |= {"instances": 2, "placeholder": False, **layout}
+    sim = make_sim(world)
+    sim.queue("linux", 5, demands=(demand,), duration=1)
+    result = sim.reconcile("--loop-for", "20", "--interval", "0.5", "--idle-interval", "1")
+    assert result.code == 0, result.text
+    sim.wait_for(lambda: [r.get("result") for r in sim.requests()] == ["succeeded"] * 5, timeout=20, what="5 served")
+    groups = arm(sim).groups(ACI_RESOURCE_GROUP)
+    names = sorted(g["name"] for g in groups)
+    assert len(names) == 2 and all(re.fullmatch(r"azp-\S+-default-i[01]", n) for n in names), names
+    assert {g["properties"]["restartPolicy"] for g in groups} == {"Always"}
+    restarts = [g["properties"]["containers"][0]["properties"]["instanceView"]["restartCount"] for g in groups]
+    assert sum(restarts) >= 3, restarts  # 5 jobs on 2 groups: at least 3 restarts after a job
+    sim.wait_for(lambda: all(a.get("status") == "online" for a in sim.agents()), timeout=10, what="agents back")
+    ours = sorted(a["name"] for a in sim.agents() if str(a.get("name", "")).startswith("azp-"))
+    assert ours == names
+    assert puts(sim) == 2

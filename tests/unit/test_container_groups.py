@@ -173,9 +173,14 @@ def test_identity_registries_and_subnets_apply_to_every_group() -> None:
 
 
 def listed(
-    *, provisioning: str, states: dict[str, dict[str, Any]], tags: dict[str, str] | None = None
+    *,
+    provisioning: str,
+    states: dict[str, dict[str, Any]],
+    tags: dict[str, str] | None = None,
+    restart_policy: str = "Never",
 ) -> dict[str, Any]:
     group = container_groups.image_template(image=IMAGE)
+    group["properties"]["restartPolicy"] = restart_policy
     for container in [*group["properties"]["initContainers"], *group["properties"]["containers"]]:
         if container["name"] in states:
             container["properties"]["instanceView"] = {"currentState": states[container["name"]], "events": []}
@@ -196,28 +201,54 @@ def listed(
 
 
 @pytest.mark.parametrize(
-    ("provisioning", "states", "phase", "failed", "finished"),
+    ("provisioning", "states", "phase", "failed", "finished", "restart_policy"),
     [
-        ("Creating", {}, "Pending", False, False),
-        ("Succeeded", {"agent": {"state": "Waiting", "detailStatus": "Pulling"}}, "Pending", False, False),
+        ("Creating", {}, "Pending", False, False, "Never"),
+        ("Succeeded", {"agent": {"state": "Waiting", "detailStatus": "Pulling"}}, "Pending", False, False, "Never"),
         (
             "Succeeded",
             {"register": {"state": "Terminated", "exitCode": 0}, "agent": {"state": "Running"}},
             "Running",
             False,
             False,
+            "Never",
         ),
-        ("Succeeded", {"agent": {"state": "Terminated", "exitCode": 0, "finishTime": NOW}}, "Succeeded", False, True),
-        ("Succeeded", {"register": {"state": "Terminated", "exitCode": 1}}, "Failed", True, True),
-        ("Failed", {}, "Failed", True, True),
+        (
+            "Succeeded",
+            {"agent": {"state": "Terminated", "exitCode": 0, "finishTime": NOW}},
+            "Succeeded",
+            False,
+            True,
+            "Never",
+        ),
+        ("Succeeded", {"register": {"state": "Terminated", "exitCode": 1}}, "Failed", True, True, "Never"),
+        ("Failed", {}, "Failed", True, True, "Never"),
+        ("Succeeded", {"agent": {"state": "Terminated", "exitCode": 0}}, "Running", False, False, "Always"),
+        ("Succeeded", {"agent": {"state": "Terminated", "exitCode": 1}}, "Running", False, False, "OnFailure"),
+        (
+            "Succeeded",
+            {"agent": {"state": "Terminated", "exitCode": 0, "finishTime": NOW}},
+            "Succeeded",
+            False,
+            True,
+            "OnFailure",
+        ),
+        ("Failed", {}, "Failed", True, True, "Always"),
     ],
 )
 def test_listed_group_reads_as_job_and_pod(
-    provisioning: str, states: dict[str, dict[str, Any]], phase: str, failed: bool, finished: bool
+    provisioning: str,
+    states: dict[str, dict[str, Any]],
+    phase: str,
+    failed: bool,
+    finished: bool,
+    restart_policy: str,
 ) -> None:
-    """We test: provisioning state and container instance views map to the pod phases the plan knows, the
-    resource group is the namespace, and the request id, pool and template come from the tags."""
-    found = container_groups.workload_from_json(listed(provisioning=provisioning, states=states), owner=OWNER)
+    """We test: provisioning state and container instance views map to the pod phases the plan knows (a
+    container its restart policy restarts is not finished: a named instance between two jobs), the resource
+    group is the namespace, and the request id, pool and template come from the tags."""
+    group = listed(provisioning=provisioning, states=states, restart_policy=restart_policy)
+    found = container_groups.workload_from_json(group, owner=OWNER)
     assert found is not None
     job, pod = found
     assert (pod.phase, job.failed, job.finished is not None) == (phase, failed, finished)
@@ -312,3 +343,46 @@ def test_missing_azure_sdk_is_a_config_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delitem(sys.modules, "reconciler.aci", raising=False)
     with pytest.raises(ConfigError, match=r"backend: aci needs the Azure SDK .*pip install 'azp-agents\[aci\]'"):
         backend.container_instances(aci_config(), Credentials(method="pat", pat="p", source="test"))
+
+
+def test_named_instance_group_restarts_always() -> None:
+    """We test: a template with instances renders its group with restartPolicy Always (ACI restarts the agent
+    container after each job), a one-job template with Never."""
+    config = aci_config()
+    pool = config.pools[0]
+    group_template = container_groups.image_template(image=IMAGE)
+    for instances, policy in ((2, "Always"), (None, "Never")):
+        template = TemplateConfig("default", "group.yaml", instances=instances)
+        group = container_groups.render_group(
+            config=config,
+            pool=pool,
+            template=template,
+            group_template=group_template,
+            name="azp-linux-default-i0",
+            tags={},
+            token="the-pat",
+            read_file=str,
+        )
+        assert group["properties"]["restartPolicy"] == policy
+
+
+@pytest.mark.parametrize(
+    ("backend", "settings", "expected"),
+    [
+        ("kubernetes", {"instances": 2}, r"pools\[0\].templates\[0\].instances: named instances .* need backend: aci"),
+        ("aci", {"instances": 2, "minIdle": 1}, r"pools\[0\].templates\[0\]: instances keeps exactly 2 agents, so "),
+        ("aci", {"instances": 0}, r"instances"),
+    ],
+)
+def test_instances_config_errors(tmp_path: Path, backend: str, settings: dict[str, Any], expected: str) -> None:
+    """We test: `instances` outside backend aci, beside minIdle, or below 1 is refused naming the key."""
+    (tmp_path / "group.yaml").write_text(yaml.safe_dump(container_groups.image_template(image=IMAGE)))
+    document: dict[str, Any] = {
+        "organization": "https://dev.azure.com/contoso",
+        "backend": backend,
+        "pools": [{"name": "linux", "templates": [{"name": "default", "jobTemplate": "group.yaml", **settings}]}],
+    }
+    if backend == "aci":
+        document["aci"] = {"subscriptionId": SUBSCRIPTION, "resourceGroup": "agents", "location": "westeurope"}
+    with pytest.raises(ConfigError, match=expected):
+        config_module.build_config(document, source="cfg", base_dir=tmp_path, check_templates=False)
