@@ -18,6 +18,7 @@ azure-mgmt-containerinstance and an azure-identity credential (the reference's s
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ from azure.identity import (
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from reconciler import container_groups, names
+from reconciler import container_groups, logs, names
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
 from reconciler.errors import (
@@ -57,7 +58,7 @@ from reconciler.errors import (
     PermanentError,
     TransientError,
 )
-from reconciler.model import AciConfig, AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
+from reconciler.model import AciConfig, AgentJob, AgentPod, Config, PoolConfig, RegistryCredential, TemplateConfig
 
 log = logging.getLogger("reconciler.aci")
 # azure-core logs every request and its headers at INFO, azure-identity every token: not our log lines.
@@ -80,6 +81,21 @@ def _read_secret(path: str, *, key: str) -> str:
     if not value:
         raise ConfigError(f"{key}: {path!r} is empty")
     return value
+
+
+def registry_password(registry: RegistryCredential) -> str:
+    """A private registry's password, from its passwordFile or passwordEnv, kept out of every log line."""
+    if registry.password_file:
+        password = _read_secret(registry.password_file, key=f"aci.registries ({registry.server}).passwordFile")
+    else:
+        password = os.environ.get(str(registry.password_env), "").strip()
+        if not password:
+            raise ConfigError(
+                f"aci.registries ({registry.server}).passwordEnv: {registry.password_env} is not set or empty: "
+                "set it to the registry's password"
+            )
+    logs.SECRETS.add(password)
+    return password
 
 
 def credential(aci: AciConfig) -> TokenCredential:
@@ -236,7 +252,7 @@ class ContainerInstances:
             name=job_name,
             tags=tags,
             token=self.token,
-            read_file=lambda path: _read_secret(path, key="aci.registries[].passwordFile"),
+            registry_password=registry_password,
         )
         return {"name": job_name, "resourceGroup": pool.namespace, "body": body}
 

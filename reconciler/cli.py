@@ -489,7 +489,7 @@ def _render_group(
             name=name,
             tags=tags,
             token="<the PAT, from auth.patFile>",
-            read_file=lambda path: f"<the password, from {path}>",
+            registry_password=lambda r: f"<the password, from {r.password_file or '$' + str(r.password_env)}>",
         ),
     }
 

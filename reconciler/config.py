@@ -352,6 +352,29 @@ def _instances(template: Mapping[str, Any], *, key: str, source: str, aci: bool)
     return int(instances)
 
 
+def _registry(raw: Mapping[str, Any], *, key: str) -> RegistryCredential:
+    """One private registry: a managed identity, or a user name and where its password is (one place)."""
+    password_places = [k for k in ("passwordFile", "passwordEnv") if raw.get(k)]
+    if raw.get("username") and len(password_places) != 1:
+        raise ConfigError(
+            f"{key}: username {raw['username']!r} needs its password in passwordFile or passwordEnv (one)"
+        )
+    if password_places and not raw.get("username"):
+        raise ConfigError(f"{key}: {password_places[0]} needs the registry's username beside it")
+    if not raw.get("identity") and not raw.get("username"):
+        raise ConfigError(
+            f"{key}: registry {raw['server']!r} needs identity (a managed identity with AcrPull) or username "
+            "with passwordFile or passwordEnv"
+        )
+    return RegistryCredential(
+        server=raw["server"],
+        identity=raw.get("identity"),
+        username=raw.get("username"),
+        password_file=raw.get("passwordFile"),
+        password_env=raw.get("passwordEnv"),
+    )
+
+
 def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None:
     """The `aci` settings when `backend: aci`; a ConfigError naming the key when they are missing."""
     if document.get("backend", "kubernetes") != "aci":
@@ -374,13 +397,7 @@ def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None
         arm_endpoint=raw.get("armEndpoint", "https://management.azure.com"),
         identity=raw.get("identity"),
         registries=tuple(
-            RegistryCredential(
-                server=r["server"],
-                identity=r.get("identity"),
-                username=r.get("username"),
-                password_file=r.get("passwordFile"),
-            )
-            for r in raw.get("registries", [])
+            _registry(r, key=f"{source}: aci.registries[{index}]") for index, r in enumerate(raw.get("registries", []))
         ),
         subnet_ids=tuple(raw.get("subnetIds", [])),
     )

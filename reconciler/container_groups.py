@@ -34,7 +34,7 @@ import yaml
 from reconciler import names
 from reconciler.errors import ConfigError
 from reconciler.lease import format_time, parse_time
-from reconciler.model import AciConfig, AgentJob, AgentPod, Config, PoolConfig, TemplateConfig
+from reconciler.model import AciConfig, AgentJob, AgentPod, Config, PoolConfig, RegistryCredential, TemplateConfig
 from reconciler.render import OWNED_ENV, TOKEN_DIR, TOKEN_ENV_NAMES, TOKEN_FILE, TOKEN_VOLUME
 
 RESOURCE_TYPE = "Microsoft.ContainerInstance/containerGroups"
@@ -166,15 +166,16 @@ def tags_for(
     return tags
 
 
-def _registries(aci: AciConfig, read_file: Callable[[str], str]) -> list[dict[str, Any]]:
+def _registries(aci: AciConfig, password: Callable[[RegistryCredential], str]) -> list[dict[str, Any]]:
+    """imageRegistryCredentials: {server, identity} or {server, username, password} (ARM never returns it)."""
     credentials = []
     for registry in aci.registries:
         entry: dict[str, Any] = {"server": registry.server}
         if registry.identity:
             entry["identity"] = registry.identity
-        if registry.username and registry.password_file:
+        if registry.username:
             entry["username"] = registry.username
-            entry["password"] = read_file(registry.password_file)
+            entry["password"] = password(registry)
         credentials.append(entry)
     return credentials
 
@@ -188,7 +189,7 @@ def render_group(
     name: str,
     tags: Mapping[str, str],
     token: str,
-    read_file: Callable[[str], str],
+    registry_password: Callable[[RegistryCredential], str],
 ) -> dict[str, Any]:
     """The container group body that runs one agent of `template` (ARM takes its name from the URL)."""
     aci = config.aci
@@ -201,10 +202,13 @@ def render_group(
     # its code, with Always: container-instances-restart-policy); one-job groups end with their agent.
     properties["restartPolicy"] = "Always" if template.instances else "Never"
     properties.setdefault("osType", "Linux")
-    if aci.identity:
-        group["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {aci.identity: {}}}
+    # An identity that pulls images must be one the group runs as (MicrosoftDocs container-instances/
+    # using-azure-container-registry-mi.md): aci.identity and every registry's identity are assigned to the group.
+    identities = [i for i in (aci.identity, *(r.identity for r in aci.registries)) if i]
+    if identities:
+        group["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {i: {} for i in identities}}
     if aci.registries:
-        properties["imageRegistryCredentials"] = _registries(aci, read_file)
+        properties["imageRegistryCredentials"] = _registries(aci, registry_password)
     if aci.subnet_ids:
         properties["subnetIds"] = [{"id": subnet} for subnet in aci.subnet_ids]
     runner, registrar = agent_containers(group, where=f"template {pool.name}/{template.name}")

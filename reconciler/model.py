@@ -122,12 +122,14 @@ class LoopConfig:
 @dataclass(frozen=True)
 class RegistryCredential:
     """How ACI pulls from a private registry: a managed identity (resource id), or a user name whose
-    password is read from a file when the group is created (never kept in the configuration)."""
+    password is read from a file or an environment variable when a group is created (never kept in the
+    configuration)."""
 
     server: str
     identity: str | None = None
     username: str | None = None
     password_file: str | None = None
+    password_env: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,23 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 {{/* Where the reconciler reads a service principal's client secret (credential servicePrincipal). */}}
 {{- define "azp-agents.aciSecretDir" -}}/var/run/secrets/azure{{- end -}}
 
+{{/* Where the reconciler reads private registries' passwords: file <index> for aci.registries[<index>]. */}}
+{{- define "azp-agents.aciRegistryDir" -}}/var/run/secrets/azure-registries{{- end -}}
+
+{{/* The projected volume's sources of aci.registries[].passwordSecret, as a JSON list ([] when none). */}}
+{{- define "azp-agents.aciRegistrySources" -}}
+{{- $sources := list -}}
+{{- if include "azp-agents.aci" . -}}
+{{- range $index, $registry := .Values.aci.registries -}}
+{{- with $registry.passwordSecret -}}
+{{- $item := dict "key" (.key | default "password") "path" (toString $index) -}}
+{{- $sources = append $sources (dict "secret" (dict "name" .name "items" (list $item))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $sources -}}
+{{- end -}}
+
 {{/* The config's `aci` settings (reconciler/config.schema.json), as JSON. */}}
 {{- define "azp-agents.aciConfig" -}}
 {{- $aci := .Values.aci -}}
@@ -20,7 +37,15 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 {{- $_ := set $config $key . -}}
 {{- end -}}
 {{- end -}}
-{{- with $aci.registries -}}
+{{- $registries := list -}}
+{{- range $index, $registry := $aci.registries -}}
+{{- $entry := pick $registry "server" "identity" "username" -}}
+{{- if $registry.passwordSecret -}}
+{{- $_ := set $entry "passwordFile" (printf "%s/%d" (include "azp-agents.aciRegistryDir" $) $index) -}}
+{{- end -}}
+{{- $registries = append $registries $entry -}}
+{{- end -}}
+{{- with $registries -}}
 {{- $_ := set $config "registries" . -}}
 {{- end -}}
 {{- with $aci.subnetIds -}}
@@ -52,8 +77,17 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 {{- fail (printf "aci.subscriptionId: %q is not a subscription id: give the GUID of the subscription (az account show --query id)" $aci.subscriptionId) -}}
 {{- end -}}
 {{- $ids := concat (list $aci.identity) $aci.subnetIds -}}
-{{- range $registry := $aci.registries -}}
+{{- range $index, $registry := $aci.registries -}}
 {{- $ids = append $ids $registry.identity -}}
+{{- if and $registry.username (not ($registry.passwordSecret).name) -}}
+{{- fail (printf "aci.registries[%d]: username %q needs passwordSecret.name (a Secret holding the registry's password; passwordSecret.key defaults to password)" $index $registry.username) -}}
+{{- end -}}
+{{- if and $registry.passwordSecret (not $registry.username) -}}
+{{- fail (printf "aci.registries[%d]: passwordSecret needs the registry's username beside it" $index) -}}
+{{- end -}}
+{{- if not (or $registry.identity $registry.username) -}}
+{{- fail (printf "aci.registries[%d]: registry %q needs identity (a managed identity with AcrPull) or username and passwordSecret" $index $registry.server) -}}
+{{- end -}}
 {{- end -}}
 {{- range $id := $ids -}}
 {{- if and $id (not (hasPrefix "/subscriptions/" $id)) -}}

@@ -414,6 +414,11 @@ containers:
         mountPath: {{ include "azp-agents.aciSecretDir" $root }}
         readOnly: true
       {{- end }}
+      {{- if include "azp-agents.aciRegistrySources" $root | fromJsonArray }}
+      - name: registry-passwords
+        mountPath: {{ include "azp-agents.aciRegistryDir" $root }}
+        readOnly: true
+      {{- end }}
       {{- with concat (include "azp-agents.caVolumeMounts" $root | fromJsonArray) $reconciler.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -463,6 +468,13 @@ volumes:
       items:
         - key: {{ $root.Values.aci.clientSecret.key }}
           path: client-secret
+  {{- end }}
+  {{- with include "azp-agents.aciRegistrySources" $root | fromJsonArray }}
+  - name: registry-passwords
+    projected:
+      defaultMode: 0440
+      sources:
+        {{- toYaml . | nindent 8 }}
   {{- end }}
   {{- with concat (include "azp-agents.caVolumes" $root | fromJsonArray) $reconciler.extraVolumes }}
   {{- toYaml . | nindent 2 }}

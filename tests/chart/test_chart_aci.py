@@ -90,3 +90,43 @@ def test_named_instances_reach_the_config_and_need_aci(tmp_path: Path) -> None:
     assert config.pools[0].templates[0].instances == 2
     message = render_failure(with_defaults(pools=pools))
     assert 'template "linux" of pool "p" sets instances, which needs backend: aci' in message
+
+
+def test_registry_password_is_mounted_from_its_secret_never_in_the_config(tmp_path: Path) -> None:
+    """We test: a registry with a username and passwordSecret gets its Secret's key mounted into the reconciler
+    (a projected volume, file per registry index) and the config names that file; the ConfigMap holds neither
+    the Secret's contents nor a password key; the managed-identity registry beside it is passed as it is."""
+    registries = [
+        {"server": "contoso.azurecr.io", "identity": IDENTITY},
+        {"server": "registry.example.com", "username": "bot", "passwordSecret": {"name": "registry-login"}},
+    ]
+    objects = render_chart(aci_values(registries=registries))
+    config = load_config(objects, tmp_path)
+    assert config.aci is not None
+    assert [(r.server, r.identity, r.username, r.password_file) for r in config.aci.registries] == [
+        ("contoso.azurecr.io", IDENTITY, None, None),
+        ("registry.example.com", None, "bot", "/var/run/secrets/azure-registries/1"),
+    ]
+    pod = only(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "registry-passwords"]
+    assert volume["projected"]["sources"] == [
+        {"secret": {"name": "registry-login", "items": [{"key": "password", "path": "1"}]}}
+    ]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["registry-passwords"] == "/var/run/secrets/azure-registries"
+    configmaps = str([o.get("data") for o in find(objects, "ConfigMap")])
+    assert "registry-login" not in configmaps and "'password'" not in configmaps
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [
+        ({"server": "r.io", "username": "bot"}, 'aci.registries[0]: username "bot" needs passwordSecret.name'),
+        ({"server": "r.io", "passwordSecret": {"name": "s"}}, "aci.registries[0]: passwordSecret needs the registry's"),
+        ({"server": "r.io"}, 'aci.registries[0]: registry "r.io" needs identity'),
+    ],
+)
+def test_incomplete_registry_values_are_refused(registry: dict[str, Any], expected: str) -> None:
+    """We test: a registry with a username but no password Secret, a password Secret but no username, or
+    neither an identity nor a username fails the install naming aci.registries[index]."""
+    assert expected in render_failure(aci_values(registries=[registry]))

@@ -63,7 +63,7 @@ def rendered(config: Config, group: dict[str, Any], *, request_id: int | None = 
         name="azp-linux-7",
         tags=tags,
         token="the-pat",
-        read_file=lambda path: f"password-from-{path}",
+        registry_password=lambda registry: f"password-from-{registry.password_file}",
     )
 
 
@@ -155,7 +155,8 @@ def test_windows_group_gets_the_pat_as_a_secure_value() -> None:
 
 def test_identity_registries_and_subnets_apply_to_every_group() -> None:
     """We test: aci.identity, aci.registries (identity or user name with a password file) and aci.subnetIds
-    are added to every group; a standby group is tagged standby, with no request id."""
+    are added to every group; a standby group is tagged standby, with no request id. A registry's identity
+    that is not aci.identity is assigned to the group too (ACI pulls only with an identity the group has)."""
     registries = (
         RegistryCredential(server="contoso.azurecr.io", identity=IDENTITY),
         RegistryCredential(server="other.io", username="bot", password_file="/secrets/registry"),
@@ -163,6 +164,11 @@ def test_identity_registries_and_subnets_apply_to_every_group() -> None:
     config = aci_config(identity=IDENTITY, registries=registries, subnet_ids=(SUBNET,))
     group = rendered(config, container_groups.image_template(image=IMAGE), request_id=None)
     assert group["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {IDENTITY: {}}}
+    puller = IDENTITY.replace("/p", "/puller")
+    other = aci_config(registries=(RegistryCredential(server="contoso.azurecr.io", identity=puller),))
+    assert rendered(other, container_groups.image_template(image=IMAGE))["identity"]["userAssignedIdentities"] == {
+        puller: {}
+    }
     assert group["properties"]["imageRegistryCredentials"] == [
         {"server": "contoso.azurecr.io", "identity": IDENTITY},
         {"server": "other.io", "username": "bot", "password": "password-from-/secrets/registry"},
@@ -361,7 +367,7 @@ def test_named_instance_group_restarts_always() -> None:
             name="azp-linux-default-i0",
             tags={},
             token="the-pat",
-            read_file=str,
+            registry_password=str,
         )
         assert group["properties"]["restartPolicy"] == policy
 
@@ -384,5 +390,63 @@ def test_instances_config_errors(tmp_path: Path, backend: str, settings: dict[st
     }
     if backend == "aci":
         document["aci"] = {"subscriptionId": SUBSCRIPTION, "resourceGroup": "agents", "location": "westeurope"}
+    with pytest.raises(ConfigError, match=expected):
+        config_module.build_config(document, source="cfg", base_dir=tmp_path, check_templates=False)
+
+
+def test_registry_password_comes_from_its_file_or_variable_and_stays_out_of_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """We test: a registry's password is read from its passwordFile (a mounted Secret) or passwordEnv, lands in
+    the group's imageRegistryCredentials, and is masked in log lines from then on; a variable that is not set
+    is a ConfigError naming the registry and the variable."""
+    from reconciler import aci, logs
+
+    (tmp_path / "password").write_text("file-pass-1\n")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "env-pass-2")
+    registries = (
+        RegistryCredential(server="one.io", username="bot", password_file=str(tmp_path / "password")),
+        RegistryCredential(server="two.io", username="bot", password_env="REGISTRY_PASSWORD"),
+    )
+    config = aci_config(registries=registries)
+    group = container_groups.render_group(
+        config=config,
+        pool=config.pools[0],
+        template=config.pools[0].templates[0],
+        group_template=container_groups.image_template(image=IMAGE),
+        name="g",
+        tags={},
+        token="the-pat",
+        registry_password=aci.registry_password,
+    )
+    assert [(r["server"], r["password"]) for r in group["properties"]["imageRegistryCredentials"]] == [
+        ("one.io", "file-pass-1"),
+        ("two.io", "env-pass-2"),
+    ]
+    assert "file-pass-1" not in logs.SECRETS.scrub("pulled with file-pass-1 and env-pass-2")
+    assert "env-pass-2" not in logs.SECRETS.scrub("pulled with file-pass-1 and env-pass-2")
+    monkeypatch.delenv("REGISTRY_PASSWORD")
+    with pytest.raises(ConfigError, match=r"aci.registries \(two.io\).passwordEnv: REGISTRY_PASSWORD is not set"):
+        aci.registry_password(registries[1])
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [
+        ({"server": "r.io", "username": "bot"}, r"aci.registries\[0\]: username 'bot' needs its password in"),
+        ({"server": "r.io", "passwordEnv": "P"}, r"aci.registries\[0\]: passwordEnv needs the registry's username"),
+        ({"server": "r.io"}, r"registry 'r.io' needs identity \(a managed identity with AcrPull\) or username"),
+    ],
+)
+def test_incomplete_registry_credentials_are_refused(tmp_path: Path, registry: dict[str, Any], expected: str) -> None:
+    """We test: a registry with a user name but no password place, a password place but no user name, or
+    neither a managed identity nor a user name is refused naming the key (never silently dropped)."""
+    document: dict[str, Any] = {
+        "organization": "https://dev.azure.com/contoso",
+        "backend": "aci",
+        "aci": {"subscriptionId": SUBSCRIPTION, "resourceGroup": "agents", "location": "westeurope"},
+        "pools": [{"name": "linux", "jobTemplate": "group.yaml"}],
+    }
+    document["aci"]["registries"] = [registry]
     with pytest.raises(ConfigError, match=expected):
         config_module.build_config(document, source="cfg", base_dir=tmp_path, check_templates=False)
