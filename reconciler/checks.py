@@ -5,7 +5,9 @@ Prints one row per finding and exits 0 when everything passed, 1 otherwise. The 
 used: one row per pool says whether the credential may manage it (a read-only PAT, or an identity
 without the pool's Administrator role, fails), one row per permission in each namespace comes from the
 API server's SelfSubjectAccessReview, and each template's Job is created in a server-side dry run with
-fieldValidation=Strict, so a mistyped field is named before a pass drops it.
+fieldValidation=Strict, so a mistyped field is named before a pass drops it. On ACI (backend aci) a row says
+whether the Azure identity signs in and lists the resource group's container groups, and with a Lease the
+Lease's permissions are asked for as on Kubernetes (no agent namespaces there).
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ Permission = tuple[str, str, str, str, str | None]
 
 
 def required_permissions(config: Config) -> list[Permission]:
-    """Every permission the reconciler uses (rbac.json) with this configuration."""
+    """Every Kubernetes permission the reconciler uses (rbac.json) with this configuration: on ACI only the
+    Lease's (and the standby history's), as its agents are container groups in a resource group."""
     rules = json.loads((Path(__file__).parent / "rbac.json").read_text(encoding="utf-8"))
     wanted: list[Permission] = []
-    for namespace in config.namespaces:
+    for namespace in config.namespaces if config.backend == "kubernetes" else ():
         wanted += _permissions(rules["agentNamespace"], namespace, release=config.release)
     if config.lease_enabled:
         wanted += _permissions(rules["leaseNamespace"], config.lease_namespace, release=config.release)
@@ -245,31 +248,33 @@ def collect(
     finally:
         azdo.close()
     if config.backend == "aci":
-        return [*findings, _aci_finding(config, credentials)]
+        findings.append(_aci_finding(config, credentials))
+    if not required_permissions(config):
+        return findings  # ACI without a Lease (the reconciler run outside a cluster): no Kubernetes to ask
     try:
         kube = Kubernetes(kubeconfig=kubeconfig, retries=1)
     except ReconcilerError as exc:
         return [*findings, Finding("kubernetes", False, str(exc))]
     try:
-        for verb, group, resource, namespace, name in required_permissions(config):
-            label = f"can {verb} {resource}{'.' + group if group else ''}{' ' + name if name else ''} in {namespace}"
-            try:
-                allowed, reason = kube.can_i(verb=verb, resource=resource, group=group, namespace=namespace, name=name)
-            except ReconcilerError as exc:
-                findings.append(Finding(label, False, str(exc)))
-                continue
-            findings.append(
-                Finding(
-                    label,
-                    allowed,
-                    "allowed"
-                    if allowed
-                    else f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role",
-                )
-            )
+        findings += _permission_findings(config, kube)
         findings += _dry_run_findings(kube, jobs)
     finally:
         kube.close()
+    return findings
+
+
+def _permission_findings(config: Config, kube: Kubernetes) -> list[Finding]:
+    """One row per permission the reconciler needs, as the API server answers a SelfSubjectAccessReview."""
+    findings = []
+    for verb, group, resource, namespace, name in required_permissions(config):
+        label = f"can {verb} {resource}{'.' + group if group else ''}{' ' + name if name else ''} in {namespace}"
+        try:
+            allowed, reason = kube.can_i(verb=verb, resource=resource, group=group, namespace=namespace, name=name)
+        except ReconcilerError as exc:
+            findings.append(Finding(label, False, str(exc)))
+            continue
+        denied = f"denied{': ' + reason if reason else ''}: grant it in the reconciler's Role"
+        findings.append(Finding(label, allowed, "allowed" if allowed else denied))
     return findings
 
 

@@ -158,11 +158,14 @@ def test_cleanup_removes_the_release_groups_only(make_sim: Callable[..., Sim]) -
 
 def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Sim]) -> None:
     """We test: `azp-reconciler check` on ACI signs in with the service principal and lists the resource
-    group's container groups; with a wrong client secret it fails, saying the credential was refused."""
+    group's container groups, and asks the API server for the Lease's permissions (not for Jobs or pods: no
+    agent namespaces); with a wrong client secret it fails, saying the credential was refused."""
     sim = make_sim(aci_world(), install=False)
     result = sim.cli("check")
     assert result.code == 0, result.text
     assert re.search(r"container groups in azp-agents\s+ok\s+listed \(0 of this release\)", result.out), result.out
+    assert re.search(r"can update leases.coordination.k8s.io in azp-agents\s+ok\s+allowed", result.out)
+    assert " jobs.batch " not in result.out and "pods in" not in result.out  # no agent namespaces on ACI
     (sim.simulation.directory / "aci-client-secret").write_text("wrong\n")
     failed = sim.cli("check")
     assert failed.code == 1, failed.text
