@@ -1,13 +1,15 @@
 """An Azure Resource Manager emulator for Azure Container Instances, and the agents its containers run.
 
-HTTPS on a loopback port with its own CA (`ca_path`): azure-core's BearerTokenCredentialPolicy refuses a
-bearer token over http. It serves what azure-identity's ClientSecretCredential and azure-mgmt-containerinstance
-use (the reference's section 3; routes and shapes from azure-rest-api-specs specification/containerinstance/
-resource-manager/Microsoft.ContainerInstance/stable/2023-05-01/containerInstance.json and its examples):
+HTTPS on a loopback port with the Entra ID emulator's throwaway CA (`ca_path`, one private CA for the
+simulation's Azure endpoints): azure-core's BearerTokenCredentialPolicy refuses a bearer token over http. It
+serves what azure-mgmt-containerinstance uses (the reference's section 3; routes and shapes from
+azure-rest-api-specs specification/containerinstance/resource-manager/Microsoft.ContainerInstance/stable/
+2023-05-01/containerInstance.json and its examples):
 
-- Entra ID, minimal: GET /{tenant}/v2.0/.well-known/openid-configuration and POST /{tenant}/oauth2/v2.0/token
-  (client_credentials with a registered client id and secret; MSAL's confidential client flow). A token is
-  good for the scope it was issued for, for an hour.
+- Sign-in: every request carries a bearer token that the Entra ID emulator (entra.py, the one token service of
+  the simulation) issued for this endpoint: `start` makes the emulator's base URL a resource of the tenant, as
+  https://management.azure.com/ is, and a token is checked against the tenant's signing key, audience and expiry
+  (what a resource does with the tenant's published keys); otherwise 401 AuthenticationFailed.
 - PUT .../resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups/{name}: 201 with
   provisioningState Creating and an Azure-AsyncOperation header (GET on it: {"status": InProgress|Succeeded|
   Failed}); an existing name is updated (200). Secure values and secret volume contents are never returned.
@@ -43,8 +45,7 @@ name is updated when --replace is given). The agent knows only its container's i
 Not emulated: the generic ARM resources API and Resource Graph, locations/usages, container logs, exec,
 start/stop/restart, the group-level events, ACI's back-off between restarts of a crashing container,
 creates-per-hour limits (no documented error code), IP addresses, and HOSTNAME (set to the group name here;
-ACI generates one). Entra is only what the credential
-above needs (see azp_simulation/entra.py for the full emulator).
+ACI generates one).
 """
 
 from __future__ import annotations
@@ -53,9 +54,6 @@ import base64
 import contextlib
 import fnmatch
 import json
-import secrets
-import ssl
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -69,11 +67,11 @@ from typing import Any
 from azp_simulation import agent_images
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import ApiError
+from azp_simulation.entra import EntraEmulator
 from azp_simulation.kube_support import format_time
 
 API_VERSION = "2023-05-01"
 PROVIDER = "Microsoft.ContainerInstance"
-TOKEN_LIFETIME = 3600
 DEFAULT_START_DELAY = 30.0
 RESTART_DELAY = 5.0
 """Seconds (x time_scale) from a container's exit to its restart under restartPolicy Always/OnFailure: the
@@ -147,22 +145,6 @@ class Group:
         return self.provisioning == "Failed" or ended
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost, made with openssl: (ca, cert, key)."""
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
-
-    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
-    openssl("req", "-x509", *key, "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=arm-ca")
-    openssl("req", *key, "-nodes", "-keyout", "arm.key", "-out", "arm.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "arm.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "arm.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-out", "arm.crt", "-extfile", "arm.ext")  # fmt: skip
-    return directory / "ca.crt", directory / "arm.crt", directory / "arm.key"
-
-
 def _arm_message_quota(quota: str, region: str, limit: float, usage: float, requested: float) -> str:
     return (
         f"Resource type '{PROVIDER}/containerGroups' container group quota '{quota}' exceeded in region "
@@ -171,13 +153,13 @@ def _arm_message_quota(quota: str, region: str, limit: float, usage: float, requ
 
 
 class ArmEmulator:
-    """The ARM and Entra routes above, the container groups of one subscription and their agents."""
+    """The ARM routes above, the container groups of one subscription and their agents."""
 
     def __init__(
         self,
         *,
-        directory: Path,
         subscription: str,
+        entra: EntraEmulator,
         azdo: AzureDevOpsEmulator | None = None,
         organization_url: str = "",
         catalogue: tuple[tuple[str, agent_images.ImageEntry], ...] = agent_images.BUILT_IN,
@@ -187,7 +169,6 @@ class ArmEmulator:
         quotas: Quotas | None = None,
         inaccessible_images: Collection[str] = (),
     ) -> None:
-        self.directory = directory
         self.subscription = subscription
         self.azdo = azdo
         self.organization_url = organization_url
@@ -202,16 +183,14 @@ class ArmEmulator:
         self.fail_provisioning: Callable[[Mapping[str, str]], str | None] = lambda env: None
         """A message when a group with this agent environment ends its provisioning Failed."""
         self.resource_groups: dict[str, str] = {}
-        self.clients: dict[tuple[str, str], str] = {}
         self.calls: list[tuple[str, str, int]] = []
-        self._tokens: dict[str, tuple[str, float]] = {}
         self._groups: dict[tuple[str, str], Group] = {}
         self._operations: dict[str, Group] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: ThreadingHTTPServer | None = None
-        self.ca_path, self._cert, self._key = make_certificate(directory)
+        self.entra = entra
         self.base_url = ""
         if azdo is not None:
             self._next_exit = azdo.on_agent_exit
@@ -222,18 +201,18 @@ class ArmEmulator:
     def add_resource_group(self, name: str, location: str) -> None:
         self.resource_groups[name.lower()] = location
 
-    def add_client(self, tenant: str, client_id: str, secret: str) -> None:
-        """Register a service principal (an app registration with a client secret) in a tenant."""
-        self.clients[(tenant, client_id)] = secret
+    @property
+    def ca_path(self) -> Path:
+        """The CA bundle that trusts this endpoint (a client's REQUESTS_CA_BUNDLE)."""
+        return self.entra.ca.ca_file
 
     def start(self) -> str:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self._cert, self._key)
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.socket = self.entra.ca.server_context().wrap_socket(server.socket, server_side=True)
         self._server = server
         self.base_url = f"https://127.0.0.1:{server.server_address[1]}"
+        self.entra.add_resource(self.base_url)
         for target, name in ((server.serve_forever, "arm-http"), (self._tick_forever, "arm-ticker")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -255,9 +234,7 @@ class ArmEmulator:
             calls = list(self.calls)
         for method, path, _ in calls:
             parts = path.strip("/").split("/")
-            if parts[-1] in ("token", "openid-configuration"):
-                route = f"{method} entra {parts[-1]}"
-            elif len(parts) == 8 and parts[6].lower() == "operations":
+            if len(parts) == 8 and parts[6].lower() == "operations":
                 route = f"{method} operations/{{id}}"
             else:
                 route = f"{method} containerGroups" + ("/{name}" if len(parts) == 8 else "")
@@ -325,46 +302,18 @@ class ArmEmulator:
         parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
         query = dict(urllib.parse.parse_qsl(url.query))
         try:
-            if parts[-1] == "token" or parts[-1] == "openid-configuration":
-                result = self._entra(method, parts, raw)
-            else:
-                self._authenticate(headers)
-                result = self._arm(method, parts, query, raw)
+            self._authenticate(headers)
+            result = self._arm(method, parts, query, raw)
         except ArmError as exc:
             result = (exc.status, {"error": {"code": exc.code, "message": exc.message}}, {})
         with self._lock:
             self.calls.append((method, url.path, result[0]))
         return result
 
-    def _entra(self, method: str, parts: list[str], raw: bytes) -> tuple[int, Any, dict[str, str]]:
-        tenant = parts[0]
-        if method == "GET":
-            base = f"{self.base_url}/{tenant}"
-            return (
-                200,
-                {
-                    "token_endpoint": f"{base}/oauth2/v2.0/token",
-                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-                    "issuer": f"{base}/v2.0",
-                },
-                {},
-            )
-        form = dict(urllib.parse.parse_qsl(raw.decode()))
-        secret = self.clients.get((tenant, form.get("client_id", "")))
-        if form.get("grant_type") != "client_credentials" or secret is None or secret != form.get("client_secret"):
-            # AADSTS7000215: invalid client secret provided (Entra's error for a wrong secret).
-            return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret"}, {}
-        token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._tokens[token] = (form.get("scope", ""), time.monotonic() + TOKEN_LIFETIME)
-        return 200, {"token_type": "Bearer", "expires_in": TOKEN_LIFETIME, "ext_expires_in": TOKEN_LIFETIME,
-                     "access_token": token}, {}  # fmt: skip
-
     def _authenticate(self, headers: Mapping[str, str]) -> None:
         value = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
-        with self._lock:
-            scope, expires = self._tokens.get(value.removeprefix("Bearer "), ("", 0.0))
-        if expires < time.monotonic() or scope.rstrip("/").removesuffix("/.default").rstrip("/") != self.base_url:
+        claims = self.entra.verify_access_token(value.removeprefix("Bearer "), audience=self.base_url)
+        if claims is None or float(claims.get("exp", 0)) <= self.entra.clock():
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "
                            "missing or its token is invalid or expired.")  # fmt: skip
 

@@ -290,6 +290,8 @@ class EntraEmulator(ServedEmulator):
         self.managed: dict[str, AppRegistration] = {}
         """Managed identities assigned to the emulated host, by client id ('' = the system-assigned one)."""
         self.issuers: dict[str, rsa.RSAPublicKey] = {}
+        self.resources: set[str] = {AZURE_DEVOPS_APP_ID}
+        """Resources (application ids or URIs) tokens may be asked for: Azure DevOps, and what add_resource adds."""
         self.issued: list[dict[str, Any]] = []
         """Claims of every access token issued, in order (for tests counting renewals)."""
         self.tokens: list[str] = []
@@ -331,6 +333,11 @@ class EntraEmulator(ServedEmulator):
         with self._lock:
             self.issuers[issuer.issuer] = issuer.key.public_key()
             app.federated.add((issuer.issuer, subject))
+
+    def add_resource(self, resource: str) -> None:
+        """Make a resource known to the tenant (an API others can ask tokens for, e.g. an ARM endpoint)."""
+        with self._lock:
+            self.resources.add(resource)
 
     def assign_managed_identity(self, *, user_assigned: bool = False) -> AppRegistration:
         """A managed identity of the emulated host: system-assigned, or a user-assigned one (used by client id)."""
@@ -451,7 +458,9 @@ class EntraEmulator(ServedEmulator):
             )
         if form.get("grant_type") != "client_credentials":
             raise AadstsError(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
-        resource = _resource_of(form.get("scope", ""))
+        with self._lock:
+            resources = frozenset(self.resources)
+        resource = _resource_of(form.get("scope", ""), resources)
         client_id = form.get("client_id", "")
         with self._lock:
             app = self.apps.get(client_id)
@@ -576,8 +585,8 @@ class EntraEmulator(ServedEmulator):
         return claims
 
 
-def _resource_of(scope: str) -> str:
-    """`{app id}/.default` -> the app id (client_credentials takes only .default scopes)."""
+def _resource_of(scope: str, resources: frozenset[str]) -> str:
+    """`{app id}/.default` -> the app id, one of `resources` (client_credentials takes only .default scopes)."""
     scopes = scope.split()
     defaults = [s for s in scopes if s.endswith("/.default")]
     if len(scopes) != 1 or not defaults:
@@ -589,7 +598,7 @@ def _resource_of(scope: str) -> str:
             "/.default suffixed to the resource identifier (application ID URI).",
         )
     resource = defaults[0].removesuffix("/.default")
-    if resource != AZURE_DEVOPS_APP_ID:
+    if resource not in resources:
         raise AadstsError(
             400,
             "invalid_resource",

@@ -87,8 +87,6 @@ REGISTER_DELAY = 0.3
 ACI_SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
 ACI_RESOURCE_GROUP = "azp-agents"
 ACI_LOCATION = "westeurope"
-ACI_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-ACI_CLIENT_ID = "azp-agents-reconciler"
 ACI_CLIENT_SECRET = "simulated-client-secret-5e1d"
 AUTH_METHODS = ("pat", *KIND_OF_METHOD)
 
@@ -453,6 +451,8 @@ class Simulation:
         self.entra: EntraEmulator | None = None
         self.identity: Identity | None = None
         """The reconciler's Entra ID identity (None: it uses the PAT)."""
+        self.aci_client_id = ""
+        """The app registration the reconciler signs in to ARM with (backend aci)."""
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -498,19 +498,23 @@ class Simulation:
 
     def _use_identity(self, kind: str) -> None:
         """Start the Entra ID emulator and register the reconciler's identity there and in the organization."""
-        self.entra = EntraEmulator(directory=self.directory / "entra")
-        self.entra.start()
         self.identity = register_identity(
-            self.entra, self.azdo, kind, self.directory, pool_ids=tuple(self.pool_ids.values())
+            self._entra(), self.azdo, kind, self.directory, pool_ids=tuple(self.pool_ids.values())
         )
+
+    def _entra(self) -> EntraEmulator:
+        """The world's one Entra ID tenant (its token service signs in to Azure DevOps and to ARM), started once."""
+        if self.entra is None:
+            self.entra = EntraEmulator(directory=self.directory / "entra")
+            self.entra.start()
+        return self.entra
 
     def reconciler_env(self) -> dict[str, str]:
         """What the reconciler's process needs in its environment besides its configuration: its Entra ID
         identity's variables, and the CA bundle that trusts the HTTPS emulators it talks to (Entra ID, ARM)."""
         env = dict(self.identity.env) if self.identity else {}
-        bundles = [Path(env["REQUESTS_CA_BUNDLE"])] if "REQUESTS_CA_BUNDLE" in env else []
-        if self.arm is not None:
-            bundles.append(self.arm.ca_path)
+        trusted = (env.get("REQUESTS_CA_BUNDLE"), self.entra and self.entra.ca.ca_file, self.arm and self.arm.ca_path)
+        bundles = list(dict.fromkeys(Path(b) for b in trusted if b))
         if len(bundles) > 1:
             combined = self.directory / "ca-bundle.pem"
             combined.write_text("".join(b.read_text(encoding="utf-8") for b in bundles), encoding="utf-8")
@@ -596,9 +600,11 @@ class Simulation:
         """The ARM emulator for `backend: aci`, its resource group, a service principal and the world's rules."""
         settings = self.world.aci
         quotas = settings.get("quotas") or {}
+        entra = self._entra()
+        self.aci_client_id = entra.register_app(secret=ACI_CLIENT_SECRET).client_id
         arm = ArmEmulator(
-            directory=self.directory / "arm",
             subscription=ACI_SUBSCRIPTION,
+            entra=entra,
             azdo=self.azdo,
             organization_url=self.organization_url,
             catalogue=self.catalogue,
@@ -611,7 +617,6 @@ class Simulation:
             inaccessible_images=tuple(settings.get("inaccessibleImages") or ()),
         )
         arm.add_resource_group(ACI_RESOURCE_GROUP, ACI_LOCATION)
-        arm.add_client(ACI_TENANT, ACI_CLIENT_ID, ACI_CLIENT_SECRET)
         arm.never_start = lambda env: self._is_stuck(env.get("AZP_POOL", ""))
         failures = tuple(settings.get("failProvisioning") or ())
         started: dict[str, int] = {}
@@ -630,7 +635,7 @@ class Simulation:
     def _aci_config(self) -> dict[str, Any]:
         """The reconciler's `backend: aci` settings for the ARM emulator (HTTPS: the reconciler trusts its CA
         through REQUESTS_CA_BUNDLE, as behind a private CA)."""
-        assert self.arm is not None
+        assert self.arm is not None and self.entra is not None
         secret = self.directory / "aci-client-secret"
         secret.write_text(ACI_CLIENT_SECRET + "\n")
         return {
@@ -640,10 +645,10 @@ class Simulation:
                 "resourceGroup": ACI_RESOURCE_GROUP,
                 "location": ACI_LOCATION,
                 "credential": "servicePrincipal",
-                "tenantId": ACI_TENANT,
-                "clientId": ACI_CLIENT_ID,
+                "tenantId": self.entra.tenant_id,
+                "clientId": self.aci_client_id,
                 "clientSecretFile": str(secret),
-                "authorityHost": self.arm.base_url,
+                "authorityHost": self.entra.authority_host,
                 "armEndpoint": self.arm.base_url,
             },
         }

@@ -1,6 +1,6 @@
 """We test the ARM emulator through the real Azure SDK (azure-identity's ClientSecretCredential and
-azure-mgmt-containerinstance) over HTTPS: the token flow, the long-running create the SDK's ARM poller
-follows, list pages with nextLink, ARM error bodies, quotas and what a GET never shows."""
+azure-mgmt-containerinstance) over HTTPS: tokens from the Entra ID emulator, the long-running create the SDK's
+ARM poller follows, list pages with nextLink, ARM error bodies, quotas and what a GET never shows."""
 
 from __future__ import annotations
 
@@ -15,29 +15,35 @@ from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 from azure.mgmt.containerinstance.models import ContainerGroup
 
 from azp_simulation.arm_emulator import ArmEmulator, Quotas
+from azp_simulation.entra import AZURE_DEVOPS_APP_ID, EntraEmulator
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
-TENANT = "tenant-1"
 IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
 
 
 @pytest.fixture
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEmulator]:
+    entra = EntraEmulator(directory=tmp_path / "entra")
+    entra.start()
     emulator = ArmEmulator(
-        directory=tmp_path / "arm", subscription=SUBSCRIPTION, start_delay=30, time_scale=0.01, page_size=2,
-        quotas=Quotas(container_groups=5, standard_cores=4),
+        subscription=SUBSCRIPTION, entra=entra, start_delay=30, time_scale=0.01,
+        page_size=2, quotas=Quotas(container_groups=5, standard_cores=4),
     )  # fmt: skip
     emulator.add_resource_group("agents", "westeurope")
-    emulator.add_client(TENANT, "app", "secret")
     emulator.start()
-    # The SDK's transport (requests) trusts the emulator's CA as it would a private CA.
+    # The SDK's transport (requests) trusts the emulators' CA as it would a private CA.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.ca_path))
     yield emulator
     emulator.stop()
+    entra.stop()
 
 
 def client(arm: ArmEmulator, secret: str = "secret") -> ContainerInstanceManagementClient:
-    credential = ClientSecretCredential(TENANT, "app", secret, authority=arm.base_url, disable_instance_discovery=True)
+    entra = arm.entra
+    app = next(iter(entra.apps.values()), None) or entra.register_app(secret="secret")
+    credential = ClientSecretCredential(
+        entra.tenant_id, app.client_id, secret, authority=entra.authority_host, disable_instance_discovery=True
+    )
     return ContainerInstanceManagementClient(
         credential, SUBSCRIPTION, base_url=arm.base_url, credential_scopes=[f"{arm.base_url}/.default"]
     )
@@ -123,3 +129,21 @@ def test_quotas_refuse_creates_with_arms_message(arm: ArmEmulator) -> None:
     )
     aci.container_groups.begin_delete("agents", "big", polling=False)
     aci.container_groups.begin_create_or_update("agents", "more", group(cpu=2), polling=False)
+
+
+def test_only_unexpired_entra_tokens_for_arm_are_accepted(arm: ArmEmulator) -> None:
+    """We test: ARM accepts a token the Entra ID emulator issued for ARM's endpoint, and answers 401
+    AuthenticationFailed to one issued for Azure DevOps, to an expired one, and to no token."""
+    entra = arm.entra
+    app = entra.register_app(secret="s")
+    path = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/agents/providers/Microsoft.ContainerInstance/containerGroups"
+
+    def status(token: str) -> int:
+        return arm.handle("GET", f"{path}?api-version=2023-05-01", {"Authorization": f"Bearer {token}"}, b"")[0]
+
+    assert status(entra.access_token(app, arm.base_url)[0]) == 200
+    assert status(entra.access_token(app, AZURE_DEVOPS_APP_ID)[0]) == 401
+    assert status("") == 401
+    entra.token_lifetime = -1
+    refused = arm.handle("GET", path, {"Authorization": f"Bearer {entra.access_token(app, arm.base_url)[0]}"}, b"")
+    assert refused[0] == 401 and refused[1]["error"]["code"] == "AuthenticationFailed"
