@@ -35,6 +35,8 @@ host), adds it to the organization with the Administrator role on every pool, an
 `auth` block and the environment it needs (the CA bundle, the workload identity or App Service variables); no
 PAT file is written. The PAT Secret the chart installs in the agent namespace is there only when the agents
 register themselves with it (agents.registration resolves to token, reconciler.config.agent_registration).
+With `backend: aci` the same Entra ID emulator (started then if no method needed it) holds the reconciler's
+ARM app registration (a client secret): the ARM emulator accepts only that tenant's tokens for its endpoint.
 
 Nodes: a world file may list node pools (`nodes: [{arch: arm64, count: 2}, ...]`, default three amd64
 nodes); the Kubernetes emulator schedules on their kubernetes.io/arch label, so a pod selecting an
