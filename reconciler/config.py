@@ -375,6 +375,16 @@ def _registry(raw: Mapping[str, Any], *, key: str) -> RegistryCredential:
     )
 
 
+def _check_instances_fit(templates: Sequence[TemplateConfig], *, max_agents: int, key: str, source: str) -> None:
+    """A pool's named instances count against its maxAgents like any agent: they must fit in it."""
+    instances = sum(t.instances or 0 for t in templates)
+    if instances > max_agents:
+        raise ConfigError(
+            f"{source}: {key}.maxAgents is {max_agents} but its templates' instances add up to {instances}: "
+            "raise maxAgents or lower instances"
+        )
+
+
 def _aci_config(document: Mapping[str, Any], *, source: str) -> AciConfig | None:
     """The `aci` settings when `backend: aci`; a ConfigError naming the key when they are missing."""
     if document.get("backend", "kubernetes") != "aci":
@@ -462,6 +472,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     cost=cost,
                 )
             )
+        _check_instances_fit(templates, max_agents=pool.get("maxAgents", 10), key=f"pools[{index}]", source=source)
         pools.append(
             PoolConfig(
                 name=pool["name"],

@@ -378,6 +378,7 @@ def test_named_instance_group_restarts_always() -> None:
         ("kubernetes", {"instances": 2}, r"pools\[0\].templates\[0\].instances: named instances .* need backend: aci"),
         ("aci", {"instances": 2, "minIdle": 1}, r"pools\[0\].templates\[0\]: instances keeps exactly 2 agents, so "),
         ("aci", {"instances": 0}, r"instances"),
+        ("aci", {"instances": 11}, r"pools\[0\].maxAgents is 10 but its templates' instances add up to 11"),
     ],
 )
 def test_instances_config_errors(tmp_path: Path, backend: str, settings: dict[str, Any], expected: str) -> None:
