@@ -38,9 +38,10 @@ default), or OnFailure after a non-zero exit, the ended main containers start ag
 instanceView counts restartCount and keeps the ended state as previousState (ContainerPropertiesInstanceView),
 the group stays Running, and the agent runs again: `run` from the state its emptyDir kept (same registration),
 `once` by registering again with config.sh --replace under the same name, which the Azure DevOps service
-answers by updating the existing agent, same id (azure-pipelines-agent ConfigurationManager: an agent of that
-name is updated when --replace is given). The agent knows only its container's image, environment
-(environmentVariables, value or secureValue) and command.
+answers by updating the existing agent, same id (azure-pipelines-agent ConfigurationManager with --replace
+finds the agent of that name and calls ConfigurationProvider.UpdateAgentAsync(poolId, agent), not
+AddAgentAsync). The agent knows only its container's image, environment (environmentVariables, value or
+secureValue) and command.
 
 Not emulated: the generic ARM resources API and Resource Graph, locations/usages, container logs, exec,
 start/stop/restart, the group-level events, ACI's back-off between restarts of a crashing container,
