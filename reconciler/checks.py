@@ -248,7 +248,7 @@ def collect(
     finally:
         azdo.close()
     if config.backend == "aci":
-        findings.append(_aci_finding(config, credentials))
+        findings += [_aci_finding(config, credentials), *registry_findings(config)]
     if not required_permissions(config):
         return findings  # ACI without a Lease (the reconciler run outside a cluster): no Kubernetes to ask
     try:
@@ -294,6 +294,28 @@ def _aci_finding(config: Config, credentials: config_module.Credentials) -> Find
     except ReconcilerError as exc:
         return Finding(label, False, str(exc))
     return Finding(label, True, f"listed ({len(jobs)} of this release)")
+
+
+def registry_findings(config: Config) -> list[Finding]:
+    """backend aci: a row per private registry with a user name, saying whether its password (passwordFile,
+    passwordEnv) can be read, as every create reads it; the password itself is never shown."""
+    try:
+        from reconciler.aci import registry_password
+    except ImportError:
+        return []  # the container groups row already says which package is missing
+
+    assert config.aci is not None
+    findings = []
+    for registry in config.aci.registries:
+        if registry.username:
+            label = f"registry {registry.server} password"
+            try:
+                registry_password(registry)
+            except ReconcilerError as exc:
+                findings.append(Finding(label, False, str(exc)))
+                continue
+            findings.append(Finding(label, True, f"readable (user {registry.username})"))
+    return findings
 
 
 def print_table(findings: list[Finding], stream: TextIO) -> None:

@@ -451,3 +451,22 @@ def test_incomplete_registry_credentials_are_refused(tmp_path: Path, registry: d
     document["aci"]["registries"] = [registry]
     with pytest.raises(ConfigError, match=expected):
         config_module.build_config(document, source="cfg", base_dir=tmp_path, check_templates=False)
+
+
+def test_check_reads_each_registry_password_without_showing_it(tmp_path: Path) -> None:
+    """We test: `check` on ACI has a row per registry with a user name: ok when its password file can be read
+    (the password not in the row), FAILED naming the file when it cannot; a managed-identity registry has none."""
+    from reconciler import checks
+
+    (tmp_path / "password").write_text("s3cret-registry\n")
+    registries = (
+        RegistryCredential(server="acr.io", identity=IDENTITY),
+        RegistryCredential(server="one.io", username="bot", password_file=str(tmp_path / "password")),
+        RegistryCredential(server="two.io", username="bot", password_file=str(tmp_path / "missing")),
+    )
+    findings = checks.registry_findings(aci_config(registries=registries))
+    assert [(f.check, f.ok) for f in findings] == [
+        ("registry one.io password", True),
+        ("registry two.io password", False),
+    ]
+    assert "s3cret-registry" not in str(findings) and "missing" in findings[1].detail
