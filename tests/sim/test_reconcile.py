@@ -31,9 +31,10 @@ def test_max_agents_caps_first_pass_and_all_jobs_get_served(sim: Sim) -> None:
     results = [r.get("result") for r in sim.requests()]
     assert results == ["succeeded"] * 10
     assert sim.azdo.stats.jobs_aborted_by_agent_loss == 0
-    before = len(sim.jobs())
+    before = {j["metadata"]["name"] for j in sim.jobs()}
     again = sim.reconcile()
-    assert again.code == 0 and len(sim.jobs()) == before
+    # Finished Jobs may be gone by now (ttlSecondsAfterFinished on a slow machine): none may be new.
+    assert again.code == 0 and {j["metadata"]["name"] for j in sim.jobs()} <= before
     assert '"created": 0' in again.err or "created=0" in again.err
 
 
