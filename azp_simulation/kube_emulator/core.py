@@ -87,6 +87,8 @@ class KubernetesEmulator(ServedEmulator):
         self._foreign_writes = 0
         self._hooks: list[tuple[PodHook, dict[str, Any]]] = []
         self._pod_counter = 0
+        # Warnings admission adds while the current thread serves a request (routing sets `items`).
+        self._warnings = threading.local()
         self._init_serving()
         node_labels = nodes or {
             f"emulator-node-{index}": {"node.kubernetes.io/instance-type": "standard-16"} for index in (1, 2, 3)
@@ -362,6 +364,8 @@ class KubernetesEmulator(ServedEmulator):
 
     # Admission and validation
     _require_namespace = admission._require_namespace
+    _pod_security = admission._pod_security
+    _take_warnings = admission._take_warnings
 
     # Authentication and RBAC
     _access_review = access._access_review
