@@ -33,8 +33,16 @@ def run(
     return completed
 
 
-def create_namespace(plane: ControlPlane, name: str, level: str = "restricted") -> str:
-    labels = {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn")}
+def pod_security_labels(level: str) -> dict[str, str]:
+    """The Pod Security labels the chart sets on the namespaces it creates (enforce and warn at one level)."""
+    return {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn")}
+
+
+def create_namespace(
+    plane: ControlPlane, name: str, level: str = "restricted", *, labels: dict[str, str] | None = None
+) -> str:
+    """Create a namespace labelled pod_security_labels(level), or with `labels`."""
+    labels = pod_security_labels(level) if labels is None else labels
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
     response = plane.server.session().post(f"{plane.url}/api/v1/namespaces", json=body, timeout=30)
     if response.status_code >= 400:
