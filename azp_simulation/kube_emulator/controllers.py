@@ -96,14 +96,21 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
         _finish_job(self, job, finish, now)
     else:
         wanted = max(0, min(parallelism, completions - len(runtime.succeeded)) - len(active))
-        for _ in range(wanted if now >= runtime.retry_at else 0):
-            created = self._create_job_pod(job, now)
-            if created is None:
-                break
-            active.append(created)
+        active += _create_pods(self, job, wanted if now >= runtime.retry_at else 0, now)
     _job_status(status, runtime, pods=pods, active=active, restarts=restarts)
     if status != before:
         self._touch(job)
+
+
+def _create_pods(self: KubernetesEmulator, job: Mapping[str, Any], wanted: int, now: float) -> list[dict[str, Any]]:
+    """Create up to `wanted` pods of the Job, stopping at the first the API server refuses."""
+    created = []
+    for _ in range(wanted):
+        pod = self._create_job_pod(job, now)
+        if pod is None:
+            break
+        created.append(pod)
+    return created
 
 
 def _count_pods(runtime: _JobRuntime, pods: list[dict[str, Any]]) -> None:
@@ -346,12 +353,20 @@ def _event(
         if key in runtime.events:
             return
         runtime.events.add(key)
-    metadata = involved["metadata"]
-    namespace = metadata.get("namespace") or "default"
+    namespace = involved["metadata"].get("namespace") or "default"
     if ("", namespace) not in self._objects["namespaces"]:
         return
-    now = self.clock()
-    event = {
+    event = _event_object(involved, namespace, reason, message, component=component, warning=warning, now=self.clock())
+    self._touch(event)
+    self._store_object(RESOURCE_BY_PLURAL["events"], event)
+
+
+def _event_object(
+    involved: Mapping[str, Any], namespace: str, reason: str, message: str, *, component: str, warning: bool, now: float
+) -> dict[str, Any]:
+    """A core/v1 Event about `involved` as client-go's event recorder writes it."""
+    metadata = involved["metadata"]
+    return {
         "kind": "Event",
         "apiVersion": "v1",
         "metadata": {
@@ -379,5 +394,3 @@ def _event(
         "reportingComponent": component,
         "reportingInstance": "",
     }
-    self._touch(event)
-    self._store_object(RESOURCE_BY_PLURAL["events"], event)

@@ -326,19 +326,19 @@ class _Handler(FaultingHandler):
             )
         except KubeError as error:
             state.headers.update(error.headers)
-            _add_warnings(state.headers, emulator._take_warnings())
-            self._send_json(error.code, error.status(), state)
-            emulator._deliver_hooks()
-            return
+            status, payload = error.code, error.status()
         _add_warnings(state.headers, emulator._take_warnings())
         emulator._deliver_hooks()
+        self._send_payload(status, payload, state)
+
+    def _send_payload(self, status: int, payload: Any, state: _CallState) -> None:
+        """Answer with plain text (logs), an already serialized list, or JSON."""
         if isinstance(payload, _PlainText):
             self._send_raw(status, str(payload).encode(), "text/plain", state)
-            return
-        if isinstance(payload, _Serialized):
+        elif isinstance(payload, _Serialized):
             self._send_raw(status, payload, "application/json", state)
-            return
-        self._send_json(status, payload, state)
+        else:
+            self._send_json(status, payload, state)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
