@@ -26,8 +26,8 @@ Choices where the real server differs or the emulator simplifies:
 - strategic merge patch knows the merge keys of the fields the reconciler's objects use only;
 - pods get no job-tracking finalizer; a Job counts a pod deleted before finishing as failed;
 - Pod Security admission (`pod_security`) enforces and warns as pod-security-admission v0.35.4 does, but
-  keeps no audit log, has no exemptions, does not warn about existing pods when a Namespace's enforce level
-  is tightened, and the Job controller's repeated FailedCreate events are not aggregated by a recorder;
+  keeps no audit log and has no exemptions, and the Job controller's repeated FailedCreate events are not
+  aggregated by a recorder;
 - privileged containers are allowed (kube-apiserver --allow-privileged=true, as kubeadm, kind and AKS run it).
 
 Deliberate differences from a real kube-apiserver v1.35.4 that tests/realkube/test_differential.py

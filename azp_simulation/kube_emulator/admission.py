@@ -143,7 +143,10 @@ def _pod_security(
     namespace = obj["metadata"].get("namespace")
     found = self._objects["namespaces"].get(("", namespace)) if resource.namespaced else None
     labels = (found or {}).get("metadata", {}).get("labels") or {}
-    warnings = pod_security.admit(resource, obj, old, labels)
+    pods = []
+    if resource.plural == "namespaces" and old is not None:
+        pods = [pod for (where, _), pod in self._objects["pods"].items() if where == obj["metadata"]["name"]]
+    warnings = pod_security.admit(resource, obj, old, labels, pods)
     sink = getattr(self._warnings, "items", None)
     if sink is not None:
         sink.extend(warnings)

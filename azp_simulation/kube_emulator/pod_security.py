@@ -18,17 +18,19 @@ from its sources:
   Jobs) is never refused, it only gets the warn check's Warning, on create and update; the status and
   other subresources are not checked.
 
-Deliberately not emulated: audit (it only annotates the audit log, which the emulator does not keep),
-exemptions (usernames, runtime classes, namespaces: none are configured by default), the warnings of
-a Namespace update that tightens enforce about the pods already there, the size limits of Warning headers,
-and the AppArmor and seccomp annotations the API server turns into fields on pod create.
+A Namespace update that tightens enforce warns about the pods already there that the new level would
+refuse. Deliberately not emulated: audit (it only annotates the audit log, which the emulator does not
+keep), exemptions (usernames, runtime classes, namespaces: none are configured by default), the limits of
+that namespace check (3000 pods, 1 s), the size limits of Warning headers, and the AppArmor and seccomp
+annotations the API server turns into fields on pod create.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -485,15 +487,20 @@ CHECKS = (
 (seLinuxOptions before seccompProfile_baseline)."""
 
 
-def evaluate(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
-    """The aggregated ForbiddenDetail of the pod at a level, None when it passes."""
+def _failures(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(reason, detail) of every check the pod fails at the level, in the registry's order."""
     if level.level == "privileged":
-        return None
+        return []
     minor = level.minor
     active = [c for c in CHECKS if c.since <= minor and (c.level == "baseline" or level.level == "restricted")]
     overridden = {c.overrides for c in active}
     results = [c.run(meta, spec, minor) for c in active if c.id not in overridden]
-    failed = [r for r in results if r is not None]
+    return [r for r in results if r is not None]
+
+
+def evaluate(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
+    """The aggregated ForbiddenDetail of the pod at a level, None when it passes."""
+    failed = _failures(level, meta, spec)
     return ", ".join(f"{reason} ({detail})" if detail else reason for reason, detail in failed) or None
 
 
@@ -542,14 +549,50 @@ def policy(labels: Mapping[str, str]) -> tuple[Policy, list[Cause]]:
 # --- admission (admission/admission.go) -----------------------------------------------------------
 
 
-def check_namespace(namespace: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
-    """ValidateNamespace: invalid labels refuse a create, or an update that changes the errors."""
-    _, causes = policy(namespace["metadata"].get("labels") or {})
-    if not causes:
-        return
-    if old is not None and causes == policy(old["metadata"].get("labels") or {})[1]:
-        return
-    raise invalid(RESOURCE_BY_PLURAL["namespaces"], str(namespace["metadata"]["name"]), causes)
+def check_namespace(
+    namespace: Mapping[str, Any], old: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """ValidateNamespace: invalid labels refuse a create, or an update that changes the errors; an update
+    that tightens enforce warns about the namespace's pods it would refuse (EvaluatePodsInNamespace)."""
+    name = str(namespace["metadata"]["name"])
+    new, causes = policy(namespace["metadata"].get("labels") or {})
+    before, old_causes = policy(old["metadata"].get("labels") or {}) if old is not None else (None, [])
+    if causes and (before is None or causes != old_causes):
+        raise invalid(RESOURCE_BY_PLURAL["namespaces"], name, causes)
+    if before is None or not _tightened(new.enforce, before.enforce):
+        return []
+    return _existing_pod_warnings(name, new.enforce, pods)
+
+
+def _tightened(new: LevelVersion, old: LevelVersion) -> bool:
+    """Whether a new enforce level may refuse pods the old one admitted: not privileged, and stricter or
+    of another version."""
+    if new == old or new.level == "privileged":
+        return False
+    return new.version != old.version or LEVELS.index(new.level) > LEVELS.index(old.level)
+
+
+def _existing_pod_warnings(namespace: str, level: LevelVersion, pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One warning for the namespace, then one per distinct set of failed checks, naming the first pod by
+    name and how many others fail the same way, sorted (decoratePodWarnings)."""
+    first: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for pod in pods:
+        reasons = ", ".join(reason for reason, _ in _failures(level, pod["metadata"], pod.get("spec") or {}))
+        if reasons:
+            counts[reasons] += 1
+            first[reasons] = min(first.get(reasons, pod["metadata"]["name"]), pod["metadata"]["name"])
+    if not counts:
+        return []
+    pod_warnings = sorted(f"{first[r]}{_others(counts[r] - 1)}: {r}" for r in counts)
+    return [
+        f'existing pods in namespace "{namespace}" violate the new PodSecurity enforce level "{level}"',
+        *pod_warnings,
+    ]
+
+
+def _others(count: int) -> str:
+    return "" if count == 0 else " (and 1 other pod)" if count == 1 else f" (and {count} other pods)"
 
 
 def _significant(pod: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
@@ -566,13 +609,16 @@ def _significant(pod: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
 
 
 def admit(
-    resource: Resource, obj: Mapping[str, Any], old: Mapping[str, Any] | None, labels: Mapping[str, str]
+    resource: Resource,
+    obj: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    labels: Mapping[str, str],
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
-    """Pod Security admission of a create (old None) or update of `obj` in a namespace with `labels`:
-    raises 403 for a pod enforce refuses; returns the warnings to send."""
+    """Pod Security admission of a create (old None) or update of `obj` in a namespace with `labels`
+    (a Namespace: with its `pods`): raises 403 for a pod enforce refuses; returns the warnings to send."""
     if resource.plural == "namespaces":
-        check_namespace(obj, old)
-        return []
+        return check_namespace(obj, old, pods)
     if resource.plural not in ("pods", "jobs"):
         return []
     if resource.plural == "pods" and old is not None and not _significant(obj, old):
