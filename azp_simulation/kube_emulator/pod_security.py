@@ -71,9 +71,6 @@ class Policy:
     warn: LevelVersion
 
 
-# --- helpers (policy/helpers.go, policy/visitor.go) ---------------------------------------------
-
-
 def _quote(items: list[str]) -> str:
     return ", ".join(f'"{item}"' for item in items)
 
@@ -113,9 +110,6 @@ def _setters(pod_bad: bool, containers: list[str]) -> list[str]:
 
 def _bad_containers(spec: Mapping[str, Any], bad: Callable[[Mapping[str, Any]], bool]) -> list[str]:
     return [str(c.get("name")) for c in _containers(spec) if bad(_context(c))]
-
-
-# --- baseline checks ------------------------------------------------------------------------------
 
 
 def _app_armor(meta: Mapping[str, Any], spec: Mapping[str, Any], minor: int) -> Result:
@@ -339,9 +333,6 @@ def _windows_host_process(meta: Mapping[str, Any], spec: Mapping[str, Any], mino
     return "hostProcess", f"{' and '.join(setters)} must not set securityContext.windowsOptions.hostProcess=true"
 
 
-# --- restricted checks ----------------------------------------------------------------------------
-
-
 def _privilege_escalation(meta: Mapping[str, Any], spec: Mapping[str, Any], minor: int) -> Result:
     """check_allowPrivilegeEscalation.go: allowPrivilegeEscalation must be set to false."""
     if _windows(spec, minor):
@@ -446,8 +437,6 @@ def _seccomp_restricted(meta: Mapping[str, Any], spec: Mapping[str, Any], minor:
     )
 
 
-# --- the registry (policy/registry.go) ------------------------------------------------------------
-
 Check = Callable[[Mapping[str, Any], Mapping[str, Any], int], Result]
 
 
@@ -504,9 +493,6 @@ def evaluate(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, An
     return ", ".join(f"{reason} ({detail})" if detail else reason for reason, detail in failed) or None
 
 
-# --- namespace labels (api/helpers.go PolicyToEvaluate) -------------------------------------------
-
-
 def _label(labels: Mapping[str, str], mode: str, default: LevelVersion) -> tuple[LevelVersion, list[Cause]]:
     """The level and version one mode's labels set, and the causes of the invalid ones."""
     level, version, causes = default.level, default.version, []
@@ -544,9 +530,6 @@ def policy(labels: Mapping[str, str]) -> tuple[Policy, list[Cause]]:
         version = warn.version if f"{LABEL_PREFIX}warn-version" in labels else enforce.version
         warn = LevelVersion(enforce.level, version)
     return Policy(enforce, warn), causes + audit_causes + warn_causes
-
-
-# --- admission (admission/admission.go) -----------------------------------------------------------
 
 
 def check_namespace(
