@@ -146,7 +146,8 @@ def _pod_security(
     pods = []
     if resource.plural == "namespaces" and old is not None:
         pods = [pod for (where, _), pod in self._objects["pods"].items() if where == obj["metadata"]["name"]]
-    warnings = pod_security.admit(resource, obj, old, labels, pods)
+    server = int(self.validate_version.split(".")[1]) if self.validate_version else pod_security.LATEST_MINOR
+    warnings = pod_security.admit(resource, obj, old, labels, pods, server=server)
     sink = getattr(self._warnings, "items", None)
     if sink is not None:
         sink.extend(warnings)

@@ -53,10 +53,11 @@ class LevelVersion:
     version: str
     """"latest" or "v1.x"."""
 
-    @property
-    def minor(self) -> int:
-        """The minor version whose checks apply (policy/registry.go: newer than known means latest)."""
-        return LATEST_MINOR if self.version == "latest" else min(int(self.version[3:]), LATEST_MINOR)
+    def minor(self, server: int) -> int:
+        """The minor version whose checks apply on a server of minor version `server` (policy/registry.go:
+        latest, or a version newer than the server's or than the checks known, means the server's own)."""
+        known = min(server, LATEST_MINOR)
+        return known if self.version == "latest" else min(int(self.version[3:]), known)
 
     def __str__(self) -> str:
         return f"{self.level}:{self.version}"
@@ -476,20 +477,22 @@ CHECKS = (
 (seLinuxOptions before seccompProfile_baseline)."""
 
 
-def _failures(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _failures(
+    level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any], server: int
+) -> list[tuple[str, str]]:
     """(reason, detail) of every check the pod fails at the level, in the registry's order."""
     if level.level == "privileged":
         return []
-    minor = level.minor
+    minor = level.minor(server)
     active = [c for c in CHECKS if c.since <= minor and (c.level == "baseline" or level.level == "restricted")]
     overridden = {c.overrides for c in active}
     results = [c.run(meta, spec, minor) for c in active if c.id not in overridden]
     return [r for r in results if r is not None]
 
 
-def evaluate(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
+def evaluate(level: LevelVersion, meta: Mapping[str, Any], spec: Mapping[str, Any], server: int) -> str | None:
     """The aggregated ForbiddenDetail of the pod at a level, None when it passes."""
-    failed = _failures(level, meta, spec)
+    failed = _failures(level, meta, spec, server)
     return ", ".join(f"{reason} ({detail})" if detail else reason for reason, detail in failed) or None
 
 
@@ -533,7 +536,7 @@ def policy(labels: Mapping[str, str]) -> tuple[Policy, list[Cause]]:
 
 
 def check_namespace(
-    namespace: Mapping[str, Any], old: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
+    namespace: Mapping[str, Any], old: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], server: int
 ) -> list[str]:
     """ValidateNamespace: invalid labels refuse a create, or an update that changes the errors; an update
     that tightens enforce warns about the namespace's pods it would refuse (EvaluatePodsInNamespace)."""
@@ -544,7 +547,7 @@ def check_namespace(
         raise invalid(RESOURCE_BY_PLURAL["namespaces"], name, causes)
     if before is None or not _tightened(new.enforce, before.enforce):
         return []
-    return _existing_pod_warnings(name, new.enforce, pods)
+    return _existing_pod_warnings(name, new.enforce, pods, server)
 
 
 def _tightened(new: LevelVersion, old: LevelVersion) -> bool:
@@ -555,13 +558,15 @@ def _tightened(new: LevelVersion, old: LevelVersion) -> bool:
     return new.version != old.version or LEVELS.index(new.level) > LEVELS.index(old.level)
 
 
-def _existing_pod_warnings(namespace: str, level: LevelVersion, pods: Sequence[Mapping[str, Any]]) -> list[str]:
+def _existing_pod_warnings(
+    namespace: str, level: LevelVersion, pods: Sequence[Mapping[str, Any]], server: int
+) -> list[str]:
     """One warning for the namespace, then one per distinct set of failed checks, naming the first pod by
     name and how many others fail the same way, sorted (decoratePodWarnings)."""
     first: dict[str, str] = {}
     counts: Counter[str] = Counter()
     for pod in pods:
-        reasons = ", ".join(reason for reason, _ in _failures(level, pod["metadata"], pod.get("spec") or {}))
+        reasons = ", ".join(reason for reason, _ in _failures(level, pod["metadata"], pod.get("spec") or {}, server))
         if reasons:
             counts[reasons] += 1
             first[reasons] = min(first.get(reasons, pod["metadata"]["name"]), pod["metadata"]["name"])
@@ -597,11 +602,14 @@ def admit(
     old: Mapping[str, Any] | None,
     labels: Mapping[str, str],
     pods: Sequence[Mapping[str, Any]] = (),
+    *,
+    server: int = LATEST_MINOR,
 ) -> list[str]:
     """Pod Security admission of a create (old None) or update of `obj` in a namespace with `labels`
-    (a Namespace: with its `pods`): raises 403 for a pod enforce refuses; returns the warnings to send."""
+    (a Namespace: with its `pods`) on a server of minor version `server`: raises 403 for a pod enforce
+    refuses; returns the warnings to send."""
     if resource.plural == "namespaces":
-        return check_namespace(obj, old, pods)
+        return check_namespace(obj, old, pods, server)
     if resource.plural not in ("pods", "jobs"):
         return []
     if resource.plural == "pods" and old is not None and not _significant(obj, old):
@@ -610,12 +618,12 @@ def admit(
     template = obj if resource.plural == "pods" else (obj.get("spec") or {}).get("template") or {}
     meta, spec = template.get("metadata") or {}, template.get("spec") or {}
     if resource.plural == "pods":
-        refused = evaluate(found.enforce, meta, spec)
+        refused = evaluate(found.enforce, meta, spec, server)
         if refused:
             raise KubeError(
                 403,
                 f'pods "{obj["metadata"]["name"]}" is forbidden: violates PodSecurity "{found.enforce}": {refused}',
                 details={"name": obj["metadata"]["name"], "kind": "pods"},
             )
-    warned = evaluate(found.warn, meta, spec)
+    warned = evaluate(found.warn, meta, spec, server)
     return [f'would violate PodSecurity "{found.warn}": {warned}'] if warned else []

@@ -30,7 +30,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def kube(clock: FakeClock) -> Iterator[KubernetesEmulator]:
-    emulator = KubernetesEmulator(clock=clock, auto_tick=False)
+    emulator = KubernetesEmulator(clock=clock, auto_tick=False, validate_version="1.35.0")
     emulator.start()
     try:
         yield emulator
@@ -121,3 +121,21 @@ def test_user_namespaced_pods_may_run_as_root_from_1_35(kube: KubernetesEmulator
         'runAsNonRoot != true (container "main" must not set securityContext.runAsNonRoot=false)'
         in (_post(kube, "/api/v1/namespaces/ns-34/pods", _pod("q", spec)).json()["message"])
     )
+
+
+def test_latest_is_the_servers_own_version() -> None:
+    """We test: `latest` (and a newer pinned version) means the checks of the server's own version: a probe
+    host, refused by baseline from 1.34, passes on an emulated 1.30 server and is refused on 1.35."""
+    spec = {
+        "containers": [{"name": "main", "image": "busybox", "livenessProbe": {"tcpSocket": {"host": "h", "port": 1}}}]
+    }
+    codes = {}
+    for version in ("1.30.0", "1.35.0"):
+        kube = KubernetesEmulator(auto_tick=False, validate_version=version)
+        kube.start()
+        try:
+            kube.add_namespace("b", labels={ENFORCE: "baseline", f"{ENFORCE}-version": "v1.40"})
+            codes[version] = _post(kube, "/api/v1/namespaces/b/pods", _pod("p", spec)).status_code
+        finally:
+            kube.stop()
+    assert codes == {"1.30.0": 201, "1.35.0": 403}

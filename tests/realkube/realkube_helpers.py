@@ -12,6 +12,8 @@ from control_plane import REPO, ControlPlane
 from azp_simulation.kubelet import ServerError
 
 TOOLS_BIN = REPO / ".tools" / "bin"
+SERVER_VERSION = "1.35.4"
+"""The real server's version (scripts/build-kube.sh), which the emulator plays when compared with it."""
 PAT = "realkube-pat-7d1e9c0a4b2f68e35c"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from control_plane import ControlPlane
-from realkube_helpers import api, create_namespace, pod_security_labels
+from realkube_helpers import SERVER_VERSION, api, create_namespace, pod_security_labels
 
 from azp_simulation.kube_emulator import KubernetesEmulator
 
@@ -303,7 +303,7 @@ def _send(session: requests.Session, base: str, step: Step) -> dict[str, Any]:
 
 @pytest.fixture
 def emulator() -> Iterator[KubernetesEmulator]:
-    kube = KubernetesEmulator()
+    kube = KubernetesEmulator(validate_version=SERVER_VERSION)
     kube.start()
     for name, labels in NAMESPACES.items():
         kube.add_namespace(name, labels=labels)

@@ -16,7 +16,7 @@ import requests
 from chart_helpers import REPO, base_values_for, render_chart
 from chart_reconciler import agent_jobs
 from control_plane import ControlPlane
-from realkube_helpers import api, create_namespace, pod_security_labels
+from realkube_helpers import SERVER_VERSION, api, create_namespace, pod_security_labels
 
 from azp_simulation.kube_emulator import KubernetesEmulator
 from azp_simulation.kubelet import ServerError
@@ -90,7 +90,7 @@ def test_emulator_admits_the_chart_pods_like_the_real_server(
         real = (201, "")
     except ServerError as error:
         real = _answer(error.status, str(error).split(": ", 1)[1])
-    kube = KubernetesEmulator(auto_tick=False)
+    kube = KubernetesEmulator(auto_tick=False, validate_version=SERVER_VERSION)
     kube.start()
     try:
         kube.add_namespace("psa", labels=pod_security_labels(level))
