@@ -61,6 +61,17 @@ def default_pod_spec(spec: dict[str, Any], *, restart_policy: str = "Always") ->
             volume["secret"].setdefault("defaultMode", 420)
 
 
+def _default_host_network_ports(spec: dict[str, Any]) -> None:
+    """SetDefaults_Pod (pkg/apis/core/v1/defaults.go, Pods only, not templates): in a host-network pod
+    a port's hostPort defaults to its containerPort."""
+    if spec.get("hostNetwork") is not True:
+        return
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for port in (container.get("ports") or []) if isinstance(container, dict) else []:
+            if isinstance(port, dict) and not port.get("hostPort") and "containerPort" in port:
+                port["hostPort"] = port["containerPort"]
+
+
 def default_object(resource: Resource, obj: dict[str, Any]) -> None:
     """Server-side defaulting of a new object, after metadata (uid, name) is set (in place)."""
     metadata = obj["metadata"]
@@ -82,11 +93,16 @@ def default_object(resource: Resource, obj: dict[str, Any]) -> None:
             labels[key] = uid
         for key in JOB_NAME_LABELS:
             labels[key] = metadata["name"]
+        # SetDefaults_Job (pkg/apis/batch/v1/defaults.go) gives a Job without labels its template's, as the
+        # server answers them: with the selector's labels, defaulted again when read back from storage.
+        if not metadata.get("labels"):
+            metadata["labels"] = dict(labels)
         default_pod_spec(template.setdefault("spec", {}), restart_policy="Always")
         obj["status"] = {}
     elif resource.plural == "pods":
         spec = obj.setdefault("spec", {})
         default_pod_spec(spec)
+        _default_host_network_ports(spec)
         spec.setdefault("serviceAccountName", "default")
         spec.setdefault("serviceAccount", spec["serviceAccountName"])
         spec.setdefault("enableServiceLinks", True)

@@ -180,6 +180,9 @@ class WorldFile:
     """Projects besides the default one ("project"); a pool's `projects` name those with a queue for it."""
     auth_method: str = "pat"
     """How the reconciler authenticates: `auth.method` of its configuration (one of AUTH_METHODS)."""
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    """`namespace_labels`: the labels of the agents' namespace (say the Pod Security labels the chart gives
+    the namespaces it creates); none by default, so Pod Security admits every pod (privileged)."""
 
     @property
     def total_jobs(self) -> int:
@@ -219,6 +222,15 @@ class Nodes:
 
     labels: Mapping[str, Mapping[str, str]]
     taints: Mapping[str, tuple[Mapping[str, str], ...]]
+
+
+def _namespace_labels(raw: Any, where: str) -> dict[str, str]:
+    """`namespace_labels`: a mapping of label names to string values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"{where}: namespace_labels: expected a mapping of label names to strings")
+    return {str(k): v for k, v in raw.items()}
 
 
 def _nodes(raw: Any, where: str) -> Nodes | None:
@@ -320,6 +332,7 @@ def load_world(path: Path) -> WorldFile:
         aci=document.get("aci") or {},
         projects=projects,
         auth_method=auth_method(document.get("auth"), where),
+        namespace_labels=_namespace_labels(document.get("namespace_labels"), where),
     )
 
 
@@ -464,7 +477,7 @@ class Simulation:
         self.organization_url = self.azdo.start(port=azdo_port)
         self.kube_url = self.kube.start(port=kube_port)
         self.azdo.add_pat(PAT, scopes=("vso.agentpools_manage",))
-        self.kube.add_namespace(NAMESPACE)
+        self.kube.add_namespace(NAMESPACE, labels=self.world.namespace_labels)
         if self.agent_registration() != "reconciler":
             # What the chart installs in the agent namespace, unless the reconciler registers the agents.
             self.kube.add_secret(NAMESPACE, f"{RELEASE}-pat", {"pat": PAT})

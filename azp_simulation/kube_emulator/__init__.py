@@ -25,7 +25,10 @@ Choices where the real server differs or the emulator simplifies:
   current objects as ADDED, then changes it sees every 50 ms;
 - strategic merge patch knows the merge keys of the fields the reconciler's objects use only;
 - pods get no job-tracking finalizer; a Job counts a pod deleted before finishing as failed;
-- Pod Security admission is not emulated (the realkube tier, against a real API server, checks it).
+- Pod Security admission (`pod_security`) enforces and warns as pod-security-admission v0.35.4 does, but
+  keeps no audit log and has no exemptions, and the Job controller's repeated FailedCreate events are not
+  aggregated by a recorder;
+- privileged containers are allowed (kube-apiserver --allow-privileged=true, as kubeadm, kind and AKS run it).
 
 Deliberate differences from a real kube-apiserver v1.35.4 that tests/realkube/test_differential.py
 finds (it lists them in KNOWN and fails on any other): the 422 message of a change to an immutable Job
@@ -35,7 +38,8 @@ renderings of Go values, not API).
 
 The package is split by concern: `core` (the cluster object, its state and in-process helpers),
 `routing` (paths, discovery, dispatch, the HTTP handler, watch), `store` (objects, create/update/patch/
-delete, lists), `admission` (namespace checks, field validation, dryRun, warnings), `access` (tokens
+delete, lists), `admission` (namespace checks, field validation, dryRun, warnings), `pod_security` (the
+Pod Security Standards and their admission), `access` (tokens
 and RBAC), `controllers` (Job, TTL, garbage collector, namespaces, Events), `scheduling` (nodes,
 scheduler and kubelet) and `environment` (what a container sees: env, Secret and ConfigMap files).
 """

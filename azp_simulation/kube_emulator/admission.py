@@ -1,5 +1,5 @@
 """Admission and validation of the Kubernetes emulator: namespace checks, `fieldValidation`, request
-options (dryRun) and the warnings the API server adds to a request."""
+options (dryRun), Pod Security admission (pod_security) and the warnings the API server adds to a request."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from azp_simulation.kube_emulator import pod_security
 from azp_simulation.kube_support import (
     RESOURCE_BY_PLURAL,
     Cause,
@@ -132,3 +133,37 @@ def _require_namespace(
                 ],
             },
         )
+
+
+def _pod_security(
+    self: KubernetesEmulator, resource: Resource, obj: Mapping[str, Any], old: Mapping[str, Any] | None
+) -> None:
+    """Pod Security admission of a create (old None) or update, with the labels of the object's namespace;
+    raises 403 for a pod its enforce level refuses; the warnings go to the request's sink (`_warnings`)."""
+    namespace = obj["metadata"].get("namespace")
+    found = self._objects["namespaces"].get(("", namespace)) if resource.namespaced else None
+    labels = (found or {}).get("metadata", {}).get("labels") or {}
+    pods = []
+    if resource.plural == "namespaces" and old is not None:
+        pods = [pod for (where, _), pod in self._objects["pods"].items() if where == obj["metadata"]["name"]]
+    server = int(self.validate_version.split(".")[1]) if self.validate_version else pod_security.LATEST_MINOR
+    warnings = pod_security.admit(resource, obj, old, labels, pods, server=server)
+    sink = getattr(self._warnings, "items", None)
+    if sink is not None:
+        sink.extend(warnings)
+
+
+def _take_warnings(self: KubernetesEmulator) -> list[str]:
+    """The warnings admission added while this thread served its request; stops collecting."""
+    taken: list[str] = getattr(self._warnings, "items", None) or []
+    self._warnings.items = None
+    return taken
+
+
+def _add_warnings(headers: dict[str, str], texts: list[str]) -> None:
+    """Add warnings to a response's Warning header (one `299 - "text"` value each, comma-joined as
+    repeated headers are)."""
+    values = [headers["Warning"]] if headers.get("Warning") else []
+    values += ["299 - " + json.dumps(text) for text in texts]
+    if values:
+        headers["Warning"] = ", ".join(values)

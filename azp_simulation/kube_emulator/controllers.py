@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from azp_simulation.kube_emulator.scheduling import _condition, _PodRuntime
 from azp_simulation.kube_support import (
     RESOURCE_BY_PLURAL,
+    KubeError,
     Resource,
     format_time,
 )
@@ -29,6 +30,9 @@ class _JobRuntime:
     known: set[str] = field(default_factory=set)
     succeeded: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    create_failures: int = 0
+    retry_at: float = 0.0
+    """After a pod create the API server refused, the controller waits until then (_refused_pod)."""
 
 
 def _controller_uid(obj: Mapping[str, Any]) -> str | None:
@@ -92,11 +96,21 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
         _finish_job(self, job, finish, now)
     else:
         wanted = max(0, min(parallelism, completions - len(runtime.succeeded)) - len(active))
-        for _ in range(wanted):
-            active.append(self._create_job_pod(job, now))
+        active += _create_pods(self, job, wanted if now >= runtime.retry_at else 0, now)
     _job_status(status, runtime, pods=pods, active=active, restarts=restarts)
     if status != before:
         self._touch(job)
+
+
+def _create_pods(self: KubernetesEmulator, job: Mapping[str, Any], wanted: int, now: float) -> list[dict[str, Any]]:
+    """Create up to `wanted` pods of the Job, stopping at the first the API server refuses."""
+    created = []
+    for _ in range(wanted):
+        pod = self._create_job_pod(job, now)
+        if pod is None:
+            break
+        created.append(pod)
+    return created
 
 
 def _count_pods(runtime: _JobRuntime, pods: list[dict[str, Any]]) -> None:
@@ -177,7 +191,8 @@ def _pods_of(self: KubernetesEmulator, owner_uid: str) -> list[dict[str, Any]]:
     return [store[key] for key in sorted(self._owned_pods.get(owner_uid, ())) if key in store]
 
 
-def _create_job_pod(self: KubernetesEmulator, job: Mapping[str, Any], now: float) -> dict[str, Any]:
+def _create_job_pod(self: KubernetesEmulator, job: Mapping[str, Any], now: float) -> dict[str, Any] | None:
+    """Create one pod of the Job; None when the API server refused it (see _refused_pod)."""
     template = copy.deepcopy(job["spec"].get("template") or {})
     job_meta = job["metadata"]
     template_meta = template.get("metadata") or {}
@@ -204,9 +219,29 @@ def _create_job_pod(self: KubernetesEmulator, job: Mapping[str, Any], now: float
     }
     if not pod["metadata"]["annotations"]:
         del pod["metadata"]["annotations"]
-    created = self._create(RESOURCE_BY_PLURAL["pods"], job_meta["namespace"], pod, dry_run=False, validate=False)
+    # The controller's own request gets the pod's warnings, not the request that made the Job.
+    client_warnings, self._warnings.items = getattr(self._warnings, "items", None), None
+    try:
+        created = self._create(RESOURCE_BY_PLURAL["pods"], job_meta["namespace"], pod, dry_run=False, validate=False)
+    except KubeError as error:
+        _refused_pod(self, job, error, now)
+        return None
+    finally:
+        self._warnings.items = client_warnings
+    self._jobs[job_meta["uid"]].create_failures = 0
     self._event(job, "SuccessfulCreate", f"Created pod: {created['metadata']['name']}", component="job-controller")
     return self._objects["pods"][(job_meta["namespace"], created["metadata"]["name"])]
+
+
+def _refused_pod(self: KubernetesEmulator, job: Mapping[str, Any], error: KubeError, now: float) -> None:
+    """A pod create the API server refused (Pod Security admission, say): the Warning event
+    FailedCreate `Error creating: <the error>` (k8s.io/kubernetes pkg/controller/controller_utils.go
+    RealPodControl.createPods), and the Job's sync retried after an exponential back-off of 1 s doubling
+    to 1 min (pkg/controller/job/job_controller.go DefaultJobApiBackOff, MaxJobApiBackOff)."""
+    runtime = self._jobs[job["metadata"]["uid"]]
+    runtime.retry_at = now + min(2.0**runtime.create_failures, 60.0)
+    runtime.create_failures += 1
+    self._event(job, "FailedCreate", f"Error creating: {error.message}", component="job-controller", warning=True)
 
 
 def _run_ttl(self: KubernetesEmulator, now: float) -> None:
@@ -318,12 +353,20 @@ def _event(
         if key in runtime.events:
             return
         runtime.events.add(key)
-    metadata = involved["metadata"]
-    namespace = metadata.get("namespace") or "default"
+    namespace = involved["metadata"].get("namespace") or "default"
     if ("", namespace) not in self._objects["namespaces"]:
         return
-    now = self.clock()
-    event = {
+    event = _event_object(involved, namespace, reason, message, component=component, warning=warning, now=self.clock())
+    self._touch(event)
+    self._store_object(RESOURCE_BY_PLURAL["events"], event)
+
+
+def _event_object(
+    involved: Mapping[str, Any], namespace: str, reason: str, message: str, *, component: str, warning: bool, now: float
+) -> dict[str, Any]:
+    """A core/v1 Event about `involved` as client-go's event recorder writes it."""
+    metadata = involved["metadata"]
+    return {
         "kind": "Event",
         "apiVersion": "v1",
         "metadata": {
@@ -351,5 +394,3 @@ def _event(
         "reportingComponent": component,
         "reportingInstance": "",
     }
-    self._touch(event)
-    self._store_object(RESOURCE_BY_PLURAL["events"], event)

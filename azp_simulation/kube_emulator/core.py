@@ -70,10 +70,16 @@ class KubernetesEmulator(ServedEmulator):
         self.auto_tick = auto_tick
         self.hang_seconds = hang_seconds
         self.event_ttl = event_ttl
-        self._event_times: deque[tuple[float, tuple[str, str], str]] = deque()
         self.on_pod_running: PodHook | None = None
         self.on_pod_deleted: PodHook | None = None
         self._random = random.Random(seed)
+        self._init_state()
+        self._init_serving()
+        self._seed_cluster(nodes, node_taints)
+
+    def _init_state(self) -> None:
+        """The cluster's objects and what the controllers and the call log keep."""
+        self._event_times: deque[tuple[float, tuple[str, str], str]] = deque()
         self._lock = threading.RLock()
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r.plural: {} for r in RESOURCES if r.stored}
         self._by_uid: dict[str, tuple[str, tuple[str, str]]] = {}
@@ -87,7 +93,15 @@ class KubernetesEmulator(ServedEmulator):
         self._foreign_writes = 0
         self._hooks: list[tuple[PodHook, dict[str, Any]]] = []
         self._pod_counter = 0
-        self._init_serving()
+        # Warnings admission adds while the current thread serves a request (routing sets `items`).
+        self._warnings = threading.local()
+
+    def _seed_cluster(
+        self,
+        nodes: Mapping[str, Mapping[str, str]] | None,
+        node_taints: Mapping[str, Sequence[Mapping[str, str]]] | None,
+    ) -> None:
+        """The nodes (three standard-16 by default) and the namespaces a new cluster has."""
         node_labels = nodes or {
             f"emulator-node-{index}": {"node.kubernetes.io/instance-type": "standard-16"} for index in (1, 2, 3)
         }
@@ -362,6 +376,8 @@ class KubernetesEmulator(ServedEmulator):
 
     # Admission and validation
     _require_namespace = admission._require_namespace
+    _pod_security = admission._pod_security
+    _take_warnings = admission._take_warnings
 
     # Authentication and RBAC
     _access_review = access._access_review

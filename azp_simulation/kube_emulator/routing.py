@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from azp_simulation.kube_emulator.admission import _delete_warnings, _dry_run, _field_validation
+from azp_simulation.kube_emulator.admission import _add_warnings, _delete_warnings, _dry_run, _field_validation
 from azp_simulation.kube_emulator.store import _foreign
 from azp_simulation.kube_objects import (
     table,
@@ -314,6 +314,7 @@ class _Handler(FaultingHandler):
             if verb == "watch":
                 self._stream_watch(target, query, state)
                 return
+            emulator._warnings.items = []
             status, payload = emulator.dispatch(
                 method,
                 target,
@@ -325,17 +326,19 @@ class _Handler(FaultingHandler):
             )
         except KubeError as error:
             state.headers.update(error.headers)
-            self._send_json(error.code, error.status(), state)
-            emulator._deliver_hooks()
-            return
+            status, payload = error.code, error.status()
+        _add_warnings(state.headers, emulator._take_warnings())
         emulator._deliver_hooks()
+        self._send_payload(status, payload, state)
+
+    def _send_payload(self, status: int, payload: Any, state: _CallState) -> None:
+        """Answer with plain text (logs), an already serialized list, or JSON."""
         if isinstance(payload, _PlainText):
             self._send_raw(status, str(payload).encode(), "text/plain", state)
-            return
-        if isinstance(payload, _Serialized):
+        elif isinstance(payload, _Serialized):
             self._send_raw(status, payload, "application/json", state)
-            return
-        self._send_json(status, payload, state)
+        else:
+            self._send_json(status, payload, state)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

@@ -201,9 +201,7 @@ def _pod_log(self: KubernetesEmulator, pod: Mapping[str, Any], container: str | 
 def _add_node(
     self: KubernetesEmulator, name: str, labels: dict[str, str], index: int, taints: list[dict[str, str]]
 ) -> None:
-    resource = RESOURCE_BY_PLURAL["nodes"]
     now = self.clock()
-    arch = labels.get("kubernetes.io/arch", "amd64")
     node = {
         "kind": "Node",
         "apiVersion": "v1",
@@ -211,45 +209,55 @@ def _add_node(
             "name": name,
             "uid": str(uuid.uuid4()),
             "creationTimestamp": format_time(now),
-            # The kubelet sets kubernetes.io/os and kubernetes.io/arch to its GOOS/GOARCH (and the
-            # deprecated beta.* copies): https://kubernetes.io/docs/reference/labels-annotations-taints/
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": arch,
-                "beta.kubernetes.io/os": labels.get("kubernetes.io/os", "linux"),
-                "beta.kubernetes.io/arch": arch,
-                **labels,
-            },
+            "labels": _node_labels(name, labels),
         },
         "spec": {"podCIDR": f"10.244.{index}.0/24", **({"taints": taints} if taints else {})},
-        "status": {
-            "capacity": {**self.node_capacity, "pods": "110"},
-            "allocatable": {**self.node_capacity, "pods": "110"},
-            "addresses": [
-                {"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
-                {"type": "Hostname", "address": name},
-            ],
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                    "lastHeartbeatTime": format_time(now),
-                    "lastTransitionTime": format_time(now),
-                }
-            ],
-            "nodeInfo": {
-                "kubeletVersion": f"v{self.validate_version}",
-                "operatingSystem": "linux",
-                "architecture": arch,
-                "containerRuntimeVersion": "containerd://1.7.15",
-            },
-        },
+        "status": _node_status(self, name, labels.get("kubernetes.io/arch", "amd64"), index, now),
     }
     self._touch(node)
-    self._store_object(resource, node)
+    self._store_object(RESOURCE_BY_PLURAL["nodes"], node)
+
+
+def _node_labels(name: str, labels: dict[str, str]) -> dict[str, str]:
+    """The kubelet sets kubernetes.io/os and kubernetes.io/arch to its GOOS/GOARCH (and the deprecated
+    beta.* copies): https://kubernetes.io/docs/reference/labels-annotations-taints/"""
+    arch = labels.get("kubernetes.io/arch", "amd64")
+    return {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch,
+        "beta.kubernetes.io/os": labels.get("kubernetes.io/os", "linux"),
+        "beta.kubernetes.io/arch": arch,
+        **labels,
+    }
+
+
+def _node_status(self: KubernetesEmulator, name: str, arch: str, index: int, now: float) -> dict[str, Any]:
+    """A Ready node's status: capacity, addresses and the kubelet's nodeInfo."""
+    return {
+        "capacity": {**self.node_capacity, "pods": "110"},
+        "allocatable": {**self.node_capacity, "pods": "110"},
+        "addresses": [
+            {"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
+            {"type": "Hostname", "address": name},
+        ],
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": format_time(now),
+                "lastTransitionTime": format_time(now),
+            }
+        ],
+        "nodeInfo": {
+            "kubeletVersion": f"v{self.validate_version}",
+            "operatingSystem": "linux",
+            "architecture": arch,
+            "containerRuntimeVersion": "containerd://1.7.15",
+        },
+    }
 
 
 def node_labels(self: KubernetesEmulator, name: str) -> dict[str, str]:

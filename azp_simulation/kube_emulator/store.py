@@ -195,8 +195,6 @@ def _create(
         metadata["name"] = self._generate_name(resource, namespace or "", str(metadata["generateName"]))
     name = metadata["name"]
     self._require_namespace(resource, namespace, creating=True, name=name)
-    if (namespace or "", name) in self._objects[resource.plural]:
-        raise already_exists(resource, name)
     for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation", "selfLink"):
         metadata.pop(key, None)
     now = self.clock()
@@ -206,6 +204,10 @@ def _create(
         metadata["generation"] = 1
     default_object(resource, body)
     normalize_times(resource, body)
+    # Validating admission sees the defaulted object, before storage finds a name taken.
+    self._pod_security(resource, body, None)
+    if (namespace or "", name) in self._objects[resource.plural]:
+        raise already_exists(resource, name)
     # The JSON shape the server returns starts with kind and apiVersion, then metadata.
     obj = {"kind": resource.kind, "apiVersion": resource.api_version, **body}
     if dry_run:
@@ -284,6 +286,7 @@ def _update(
         causes = immutable_causes(resource, current, updated)
         if causes:
             raise invalid(resource, name, causes)
+        self._pod_security(resource, updated, current)
         if updated.get("spec") != current.get("spec") and "generation" in current["metadata"]:
             updated["metadata"]["generation"] = int(current["metadata"]["generation"]) + 1
     updated = {"kind": resource.kind, "apiVersion": resource.api_version, **updated}

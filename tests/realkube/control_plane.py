@@ -156,6 +156,8 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--cert-dir={pki}", "--endpoint-reconciler-type=none", "--v=0",
             f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+            # As kubeadm, kind and AKS run it: privileged containers are left to Pod Security admission.
+            "--allow-privileged=true",
         ])  # fmt: skip
         self.url = f"https://127.0.0.1:{apiserver_port}"
         write_kubeconfig(self.kubeconfig, self.url, pki)

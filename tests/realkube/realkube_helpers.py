@@ -12,6 +12,8 @@ from control_plane import REPO, ControlPlane
 from azp_simulation.kubelet import ServerError
 
 TOOLS_BIN = REPO / ".tools" / "bin"
+SERVER_VERSION = "1.35.4"
+"""The real server's version (scripts/build-kube.sh), which the emulator plays when compared with it."""
 PAT = "realkube-pat-7d1e9c0a4b2f68e35c"
 
 
@@ -33,8 +35,16 @@ def run(
     return completed
 
 
-def create_namespace(plane: ControlPlane, name: str, level: str = "restricted") -> str:
-    labels = {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn")}
+def pod_security_labels(level: str) -> dict[str, str]:
+    """The Pod Security labels the chart sets on the namespaces it creates (enforce and warn at one level)."""
+    return {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn")}
+
+
+def create_namespace(
+    plane: ControlPlane, name: str, level: str = "restricted", *, labels: dict[str, str] | None = None
+) -> str:
+    """Create a namespace labelled pod_security_labels(level), or with `labels`."""
+    labels = pod_security_labels(level) if labels is None else labels
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
     response = plane.server.session().post(f"{plane.url}/api/v1/namespaces", json=body, timeout=30)
     if response.status_code >= 400:

@@ -40,10 +40,25 @@ def _chart_template(values_files: list[Path]) -> dict[str, Any]:
     return job_templates_of(objects)["linux"]
 
 
-def _world(job_template: dict[str, Any], capabilities: dict[str, str]) -> dict[str, Any]:
+def _namespace_labels(values_files: list[Path]) -> dict[str, str]:
+    """The labels the chart gives the agents' namespace it creates (its Pod Security level among them)."""
+    (namespace,) = render_chart(
+        with_defaults(), values_files=values_files, show_only=["templates/agent-namespace.yaml"]
+    )
+    labels: dict[str, str] = namespace["metadata"]["labels"]
+    return labels
+
+
+def _world(job_template: dict[str, Any], capabilities: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+    """One pool of the template, its agents in a namespace with `labels`."""
     template = {"name": "linux", "jobTemplate": job_template, "capabilities": capabilities}
     pool = {**WORLD["pools"][0], "templates": [template]}
-    return {**WORLD, "pools": [pool], "reconciler": {**WORLD["reconciler"], "loopFor": 0}}
+    return {
+        **WORLD,
+        "pools": [pool],
+        "reconciler": {**WORLD["reconciler"], "loopFor": 0},
+        "namespace_labels": labels,
+    }
 
 
 def _serve(sim: Sim, steps: tuple[str, ...], count: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -72,7 +87,9 @@ def test_build_step_finds_the_buildkit_sidecar(make_sim: Any) -> None:
     """We test: with agent.buildkit (the values example), two jobs whose step runs `buildctl build` both
     succeed, each on an agent whose pod has the sidecar and whose agent advertises BUILDKIT_HOST."""
     template = _chart_template([EXAMPLE])
-    sim: Sim = make_sim(_world(template, {"BUILDKIT_HOST": BUILDKIT_HOST}))
+    labels = _namespace_labels([EXAMPLE])
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    sim: Sim = make_sim(_world(template, {"BUILDKIT_HOST": BUILDKIT_HOST}, labels))
     requests, served = _serve(sim, ("buildctl-build",), 2)
     assert [r.get("result") for r in requests] == ["succeeded", "succeeded"], (requests, sim.simulation.step_failures)
     assert sim.simulation.step_failures == {}
@@ -82,15 +99,37 @@ def test_build_step_finds_the_buildkit_sidecar(make_sim: Any) -> None:
         assert seen["init"] == ["register", "buildkitd"]
 
 
-def test_build_step_fails_without_a_builder(make_sim: Any) -> None:
+def test_build_step_fails_without_a_builder(make_sim: Any, tmp_path: Path) -> None:
     """We test: with the chart's default template (no agent.buildkit) the same job fails: buildctl finds no
     daemon at its default address, and the agent reports the step's failure."""
     template = _chart_template([])
-    sim: Sim = make_sim(_world(template, {}))
+    sim: Sim = make_sim(_world(template, {}, _namespace_labels([EXAMPLE, _without_buildkit(tmp_path)])))
     requests, _ = _serve(sim, ("buildctl-build",), 1)
     assert [r.get("result") for r in requests] == ["failed"], requests
     (failure,) = sim.simulation.step_failures.values()
     assert "unix:///run/buildkit/buildkitd.sock: connection refused" in failure
+
+
+def _without_buildkit(directory: Path) -> Path:
+    path = directory / "no-buildkit.yaml"
+    path.write_text(yaml.safe_dump({"agent": {"buildkit": {"enabled": False}}}), encoding="utf-8")
+    return path
+
+
+def test_buildkit_agents_are_refused_where_the_chart_says_restricted(make_sim: Any, tmp_path: Path) -> None:
+    """We test: in a namespace with the labels the chart gives agents without container builds
+    (restricted), Pod Security admission refuses the BuildKit agent pods: no pod, and the Job controller's
+    FailedCreate event names the sidecar's Unconfined seccomp profile."""
+    labels = _namespace_labels([EXAMPLE, _without_buildkit(tmp_path)])
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    sim: Sim = make_sim(_world(_chart_template([EXAMPLE]), {"BUILDKIT_HOST": BUILDKIT_HOST}, labels))
+    sim.azdo.queue_request(sim.pool_ids["linux"], duration=1.0, steps=("buildctl-build",))
+    assert sim.reconcile().code == 0
+    events = [e for e in sim.kube.objects("events", "azp-agents") if e["reason"] == "FailedCreate"]
+    assert events and sim.kube.objects("pods", "azp-agents") == []
+    message = events[0]["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message, message
+    assert 'container "buildkitd" must not set securityContext.seccompProfile.type to "Unconfined"' in message
 
 
 def test_world_files_name_unknown_steps(tmp_path: Path) -> None:
@@ -99,4 +138,12 @@ def test_world_files_name_unknown_steps(tmp_path: Path) -> None:
     path = tmp_path / "world.yaml"
     path.write_text(yaml.safe_dump(world))
     with pytest.raises(ConfigError, match=r"arrivals\[0\]\.steps: 'docker build' .*buildctl-build"):
+        load_world(path)
+
+
+def test_world_files_name_bad_namespace_labels(tmp_path: Path) -> None:
+    """We test: a world file's namespace_labels that are not a mapping of strings are refused by key."""
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump({**WORLD, "namespace_labels": {"pod-security.kubernetes.io/enforce": 1}}))
+    with pytest.raises(ConfigError, match=r"namespace_labels: expected a mapping of label names to strings"):
         load_world(path)
