@@ -82,7 +82,8 @@ def test_render_with_values_prints_the_charts_job_without_anchors(bare: Sim, tmp
     assert result.code == 0, result.text
     assert "&id" not in result.out and "*id" not in result.out
     job = yaml.safe_load(result.out)
-    assert job["metadata"]["name"].startswith("local-windows-")
+    owner = names.Owner(prefix="local", release="ci-agents")
+    assert job["metadata"]["name"].startswith(names.agent_prefix(owner, pool_name="windows"))
     assert job["metadata"]["labels"][names.LABEL_INSTANCE] == "ci-agents"
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "ci-agents-azp-agents-agent"
 
