@@ -19,6 +19,7 @@ from release import Release, install
 
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator
 from azp_simulation.kubelet import Kubelet, SimulatedAgents
+from reconciler import names
 
 RBAC = json.loads((REPO / "reconciler" / "rbac.json").read_text(encoding="utf-8"))
 # What every authenticated user may do (the system:basic-user and system:public-info-viewer roles).
@@ -67,7 +68,8 @@ def test_burst_end_to_end(
     assert len(jobs) >= 6
     assert all(j["status"].get("succeeded") == 1 for j in jobs), [j["status"] for j in jobs]
     assert _ours(azdo, pool_id) == []
-    assert f"azp-placeholder-{pool.lower()}" in " ".join(a["name"] for a in azdo.agents(pool_id)).lower()
+    placeholder = names.placeholder_prefix(names.Owner(prefix="azp", release=release.name), pool_name=pool)
+    assert any(str(a["name"]).lower().startswith(placeholder) for a in azdo.agents(pool_id)), azdo.agents(pool_id)
 
 
 def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str]]:
