@@ -366,7 +366,7 @@ def test_a_retry_after_of_an_hour_on_one_site(world: RichWorld, method: str, rou
     result = rig.reconcile("--deadline", str(DEADLINE))
     RUNS.append(f"retry-after at {method} {route}")
     site = f"{method} {route}"
-    if site in _record(world, "azdo", "status", emulator_kind="status"):
+    if (site, "status") in _faulted(world, "azdo"):
         TRIED.add(("azdo", site, f"retry-after {LONG_RETRY_AFTER}s"))
     assert result.seconds < DEADLINE, result.out
     assert "Traceback" not in result.out
@@ -393,7 +393,7 @@ def test_an_admission_refusal_of_one_create(world: RichWorld, refusal: str, rout
     rig.kube.inject_fault("POST", route, kind="status", status=403, times=PERSISTENT_TIMES, body=body)
     result = rig.reconcile()
     RUNS.append(f"{refusal} at {site}")
-    if key in _record(world, "kube", "status", emulator_kind="status"):
+    if (key, "status") in _faulted(world, "kube"):
         TRIED.add(("kube", key, refusal))
     assert "Traceback" not in result.out
     assert REFUSALS[refusal] in result.out and "grant it in the reconciler's Role" not in result.out, result.out
