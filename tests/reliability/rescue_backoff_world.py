@@ -99,7 +99,7 @@ def build_rescue_backoff_world(directory: Path) -> RescueBackoffWorld:
     rig.azdo.tick()
     reserved = {r["requestId"]: r for r in rig.azdo.requests(rig.pool_id(RESCUE_POOL), unfinished_only=True)}
     assert "receiveTime" not in reserved[held] and (reserved[held].get("reservedAgent") or {}).get("name")
-    rig.forget_lease()  # the next pass lists the agents (what a new run after sweepInterval does)
+    # No stand-in for the agent scan: the finished pod holding a request makes the next pass list the agents.
     rig.azdo.reset_calls()
     rig.kube.reset_calls()
     return RescueBackoffWorld(rig=rig, held=held, waiting=waiting)

@@ -197,7 +197,7 @@ def test_sigkill_after_the_kth_write(world: RichWorld, tmp_path: Path, k: int, l
 
 
 RESCUE_BACKOFF_WRITES: tuple[tuple[str, str, str], ...] = (
-    ("kube", "POST", "leases"),
+    ("kube", "PUT", "leases"),
     # The crash backoff's Warning Event on the crashed Job, then the rescue: the agent holding the request.
     ("kube", "POST", "events"),
     ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
