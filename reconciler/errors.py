@@ -35,6 +35,11 @@ class ForbiddenError(PermanentError):
     credentials the service rejects as a whole are an AuthError."""
 
 
+class AdmissionRefusedError(ForbiddenError):
+    """A 403 from one of the API server's admission plugins, not from authorization: a ResourceQuota's
+    "exceeded quota", a namespace being terminated, a webhook's denial. No Role grant would help."""
+
+
 class ConflictError(PermanentError):
     """The object exists already or changed under us (HTTP 409)."""
 

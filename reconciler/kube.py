@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from reconciler import names
 from reconciler.deadline import Deadline
 from reconciler.errors import (
+    AdmissionRefusedError,
     AuthError,
     ConflictError,
     ForbiddenError,
@@ -248,7 +249,9 @@ class Kubernetes:
                 if status == 401:
                     raise AuthError(f"Kubernetes rejected the credentials ({key}): {message}") from None
                 if status == 403:
-                    raise ForbiddenError(f"Kubernetes forbids {key}: {message}{_forbidden_hint(message)}") from None
+                    hint = _forbidden_hint(message)
+                    refused = ForbiddenError if hint else AdmissionRefusedError
+                    raise refused(f"Kubernetes forbids {key}: {message}{hint}") from None
                 if status == 404:
                     raise NotFoundError(f"{key}: {message}") from None
                 if status == 409:

@@ -448,7 +448,11 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     """Agents of ours holding a request they will never start: Azure DevOps assigned it to an agent whose
     pod has finished (the race of a job given to an exiting `--once` agent) or vanished (evicted) for longer
     than TTL_GRACE, and the agent has not received it. Deleting the agent ends the wait, which would otherwise
-    last until the service gives up on the agent; a listed agent that is online is left alone."""
+    last until the service gives up on the agent. Only a listed agent shown offline is deleted: the service
+    refuses to delete one it still shows online with a job assigned (the exiting agent's last seconds), so
+    without the list nothing is rescued (pools_needing_agents lists a pool whose finished pod holds a request)."""
+    if not p.agents_known:
+        return []
     prefix = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
     pods = {v.pod.name.lower(): v.pod for v in p.views if v.pod is not None}
     # An agent that received a job (the service has not failed it yet) is left to the service.
@@ -467,12 +471,7 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
             continue
         key = name.lower()
         agent = p.agents.get(key)
-        if (
-            not key.startswith(prefix)
-            or key in p.world.pruned
-            or key in started
-            or (agent is not None and agent.online)
-        ):
+        if not key.startswith(prefix) or key in p.world.pruned or key in started or agent is None or agent.online:
             continue
         pod = pods.get(key)
         if pod is None and _age(request.assign_time, p.now) > TTL_GRACE:
@@ -1276,6 +1275,9 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             pod = pods_by_job.get((job.namespace, job.name))
             pod_done = pod is not None and pod.terminal
             if job.done or pod_done:
+                if pod is not None and pod.name.lower() in busy:
+                    needed.add(pool.name)  # a request held by an agent whose pod is done: rescue needs its status
+                    break
                 finished = job.finished or (pod.finished if pod is not None and pod_done else None)
                 known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
                 if not known and (finished is None or finished >= observed):

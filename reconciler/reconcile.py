@@ -29,7 +29,14 @@ from reconciler.azdo import AzureDevOps
 from reconciler.backend import Backend, KubernetesBackend, container_instances
 from reconciler.config import Credentials
 from reconciler.deadline import Deadline
-from reconciler.errors import AuthError, ForbiddenError, NotFoundError, ReconcilerError, TransientError
+from reconciler.errors import (
+    AdmissionRefusedError,
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    ReconcilerError,
+    TransientError,
+)
 from reconciler.lease import (
     ANNOTATION_RUN_UNTIL,
     CLOCK_TOLERANCE,
@@ -404,6 +411,9 @@ class Reconciler:
         namespace = config.lease_namespace
         try:
             return self._acquire(namespace)
+        except AdmissionRefusedError as exc:
+            # A quota or a namespace being deleted: no Role to fix, but no run can work safely without the Lease.
+            raise ReconcilerError(f"the Lease could not be taken: {exc}") from None
         except ForbiddenError as exc:
             # Without the Lease no run can work safely: a Role to fix, not a passing refusal.
             raise AuthError(str(exc)) from None

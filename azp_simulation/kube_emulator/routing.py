@@ -218,6 +218,17 @@ class _CallState:
         )
 
 
+def _admission_name(raw_body: bytes) -> str:
+    """The object's name as an admission plugin's refusal names it: metadata.name, else generateName (names
+    are generated after admission), else "Unknown" (k8s.io/apiserver/pkg/admission/errors.go,
+    extractResourceName)."""
+    try:
+        metadata = json.loads(raw_body or b"{}").get("metadata") or {}
+    except (ValueError, AttributeError):
+        return "Unknown"
+    return str(metadata.get("name") or metadata.get("generateName") or "Unknown")
+
+
 def _call_state(
     method: str, path: str, *, raw_path: str, query: dict[str, str], target: _Target | None, found: bool
 ) -> tuple[_CallState, tuple[str, ...]]:
@@ -269,7 +280,7 @@ class _Handler(FaultingHandler):
         fault = emulator._take_fault(method, names)
         if fault is not None:
             state.fault = fault.kind
-            if self._apply_fault(fault, state):
+            if self._apply_fault(fault, state, raw_body):
                 return
 
         user = emulator.authenticate(self.headers.get("Authorization"))
@@ -361,8 +372,9 @@ class _Handler(FaultingHandler):
             pass
         self.close_connection = True
 
-    def _apply_fault(self, fault: Fault, state: _CallState) -> bool:
-        """Carry out a fault; True when the request is answered (or dropped) by it."""
+    def _apply_fault(self, fault: Fault, state: _CallState, raw_body: bytes) -> bool:
+        """Carry out a fault; True when the request is answered (or dropped) by it. A status body's
+        `{name}` becomes the name admission gives the object (see `_admission_name`)."""
         emulator = self.emulator
         if fault.kind == "delay":
             emulator._stopping.wait(fault.delay)
@@ -371,7 +383,8 @@ class _Handler(FaultingHandler):
             if fault.retry_after is not None:
                 state.headers["Retry-After"] = f"{fault.retry_after:g}"
             if fault.body is not None:
-                self._send_raw(fault.status, fault.body.encode(), "application/json", state)
+                body = fault.body.replace("{name}", _admission_name(raw_body))
+                self._send_raw(fault.status, body.encode(), "application/json", state)
             else:
                 self._send_json(fault.status, injected_status(fault.status), state)
             return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -55,6 +56,44 @@ KUBE_SITES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "configmaps", "GET configmaps", "get configmap"),
     ("POST", "configmaps", "POST configmaps", "create configmap"),
 )
+
+
+# Qualified resource (as an API server's messages name it) and API group of the create sites' objects.
+CREATED_RESOURCES: dict[str, tuple[str, str]] = {
+    "jobs": ("jobs.batch", "batch"),
+    "events": ("events", ""),
+    "leases": ("leases.coordination.k8s.io", "coordination.k8s.io"),
+    "configmaps": ("configmaps", ""),
+}
+
+
+def admission_refusal(resource: str, refusal: str, *, namespace: str = NAMESPACE) -> str:
+    """The body of the 403 an admission plugin answers a create of `resource` (a plural) with, as the API
+    server sends it: admission.NewForbidden (k8s.io/apiserver/pkg/admission/errors.go) names the object by
+    its name or generateName, which the Kubernetes emulator puts for `{name}`. `refusal` is "quota": the
+    ResourceQuota plugin's "exceeded quota" (k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go),
+    or "terminating": the NamespaceLifecycle plugin's refusal with its NamespaceTerminating cause
+    (k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go)."""
+    qualified, group = CREATED_RESOURCES[resource]
+    details: dict[str, Any] = {"name": "{name}", "group": group, "kind": resource}
+    if refusal == "quota":
+        count = f"count/{qualified}"
+        reason = f"exceeded quota: agents, requested: {count}=1, used: {count}=20, limited: {count}=20"
+    else:
+        reason = f"unable to create new content in namespace {namespace} because it is being terminated"
+        cause = {"reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated"}
+        details["causes"] = [{**cause, "field": "metadata.namespace"}]
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'{qualified} "{{name}}" is forbidden: {reason}',
+        "reason": "Forbidden",
+        "details": details,
+        "code": 403,
+    }
+    return json.dumps(status)
 
 
 @dataclass
@@ -387,6 +426,7 @@ __all__ = [
     "Result",
     "RichWorld",
     "Rig",
+    "admission_refusal",
     "build_rich_world",
     "converge",
     "rich_world_converged",

@@ -8,6 +8,11 @@ after its k-th write call, for every k from 1 to the number of writes of the pas
 Then normal passes run while the simulated agents work. Afterwards: no duplicate Jobs, no orphaned
 agent registrations, never more agents than maxAgents, every queued job served, nothing left over.
 
+The write paths a clean rich world never takes get their own world (rescue_backoff_world): the rescue (the
+agent holding a request it will never start is deleted) and the crash backoff (its Warning Event); the
+process is killed before and after each of their writes, which is lost or lands. The cleanup command and
+the removed pool's cleaning have theirs in test_crash_cleanup.py and test_crash_removed_pool.py.
+
 The process is a fork of the test process (a subprocess that needs no fresh interpreter, so the
 28 crash points stay fast); it runs `reconciler.cli.main` exactly as the console script does.
 """
@@ -25,6 +30,7 @@ from typing import Any
 import pytest
 from invariants import leftovers, max_agents_of, violations
 from reliability_support import RichWorld, Rig, build_rich_world, rich_world_converged
+from rescue_backoff_world import RescueBackoffWorld, build_rescue_backoff_world, rescue_backoff_left
 
 from reconciler import cli, names
 
@@ -96,12 +102,14 @@ def _fork_pass(rig: Rig, log: Path) -> int:
     return pid
 
 
-def _hold_write(rig: Rig, index: int, *, landed: bool) -> Callable[[], bool]:
+def _hold_write(
+    rig: Rig, index: int, *, landed: bool, writes: tuple[tuple[str, str, str], ...] = EXPECTED_WRITES
+) -> Callable[[], bool]:
     """Hold the index-th write (0-based) of the pass: dropped unanswered, or carried out late. Returns a
     check that the held write has reached the emulator (its fault was taken)."""
-    target, method, route = EXPECTED_WRITES[index]
+    target, method, route = writes[index]
     emulator = rig.azdo if target == "azdo" else rig.kube
-    earlier = sum(1 for w in EXPECTED_WRITES[:index] if w == EXPECTED_WRITES[index])
+    earlier = sum(1 for w in writes[:index] if w == writes[index])
     if earlier:
         emulator.inject_fault(method, route, kind="delay", delay=0.0, times=earlier)
     held = emulator.inject_fault(method, route, kind="delay" if landed else "timeout", delay=HOLD, times=1)
@@ -188,12 +196,99 @@ def test_sigkill_after_the_kth_write(world: RichWorld, tmp_path: Path, k: int, l
     assert len(placeholders) == len(set(placeholders)) == 3, placeholders
 
 
+RESCUE_BACKOFF_WRITES: tuple[tuple[str, str, str], ...] = (
+    ("kube", "PUT", "leases"),
+    # The crash backoff's Warning Event on the crashed Job, then the rescue: the agent holding the request.
+    ("kube", "POST", "events"),
+    ("azdo", "DELETE", "pools/{poolId}/agents/{agentId}"),
+    # The placeholder takes the capabilities the linux agent reported; then the Lease is released.
+    ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "PUT", "leases"),
+)
+# Kill points: after the write before each of theirs, which is lost or lands (a kill right after it landed
+# leaves the same world as the kill before its answer).
+RESCUE_BACKOFF_KILLS = (1, 2)
+
+
+@pytest.fixture
+def rescue_world(tmp_path: Path) -> Iterator[RescueBackoffWorld]:
+    built = build_rescue_backoff_world(tmp_path / "world")
+    yield built
+    built.rig.simulation.stop()
+
+
+def test_the_rescue_and_backoff_pass_makes_the_expected_writes(rescue_world: RescueBackoffWorld) -> None:
+    """We test the premise of the rescue and backoff crash points: a clean pass makes these writes in this
+    order and reaches the rescued, backed-off state at once."""
+    result = rescue_world.rig.reconcile()
+    assert result.code == 0, result.out
+    assert tuple(_completed_writes(rescue_world.rig)) == RESCUE_BACKOFF_WRITES
+    assert rescue_backoff_left(rescue_world) == [], result.out
+
+
+def _settle_rescue(world: RescueBackoffWorld, *, timeout: float = 10) -> list[str]:
+    """Normal passes, invariants checked after each, until the rescue and the backoff are done; an offline
+    agent left waits for the next agent scan: stand in for it by dropping the Lease (see _settle)."""
+    rig = world.rig
+    limits = max_agents_of(rig.config())
+    deadline = time.monotonic() + timeout
+    left = ["no pass ran"]
+    while time.monotonic() < deadline:
+        result = rig.reconcile()
+        found = violations(rig.simulation, max_agents=limits)
+        assert not found, (found, result.out[-3000:])
+        left = rescue_backoff_left(world)
+        if result.code == 0 and not left:
+            break
+        if left and all("offline agents of ours" in item for item in left):
+            SWEEP_STAND_INS.append(str(left))
+            rig.forget_lease()
+        time.sleep(0.15)
+    return left
+
+
+@pytest.mark.parametrize(
+    ("k", "landed"),
+    [(k, landed) for k in RESCUE_BACKOFF_KILLS for landed in (False, True)],
+    ids=[f"after-write-{k}-{'landed' if landed else 'lost'}" for k in RESCUE_BACKOFF_KILLS for landed in (0, 1)],
+)
+def test_sigkill_around_the_rescue_and_the_backoff(
+    rescue_world: RescueBackoffWorld, tmp_path: Path, k: int, landed: bool
+) -> None:
+    """We test: SIGKILL right after the k-th write of the pass that rescues a held request and backs a
+    crashing template off, the next write lost or landed; then normal passes: the held request ends, the
+    exited agent is gone, no Job of the crashing template is made before its backoff ends and its request
+    is served after, the backoff is reported, no invariant broken."""
+    rig = rescue_world.rig
+    held = _hold_write(rig, k, landed=landed, writes=RESCUE_BACKOFF_WRITES)
+    pid = _fork_pass(rig, tmp_path / "killed-run.log")
+    try:
+        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
+        rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    CRASH_POINTS.append((k, f"rescue-backoff {'landed' if landed else 'lost'}"))
+    assert tuple(_completed_writes(rig)[:k]) == RESCUE_BACKOFF_WRITES[:k]
+    time.sleep(HOLD + 0.2)  # the held write is dropped or carried out
+    rig.azdo.clear_faults()
+    rig.kube.clear_faults()
+    assert len(_completed_writes(rig)) == k + landed
+    rig.expire_lease()
+    left = _settle_rescue(rescue_world)
+    assert not left, left
+
+
 def test_crash_points_tried() -> None:
-    """We test the crash matrix ran whole: 2 flavours x every write of the pass."""
-    if len(CRASH_POINTS) < 2 * len(EXPECTED_WRITES):
+    """We test the crash matrix ran whole: 2 flavours x every write of the pass, and around the rescue and the
+    backoff."""
+    expected = 2 * len(EXPECTED_WRITES) + 2 * len(RESCUE_BACKOFF_KILLS)
+    if len(CRASH_POINTS) < expected:
         pytest.skip("only part of the crash points ran (tests deselected)")
     print(
-        f"\ncrash anywhere: {len(CRASH_POINTS)} crash points tried ({len(EXPECTED_WRITES)} writes x lost/landed); "
+        f"\ncrash anywhere: {len(CRASH_POINTS)} crash points tried ({len(EXPECTED_WRITES)} writes x lost/landed, "
+        f"{len(RESCUE_BACKOFF_KILLS)} around the rescue and the backoff x lost/landed); "
         f"{len(SWEEP_STAND_INS)} waited for an agent scan"
     )
-    assert len(set(CRASH_POINTS)) == 2 * len(EXPECTED_WRITES)
+    assert len(set(CRASH_POINTS)) == expected

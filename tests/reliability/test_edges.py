@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from reliability_support import BROKEN_IMAGE, LEASE, Rig, base_env, run_cli, start_rig
+from reliability_support import BROKEN_IMAGE, LEASE, Rig, admission_refusal, base_env, run_cli, start_rig
 from world_model import make_config
 
 from azp_simulation.world import NAMESPACE
@@ -47,16 +47,6 @@ TWO_POOLS: dict[str, Any] = {
             "templates": [{"name": "cuda", "capabilities": {"cuda": "12"}}],
         },
     ],
-}
-QUOTA_403 = {
-    "kind": "Status",
-    "apiVersion": "v1",
-    "metadata": {},
-    "status": "Failure",
-    "message": 'jobs.batch "azp" is forbidden: exceeded quota: agents, requested: count/jobs.batch=1, used: '
-    "count/jobs.batch=2, limited: count/jobs.batch=2",
-    "reason": "Forbidden",
-    "code": 403,
 }
 
 
@@ -115,7 +105,7 @@ def test_a_quota_refusal_is_not_retried_in_the_namespace_and_reported(rig: Rig) 
     rig.reconcile()
     for _ in range(2):
         rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
-    rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=json.dumps(QUOTA_403))
+    rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=admission_refusal("jobs", "quota"))
     result = rig.reconcile()
     assert result.code == 1, result.out
     assert "exceeded quota" in result.out and "grant it in the reconciler's Role" not in result.out
@@ -330,7 +320,8 @@ def test_a_stuck_job_is_deleted_even_while_creates_are_refused(tmp_path: Path) -
         rig.reconcile()
         time.sleep(2.5)
         rig.azdo.queue_request(rig.pool_id("linux"), demands=("docker",), duration=30)
-        rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=json.dumps(QUOTA_403))
+        quota = admission_refusal("jobs", "quota")
+        rig.kube.inject_fault("POST", "jobs", kind="status", status=403, times=100, body=quota)
         rig.kube.reset_calls()
         result = rig.reconcile()
         assert result.code == 1 and "exceeded quota" in result.out, result.out

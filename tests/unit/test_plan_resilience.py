@@ -16,7 +16,7 @@ from reconciler.model import (
     JobRequest,
     ReportCrashBackoff,
 )
-from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, cleanup_plan, plan
+from reconciler.plan import CRASH_BACKOFF_BASE, CRASH_BACKOFF_CAP, cleanup_plan, plan, pools_needing_agents
 
 
 def test_idle_agent_with_stale_capabilities_is_drained_and_not_supply() -> None:
@@ -117,8 +117,10 @@ def _assigned(request_id: int, agent_name: str, agent_id: int, *, at: float) -> 
 def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -> None:
     """We test: a request assigned to an agent of ours that never received it is released by deleting that
     agent when its pod finished (the exiting --once agent race) or is gone for longer than TTL_GRACE
-    (eviction), with or without the agent list; never when the job started, the pod still runs, the pod
-    vanished only just now, the listed agent is online, or the agent is not ours."""
+    (eviction) and the agent list shows it offline; never when the job started, the pod still runs, the pod
+    vanished only just now, the listed agent is online, or the agent is not ours. Without the agent list
+    nothing is rescued (the service refuses to delete an agent it still shows online with a job assigned,
+    as in the exiting agent's last seconds), and the pool's agents are listed in the next pass."""
     done_job = job_for("linux", request_id=1, created=100, finished=20)
     done_pod = pod_for(done_job, phase="Succeeded", finished=20)
     live_job = job_for("linux", request_id=2, created=100)
@@ -131,12 +133,20 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
         _assigned(15, "build-server-01", 35, at=120),  # not ours
         replace(_assigned(16, "azp-eeca0-linux-7-xxxxx", 36, at=120), receive_time=ago(100)),  # the job started
     )
-    w = world(state("linux", *requests), jobs=(done_job, live_job), pods=(done_pod, live_pod))
+    jobs, pods = (done_job, live_job), (done_pod, live_pod)
+    unlisted = replace(world(state("linux", *requests), jobs=jobs, pods=pods), agents_observed={"linux": ago(1)})
+    assert of(DeleteAgent, plan(config(), unlisted, NOW)) == []
+    assert pools_needing_agents(config(), unlisted, NOW) == {"linux"}
+    offline = tuple(
+        agent(int(r.reserved_agent_id or 0), str(r.reserved_agent_name), online=False, busy_with=r.request_id)
+        for r in requests
+    )
+    w = world(state("linux", *requests, agents=offline), jobs=jobs, pods=pods)
     rescued = of(DeleteAgent, plan(config(), w, NOW))
     assert sorted((d.agent_id, d.agent_name) for d in rescued) == [(31, done_pod.name), (32, "azp-eeca0-linux-9-zzzzz")]
     assert all("before the job started" in d.reason for d in rescued)
-    online = (agent(31, done_pod.name, online=True, busy_with=11), agent(32, "azp-eeca0-linux-9-zzzzz", online=False))
-    w = world(state("linux", *requests, agents=online), jobs=(done_job, live_job), pods=(done_pod, live_pod))
+    online = (agent(31, done_pod.name, online=True, busy_with=11), *offline[1:])
+    w = world(state("linux", *requests, agents=online), jobs=jobs, pods=pods)
     assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
 
 
