@@ -279,7 +279,9 @@ def _pod_spec_causes(spec: Mapping[str, Any], path: str, *, allowed: tuple[str, 
     volume_names = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
     for group in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(group) or []):
-            for m_index, mount in enumerate((container or {}).get("volumeMounts") or []):
+            if not isinstance(container, dict):
+                continue
+            for m_index, mount in enumerate(container.get("volumeMounts") or []):
                 if isinstance(mount, dict) and mount.get("name") not in volume_names:
                     causes.append(
                         Cause(

@@ -28,6 +28,8 @@ Choices where the real server differs or the emulator simplifies:
 - Pod Security admission (`pod_security`) enforces and warns as pod-security-admission v0.35.4 does, but
   keeps no audit log and has no exemptions, and the Job controller's repeated FailedCreate events are not
   aggregated by a recorder;
+- a value of the wrong JSON type (a container that is a string) is a 422 Invalid naming the field, from the
+  schema check, where the real decoder answers 400 BadRequest "cannot unmarshal string into Go struct field";
 - privileged containers are allowed (kube-apiserver --allow-privileged=true, as kubeadm, kind and AKS run it).
 
 Deliberate differences from a real kube-apiserver v1.35.4 that tests/realkube/test_differential.py

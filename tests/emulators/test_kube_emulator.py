@@ -230,6 +230,12 @@ def test_not_found_and_already_exists_are_status_objects(cluster: Cluster) -> No
             "spec.template.spec.containers[0].image",
             "Required value",
         ),
+        # A container that is not an object (the real decoder answers 400 "cannot unmarshal": see KNOWN).
+        (
+            lambda j: j["spec"]["template"]["spec"].update(containers=["agent"]),
+            "spec.template.spec.containers[0]",
+            "is not of type 'object'",
+        ),
     ],
 )
 def test_invalid_jobs_are_422_with_causes(
