@@ -547,6 +547,16 @@ class AzureDevOpsEmulator(ServedEmulator):
                 self._agent_json(a, capabilities=True, assigned=True, last=True) for a in self._pool_agents(pool_id)
             ]
 
+    def agent_statuses(self, pool_id: int) -> list[tuple[str, str]]:
+        """(name, status) of every agent of a pool: what `agents` tells of them, without building the JSON."""
+        with self._lock:
+            return [(a.name, a.status) for a in self._pool_agents(pool_id)]
+
+    def unfinished_count(self, pool_id: int) -> int:
+        """How many of a pool's job requests are queued, assigned or running (`requests(unfinished_only=True)`)."""
+        with self._lock:
+            return sum(1 for r in self._pool_requests(pool_id) if not r.finished)
+
     def requests(self, pool_id: int, *, unfinished_only: bool = False) -> list[dict[str, Any]]:
         """Every job request of a pool (or only queued, assigned and running ones)."""
         with self._lock:

@@ -686,7 +686,7 @@ class Simulation:
         """Every template's placeholder is registered: the reconciler has made its first pass."""
         owner = INSTALLED_OWNER
         for pool in self.world.pools:
-            names = {str(a.get("name")) for a in self.azdo.agents(self.pool_ids[pool["name"]])}
+            names = {name for name, _ in self.azdo.agent_statuses(self.pool_ids[pool["name"]])}
             for template in pool["templates"]:
                 if (
                     template.get("placeholder", True)
@@ -734,10 +734,8 @@ class Simulation:
             target.inject_fault(payload.get("method", "GET"), payload.get("route", "*"), **options)
 
     def _sample(self) -> None:
-        counts: dict[str, int] = {}
         for pool, pool_id in self.pool_ids.items():
-            counts[pool] = sum(1 for a in self.azdo.agents(pool_id) if a.get("status") == "online")
-        for pool, count in counts.items():
+            count = sum(1 for _, status in self.azdo.agent_statuses(pool_id) if status == "online")
             self.metrics.peak_agents[pool] = max(self.metrics.peak_agents.get(pool, 0), count)
 
     # --- simulated agents ----------------------------------------------------------------------
@@ -984,16 +982,15 @@ class Simulation:
         return sum(len(ids) for ids in self.request_ids.values()) >= self.world.total_jobs
 
     def unfinished_requests(self) -> int:
-        return sum(len(self.azdo.requests(pool_id, unfinished_only=True)) for pool_id in self.pool_ids.values())
+        return sum(self.azdo.unfinished_count(pool_id) for pool_id in self.pool_ids.values())
 
     def leftovers(self) -> dict[str, int]:
         """Agents and Jobs of ours still around (the reconciler should have cleaned them up)."""
         ours_offline = ours_online = 0
         for pool_id in self.pool_ids.values():
-            for agent in self.azdo.agents(pool_id):
-                name = str(agent.get("name", ""))
+            for name, status in self.azdo.agent_statuses(pool_id):
                 if name.startswith("azp-") and not name.startswith("azp-placeholder-"):
-                    if agent.get("status") == "online":
+                    if status == "online":
                         ours_online += 1
                     else:
                         ours_offline += 1
@@ -1001,12 +998,5 @@ class Simulation:
             groups = self.arm.groups(ACI_RESOURCE_GROUP)
             running = [g for g in groups if g["properties"]["instanceView"]["state"] in ("Pending", "Running")]
             return {"offline_agents": ours_offline, "online_agents": ours_online, "active_jobs": len(running)}
-        jobs = [
-            j
-            for j in self.kube.objects("jobs", NAMESPACE)
-            if not any(
-                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                for c in (j.get("status") or {}).get("conditions") or []
-            )
-        ]
-        return {"offline_agents": ours_offline, "online_agents": ours_online, "active_jobs": len(jobs)}
+        active_jobs = self.kube.unfinished_jobs(NAMESPACE)
+        return {"offline_agents": ours_offline, "online_agents": ours_online, "active_jobs": active_jobs}

@@ -65,11 +65,9 @@ def _sync_job(self: KubernetesEmulator, job: dict[str, Any], now: float) -> None
     runtime = self._jobs.setdefault(uid, _JobRuntime())
     spec = job["spec"]
     status = job.setdefault("status", {})
+    if _job_finished(job) or spec.get("suspend"):
+        return
     before = copy.deepcopy(status)
-    if _job_finished(job):
-        return
-    if spec.get("suspend"):
-        return
     if runtime.start is None:
         runtime.start = now
         status["startTime"] = format_time(now)

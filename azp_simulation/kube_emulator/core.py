@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from azp_simulation.kube_emulator import access, admission, controllers, environment, routing, scheduling, store
-from azp_simulation.kube_emulator.controllers import _JobRuntime
+from azp_simulation.kube_emulator.controllers import _job_finished, _JobRuntime
 from azp_simulation.kube_emulator.environment import _expand
 from azp_simulation.kube_emulator.routing import _make_handler
 from azp_simulation.kube_emulator.scheduling import ImagePolicy, PodHook, _PodRuntime
@@ -191,6 +191,13 @@ class KubernetesEmulator(ServedEmulator):
         with self._lock:
             store = self._objects[resource]
             return [copy.deepcopy(store[key]) for key in sorted(store) if namespace is None or key[0] == namespace]
+
+    def unfinished_jobs(self, namespace: str) -> int:
+        """How many Jobs of a namespace have neither a Complete nor a Failed condition (no copies made)."""
+        with self._lock:
+            return sum(
+                1 for key, job in self._objects["jobs"].items() if key[0] == namespace and not _job_finished(job)
+            )
 
     def delete(self, resource: str, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
         """Delete as the API would with this propagation policy; False when it did not exist."""
