@@ -198,6 +198,14 @@ def test_named_instances_serve_a_burst_and_stay_n_agents(
     world = aci_world()
     world["pools"][0]["templates"][0] |= {"instances": 2, "placeholder": False, **layout}
     sim = make_sim(world)
+    # No placeholder: the service fails a job at once while no agent of the pool could serve it, so the
+    # jobs are queued once the instances have registered.
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: len([a for a in sim.agents() if str(a.get("name", "")).startswith("azp-")]) == 2,
+        timeout=30,
+        what="2 instances registered",
+    )
     sim.queue("linux", 5, demands=(demand,), duration=1)
     result = sim.reconcile("--loop-for", "20", "--interval", "0.5", "--idle-interval", "1")
     assert result.code == 0, result.text
