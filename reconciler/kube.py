@@ -1,4 +1,9 @@
-"""The Kubernetes adapter: the only module that imports the official `kubernetes` client.
+"""The Kubernetes adapter: the only module that talks to the API server, in JSON over urllib3.
+
+The official client is not used: importing its configuration loader and generated API classes costs about
+2 s of CPU per run, more than a pass's own work; the calls below are a dozen plain REST requests
+(https://kubernetes.io/docs/reference/using-api/api-concepts/), and kubeconfig.py finds the server and the
+credentials as the official clients do.
 
 Lists are read as raw JSON (`_preload_content=False`): building the client's model objects for
 thousands of Jobs and Pods costs far more CPU than the JSON itself, and we need a few fields only.
@@ -12,16 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 
+from reconciler import kubeconfig as kubeconfig_loader
 from reconciler import names
 from reconciler.deadline import Deadline
 from reconciler.errors import (
@@ -33,6 +39,7 @@ from reconciler.errors import (
     PermanentError,
     TransientError,
 )
+from reconciler.kubeconfig import ClusterAccess
 from reconciler.lease import format_time, parse_time
 from reconciler.model import AgentJob, AgentPod
 
@@ -46,6 +53,7 @@ _LIST_RESTARTS = 2
 """How often a list starts over when its continue token expired (HTTP 410) between two pages."""
 
 T = TypeVar("T")
+Convert = Callable[[Mapping[str, Any]], T | None]
 
 
 class _ContinueExpired(Exception):
@@ -170,12 +178,33 @@ def pod_from_json(item: Mapping[str, Any]) -> AgentPod | None:
     )
 
 
-def _status_message(exc: ApiException) -> str:
+def _status_message(response: urllib3.BaseHTTPResponse) -> str:
+    """The API server's Status message, else the HTTP reason."""
     try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return exc.reason or "no details"
-    return str(body.get("message") or exc.reason or "no details")
+        body = json.loads(response.data or b"{}")
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or response.reason or "no details")
+
+
+def _refusal(key: str, status: int, message: str, *, continued: bool) -> Exception:
+    """The error an HTTP status means; TransientError for those worth retrying."""
+    if status == 410 and continued:
+        return _ContinueExpired(message)
+    if status == 401:
+        return AuthError(f"Kubernetes rejected the credentials ({key}): {message}")
+    if status == 403:
+        hint = _forbidden_hint(message)
+        refused = ForbiddenError if hint else AdmissionRefusedError
+        return refused(f"Kubernetes forbids {key}: {message}{hint}")
+    if status == 404:
+        return NotFoundError(f"{key}: {message}")
+    if status == 409:
+        return ConflictError(f"{key}: {message}")
+    if status == 429 or status >= 500:
+        return TransientError(f"{key}: HTTP {status}: {message}")
+    return PermanentError(f"{key}: HTTP {status}: {message}")
 
 
 def _forbidden_hint(message: str) -> str:
@@ -184,6 +213,82 @@ def _forbidden_hint(message: str) -> str:
     if "exceeded quota" in message or "being terminated" in message or "denied the request" in message:
         return ""
     return ": grant it in the reconciler's Role"
+
+
+def _ssl_context(access: ClusterAccess) -> ssl.SSLContext:
+    """TLS as the kubeconfig asks: its CA (else the system's), its client certificate, or no check at all."""
+    context = ssl.create_default_context(cafile=access.ca_file, cadata=access.ca_data)
+    if not access.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if access.client_cert_file or access.client_cert_data:
+        # load_cert_chain reads files only: PEM data goes through a private directory gone right after.
+        with tempfile.TemporaryDirectory(prefix="azp-kube-") as private:
+            cert = access.client_cert_file or _private_file(private, "client.crt", access.client_cert_data)
+            key = access.client_key_file or (
+                _private_file(private, "client.key", access.client_key_data) if access.client_key_data else None
+            )
+            try:
+                context.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise AuthError(f"the kubeconfig's client certificate or key cannot be used: {exc}") from None
+    return context
+
+
+def _private_file(directory: str, name: str, text: str | None) -> str:
+    path = os.path.join(directory, name)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as out:
+        out.write(text or "")
+    return path
+
+
+class _Transport:
+    """JSON over HTTP(S) to one API server with our credentials: one urllib3 pool, no retries of its own."""
+
+    def __init__(self, access: ClusterAccess) -> None:
+        self.base = access.server
+        self.headers = {"Accept": "application/json", "User-Agent": "azp-agents-reconciler"}
+        if access.token:
+            self.headers["Authorization"] = f"Bearer {access.token}"
+        elif access.basic_auth:
+            self.headers.update(urllib3.make_headers(basic_auth=":".join(access.basic_auth)))
+        options: dict[str, Any] = {"maxsize": 4}
+        if access.server.startswith("https://"):
+            options["ssl_context"] = _ssl_context(access)
+            if access.tls_server_name:
+                options["server_hostname"] = access.tls_server_name
+        self.pool = (
+            urllib3.ProxyManager(access.proxy_url, **options) if access.proxy_url else urllib3.PoolManager(**options)
+        )
+
+    def request(
+        self, method: str, path: str, *, query: Mapping[str, Any], body: Any, timeout: tuple[float, float]
+    ) -> urllib3.BaseHTTPResponse:
+        url = self.base + path + (f"?{urlencode(query)}" if query else "")
+        headers = self.headers
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers = {**headers, "Content-Type": "application/json"}
+        return self.pool.request(
+            method, url, body=data, headers=headers, retries=False, redirect=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+_CORE = "/api/v1"
+_BATCH = "/apis/batch/v1"
+_COORDINATION = "/apis/coordination.k8s.io/v1"
+
+
+def _path(api: str, namespace: str, resource: str, name: str | None = None) -> str:
+    """The REST path of a namespaced collection, or of one object in it."""
+    path = f"{api}/namespaces/{quote(namespace, safe='')}/{resource}"
+    return f"{path}/{quote(name, safe='')}" if name is not None else path
 
 
 class Kubernetes:
@@ -198,29 +303,14 @@ class Kubernetes:
         deadline: Deadline | None = None,
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
-        configuration = k8s.Configuration()
-        try:
-            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                k8s_config.load_incluster_config(client_configuration=configuration)
-            else:
-                k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        except (k8s_config.ConfigException, OSError) as exc:
-            raise AuthError(
-                f"no Kubernetes credentials: {exc}: run in a cluster, or point KUBECONFIG/--kubeconfig at a kubeconfig"
-            ) from None
-        configuration.retries = False
-        self.api_client = k8s.ApiClient(configuration)
-        self.batch = k8s.BatchV1Api(self.api_client)
-        self.core = k8s.CoreV1Api(self.api_client)
-        self.coordination = k8s.CoordinationV1Api(self.api_client)
-        self.authorization = k8s.AuthorizationV1Api(self.api_client)
+        self.transport = _Transport(kubeconfig_loader.load(kubeconfig, context=context))
         self.calls: Counter[str] = Counter()
         self.retries = retries
         self.deadline = deadline or Deadline.unbounded()
         self.page_size = page_size
 
     def close(self) -> None:
-        self.api_client.close()
+        self.transport.close()
 
     @property
     def call_count(self) -> int:
@@ -229,50 +319,36 @@ class Kubernetes:
     def _call(
         self,
         key: str,
-        function: Callable[..., Any],
-        *args: Any,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
         object_hook: Callable[[dict[str, Any]], Any] | None = None,
-        **kwargs: Any,
     ) -> Any:
         attempt = 0
         while True:
-            timeout = tuple(self.deadline.timeout(part, what=key) for part in _TIMEOUT)
+            timeout = (self.deadline.timeout(_TIMEOUT[0], what=key), self.deadline.timeout(_TIMEOUT[1], what=key))
             self.calls[key] += 1
             try:
-                response = function(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
-                data = response.data
-            except ApiException as exc:
-                status = exc.status or 0
-                message = _status_message(exc)
-                if status == 410 and kwargs.get("_continue"):
-                    raise _ContinueExpired(message) from None
-                if status == 401:
-                    raise AuthError(f"Kubernetes rejected the credentials ({key}): {message}") from None
-                if status == 403:
-                    hint = _forbidden_hint(message)
-                    refused = ForbiddenError if hint else AdmissionRefusedError
-                    raise refused(f"Kubernetes forbids {key}: {message}{hint}") from None
-                if status == 404:
-                    raise NotFoundError(f"{key}: {message}") from None
-                if status == 409:
-                    raise ConflictError(f"{key}: {message}") from None
-                if status == 429 or status >= 500:
-                    error: Exception = TransientError(f"{key}: HTTP {status}: {message}")
-                else:
-                    raise PermanentError(f"{key}: HTTP {status}: {message}") from None
+                response = self.transport.request(method, path, query=query or {}, body=body, timeout=timeout)
+            except urllib3.exceptions.SSLError as exc:
+                raise AuthError(f"{key}: the API server's TLS certificate is not trusted: {exc}") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                error = TransientError(f"{key}: {type(exc).__name__}: the API server did not answer")
-            except ValueError as exc:
-                # The client checks an object against its models before sending it (an unknown field).
-                detail = " ".join(str(exc).split())
-                raise PermanentError(f"{key}: the Kubernetes client refused the object: {detail}") from None
+                error: Exception = TransientError(f"{key}: {type(exc).__name__}: the API server did not answer")
             else:
-                try:
-                    return json.loads(data, object_hook=object_hook) if data else None
-                except ValueError:
-                    error = TransientError(f"{key}: the response body is not complete JSON")
+                status = response.status
+                if status < 300:
+                    try:
+                        return json.loads(response.data, object_hook=object_hook) if response.data else None
+                    except ValueError:
+                        error = TransientError(f"{key}: the response body is not complete JSON")
+                else:
+                    error = _refusal(
+                        key, status, _status_message(response), continued=bool((query or {}).get("continue"))
+                    )
             attempt += 1
-            if attempt > self.retries:
+            if attempt > self.retries or not isinstance(error, TransientError):
                 raise error
             delay = 0.2 * (2 ** (attempt - 1))
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, self.retries, delay)
@@ -281,44 +357,28 @@ class Kubernetes:
     # --- reads ---------------------------------------------------------------------------------
 
     def _list(
-        self,
-        key: str,
-        function: Callable[..., Any],
-        namespace: str,
-        *,
-        owner: names.Owner,
-        convert: Callable[[Mapping[str, Any]], T | None],
+        self, key: str, api: str, resource: str, namespace: str, *, owner: names.Owner, convert: Convert[T]
     ) -> list[T]:
         """Every object of the release in a namespace, as model objects; read again from the start when the
         continue token expired between two pages (HTTP 410), as the API conventions ask."""
         for restart in range(_LIST_RESTARTS + 1):
             try:
-                return self._list_pages(key, function, namespace, owner=owner, convert=convert)
+                return self._list_pages(key, _path(api, namespace, resource), owner=owner, convert=convert)
             except _ContinueExpired as exc:
                 if restart == _LIST_RESTARTS:
                     raise TransientError(f"{key}: the continue token expired {restart + 1} times: {exc}") from None
                 log.warning("%s: the continue token expired (%s); listing again from the start", key, exc)
         raise AssertionError("unreachable")
 
-    def _list_pages(
-        self,
-        key: str,
-        function: Callable[..., Any],
-        namespace: str,
-        *,
-        owner: names.Owner,
-        convert: Callable[[Mapping[str, Any]], T | None],
-    ) -> list[T]:
+    def _list_pages(self, key: str, path: str, *, owner: names.Owner, convert: Convert[T]) -> list[T]:
         """Page by page (limit/continue), each page converted and freed before the next is fetched."""
         found: list[T] = []
         token: str | None = None
         while True:
-            paging: dict[str, Any] = {"limit": self.page_size}
+            query: dict[str, Any] = {"labelSelector": names.selector(owner), "limit": self.page_size}
             if token:
-                paging["_continue"] = token
-            page = self._call(
-                key, function, namespace, label_selector=names.selector(owner), object_hook=_skim, **paging
-            )
+                query["continue"] = token
+            page = self._call(key, "GET", path, query=query, object_hook=_skim)
             page = page if isinstance(page, dict) else {}
             found.extend(obj for obj in map(convert, page.get("items") or []) if obj is not None)
             token = (page.get("metadata") or {}).get("continue") or None
@@ -327,10 +387,10 @@ class Kubernetes:
                 return found
 
     def list_jobs(self, namespace: str, *, owner: names.Owner) -> list[AgentJob]:
-        return self._list("list jobs", self.batch.list_namespaced_job, namespace, owner=owner, convert=job_from_json)
+        return self._list("list jobs", _BATCH, "jobs", namespace, owner=owner, convert=job_from_json)
 
     def list_pods(self, namespace: str, *, owner: names.Owner) -> list[AgentPod]:
-        return self._list("list pods", self.core.list_namespaced_pod, namespace, owner=owner, convert=pod_from_json)
+        return self._list("list pods", _CORE, "pods", namespace, owner=owner, convert=pod_from_json)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -342,11 +402,10 @@ class Kubernetes:
         """Create a Job and return its uid (what an ownerReference names); None when it already existed."""
         # Strict: a mistyped field of a job template (`resource:` for `resources:`) is refused with its name
         # instead of dropped with a warning nobody reads (pods without limits).
-        kwargs: dict[str, Any] = {"field_validation": "Strict", **({"dry_run": "All"} if dry_run else {})}
+        query = {"fieldValidation": "Strict", **({"dryRun": "All"} if dry_run else {})}
+        path = _path(_BATCH, job["metadata"]["namespace"], "jobs")
         try:
-            created = self._call(
-                "create job", self.batch.create_namespaced_job, job["metadata"]["namespace"], dict(job), **kwargs
-            )
+            created = self._call("create job", "POST", path, query=query, body=job)
         except ConflictError:
             return None
         metadata = created.get("metadata") if isinstance(created, dict) else None
@@ -354,14 +413,13 @@ class Kubernetes:
 
     def create_secret(self, secret: Mapping[str, Any]) -> None:
         """Create a Secret (an agent's files, owned by its Job)."""
-        namespace = secret["metadata"]["namespace"]
-        self._call("create secret", self.core.create_namespaced_secret, namespace, dict(secret))
+        self._call("create secret", "POST", _path(_CORE, secret["metadata"]["namespace"], "secrets"), body=secret)
 
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and, in the background, its pods; False when it was already gone."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         try:
-            self._call("delete job", self.batch.delete_namespaced_job, name, namespace, body=body)
+            self._call("delete job", "DELETE", _path(_BATCH, namespace, "jobs", name), body=body)
         except NotFoundError:
             return False
         return True
@@ -386,45 +444,40 @@ class Kubernetes:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        self._call("create event", self.core.create_namespaced_event, namespace, event)
+        self._call("create event", "POST", _path(_CORE, namespace, "events"), body=event)
 
-    # --- the Lease -----------------------------------------------------------------------------
+    # --- the Lease and the standby history: objects read, created and replaced by name -----------
 
-    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def _read(self, kind: str, api: str, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            lease = self._call("get lease", self.coordination.read_namespaced_lease, name, namespace)
+            found = self._call(f"get {kind}", "GET", _path(api, namespace, resource, name))
         except NotFoundError:
             return None
-        return lease if isinstance(lease, dict) else None
+        return found if isinstance(found, dict) else None
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read("lease", _COORDINATION, "leases", namespace, name)
 
     def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create the Lease; None when someone else created it first."""
         try:
-            created = self._call("create lease", self.coordination.create_namespaced_lease, namespace, dict(lease))
+            created = self._call("create lease", "POST", _path(_COORDINATION, namespace, "leases"), body=lease)
         except ConflictError:
             return None
         return created if isinstance(created, dict) else None
 
     def replace_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any] | None:
         """Replace the Lease at its resourceVersion; None when it changed under us."""
-        name = lease["metadata"]["name"]
+        path = _path(_COORDINATION, namespace, "leases", lease["metadata"]["name"])
         try:
-            replaced = self._call(
-                "update lease", self.coordination.replace_namespaced_lease, name, namespace, dict(lease)
-            )
+            replaced = self._call("update lease", "PUT", path, body=lease)
         except ConflictError:
             return None
         return replaced if isinstance(replaced, dict) else None
 
-    # --- the standby history ------------------------------------------------------------------
-
     def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap of ours; None when it does not exist."""
-        try:
-            found = self._call("get configmap", self.core.read_namespaced_config_map, name, namespace)
-        except NotFoundError:
-            return None
-        return found if isinstance(found, dict) else None
+        return self._read("configmap", _CORE, "configmaps", namespace, name)
 
     def write_configmap(
         self,
@@ -443,9 +496,10 @@ class Kubernetes:
         body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": dict(data)}
         try:
             if resource_version is None:
-                written = self._call("create configmap", self.core.create_namespaced_config_map, namespace, body)
+                written = self._call("create configmap", "POST", _path(_CORE, namespace, "configmaps"), body=body)
             else:
-                written = self._call("update configmap", self.core.replace_namespaced_config_map, name, namespace, body)
+                path = _path(_CORE, namespace, "configmaps", name)
+                written = self._call("update configmap", "PUT", path, body=body)
         except ConflictError:
             return None  # created or changed by another run since we read it
         except NotFoundError:
@@ -470,8 +524,7 @@ class Kubernetes:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attributes},
         }
-        answer = self._call(
-            "create selfsubjectaccessreview", self.authorization.create_self_subject_access_review, review
-        )
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        answer = self._call("create selfsubjectaccessreview", "POST", path, body=review)
         status = (answer or {}).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")

@@ -103,5 +103,4 @@ def setup(*, fmt: str = "text", level: str = "info", stream: TextIO | None = Non
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "kubernetes"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))

@@ -94,16 +94,16 @@ def test_paged_lists_return_every_object_once(cluster: Cluster, make_kube: Calla
 def expire_continue_tokens(cluster: Cluster, kube: Kubernetes, *, times: int) -> None:
     """Make the API server answer the next `times` continued Job lists with 410 Expired, as a real one does
     when a continue token outlived etcd's compaction."""
-    original = kube.batch.list_namespaced_job
+    original = kube.transport.request
     remaining = [times]
 
-    def listing(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("_continue") and remaining[0] > 0:
+    def request(method: str, path: str, **kwargs: Any) -> Any:
+        if path.endswith("/jobs") and kwargs["query"].get("continue") and remaining[0] > 0:
             remaining[0] -= 1
             cluster.emulator.inject_fault("GET", "jobs(list)", kind="status", status=410)
-        return original(*args, **kwargs)
+        return original(method, path, **kwargs)
 
-    kube.batch.list_namespaced_job = listing
+    kube.transport.request = request  # type: ignore[method-assign]
 
 
 def test_an_expired_continue_token_lists_again_from_the_start(
