@@ -497,7 +497,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             self._requests_by_pool.setdefault(pool_id, {})[request_id] = request
             self.stats.jobs_queued += 1
             self.stats.timings[request_id] = RequestTiming(request_id, pool_id, request.queue_time)
-            if not self._matched_agents(request):
+            if not self.accepts(pool_id, request.demands):
                 shown = ", ".join(request.demands)
                 self._finish(
                     request,
@@ -551,6 +551,13 @@ class AzureDevOpsEmulator(ServedEmulator):
         """(name, status) of every agent of a pool: what `agents` tells of them, without building the JSON."""
         with self._lock:
             return [(a.name, a.status) for a in self._pool_agents(pool_id)]
+
+    def accepts(self, pool_id: int, demands: Iterable[str]) -> bool:
+        """Whether the service would queue a job with these demands in the pool now rather than fail it at once
+        ("No agent found in pool ... which satisfies the specified demands"): some agent registered in the pool,
+        online or offline, enabled or not, satisfies them."""
+        with self._lock:
+            return bool(self._matched_agents(pool_id, list(demands)))
 
     def unfinished_count(self, pool_id: int) -> int:
         """How many of a pool's job requests are queued, assigned or running (`requests(unfinished_only=True)`)."""
@@ -885,8 +892,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             agent.status = status
             agent.status_changed_on = self.clock()
 
-    def _matched_agents(self, request: _Request) -> list[_Agent]:
-        return [a for a in self._pool_agents(request.pool_id) if satisfies_all(request.demands, a.capabilities())]
+    def _matched_agents(self, pool_id: int, demands: list[str]) -> list[_Agent]:
+        return [a for a in self._pool_agents(pool_id) if satisfies_all(demands, a.capabilities())]
 
     # JSON shapes
 
@@ -1050,7 +1057,7 @@ class AzureDevOpsEmulator(ServedEmulator):
         if request.reserved_agent is not None and request.reserved_agent in self._agents:
             data["reservedAgent"] = self._agent_ref(self._agents[request.reserved_agent])
         if matched and not request.finished:
-            agents = self._matched_agents(request)
+            agents = self._matched_agents(request.pool_id, request.demands)
             data["matchedAgents"] = [self._agent_ref(a) for a in agents]
             data["matchesAllAgentsInPool"] = len(agents) == len(self._pool_agents(request.pool_id))
         return _without_nulls(data)

@@ -1,14 +1,23 @@
 """World files and the simulation that joins the two emulators.
 
 A world file (YAML) describes a starting world and what happens in it: pools and their templates,
-agents already registered (`ours: true`: a leftover of the installed release, named as it names its agents,
-the given name being the part after its pool's prefix), job requests arriving over time (with demands and durations),
+agents already registered (`ours: true`: a leftover of an earlier run of the installed release, named as the README
+documents its agents' names, INSTALLED_AGENT_NAME), job requests arriving over time (with demands and durations),
 cancellations, pods whose agent never comes online, and faults. `Simulation` builds both
 emulators from it, writes the reconciler's configuration, kubeconfig and PAT file, and plays the
 part of the agents: when a pod of an agent image runs in the Kubernetes emulator, a simulated agent
 registers in the Azure DevOps emulator under the name its registering container was given, goes
 online, takes one job (`--once`), and when the job ends the pod completes, the agent stays registered
 and offline, as the real one does.
+
+When jobs arrive: Azure DevOps fails at once a job that no agent registered in its pool (online or offline, enabled
+or not) satisfies ("No agent found in pool X which satisfies the specified demands", azdo_emulator.accepts), so the
+world's pipelines start queueing once the service would take the first job of every pool that has jobs to come
+(`installed`): the world's clock, which times arrivals, cancellations and faults, starts then. After that a job whose
+time has come waits until the service would take it (an agent satisfying its demands registered, say a template's
+agent that first shows a tool), and a cancellation until the pool's nth job is queued; an event still waiting
+HOLD_LIMIT seconds after its time happens anyway (the job is then failed by the service). The world knows nothing of
+how the reconciler names or registers its placeholders: only what the service answers.
 
 The simulated agents are honest (agent_images.py has the sources): which container runs the agent and
 which registers it follows from each container's image (the world's image catalogue) and arguments, as
@@ -53,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -73,7 +83,7 @@ from azp_simulation.projects import DEFAULT_PROJECT
 from reconciler import container_groups
 from reconciler.config import agent_registration
 from reconciler.errors import ConfigError
-from reconciler.names import AGENT_ID_MESSAGE, Owner, agent_prefix, placeholder_name, pool_slug
+from reconciler.names import AGENT_ID_MESSAGE, pool_slug
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
@@ -81,8 +91,18 @@ PAT = "simulated-pat-3f9c2e7b1d04a6c58e"
 JOB_TTL_SECONDS = 30
 NAMESPACE = "azp-agents"
 RELEASE = "azp-agents"
-INSTALLED_OWNER = Owner(prefix="azp", release=RELEASE)
-"""Who names the installed release's agents: the jobNamePrefix and release _write_files configure."""
+INSTALLED_AGENT_NAME = "azp-eeca0-{pool}-{name}"
+"""The name of an agent of the installed release (jobNamePrefix azp, release azp-agents, shard 0, as _write_files
+configures it) as the README documents it: "Every agent, placeholder and Job name carries the identity of its release
+and shard, a tag of a hash of the release name and the shard index (`azp-eeca0-linux-1234` for release `azp-agents`,
+shard 0)". A world file's `ours: true` agent is a leftover so named; tests/reliability/test_world_rules.py pins the
+reconciler's naming to it, so a rename that would leave earlier versions' agents unpruned fails a test."""
+LEFTOVER_POOL = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+"""Pool names INSTALLED_AGENT_NAME is used for, of the kind of the README's example `linux`: lowercase letters and
+digits with inner hyphens, at most 16 characters. A leftover in a pool of another name is given its full name."""
+HOLD_LIMIT = 60.0
+"""Seconds the world waits for the service to take its first jobs, and a due job (or cancellation) for the service
+to take it (its job to be queued), before it happens anyway (`Simulation.hold_limit`)."""
 AGENT_IMAGE = "ghcr.io/azp-agents/agent-linux:4.269.0"
 AGENT_VERSION = "4.269.0"
 REGISTER_DELAY = 0.3
@@ -310,6 +330,12 @@ def load_world(path: Path) -> WorldFile:
     for index, agent in enumerate(document.get("agents") or []):
         if agent.get("pool") not in names:
             raise ConfigError(f"{where}: agents[{index}].pool: {agent.get('pool')!r} is not one of the world's pools")
+        if agent.get("ours") and not (LEFTOVER_POOL.fullmatch(agent["pool"]) and len(agent["pool"]) <= 16):
+            raise ConfigError(
+                f"{where}: agents[{index}].ours: a leftover is named {INSTALLED_AGENT_NAME}, documented only for a "
+                f"pool name of lowercase letters, digits and inner '-' (at most 16), not {agent['pool']!r}: give "
+                "the agent's full name without `ours`"
+            )
     return WorldFile(
         name=str(document.get("name", path.stem)),
         description=str(document.get("description", "")),
@@ -420,12 +446,12 @@ class Metrics:
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _seeded_agent_name(agent: Mapping[str, Any]) -> str:
+def seeded_agent_name(agent: Mapping[str, Any]) -> str:
     """A world file's agent: `name` as given, or with `ours: true` a leftover of an earlier run of the installed
-    release, named as that release names its agents in the pool (the name then is the part after the prefix)."""
+    release, named INSTALLED_AGENT_NAME (the given name then is the part after the pool's)."""
     if not agent.get("ours"):
         return str(agent["name"])
-    return f"{agent_prefix(INSTALLED_OWNER, pool_name=agent['pool'])}{agent['name']}"
+    return INSTALLED_AGENT_NAME.format(pool=agent["pool"], name=agent["name"])
 
 
 class Simulation:
@@ -457,6 +483,7 @@ class Simulation:
         self.step_failures: dict[str, str] = {}
         """Agent name -> what the failing build step of its job printed."""
         self._timeline: list[tuple[float, str, Any]] = []
+        self.hold_limit = HOLD_LIMIT
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -491,7 +518,7 @@ class Simulation:
         for agent in self.world.agents:
             self.azdo.add_agent(
                 self.pool_ids[agent["pool"]],
-                _seeded_agent_name(agent),
+                seeded_agent_name(agent),
                 enabled=agent.get("enabled", True),
                 status=agent.get("status", "offline"),
                 capabilities=agent.get("capabilities") or {},
@@ -683,31 +710,41 @@ class Simulation:
     # --- the timeline --------------------------------------------------------------------------
 
     def installed(self) -> bool:
-        """Every template's placeholder is registered: the reconciler has made its first pass."""
-        owner = INSTALLED_OWNER
-        for pool in self.world.pools:
-            names = {name for name, _ in self.azdo.agent_statuses(self.pool_ids[pool["name"]])}
-            for template in pool["templates"]:
-                if (
-                    template.get("placeholder", True)
-                    and placeholder_name(owner, pool_name=pool["name"], template=template["name"]) not in names
-                ):
-                    return False
+        """The service would take the first job of every pool that has jobs to come (some agent registered in the
+        pool satisfies its demands): the world's pipelines start queueing, its clock starts."""
+        first: dict[str, Arrival] = {}
+        for arrival in sorted(self.world.arrivals, key=lambda a: a.at):
+            first.setdefault(arrival.pool, arrival)
+        return all(self._accepted(arrival) for arrival in first.values())
+
+    def _accepted(self, arrival: Arrival) -> bool:
+        return self.azdo.accepts(self.pool_ids[arrival.pool], arrival.demands)
+
+    def _ready(self, kind: str, payload: Any) -> bool:
+        """Whether a due event can happen now: a job once the service would take it, a cancellation once the
+        pool's nth job is queued."""
+        if kind == "queue":
+            return self._accepted(payload[0])
+        if kind == "cancel":
+            return len(self.request_ids.get(payload["pool"], [])) >= int(payload.get("request", 1))
         return True
 
     def _run_timeline(self) -> None:
-        # Jobs start arriving once the release is installed (its first pass registered the
-        # placeholders), as on a real cluster: before that, jobs with demands fail at once.
         waited = time.monotonic()
-        while not self._stop.is_set() and not self.installed() and time.monotonic() - waited < 60:
+        while not self._stop.is_set() and not self.installed() and time.monotonic() - waited < self.hold_limit:
             self._stop.wait(0.1)
         start = time.monotonic()
         pending = list(self._timeline)
+        due: list[tuple[float, str, Any]] = []
         while not self._stop.is_set():
             elapsed = time.monotonic() - start
             while pending and pending[0][0] <= elapsed:
-                _, kind, payload = pending.pop(0)
-                self._fire(kind, payload)
+                due.append(pending.pop(0))
+            for event in list(due):
+                at, kind, payload = event
+                if self._ready(kind, payload) or elapsed - at >= self.hold_limit:
+                    due.remove(event)
+                    self._fire(kind, payload)
             self._sample()
             self._stop.wait(0.05)
 
