@@ -757,13 +757,20 @@ def _plan_creates(
 
 
 def _plan_instances(
-    p: _PoolPass, counts: _JobCounts, *, backoff: Mapping[str, _Backoff], job_names: set[str]
+    p: _PoolPass,
+    counts: _JobCounts,
+    *,
+    backoff: Mapping[str, _Backoff],
+    create_budget: int,
+    job_names: set[str],
 ) -> list[Action]:
     """Templates with `instances`: exactly that many groups under stable names (each restarts after its job and
-    its agent re-registers under the same name). A missing one is created; a failed one is deleted once its
-    template's crash backoff is over (the next pass creates it again); one beyond the count goes, drained when
-    its agent is idle online, never while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
+    its agent re-registers under the same name). A missing one is created, at most `create_budget` in the pass
+    (maxCreatePerPass, what the pass has left of it); a failed one is deleted once its template's crash backoff
+    is over (the next pass creates it again); one beyond the count goes, drained when its agent is idle online,
+    never while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
     actions: list[Action] = []
+    created = 0
     for template in p.pool.templates:
         if not template.instances:
             continue
@@ -792,9 +799,10 @@ def _plan_instances(
             actions.append(_report_backoff(p, template.name, backoff[template.name]))
             continue
         for index, name in enumerate(wanted):
-            if name not in job_names:
+            if name not in job_names and created < create_budget:
                 job_names.add(name)
                 actions.append(_create_instance(p, template, name, index))
+                created += 1
     return actions
 
 
@@ -834,7 +842,8 @@ def _plan_pool(
         p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
-    actions.extend(_plan_instances(p, counts, backoff=backoff, job_names=job_names))
+    budget = create_budget - len(creates)
+    actions.extend(_plan_instances(p, counts, backoff=backoff, create_budget=budget, job_names=job_names))
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
         actions.extend(

@@ -84,3 +84,24 @@ def test_failed_instance_is_replaced_after_its_backoff() -> None:
     assert [d.job_name for d in of(DeleteJob, actions)] == [instance(0)] and of(CreateJob, actions) == []
     after = apply_to_world(over, actions)
     assert [c.job_name for c in of(CreateJob, plan(cfg, after, NOW))] == [instance(0)]  # type: ignore[arg-type]
+
+
+def test_instance_creates_obey_max_create_per_pass() -> None:
+    """We test: maxCreatePerPass bounds instance creates as it bounds Jobs: with a brake of 3, 5 missing instances
+    give 3 creates (the first three, by index), and the pass after creates the other 2; a pool planned first whose
+    queued jobs spend 2 of the brake leaves the instances 1."""
+    cfg = config(pool("linux", template(instances=5, placeholder=False)), max_create_per_pass=3)
+    first = world(state("linux", agents=()))
+    creates = of(CreateJob, plan(cfg, first, NOW))  # type: ignore[arg-type]
+    assert [c.job_name for c in creates] == [instance(n) for n in range(3)]
+    rest = of(CreateJob, plan(cfg, apply_to_world(first, creates), NOW))  # type: ignore[arg-type]
+    assert [c.job_name for c in rest] == [instance(3), instance(4)]
+    busy_first = config(
+        pool("windows", template(placeholder=False)),
+        pool("linux", template(instances=5, placeholder=False)),
+        max_create_per_pass=3,
+    )
+    both = world(state("windows", queued(1), queued(2), agents=()), state("linux", agents=()))
+    creates = of(CreateJob, plan(busy_first, both, NOW))  # type: ignore[arg-type]
+    assert [(c.pool, c.request_id) for c in creates] == [("windows", 1), ("windows", 2), ("linux", None)]
+    assert creates[-1].job_name == instance(0)
