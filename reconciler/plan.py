@@ -598,13 +598,15 @@ class _Backoff(NamedTuple):
     retry_at: datetime
 
 
-def _crash_backoff(p: _PoolPass) -> dict[str, _Backoff]:
-    """Templates whose pods failed before their agent came online, and that are still backing off.
+def _crash_history(p: _PoolPass) -> dict[str, _Backoff]:
+    """Templates whose pods failed before their agent came online: their failures in a row and when new Jobs
+    may be created again (`retry_at`, past or not).
 
     A failed Job stays listed until its TTL (ttlSecondsAfterFinished), so the pods of the pool's finished
     Jobs are the failure history: plan() needs nothing outside the World. The failures since the template's
-    last pod that succeeded count; after the n-th, new Jobs wait CRASH_BACKOFF_BASE * 2**(n-1), at most
-    CRASH_BACKOFF_CAP, from when it failed. A pod whose agent ran a job (an OOM kill mid-job) is no crash."""
+    last pod that succeeded count, plus those a re-created named instance carries (AgentJob.crash_failures:
+    the failed group it replaces is gone); after the n-th, new Jobs wait CRASH_BACKOFF_BASE * 2**(n-1), at
+    most CRASH_BACKOFF_CAP, from when it failed. A pod whose agent ran a job (an OOM kill mid-job) is no crash."""
     crashes: dict[str, list[tuple[datetime, _JobView]]] = defaultdict(list)
     succeeded: dict[str, datetime] = {}
     for view in p.views:
@@ -624,9 +626,9 @@ def _crash_backoff(p: _PoolPass) -> dict[str, _Backoff]:
         if not recent:
             continue
         when, last = recent[-1]
-        retry_at = when + min(CRASH_BACKOFF_CAP, CRASH_BACKOFF_BASE * 2 ** min(len(recent) - 1, 16))
-        if retry_at > p.now:
-            backoff[template] = _Backoff(len(recent), last, retry_at)
+        failures = len(recent) + max(view.job.crash_failures for _, view in recent)
+        retry_at = when + min(CRASH_BACKOFF_CAP, CRASH_BACKOFF_BASE * 2 ** min(failures - 1, 16))
+        backoff[template] = _Backoff(failures, last, retry_at)
     return backoff
 
 
@@ -760,17 +762,18 @@ def _plan_instances(
     p: _PoolPass,
     counts: _JobCounts,
     *,
-    backoff: Mapping[str, _Backoff],
+    history: Mapping[str, _Backoff],
     create_budget: int,
     job_names: set[str],
 ) -> list[Action]:
     """Templates with `instances`: exactly that many groups under stable names (each restarts after its job and
     its agent re-registers under the same name). A missing one is created, at most `create_budget` in the pass
-    (maxCreatePerPass, what the pass has left of it); a failed one is deleted once its template's crash backoff
-    is over (the next pass creates it again); one beyond the count goes, drained when its agent is idle online,
-    never while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
+    (maxCreatePerPass, what the pass has left of it). A failed one, once its template's crash backoff is over,
+    is deleted and created again in the same pass (deletes go first), the new group carrying the failures in a
+    row, so the next backoff is longer. One beyond the count goes, drained when its agent is idle online, never
+    while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
     actions: list[Action] = []
-    created = 0
+    budget = create_budget
     for template in p.pool.templates:
         if not template.instances:
             continue
@@ -778,32 +781,52 @@ def _plan_instances(
             names.instance_name(p.config.owner, pool_name=p.pool.name, template=template.name, index=index)
             for index in range(template.instances)
         ]
-        failed = [v for v in p.views if v.terminal and v.job.template == template.name]
-        for view in [*counts.active.get(template.name, []), *failed]:
-            if view.job.name not in wanted:
-                reason = f"beyond the template's {template.instances} instances"
-            elif view.terminal and template.name not in backoff:
-                reason = "a failed named instance, to be created again"
-            else:
-                continue
-            if view.busy:
-                continue
-            if view.agent is not None and view.agent.online and view.running:
-                actions.append(_drain(p.pool, p.state, view, view.agent, reason))
-            else:
-                delete = DeleteJob(
-                    pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason
-                )
-                actions.append(delete)
-        if template.name in backoff:
-            actions.append(_report_backoff(p, template.name, backoff[template.name]))
+        crashes = history.get(template.name)
+        actions.extend(_surplus_instances(p, counts, template, wanted))
+        if crashes is not None and crashes.retry_at > p.now:
+            actions.append(_report_backoff(p, template.name, crashes))
             continue
+        failures = crashes.failures if crashes is not None else 0
+        for view in p.views:
+            if view.terminal and view.job.name in wanted and not view.busy and budget > 0:
+                actions.extend(_recreate_instance(p, template, view, wanted.index(view.job.name), failures))
+                budget -= 1
         for index, name in enumerate(wanted):
-            if name not in job_names and created < create_budget:
+            if name not in job_names and budget > 0:
                 job_names.add(name)
                 actions.append(_create_instance(p, template, name, index))
-                created += 1
+                budget -= 1
     return actions
+
+
+def _surplus_instances(p: _PoolPass, counts: _JobCounts, template: TemplateConfig, wanted: list[str]) -> list[Action]:
+    """The instances beyond the template's count, failed ones included: drained when the agent is idle online,
+    deleted when it is not online; never one whose agent is busy."""
+    reason = f"beyond the template's {template.instances} instances"
+    failed = [v for v in p.views if v.terminal and v.job.template == template.name]
+    actions: list[Action] = []
+    for view in [*counts.active.get(template.name, []), *failed]:
+        if view.job.name in wanted or view.busy:
+            continue
+        if view.agent is not None and view.agent.online and view.running:
+            actions.append(_drain(p.pool, p.state, view, view.agent, reason))
+        else:
+            actions.append(
+                DeleteJob(pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason)
+            )
+    return actions
+
+
+def _recreate_instance(
+    p: _PoolPass, template: TemplateConfig, view: _JobView, index: int, failures: int
+) -> list[Action]:
+    """A failed instance whose backoff is over: deleted, and created again carrying the failures in a row. Should
+    the group still exist at the create (a delete ARM finishes later), the create makes nothing and the pass that
+    finds the name free creates it without the history (its backoff starts over)."""
+    reason = "a failed named instance, to be created again"
+    delete = DeleteJob(pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason)
+    create = replace(_create_instance(p, template, view.job.name, index), crash_failures=failures)
+    return [delete, create]
 
 
 def _create_instance(p: _PoolPass, template: TemplateConfig, name: str, index: int) -> CreateJob:
@@ -836,14 +859,15 @@ def _plan_pool(
     job_actions, counts = _plan_jobs(p)
     actions.extend(job_actions)
     actions.extend(_plan_rescues(p))
-    backoff = _crash_backoff(p)
+    history = _crash_history(p)
+    backoff = {name: crashes for name, crashes in history.items() if crashes.retry_at > p.now}
     limited = _waiting_on_parallel_limit(p, queued)
     creates, blocked, held = _plan_creates(
         p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
     budget = create_budget - len(creates)
-    actions.extend(_plan_instances(p, counts, backoff=backoff, create_budget=budget, job_names=job_names))
+    actions.extend(_plan_instances(p, counts, history=history, create_budget=budget, job_names=job_names))
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
         actions.extend(

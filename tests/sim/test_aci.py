@@ -220,3 +220,22 @@ def test_named_instances_serve_a_burst_and_stay_n_agents(
     ours = sorted(a["name"] for a in sim.agents() if str(a.get("name", "")).startswith("azp-"))
     assert ours == names
     assert puts(sim) == 2
+
+
+def test_failing_named_instance_backs_off_longer_each_time(make_sim: Callable[..., Sim]) -> None:
+    """We test: a named instance whose group keeps failing in provisioning is deleted and created again once its
+    crash backoff is over, and the new group carries the failure (its crash-failures tag), so the backoff grows
+    as for Jobs: the 1st failure waits 10 s, the 2nd 20 s. In 26 s of passes that is 2 creates (3 if the history
+    were lost with the deleted group: a retry every 10 s), and the second failure is reported as the 2nd in a row."""
+    world = aci_world()
+    world["pools"][0]["templates"][0] |= {"instances": 1, "placeholder": False}
+    message = "The requested resource is not available in the location 'westeurope' at this moment."
+    world["aci"]["failProvisioning"] = [{"pool": "linux", "nth": n, "message": message} for n in range(1, 5)]
+    sim = make_sim(world)
+    result = sim.reconcile("--loop-for", "26", "--interval", "0.5", "--idle-interval", "0.5")
+    assert "ProvisioningFailed" in result.err and message in result.err, result.text
+    assert puts(sim) == 2, arm(sim).call_counts()
+    assert "2 pod(s) of template 'default' failed before their agent came online" in result.err, result.err
+    (group,) = arm(sim).groups(ACI_RESOURCE_GROUP)
+    assert group["tags"][container_groups.TAG_CRASH_FAILURES] == "1"
+    assert arm(sim).call_counts().get("DELETE containerGroups/{name}", 0) == 1

@@ -267,6 +267,26 @@ def test_listed_group_reads_as_job_and_pod(
     )
 
 
+def test_crash_failures_of_a_re_created_instance_round_trip_in_a_tag() -> None:
+    """We test: a named instance created again after failing carries its failures in a row as a tag, which the
+    listed group reads back (so the backoff outlives the deleted group); no tag reads as 0, a bad one too."""
+    config = aci_config()
+    template = TemplateConfig("default", "group.yaml", instances=1)
+    tags = container_groups.tags_for(
+        config=config, pool=config.pools[0], template=template, request_id=None, now=NOW_TIME, crash_failures=3
+    )
+    assert tags[container_groups.TAG_CRASH_FAILURES] == "3"
+    plain = container_groups.tags_for(
+        config=config, pool=config.pools[0], template=template, request_id=None, now=NOW_TIME
+    )
+    assert container_groups.TAG_CRASH_FAILURES not in plain
+    for value, expected in (("3", 3), (None, 0), ("-1", 0), ("²", 0)):
+        extra = {} if value is None else {container_groups.TAG_CRASH_FAILURES: value}
+        group = listed(provisioning="Failed", states={}, tags={**tags, **extra} if value else plain)
+        found = container_groups.workload_from_json(group, owner=config.owner)
+        assert found is not None and found[0].crash_failures == expected
+
+
 def test_groups_of_others_are_ignored() -> None:
     """We test: a group without our tags, or of another release or shard, is not ours."""
     assert container_groups.workload_from_json(listed(provisioning="Creating", states={}, tags={}), owner=OWNER) is None
