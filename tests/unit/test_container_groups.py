@@ -398,7 +398,18 @@ def test_named_instance_group_restarts_always() -> None:
         ("kubernetes", {"instances": 2}, r"pools\[0\].templates\[0\].instances: named instances .* need backend: aci"),
         ("aci", {"instances": 2, "minIdle": 1}, r"pools\[0\].templates\[0\]: instances keeps exactly 2 agents, so "),
         ("aci", {"instances": 0}, r"instances"),
-        ("aci", {"instances": 11}, r"pools\[0\].maxAgents is 10 but its templates' instances add up to 11"),
+        (
+            "aci",
+            {"instances": 11},
+            r"pools\[0\].templates\[0\].instances is 11 but pools\[0\].maxAgents is 10 \(unset: the default\): "
+            r"raise pools\[0\].maxAgents to at least 11, or lower instances",
+        ),
+        (
+            "aci",
+            {"instances": 4, "maxAgents": 3},
+            r"pools\[0\].templates\[0\].instances is 4 but pools\[0\].templates\[0\].maxAgents is 3: lower "
+            r"instances to at most 3, or raise maxAgents",
+        ),
     ],
 )
 def test_instances_config_errors(tmp_path: Path, backend: str, settings: dict[str, Any], expected: str) -> None:
