@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from azp_simulation.arm_emulator import ArmEmulator
 from azp_simulation.runner import run_simulation
 from azp_simulation.world import ACI_RESOURCE_GROUP
 from reconciler import container_groups
+from reconciler.lease import parse_time
 
 LOOP = ("--loop-for", "25", "--interval", "0.5", "--idle-interval", "1")
 
@@ -223,19 +225,26 @@ def test_named_instances_serve_a_burst_and_stay_n_agents(
 
 
 def test_failing_named_instance_backs_off_longer_each_time(make_sim: Callable[..., Sim]) -> None:
-    """We test: a named instance whose group keeps failing in provisioning is deleted and created again once its
-    crash backoff is over, and the new group carries the failure (its crash-failures tag), so the backoff grows
-    as for Jobs: the 1st failure waits 10 s, the 2nd 20 s. In 26 s of passes that is 2 creates (3 if the history
-    were lost with the deleted group: a retry every 10 s), and the second failure is reported as the 2nd in a row."""
+    """We test: a named instance whose group keeps failing in provisioning (the install's first pass created it) is
+    deleted and created again once its crash backoff is over, and the new group carries the failure (its
+    crash-failures tag), so the backoff grows as for Jobs: the 1st failure waits 10 s, the 2nd 20 s from the new
+    group's creation (10 s again if the history were lost with the deleted group). In 20 s of passes that is one
+    create, its failure reported as the 2nd in a row."""
     world = aci_world()
     world["pools"][0]["templates"][0] |= {"instances": 1, "placeholder": False}
     message = "The requested resource is not available in the location 'westeurope' at this moment."
     world["aci"]["failProvisioning"] = [{"pool": "linux", "nth": n, "message": message} for n in range(1, 5)]
     sim = make_sim(world)
-    result = sim.reconcile("--loop-for", "26", "--interval", "0.5", "--idle-interval", "0.5")
+    result = sim.reconcile("--loop-for", "20", "--interval", "0.5", "--idle-interval", "0.5")
     assert "ProvisioningFailed" in result.err and message in result.err, result.text
-    assert puts(sim) == 2, arm(sim).call_counts()
-    assert "2 pod(s) of template 'default' failed before their agent came online" in result.err, result.err
+    creates = re.findall(r"creating container group \S+ for pool 'linux' template 'default'", result.err)
+    assert len(creates) == 1, result.err
+    second = re.search(
+        r"2 pod\(s\) of template 'default' failed before .*? no new Job for it before (\S+):", result.err
+    )
+    assert second is not None, result.err
     (group,) = arm(sim).groups(ACI_RESOURCE_GROUP)
     assert group["tags"][container_groups.TAG_CRASH_FAILURES] == "1"
+    created = parse_time(group["tags"][container_groups.TAG_CREATED])
+    assert created is not None and parse_time(second.group(1)) == created + timedelta(seconds=20)
     assert arm(sim).call_counts().get("DELETE containerGroups/{name}", 0) == 1
