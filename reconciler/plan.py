@@ -350,6 +350,23 @@ class _JobCounts:
     """Every unfinished Job, which counts against maxAgents until it is really gone."""
 
 
+@dataclass(frozen=True)
+class _AgentPass:
+    """A pool's inputs to the rules that need its agent list (placeholders, prune, drain), from `_plan_pool`:
+    the pool's pass and what its job rules worked out, built once and shared by those rules."""
+
+    p: _PoolPass
+    routed: Mapping[str, list[JobRequest]]
+    """Queued requests of our shard by the template they route to."""
+    queued: list[JobRequest]
+    active: Mapping[str, list[_JobView]]
+    """The kept unfinished Jobs by template (`_JobCounts.active`)."""
+    blocked: int
+    """Queued requests maxAgents keeps from getting a Job."""
+    limited: frozenset[str]
+    """Templates whose queued requests wait on the parallel-job limit."""
+
+
 def _pool_pass(
     config: Config,
     pool: PoolConfig,
@@ -870,23 +887,8 @@ def _plan_pool(
     actions.extend(_plan_instances(p, counts, history=history, create_budget=budget, job_names=job_names))
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
-        actions.extend(
-            _plan_agents(
-                config,
-                pool,
-                state,
-                p.views,
-                routed=routed,
-                queued=queued,
-                active=counts.active,
-                blocked=blocked,
-                limited=limited,
-                now=now,
-                busy=p.busy,
-                by_name=p.agents,
-                router=p.router,
-            )
-        )
+        context = _AgentPass(p, routed, queued, counts.active, blocked, frozenset(limited))
+        actions.extend(_plan_agents(context))
     return actions
 
 
@@ -979,93 +981,57 @@ def _delete_agent(pool: PoolConfig, state: PoolState, agent: Agent, reason: str)
     )
 
 
-def _plan_agents(
-    config: Config,
-    pool: PoolConfig,
-    state: PoolState,
-    views: list[_JobView],
-    *,
-    routed: Mapping[str, list[JobRequest]],
-    queued: list[JobRequest],
-    active: Mapping[str, list[_JobView]],
-    blocked: int,
-    limited: set[str],
-    now: datetime,
-    busy: set[str],
-    by_name: Mapping[str, Agent],
-    router: _Router,
-) -> list[Action]:
-    """Placeholders, prune and drain: the rules that need the pool's agent list. `blocked` is the number
+def _plan_agents(c: _AgentPass) -> list[Action]:
+    """Placeholders, prune and drain: the rules that need the pool's agent list. `c.blocked` is the number
     of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
     serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
-    job matters more than a warm spare. `busy`, `by_name` (agents by lower-case name) and `router` are
-    the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
-    whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
-    assert state.agents is not None and state.pool_id is not None
+    job matters more than a warm spare. `c.limited`: templates whose queued requests wait on the
+    parallel-job limit (their surplus idle agents are drained too)."""
+    p = c.p
+    assert p.state.agents is not None
     placeholders = {
-        names.placeholder_name(config.owner, pool_name=pool.name, template=t.name).lower(): t
-        for t in pool.templates
+        names.placeholder_name(p.config.owner, pool_name=p.pool.name, template=t.name).lower(): t
+        for t in p.pool.templates
         if t.placeholder
     }
-    actions = _plan_placeholders(config, pool, state, placeholders=placeholders, by_name=by_name, router=router)
-    actions.extend(_plan_prunes(config, pool, state, views, placeholders=placeholders, busy=busy))
-    actions.extend(
-        _plan_drains(
-            pool,
-            state,
-            views,
-            routed=routed,
-            queued=queued,
-            active=active,
-            blocked=blocked,
-            limited=limited,
-            now=now,
-            router=router,
-        )
+    actions = _plan_placeholders(
+        p.config, p.pool, p.state, placeholders=placeholders, by_name=p.agents, router=p.router
     )
+    actions.extend(_plan_prunes(p.config, p.pool, p.state, p.views, placeholders=placeholders, busy=p.busy))
+    actions.extend(_plan_drains(c))
     return actions
 
 
-def _plan_drains(
-    pool: PoolConfig,
-    state: PoolState,
-    views: list[_JobView],
-    *,
-    routed: Mapping[str, list[JobRequest]],
-    queued: list[JobRequest],
-    active: Mapping[str, list[_JobView]],
-    blocked: int,
-    limited: set[str],
-    now: datetime,
-    router: _Router,
-) -> list[Action]:
+def _plan_drains(c: _AgentPass) -> list[Action]:
     """Idle agents of ours to drain: half-drained ones, expired ones, ones in the way of blocked demand
     (see `_plan_agents`), and those of a removed template."""
+    pool, state, now = c.p.pool, c.p.state, c.p.now
     actions: list[Action] = []
 
     # A drain an earlier pass left half done (disabled, then the run failed or died): finish it now.
     # The agent is ours, idle and disabled, so it can serve nothing and only holds a slot.
     for template in pool.templates:
-        for view in active.get(template.name, []):
+        for view in c.active.get(template.name, []):
             agent = view.agent
             if not view.busy and agent is not None and not agent.enabled and agent.online and view.running:
                 actions.append(_drain(pool, state, view, agent, "an earlier drain of this agent stopped half way"))
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
+    blocked = c.blocked
     for index, template in enumerate(pool.templates):
-        wanted = bool(routed.get(template.name)) or any(router.serves(index, r.demands) for r in queued)
-        if (wanted and template.name not in limited) or template.instances:
+        wanted = bool(c.routed.get(template.name)) or any(c.p.router.serves(index, r.demands) for r in c.queued)
+        if (wanted and template.name not in c.limited) or template.instances:
             continue
         # While requests wait on the parallel-job limit one idle agent stays, to take the next free slot.
         drains = _drain_idle(
-            pool, state, index, active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
+            pool, state, index, c.active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
         )
         blocked -= len(drains)
         actions.extend(drains)
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
     configured = {t.name for t in pool.templates}
-    for view in views:
+    for view in c.p.views:
         if view.busy or view.terminal or view.job.template in configured:
             continue
         if view.running and view.agent is not None and view.agent.online:
