@@ -1259,44 +1259,58 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             observed is None
             or now - observed >= sweep
             or _learning_due(config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now)
+            or _jobs_need_agents(
+                config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now
+            )
         ):
             needed.add(pool.name)
-            continue
-        # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
-        # the last scan, but after it, must still trigger a scan.
-        observed = observed.replace(microsecond=0)
-        busy = _busy_names(state)
-        idle_long = idle_now = unfinished = 0
-        threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
-        allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
-        configured = {t.name for t in pool.templates}
-        for job in jobs:
-            pod = pods_by_job.get((job.namespace, job.name))
-            pod_done = pod is not None and pod.terminal
-            if job.done or pod_done:
-                if pod is not None and pod.name.lower() in busy:
-                    needed.add(pool.name)  # a request held by an agent whose pod is done: rescue needs its status
-                    break
-                finished = job.finished or (pod.finished if pod is not None and pod_done else None)
-                known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
-                if not known and (finished is None or finished >= observed):
-                    needed.add(pool.name)
-                    break
-                continue
-            if job.pool_name is not None and job.template not in configured:
-                needed.add(pool.name)
-                break
-            unfinished += 1
-            if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
-                idle_now += 1
-                if _age(pod.started or pod.created, now) > threshold:
-                    idle_long += 1
-        # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
-        # idle, and a standby may have to give way to it.
-        full = idle_now > 0 and unfinished >= pool.max_agents
-        if idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests)):
-            needed.add(pool.name)
     return needed
+
+
+def _jobs_need_agents(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    world: World,
+    *,
+    jobs: list[AgentJob],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    observed: datetime,
+    now: datetime,
+) -> bool:
+    """Whether the pool's Jobs call for its agent list before the next sweep: a finished pod whose agent is not
+    known to be pruned (finished since the last scan, or holding a request), a Job of a removed template, idle
+    pods beyond the standby allowance, or an idle pod while maxAgents holds queued demand back."""
+    # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
+    # the last scan, but after it, must still trigger a scan.
+    observed = observed.replace(microsecond=0)
+    busy = _busy_names(state)
+    idle_long = idle_now = unfinished = 0
+    threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
+    allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
+    configured = {t.name for t in pool.templates}
+    for job in jobs:
+        pod = pods_by_job.get((job.namespace, job.name))
+        pod_done = pod is not None and pod.terminal
+        if job.done or pod_done:
+            if pod is not None and pod.name.lower() in busy:
+                return True  # a request held by an agent whose pod is done: rescue needs its status
+            finished = job.finished or (pod.finished if pod is not None and pod_done else None)
+            known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
+            if not known and (finished is None or finished >= observed):
+                return True
+            continue
+        if job.pool_name is not None and job.template not in configured:
+            return True
+        unfinished += 1
+        if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
+            idle_now += 1
+            if _age(pod.started or pod.created, now) > threshold:
+                idle_long += 1
+    # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
+    # idle, and a standby may have to give way to it.
+    full = idle_now > 0 and unfinished >= pool.max_agents
+    return idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests))
 
 
 CLEANUP_REASON = "the release is being removed"
