@@ -8,18 +8,21 @@ import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PAT, Sim
 
 from azp_simulation.arm_emulator import ArmEmulator
+from azp_simulation.kube_support import rbac_subject_from_file
 from azp_simulation.runner import run_simulation
 from azp_simulation.world import ACI_RESOURCE_GROUP
 from reconciler import container_groups
 from reconciler.lease import parse_time
 
 LOOP = ("--loop-for", "25", "--interval", "0.5", "--idle-interval", "1")
+RBAC = Path(__file__).resolve().parents[2] / "reconciler" / "rbac.json"
 
 
 def aci_world(**aci: Any) -> dict[str, Any]:
@@ -173,6 +176,38 @@ def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Si
     assert failed.code == 1, failed.text
     assert re.search(r"container groups in azp-agents\s+FAILED\s+.*AADSTS7000215", failed.out), failed.out
     assert "wrong" not in failed.out
+
+
+@pytest.mark.parametrize("verb", ["get", "create", "update"])
+def test_check_on_aci_names_a_lease_permission_the_role_lacks(
+    make_sim: Callable[..., Sim], tmp_path: Path, verb: str
+) -> None:
+    """We test: `azp-reconciler check` on ACI, run as a service account holding only rbac.json's Lease rules
+    (what the chart's ACI Role grants) less one verb, still signs in to Azure and lists the groups, but fails
+    (exit 1) on the Lease row of that verb, saying RBAC denies it and to grant it in the reconciler's Role; the
+    other Lease verbs are allowed."""
+    sim = make_sim(aci_world(), install=False)
+    document = json.loads(RBAC.read_text())
+    document["agentNamespace"] = []  # ACI has no agent namespaces: the chart's Role holds the Lease's rules only
+    for rule in document["leaseNamespace"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    path = tmp_path / "rbac.json"
+    path.write_text(json.dumps(document))
+    token = "reconciler-sa-token"
+    account = "system:serviceaccount:azp-agents:azp-agents-reconciler"
+    sim.kube.rbac = {token: rbac_subject_from_file(path, name=account, agent_namespace="azp-agents")}
+    sim.kube.write_kubeconfig(sim.simulation.kubeconfig_path, token=token, namespace="azp-agents")
+    result = sim.cli("check")
+    assert result.code == 1, result.text
+    assert re.search(r"container groups in azp-agents\s+ok\s+listed", result.out), result.out
+    denied = (
+        rf"can {verb} leases.coordination.k8s.io in azp-agents\s+FAILED\s+denied: RBAC: no rule grants \"{verb}\" "
+        r"on \"leases\" in API group \"coordination.k8s.io\" in the namespace \"azp-agents\": grant it in the "
+        r"reconciler's Role"
+    )
+    assert re.search(denied, result.out), result.out
+    for other in {"get", "create", "update"} - {verb}:
+        assert re.search(rf"can {other} leases.coordination.k8s.io in azp-agents\s+ok\s+allowed", result.out)
 
 
 def test_render_prints_the_group_without_secrets(make_sim: Callable[..., Sim]) -> None:
