@@ -25,28 +25,29 @@ azure-rest-api-specs specification/containerinstance/resource-manager/Microsoft.
   Quotas: 100 container groups and 100 standard cores per region and subscription by default
   (container-instances-resource-and-quota-limits.md); the quota name for the group count is [inferred].
 
-A group's life: Creating for `start_delay` x `time_scale` seconds (ACI starts take tens of seconds: ~35 s
-for small images, MicrosoftDocs/azure-docs #31689; 20-110 s by image size, virtual-kubelet/azure-aci #151),
-then Succeeded: init containers run to their end, then the main containers run. What runs in them is the
-image's (agent_images.py): the container whose command runs start.sh `register` registers an agent in the
-Azure DevOps emulator with the PAT of its token file (a secret volume mounted at AZP_TOKEN_FILE's directory)
-or token variable, config.sh failing (exit 1) on a bad token, organization or pool; the one that runs
-`run` brings it online for one job and exits when the job ends (exit 2 if it sees a token). With
-restartPolicy Never the group is then Succeeded or Failed and stays until deleted. With Always (the API's
-default), or OnFailure after a non-zero exit, the ended main containers start again after RESTART_DELAY
-(ContainerGroupRestartPolicy in the REST spec; container-instances-restart-policy.md): each container's
-instanceView counts restartCount and keeps the ended state as previousState (ContainerPropertiesInstanceView),
-the group stays Running, and the agent runs again: `run` from the state its emptyDir kept (same registration),
-`once` by registering again with config.sh --replace under the same name, which the Azure DevOps service
-answers by updating the existing agent, same id (azure-pipelines-agent ConfigurationManager with --replace
-finds the agent of that name and calls ConfigurationProvider.UpdateAgentAsync(poolId, agent), not
-AddAgentAsync). The agent knows only its container's image, environment (environmentVariables, value or
-secureValue) and command.
+A group's life: Creating for `start_delay` x `time_scale` seconds (ACI starts take tens of seconds: ~35 s for small
+images, MicrosoftDocs/azure-docs #31689; 20-110 s by image size, virtual-kubelet/azure-aci #151), then Succeeded:
+init containers run to their end, then the main containers run. What runs in them is the image's (agent_images.py):
+the container whose command runs start.sh `register` registers an agent in the Azure DevOps emulator with the PAT
+of its token file (a secret volume mounted at AZP_TOKEN_FILE's directory) or token variable, config.sh failing
+(exit 1) on a bad token, organization or pool; the one that runs `run` brings it online for one job and exits when
+the job ends (exit 2 if it sees a token). With restartPolicy Never the group is then Succeeded or Failed and stays
+until deleted. With Always (the API's default), or OnFailure after a non-zero exit, the ended main containers start
+again after RESTART_DELAY (ContainerGroupRestartPolicy in the REST spec; container-instances-restart-policy.md),
+from the second restart in a row on after the kubelet's back-off too, whatever the exit code (10 s doubling to 300
+s, reset by 10 minutes of running; a BackOff Warning event; see RESTART_BACKOFF_RESET), so a crash-looping
+container is not restarted every tick. Each container's instanceView counts restartCount and keeps the ended state
+as previousState (ContainerPropertiesInstanceView), the group stays Running, and the agent runs again: `run` from
+the state its emptyDir kept (same registration), `once` by registering again with config.sh --replace under the
+same name, which the Azure DevOps service answers by updating the existing agent, same id (azure-pipelines-agent
+ConfigurationManager with --replace finds the agent of that name and calls
+ConfigurationProvider.UpdateAgentAsync(poolId, agent), not AddAgentAsync). The agent knows only its container's
+image, environment (environmentVariables, value or secureValue) and command.
 
 Not emulated: the generic ARM resources API and Resource Graph, locations/usages, container logs, exec,
-start/stop/restart, the group-level events, ACI's back-off between restarts of a crashing container,
-creates-per-hour limits (no documented error code), IP addresses, and HOSTNAME (set to the group name here;
-ACI generates one).
+start/stop/restart, the group-level events, a container's Waiting state while it backs off (it stays Terminated
+until it restarts), creates-per-hour limits (no documented error code), IP addresses, and HOSTNAME (set to the
+group name here; ACI generates one).
 """
 
 from __future__ import annotations
@@ -75,8 +76,16 @@ API_VERSION = "2023-05-01"
 PROVIDER = "Microsoft.ContainerInstance"
 DEFAULT_START_DELAY = 30.0
 RESTART_DELAY = 5.0
-"""Seconds (x time_scale) from a container's exit to its restart under restartPolicy Always/OnFailure: the
-image is on the host already [inferred; ACI documents no figure]."""
+"""Seconds (x time_scale) a restarted container takes to start again: the image is on the host already
+[inferred; ACI documents no figure]."""
+RESTART_BACKOFF_BASE = 10.0
+RESTART_BACKOFF_CAP = 300.0
+RESTART_BACKOFF_RESET = 600.0
+"""The kubelet's restart back-off (kubernetes.io docs, concepts/workloads/pods/pod-lifecycle, restart policy):
+after an exit the container restarts at once, then waits 10 s, 20 s, 40 s ... at most 300 s before each further
+restart, and the timer resets once the container ran 10 minutes. ACI restarts through a kubelet: its container
+events are the kubelet's own words ("pulling image", "Successfully pulled image", "Back-off restarting failed
+container" in Azure/azure-cli #11584) [inferred; ACI documents no back-off]. All in seconds x time_scale."""
 AGENT_VERSION = "4.269.0"
 
 
@@ -114,6 +123,10 @@ class Group:
     restarts: dict[str, int] = field(default_factory=dict)
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)
     restart_at: float | None = None
+    backoff_steps: int = 0
+    """Restarts since the agent container last ran RESTART_BACKOFF_RESET: the next one waits for the back-off."""
+    ran_since: float = 0.0
+    """When the main containers last started (creation's end or a restart)."""
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -573,6 +586,8 @@ class ArmEmulator:
                             detail="Completed" if code == 0 else "Error")  # fmt: skip
             if code != 0:
                 return  # restartPolicy Never: the main containers never start
+        with self._lock:
+            group.ran_since = time.time()
         for container in group.containers():
             self._set_state(group, container["name"], "Running")
         if runner is not None:
@@ -642,7 +657,7 @@ class ArmEmulator:
 
     def _terminate(self, group: Group, exit_code: int) -> None:
         """The agent's container ended: with it every main container of the group (one agent per group). Its
-        restart policy may start them again in RESTART_DELAY."""
+        restart policy may start them again (`_restart_wait`)."""
         with self._lock:
             group.agent_online = False
             for container in group.containers():
@@ -650,7 +665,27 @@ class ArmEmulator:
                     self._set_state(group, container["name"], "Terminated", exitCode=exit_code,
                                     detail="Completed" if exit_code == 0 else "Error")  # fmt: skip
             if group.restarts_after(exit_code):
-                group.restart_at = time.time() + RESTART_DELAY * self.time_scale
+                group.restart_at = time.time() + self._restart_wait(group)
+
+    def _restart_wait(self, group: Group) -> float:
+        """Seconds until the ended containers start again: RESTART_DELAY, plus the kubelet's back-off from the
+        second restart in a row on (a BackOff Warning event on each container, counted as the kubelet counts a
+        repeated event); a container that ran RESTART_BACKOFF_RESET before it ended starts the series again."""
+        now, scale = time.time(), self.time_scale
+        if now - group.ran_since >= RESTART_BACKOFF_RESET * scale:
+            group.backoff_steps = 0
+        steps, group.backoff_steps = group.backoff_steps, group.backoff_steps + 1
+        if steps == 0:
+            return RESTART_DELAY * scale
+        for container in group.containers():
+            events = group.events.setdefault(container["name"], [])
+            backoff = next((e for e in events if e.get("name") == "BackOff"), None)
+            if backoff is None:
+                events.append({"count": 1, "type": "Warning", "name": "BackOff",
+                               "message": "Back-off restarting failed container"})  # fmt: skip
+            else:
+                backoff["count"] += 1
+        return (RESTART_DELAY + min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_BASE * 2.0 ** min(steps - 1, 16))) * scale
 
     def _restart(self, group: Group) -> None:
         """ACI restarts the group's ended main containers (not its init containers, which ran to completion
@@ -661,6 +696,7 @@ class ArmEmulator:
             group.restart_at = None
             if (group.resource_group.lower(), group.name.lower()) not in self._groups:
                 return  # deleted meanwhile
+            group.ran_since = time.time()
             for container in group.containers():
                 name = container["name"]
                 group.previous[name] = group.states.get(name, {})

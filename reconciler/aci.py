@@ -238,11 +238,17 @@ class ContainerInstances:
         request_id: int | None,
         demands: tuple[str, ...],
         agent_id: int | None = None,
+        crash_failures: int = 0,
     ) -> dict[str, Any]:
         if agent_id is not None:
             raise ConfigError("agents.registration: reconciler is not supported with backend aci: set it to token")
         tags = container_groups.tags_for(
-            config=config, pool=pool, template=template, request_id=request_id, now=datetime.now(UTC)
+            config=config,
+            pool=pool,
+            template=template,
+            request_id=request_id,
+            now=datetime.now(UTC),
+            crash_failures=crash_failures,
         )
         body = container_groups.render_group(
             config=config,

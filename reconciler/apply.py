@@ -304,6 +304,7 @@ class Applier:
             request_id=action.request_id,
             demands=action.demands,
             agent_id=registered[0] if registered else None,
+            crash_failures=action.crash_failures,
         )
         log.info(
             "%s %s %s/%s for pool %r template %r%s: %s",

@@ -46,9 +46,11 @@ class Backend(Protocol):
         request_id: int | None,
         demands: tuple[str, ...],
         agent_id: int | None = None,
+        crash_failures: int = 0,
     ) -> dict[str, Any]:
         """The object that runs one agent of `template`, from the user's template; `agent_id`: the agent the
-        reconciler registered for it (agents.registration reconciler), whose files `hand_over` gives it."""
+        reconciler registered for it (agents.registration reconciler), whose files `hand_over` gives it;
+        `crash_failures`: a named instance's failures in a row (CreateJob.crash_failures), kept on the object."""
         ...
 
     def create(self, manifest: Mapping[str, Any]) -> str | None:
@@ -99,7 +101,9 @@ class KubernetesBackend:
         request_id: int | None,
         demands: tuple[str, ...],
         agent_id: int | None = None,
+        crash_failures: int = 0,
     ) -> dict[str, Any]:
+        # No named instances on Kubernetes (config refuses them): every Job keeps its own history.
         return render.render_job(
             config=config,
             pool=pool,

@@ -375,13 +375,24 @@ def _registry(raw: Mapping[str, Any], *, key: str) -> RegistryCredential:
     )
 
 
-def _check_instances_fit(templates: Sequence[TemplateConfig], *, max_agents: int, key: str, source: str) -> None:
-    """A pool's named instances count against its maxAgents like any agent: they must fit in it."""
-    instances = sum(t.instances or 0 for t in templates)
-    if instances > max_agents:
+def _check_instances_fit(templates: Sequence[TemplateConfig], *, max_agents: int | None, key: str, source: str) -> None:
+    """A pool's named instances count against its maxAgents (and a template's against its own) like any agent,
+    and plan() keeps the set whole: they must fit. `max_agents`: the pool's, None when unset (the default 10)."""
+    counts = [(f"{key}.templates[{i}].instances", t.instances) for i, t in enumerate(templates) if t.instances]
+    for index, template in enumerate(templates):
+        if template.instances and template.max_agents is not None and template.instances > template.max_agents:
+            raise ConfigError(
+                f"{source}: {key}.templates[{index}].instances is {template.instances} but "
+                f"{key}.templates[{index}].maxAgents is {template.max_agents}: lower instances to at most "
+                f"{template.max_agents}, or raise maxAgents"
+            )
+    total = sum(count for _, count in counts)
+    limit = 10 if max_agents is None else max_agents
+    if total > limit:
+        named = counts[0][0] if len(counts) == 1 else " + ".join(f"{k} ({n})" for k, n in counts)
+        where = f"{key}.maxAgents is {limit}" + (" (unset: the default)" if max_agents is None else "")
         raise ConfigError(
-            f"{source}: {key}.maxAgents is {max_agents} but its templates' instances add up to {instances}: "
-            "raise maxAgents or lower instances"
+            f"{source}: {named} is {total} but {where}: raise {key}.maxAgents to at least {total}, or lower instances"
         )
 
 
@@ -472,7 +483,7 @@ def build_config(document: Mapping[str, Any], *, source: str, base_dir: Path, ch
                     cost=cost,
                 )
             )
-        _check_instances_fit(templates, max_agents=pool.get("maxAgents", 10), key=f"pools[{index}]", source=source)
+        _check_instances_fit(templates, max_agents=pool.get("maxAgents"), key=f"pools[{index}]", source=source)
         pools.append(
             PoolConfig(
                 name=pool["name"],

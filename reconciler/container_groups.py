@@ -48,6 +48,7 @@ TAG_TEMPLATE = "azp-agents.template"
 TAG_REQUEST_ID = "azp-agents.request-id"
 TAG_STANDBY = "azp-agents.standby"
 TAG_CREATED = "azp-agents.created"
+TAG_CRASH_FAILURES = "azp-agents.crash-failures"
 TOKEN_ENV = "AZP_TOKEN"
 AGENT_CONTAINER = "agent"
 REGISTER_CONTAINER = "register"
@@ -147,9 +148,16 @@ def _set_env(container: dict[str, Any], entries: list[dict[str, Any]], *, replac
 
 
 def tags_for(
-    *, config: Config, pool: PoolConfig, template: TemplateConfig, request_id: int | None, now: datetime
+    *,
+    config: Config,
+    pool: PoolConfig,
+    template: TemplateConfig,
+    request_id: int | None,
+    now: datetime,
+    crash_failures: int = 0,
 ) -> dict[str, str]:
-    """The release, shard, pool, template and request identity every group of ours carries."""
+    """The release, shard, pool, template and request identity every group of ours carries; a named instance
+    re-created after failing carries its failures in a row too (its crash backoff outlives the failed group)."""
     tags = {
         TAG_MANAGED_BY: names.MANAGED_BY,
         TAG_RELEASE: config.release,
@@ -163,6 +171,8 @@ def tags_for(
         tags[TAG_STANDBY] = "true"
     else:
         tags[TAG_REQUEST_ID] = str(request_id)
+    if crash_failures:
+        tags[TAG_CRASH_FAILURES] = str(crash_failures)
     return tags
 
 
@@ -303,6 +313,7 @@ def workload_from_json(group: Mapping[str, Any], *, owner: names.Owner) -> tuple
     if phase == "Failed" and finished is None:
         finished = created
     raw_request = tags.get(TAG_REQUEST_ID) or ""
+    raw_failures = tags.get(TAG_CRASH_FAILURES) or ""
     job = AgentJob(
         name=str(name),
         namespace=resource_group,
@@ -314,6 +325,7 @@ def workload_from_json(group: Mapping[str, Any], *, owner: names.Owner) -> tuple
         created=created,
         finished=finished if phase in ("Succeeded", "Failed") else None,
         failed=phase == "Failed",
+        crash_failures=int(raw_failures) if raw_failures.isascii() and raw_failures.isdigit() else 0,
     )
     pod = AgentPod(
         name=str(name),

@@ -349,6 +349,9 @@ class AgentJob:
     finished: datetime | None = None
     failed: bool = False
     deleting: bool = False
+    crash_failures: int = 0
+    """A named instance re-created after failing: how many times it had failed in a row before (kept on the
+    object, so its crash backoff outlives the delete of the failed one); 0 otherwise."""
 
     @property
     def done(self) -> bool:
@@ -398,6 +401,8 @@ class CreateJob:
     demands: tuple[str, ...] = ()
     pool_id: int | None = None
     """Where the reconciler registers the Job's agent (agents.registration: reconciler)."""
+    crash_failures: int = 0
+    """A named instance re-created after failing: its failures in a row so far (AgentJob.crash_failures)."""
     kind: Literal["create-job"] = "create-job"
 
 

@@ -350,6 +350,23 @@ class _JobCounts:
     """Every unfinished Job, which counts against maxAgents until it is really gone."""
 
 
+@dataclass(frozen=True)
+class _AgentPass:
+    """A pool's inputs to the rules that need its agent list (placeholders, prune, drain), from `_plan_pool`:
+    the pool's pass and what its job rules worked out, built once and shared by those rules."""
+
+    p: _PoolPass
+    routed: Mapping[str, list[JobRequest]]
+    """Queued requests of our shard by the template they route to."""
+    queued: list[JobRequest]
+    active: Mapping[str, list[_JobView]]
+    """The kept unfinished Jobs by template (`_JobCounts.active`)."""
+    blocked: int
+    """Queued requests maxAgents keeps from getting a Job."""
+    limited: frozenset[str]
+    """Templates whose queued requests wait on the parallel-job limit."""
+
+
 def _pool_pass(
     config: Config,
     pool: PoolConfig,
@@ -598,13 +615,15 @@ class _Backoff(NamedTuple):
     retry_at: datetime
 
 
-def _crash_backoff(p: _PoolPass) -> dict[str, _Backoff]:
-    """Templates whose pods failed before their agent came online, and that are still backing off.
+def _crash_history(p: _PoolPass) -> dict[str, _Backoff]:
+    """Templates whose pods failed before their agent came online: their failures in a row and when new Jobs
+    may be created again (`retry_at`, past or not).
 
     A failed Job stays listed until its TTL (ttlSecondsAfterFinished), so the pods of the pool's finished
     Jobs are the failure history: plan() needs nothing outside the World. The failures since the template's
-    last pod that succeeded count; after the n-th, new Jobs wait CRASH_BACKOFF_BASE * 2**(n-1), at most
-    CRASH_BACKOFF_CAP, from when it failed. A pod whose agent ran a job (an OOM kill mid-job) is no crash."""
+    last pod that succeeded count, plus those a re-created named instance carries (AgentJob.crash_failures:
+    the failed group it replaces is gone); after the n-th, new Jobs wait CRASH_BACKOFF_BASE * 2**(n-1), at
+    most CRASH_BACKOFF_CAP, from when it failed. A pod whose agent ran a job (an OOM kill mid-job) is no crash."""
     crashes: dict[str, list[tuple[datetime, _JobView]]] = defaultdict(list)
     succeeded: dict[str, datetime] = {}
     for view in p.views:
@@ -624,9 +643,9 @@ def _crash_backoff(p: _PoolPass) -> dict[str, _Backoff]:
         if not recent:
             continue
         when, last = recent[-1]
-        retry_at = when + min(CRASH_BACKOFF_CAP, CRASH_BACKOFF_BASE * 2 ** min(len(recent) - 1, 16))
-        if retry_at > p.now:
-            backoff[template] = _Backoff(len(recent), last, retry_at)
+        failures = len(recent) + max(view.job.crash_failures for _, view in recent)
+        retry_at = when + min(CRASH_BACKOFF_CAP, CRASH_BACKOFF_BASE * 2 ** min(failures - 1, 16))
+        backoff[template] = _Backoff(failures, last, retry_at)
     return backoff
 
 
@@ -757,13 +776,21 @@ def _plan_creates(
 
 
 def _plan_instances(
-    p: _PoolPass, counts: _JobCounts, *, backoff: Mapping[str, _Backoff], job_names: set[str]
+    p: _PoolPass,
+    counts: _JobCounts,
+    *,
+    history: Mapping[str, _Backoff],
+    create_budget: int,
+    job_names: set[str],
 ) -> list[Action]:
     """Templates with `instances`: exactly that many groups under stable names (each restarts after its job and
-    its agent re-registers under the same name). A missing one is created; a failed one is deleted once its
-    template's crash backoff is over (the next pass creates it again); one beyond the count goes, drained when
-    its agent is idle online, never while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
+    its agent re-registers under the same name). A missing one is created, at most `create_budget` in the pass
+    (maxCreatePerPass, what the pass has left of it). A failed one, once its template's crash backoff is over,
+    is deleted and created again in the same pass (deletes go first), the new group carrying the failures in a
+    row, so the next backoff is longer. One beyond the count goes, drained when its agent is idle online, never
+    while its agent is busy. Stuck ones are _plan_jobs' (not in `counts.active`)."""
     actions: list[Action] = []
+    budget = create_budget
     for template in p.pool.templates:
         if not template.instances:
             continue
@@ -771,31 +798,52 @@ def _plan_instances(
             names.instance_name(p.config.owner, pool_name=p.pool.name, template=template.name, index=index)
             for index in range(template.instances)
         ]
-        failed = [v for v in p.views if v.terminal and v.job.template == template.name]
-        for view in [*counts.active.get(template.name, []), *failed]:
-            if view.job.name not in wanted:
-                reason = f"beyond the template's {template.instances} instances"
-            elif view.terminal and template.name not in backoff:
-                reason = "a failed named instance, to be created again"
-            else:
-                continue
-            if view.busy:
-                continue
-            if view.agent is not None and view.agent.online and view.running:
-                actions.append(_drain(p.pool, p.state, view, view.agent, reason))
-            else:
-                delete = DeleteJob(
-                    pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason
-                )
-                actions.append(delete)
-        if template.name in backoff:
-            actions.append(_report_backoff(p, template.name, backoff[template.name]))
+        crashes = history.get(template.name)
+        actions.extend(_surplus_instances(p, counts, template, wanted))
+        if crashes is not None and crashes.retry_at > p.now:
+            actions.append(_report_backoff(p, template.name, crashes))
             continue
+        failures = crashes.failures if crashes is not None else 0
+        for view in p.views:
+            if view.terminal and view.job.name in wanted and not view.busy and budget > 0:
+                actions.extend(_recreate_instance(p, template, view, wanted.index(view.job.name), failures))
+                budget -= 1
         for index, name in enumerate(wanted):
-            if name not in job_names:
+            if name not in job_names and budget > 0:
                 job_names.add(name)
                 actions.append(_create_instance(p, template, name, index))
+                budget -= 1
     return actions
+
+
+def _surplus_instances(p: _PoolPass, counts: _JobCounts, template: TemplateConfig, wanted: list[str]) -> list[Action]:
+    """The instances beyond the template's count, failed ones included: drained when the agent is idle online,
+    deleted when it is not online; never one whose agent is busy."""
+    reason = f"beyond the template's {template.instances} instances"
+    failed = [v for v in p.views if v.terminal and v.job.template == template.name]
+    actions: list[Action] = []
+    for view in [*counts.active.get(template.name, []), *failed]:
+        if view.job.name in wanted or view.busy:
+            continue
+        if view.agent is not None and view.agent.online and view.running:
+            actions.append(_drain(p.pool, p.state, view, view.agent, reason))
+        else:
+            actions.append(
+                DeleteJob(pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason)
+            )
+    return actions
+
+
+def _recreate_instance(
+    p: _PoolPass, template: TemplateConfig, view: _JobView, index: int, failures: int
+) -> list[Action]:
+    """A failed instance whose backoff is over: deleted, and created again carrying the failures in a row. Should
+    the group still exist at the create (a delete ARM finishes later), the create makes nothing and the pass that
+    finds the name free creates it without the history (its backoff starts over)."""
+    reason = "a failed named instance, to be created again"
+    delete = DeleteJob(pool=p.pool.name, namespace=view.job.namespace, job_name=view.job.name, reason=reason)
+    create = replace(_create_instance(p, template, view.job.name, index), crash_failures=failures)
+    return [delete, create]
 
 
 def _create_instance(p: _PoolPass, template: TemplateConfig, name: str, index: int) -> CreateJob:
@@ -828,32 +876,19 @@ def _plan_pool(
     job_actions, counts = _plan_jobs(p)
     actions.extend(job_actions)
     actions.extend(_plan_rescues(p))
-    backoff = _crash_backoff(p)
+    history = _crash_history(p)
+    backoff = {name: crashes for name, crashes in history.items() if crashes.retry_at > p.now}
     limited = _waiting_on_parallel_limit(p, queued)
     creates, blocked, held = _plan_creates(
         p, routed, counts, backoff=backoff, limited=limited, create_budget=create_budget, job_names=job_names
     )
     actions.extend(creates)
-    actions.extend(_plan_instances(p, counts, backoff=backoff, job_names=job_names))
+    budget = create_budget - len(creates)
+    actions.extend(_plan_instances(p, counts, history=history, create_budget=budget, job_names=job_names))
     actions.extend(_report_backoff(p, name, backoff[name]) for name in held)
     if p.agents_known:
-        actions.extend(
-            _plan_agents(
-                config,
-                pool,
-                state,
-                p.views,
-                routed=routed,
-                queued=queued,
-                active=counts.active,
-                blocked=blocked,
-                limited=limited,
-                now=now,
-                busy=p.busy,
-                by_name=p.agents,
-                router=p.router,
-            )
-        )
+        context = _AgentPass(p, routed, queued, counts.active, blocked, frozenset(limited))
+        actions.extend(_plan_agents(context))
     return actions
 
 
@@ -946,93 +981,57 @@ def _delete_agent(pool: PoolConfig, state: PoolState, agent: Agent, reason: str)
     )
 
 
-def _plan_agents(
-    config: Config,
-    pool: PoolConfig,
-    state: PoolState,
-    views: list[_JobView],
-    *,
-    routed: Mapping[str, list[JobRequest]],
-    queued: list[JobRequest],
-    active: Mapping[str, list[_JobView]],
-    blocked: int,
-    limited: set[str],
-    now: datetime,
-    busy: set[str],
-    by_name: Mapping[str, Agent],
-    router: _Router,
-) -> list[Action]:
-    """Placeholders, prune and drain: the rules that need the pool's agent list. `blocked` is the number
+def _plan_agents(c: _AgentPass) -> list[Action]:
+    """Placeholders, prune and drain: the rules that need the pool's agent list. `c.blocked` is the number
     of queued requests maxAgents keeps from getting a Job: that many idle agents of templates that can
     serve nothing queued are drained, standby (minIdle, minAgents) included, since a waiting pipeline
-    job matters more than a warm spare. `busy`, `by_name` (agents by lower-case name) and `router` are
-    the ones `_plan_pool` made for this pool, passed on so that they are built once. `limited`: templates
-    whose queued requests wait on the parallel-job limit (their surplus idle agents are drained too)."""
-    assert state.agents is not None and state.pool_id is not None
+    job matters more than a warm spare. `c.limited`: templates whose queued requests wait on the
+    parallel-job limit (their surplus idle agents are drained too)."""
+    p = c.p
+    assert p.state.agents is not None
     placeholders = {
-        names.placeholder_name(config.owner, pool_name=pool.name, template=t.name).lower(): t
-        for t in pool.templates
+        names.placeholder_name(p.config.owner, pool_name=p.pool.name, template=t.name).lower(): t
+        for t in p.pool.templates
         if t.placeholder
     }
-    actions = _plan_placeholders(config, pool, state, placeholders=placeholders, by_name=by_name, router=router)
-    actions.extend(_plan_prunes(config, pool, state, views, placeholders=placeholders, busy=busy))
-    actions.extend(
-        _plan_drains(
-            pool,
-            state,
-            views,
-            routed=routed,
-            queued=queued,
-            active=active,
-            blocked=blocked,
-            limited=limited,
-            now=now,
-            router=router,
-        )
+    actions = _plan_placeholders(
+        p.config, p.pool, p.state, placeholders=placeholders, by_name=p.agents, router=p.router
     )
+    actions.extend(_plan_prunes(p.config, p.pool, p.state, p.views, placeholders=placeholders, busy=p.busy))
+    actions.extend(_plan_drains(c))
     return actions
 
 
-def _plan_drains(
-    pool: PoolConfig,
-    state: PoolState,
-    views: list[_JobView],
-    *,
-    routed: Mapping[str, list[JobRequest]],
-    queued: list[JobRequest],
-    active: Mapping[str, list[_JobView]],
-    blocked: int,
-    limited: set[str],
-    now: datetime,
-    router: _Router,
-) -> list[Action]:
+def _plan_drains(c: _AgentPass) -> list[Action]:
     """Idle agents of ours to drain: half-drained ones, expired ones, ones in the way of blocked demand
     (see `_plan_agents`), and those of a removed template."""
+    pool, state, now = c.p.pool, c.p.state, c.p.now
     actions: list[Action] = []
 
     # A drain an earlier pass left half done (disabled, then the run failed or died): finish it now.
     # The agent is ours, idle and disabled, so it can serve nothing and only holds a slot.
     for template in pool.templates:
-        for view in active.get(template.name, []):
+        for view in c.active.get(template.name, []):
             agent = view.agent
             if not view.busy and agent is not None and not agent.enabled and agent.online and view.running:
                 actions.append(_drain(pool, state, view, agent, "an earlier drain of this agent stopped half way"))
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,
     # keeping minIdle idle agents and minAgents agents per template.
+    blocked = c.blocked
     for index, template in enumerate(pool.templates):
-        wanted = bool(routed.get(template.name)) or any(router.serves(index, r.demands) for r in queued)
-        if (wanted and template.name not in limited) or template.instances:
+        wanted = bool(c.routed.get(template.name)) or any(c.p.router.serves(index, r.demands) for r in c.queued)
+        if (wanted and template.name not in c.limited) or template.instances:
             continue
         # While requests wait on the parallel-job limit one idle agent stays, to take the next free slot.
         drains = _drain_idle(
-            pool, state, index, active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
+            pool, state, index, c.active.get(template.name, []), blocked=blocked, keep=int(wanted), now=now
         )
         blocked -= len(drains)
         actions.extend(drains)
     # Jobs of a removed template whose agent sits idle: drain at once (they can never be used).
     configured = {t.name for t in pool.templates}
-    for view in views:
+    for view in c.p.views:
         if view.busy or view.terminal or view.job.template in configured:
             continue
         if view.running and view.agent is not None and view.agent.online:
@@ -1260,44 +1259,58 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
             observed is None
             or now - observed >= sweep
             or _learning_due(config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now)
+            or _jobs_need_agents(
+                config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now
+            )
         ):
             needed.add(pool.name)
-            continue
-        # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
-        # the last scan, but after it, must still trigger a scan.
-        observed = observed.replace(microsecond=0)
-        busy = _busy_names(state)
-        idle_long = idle_now = unfinished = 0
-        threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
-        allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
-        configured = {t.name for t in pool.templates}
-        for job in jobs:
-            pod = pods_by_job.get((job.namespace, job.name))
-            pod_done = pod is not None and pod.terminal
-            if job.done or pod_done:
-                if pod is not None and pod.name.lower() in busy:
-                    needed.add(pool.name)  # a request held by an agent whose pod is done: rescue needs its status
-                    break
-                finished = job.finished or (pod.finished if pod is not None and pod_done else None)
-                known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
-                if not known and (finished is None or finished >= observed):
-                    needed.add(pool.name)
-                    break
-                continue
-            if job.pool_name is not None and job.template not in configured:
-                needed.add(pool.name)
-                break
-            unfinished += 1
-            if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
-                idle_now += 1
-                if _age(pod.started or pod.created, now) > threshold:
-                    idle_long += 1
-        # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
-        # idle, and a standby may have to give way to it.
-        full = idle_now > 0 and unfinished >= pool.max_agents
-        if idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests)):
-            needed.add(pool.name)
     return needed
+
+
+def _jobs_need_agents(
+    config: Config,
+    pool: PoolConfig,
+    state: PoolState,
+    world: World,
+    *,
+    jobs: list[AgentJob],
+    pods_by_job: Mapping[tuple[str, str], AgentPod],
+    observed: datetime,
+    now: datetime,
+) -> bool:
+    """Whether the pool's Jobs call for its agent list before the next sweep: a finished pod whose agent is not
+    known to be pruned (finished since the last scan, or holding a request), a Job of a removed template, idle
+    pods beyond the standby allowance, or an idle pod while maxAgents holds queued demand back."""
+    # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
+    # the last scan, but after it, must still trigger a scan.
+    observed = observed.replace(microsecond=0)
+    busy = _busy_names(state)
+    idle_long = idle_now = unfinished = 0
+    threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
+    allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
+    configured = {t.name for t in pool.templates}
+    for job in jobs:
+        pod = pods_by_job.get((job.namespace, job.name))
+        pod_done = pod is not None and pod.terminal
+        if job.done or pod_done:
+            if pod is not None and pod.name.lower() in busy:
+                return True  # a request held by an agent whose pod is done: rescue needs its status
+            finished = job.finished or (pod.finished if pod is not None and pod_done else None)
+            known = pod is not None and (pod.name.lower() in world.agent_ids or pod.name.lower() in world.pruned)
+            if not known and (finished is None or finished >= observed):
+                return True
+            continue
+        if job.pool_name is not None and job.template not in configured:
+            return True
+        unfinished += 1
+        if pod is not None and pod.phase == "Running" and pod.name.lower() not in busy:
+            idle_now += 1
+            if _age(pod.started or pod.created, now) > threshold:
+                idle_long += 1
+    # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
+    # idle, and a standby may have to give way to it.
+    full = idle_now > 0 and unfinished >= pool.max_agents
+    return idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests))
 
 
 CLEANUP_REASON = "the release is being removed"

@@ -57,6 +57,40 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 {{- toJson $config -}}
 {{- end -}}
 
+{{/*
+Named instances count against their pool's maxAgents (and a template's against its own) like any agent, and
+the reconciler keeps the set whole: they must fit (reconciler/config.py says the same to a config file's user).
+*/}}
+{{- define "azp-agents.checkInstances" -}}
+{{- range $index, $pool := .Values.pools -}}
+{{- $key := printf "pools[%d]" $index -}}
+{{- $total := 0 -}}
+{{- $keys := list -}}
+{{- $named := list -}}
+{{- range $tIndex, $template := $pool.templates | default list -}}
+{{- if $template.instances -}}
+{{- $tKey := printf "%s.templates[%d]" $key $tIndex -}}
+{{- $count := int $template.instances -}}
+{{- if and (hasKey $template "maxAgents") (gt $count (int $template.maxAgents)) -}}
+{{- fail (printf "%s.instances is %d but %s.maxAgents is %d: lower instances to at most %d, or raise maxAgents" $tKey $count $tKey (int $template.maxAgents) (int $template.maxAgents)) -}}
+{{- end -}}
+{{- $total = add $total $count -}}
+{{- $keys = append $keys $tKey -}}
+{{- $named = append $named (printf "%s.instances (%d)" $tKey $count) -}}
+{{- end -}}
+{{- end -}}
+{{- $max := int (hasKey $pool "maxAgents" | ternary $pool.maxAgents 10) -}}
+{{- if gt (int $total) $max -}}
+{{- $what := join " + " $named -}}
+{{- if eq (len $named) 1 -}}
+{{- $what = printf "%s.instances" (first $keys) -}}
+{{- end -}}
+{{- $where := printf "%s.maxAgents is %d%s" $key $max (hasKey $pool "maxAgents" | ternary "" " (unset: the default)") -}}
+{{- fail (printf "%s is %d but %s: raise %s.maxAgents to at least %d, or lower instances" $what (int $total) $where $key (int $total)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Cross-field rules of backend: aci the schema cannot express. */}}
 {{- define "azp-agents.checkAci" -}}
 {{- range $pool := .Values.pools -}}
@@ -67,6 +101,7 @@ ServiceAccounts or agent Roles; it keeps the reconciler's CronJob, its Lease and
 {{- end -}}
 {{- end -}}
 {{- if include "azp-agents.aci" . -}}
+{{- include "azp-agents.checkInstances" . -}}
 {{- $aci := .Values.aci -}}
 {{- range $key := list "subscriptionId" "resourceGroup" "location" -}}
 {{- if not (index $aci $key) -}}

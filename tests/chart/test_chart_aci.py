@@ -130,3 +130,39 @@ def test_incomplete_registry_values_are_refused(registry: dict[str, Any], expect
     """We test: a registry with a username but no password Secret, a password Secret but no username, or
     neither an identity nor a username fails the install naming aci.registries[index]."""
     assert expected in render_failure(aci_values(registries=[registry]))
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        (
+            {"templates": [{"name": "linux", "instances": 11}]},
+            "pools[0].templates[0].instances is 11 but pools[0].maxAgents is 10 (unset: the default): raise "
+            "pools[0].maxAgents to at least 11, or lower instances",
+        ),
+        (
+            {
+                "maxAgents": 6,
+                "templates": [{"name": "a", "instances": 4}, {"name": "b"}, {"name": "c", "instances": 3}],
+            },
+            "pools[0].templates[0].instances (4) + pools[0].templates[2].instances (3) is 7 but pools[0].maxAgents is "
+            "6: raise pools[0].maxAgents to at least 7, or lower instances",
+        ),
+        (
+            {"maxAgents": 6, "templates": [{"name": "a", "instances": 4, "maxAgents": 3}]},
+            "pools[0].templates[0].instances is 4 but pools[0].templates[0].maxAgents is 3: lower instances to at "
+            "most 3, or raise maxAgents",
+        ),
+    ],
+)
+def test_named_instances_beyond_max_agents_fail_the_install(pool: dict[str, Any], expected: str, helm: str) -> None:
+    """We test: `helm template` (helm 4 and 3) refuses instances that do not fit in their pool's maxAgents (set or
+    the default 10), or in their template's own maxAgents, naming the instances keys, the maxAgents key and the fix."""
+    assert expected in render_failure(aci_values() | {"pools": [{"name": "p", **pool}]}, helm=helm)
+
+
+def test_named_instances_that_fit_max_agents_render() -> None:
+    """We test: instances adding up to exactly the pool's maxAgents install."""
+    templates = [{"name": name, "jobTemplate": "linux", "instances": n} for name, n in (("a", 4), ("b", 3))]
+    pools = [{"name": "p", "maxAgents": 7, "templates": templates}]
+    only(render_chart(aci_values() | {"pools": pools}), "CronJob")

@@ -5,6 +5,7 @@ ARM poller follows, list pages with nextLink, ARM error bodies, quotas and what 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +148,37 @@ def test_only_unexpired_entra_tokens_for_arm_are_accepted(arm: ArmEmulator) -> N
     entra.token_lifetime = -1
     refused = arm.handle("GET", path, {"Authorization": f"Bearer {entra.access_token(app, arm.base_url)[0]}"}, b"")
     assert refused[0] == 401 and refused[1]["error"]["code"] == "AuthenticationFailed"
+
+
+def test_crash_looping_container_restarts_with_the_kubelets_back_off(arm: ArmEmulator) -> None:
+    """We test: an agent container of a restartPolicy Always group that exits at once (nothing registered to run,
+    exit 1) is restarted with a growing back-off, not every tick: at time scale 0.01 the 2nd to 6th restarts
+    wait 0.05 s plus 0.1, 0.2, 0.4, 0.8 and 1.6 s (3.35 s in all, 0.5 s without a back-off); the SDK's GET shows
+    the restartCount, the ended previousState and the kubelet's BackOff Warning event counted per back-off."""
+    body = group().serialize()
+    body["properties"]["restartPolicy"] = "Always"
+    body["properties"]["containers"][0]["properties"] |= {"image": IMAGE, "command": ["/azp/start.sh", "run"]}
+    aci = client(arm)
+    aci.container_groups.begin_create_or_update("agents", "looping", ContainerGroup.deserialize(body), polling=False)
+
+    def restarts() -> int:
+        (view,) = arm.groups("agents")
+        instance_view = view["properties"]["containers"][0]["properties"].get("instanceView") or {}
+        return int(instance_view.get("restartCount", 0))
+
+    def wait_for(count: int) -> float:
+        deadline = time.monotonic() + 20
+        while restarts() < count:
+            assert time.monotonic() < deadline, f"restartCount {restarts()} < {count}"
+            time.sleep(0.02)
+        return time.monotonic()
+
+    first = wait_for(1)
+    assert wait_for(6) - first >= 2.5
+    container = aci.container_groups.get("agents", "looping").containers[0]
+    assert container.instance_view is not None and container.instance_view.restart_count >= 6
+    assert container.instance_view.previous_state is not None
+    assert container.instance_view.previous_state.exit_code == 1
+    (backoff,) = [e for e in container.instance_view.events or [] if e.name == "BackOff"]
+    assert backoff.type == "Warning" and backoff.message == "Back-off restarting failed container"
+    assert backoff.count is not None and backoff.count >= 5

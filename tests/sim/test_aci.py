@@ -7,17 +7,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PAT, Sim
 
 from azp_simulation.arm_emulator import ArmEmulator
+from azp_simulation.kube_support import rbac_subject_from_file
 from azp_simulation.runner import run_simulation
 from azp_simulation.world import ACI_RESOURCE_GROUP
 from reconciler import container_groups
+from reconciler.lease import parse_time
 
 LOOP = ("--loop-for", "25", "--interval", "0.5", "--idle-interval", "1")
+RBAC = Path(__file__).resolve().parents[2] / "reconciler" / "rbac.json"
 
 
 def aci_world(**aci: Any) -> dict[str, Any]:
@@ -173,6 +178,38 @@ def test_check_signs_in_to_azure_and_lists_the_groups(make_sim: Callable[..., Si
     assert "wrong" not in failed.out
 
 
+@pytest.mark.parametrize("verb", ["get", "create", "update"])
+def test_check_on_aci_names_a_lease_permission_the_role_lacks(
+    make_sim: Callable[..., Sim], tmp_path: Path, verb: str
+) -> None:
+    """We test: `azp-reconciler check` on ACI, run as a service account holding only rbac.json's Lease rules
+    (what the chart's ACI Role grants) less one verb, still signs in to Azure and lists the groups, but fails
+    (exit 1) on the Lease row of that verb, saying RBAC denies it and to grant it in the reconciler's Role; the
+    other Lease verbs are allowed."""
+    sim = make_sim(aci_world(), install=False)
+    document = json.loads(RBAC.read_text())
+    document["agentNamespace"] = []  # ACI has no agent namespaces: the chart's Role holds the Lease's rules only
+    for rule in document["leaseNamespace"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    path = tmp_path / "rbac.json"
+    path.write_text(json.dumps(document))
+    token = "reconciler-sa-token"
+    account = "system:serviceaccount:azp-agents:azp-agents-reconciler"
+    sim.kube.rbac = {token: rbac_subject_from_file(path, name=account, agent_namespace="azp-agents")}
+    sim.kube.write_kubeconfig(sim.simulation.kubeconfig_path, token=token, namespace="azp-agents")
+    result = sim.cli("check")
+    assert result.code == 1, result.text
+    assert re.search(r"container groups in azp-agents\s+ok\s+listed", result.out), result.out
+    denied = (
+        rf"can {verb} leases.coordination.k8s.io in azp-agents\s+FAILED\s+denied: RBAC: no rule grants \"{verb}\" "
+        r"on \"leases\" in API group \"coordination.k8s.io\" in the namespace \"azp-agents\": grant it in the "
+        r"reconciler's Role"
+    )
+    assert re.search(denied, result.out), result.out
+    for other in {"get", "create", "update"} - {verb}:
+        assert re.search(rf"can {other} leases.coordination.k8s.io in azp-agents\s+ok\s+allowed", result.out)
+
+
 def test_render_prints_the_group_without_secrets(make_sim: Callable[..., Sim]) -> None:
     """We test: `azp-reconciler render` on ACI prints the container group the reconciler would create, tagged
     and with its token volume, but never the PAT it would put there."""
@@ -220,3 +257,29 @@ def test_named_instances_serve_a_burst_and_stay_n_agents(
     ours = sorted(a["name"] for a in sim.agents() if str(a.get("name", "")).startswith("azp-"))
     assert ours == names
     assert puts(sim) == 2
+
+
+def test_failing_named_instance_backs_off_longer_each_time(make_sim: Callable[..., Sim]) -> None:
+    """We test: a named instance whose group keeps failing in provisioning (the install's first pass created it) is
+    deleted and created again once its crash backoff is over, and the new group carries the failure (its
+    crash-failures tag), so the backoff grows as for Jobs: the 1st failure waits 10 s, the 2nd 20 s from the new
+    group's creation (10 s again if the history were lost with the deleted group). In 20 s of passes that is one
+    create, its failure reported as the 2nd in a row."""
+    world = aci_world()
+    world["pools"][0]["templates"][0] |= {"instances": 1, "placeholder": False}
+    message = "The requested resource is not available in the location 'westeurope' at this moment."
+    world["aci"]["failProvisioning"] = [{"pool": "linux", "nth": n, "message": message} for n in range(1, 5)]
+    sim = make_sim(world)
+    result = sim.reconcile("--loop-for", "20", "--interval", "0.5", "--idle-interval", "0.5")
+    assert "ProvisioningFailed" in result.err and message in result.err, result.text
+    creates = re.findall(r"creating container group \S+ for pool 'linux' template 'default'", result.err)
+    assert len(creates) == 1, result.err
+    second = re.search(
+        r"2 pod\(s\) of template 'default' failed before .*? no new Job for it before (\S+):", result.err
+    )
+    assert second is not None, result.err
+    (group,) = arm(sim).groups(ACI_RESOURCE_GROUP)
+    assert group["tags"][container_groups.TAG_CRASH_FAILURES] == "1"
+    created = parse_time(group["tags"][container_groups.TAG_CREATED])
+    assert created is not None and parse_time(second.group(1)) == created + timedelta(seconds=20)
+    assert arm(sim).call_counts().get("DELETE containerGroups/{name}", 0) == 1

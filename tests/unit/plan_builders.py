@@ -80,6 +80,7 @@ def job_for(
     finished: float | None = None,
     failed: bool = False,
     slot: int = 0,
+    crash_failures: int = 0,
 ) -> AgentJob:
     if name is None:
         name = (
@@ -98,6 +99,7 @@ def job_for(
         created=ago(created),
         finished=ago(finished) if finished is not None else None,
         failed=failed,
+        crash_failures=crash_failures,
     )
 
 
@@ -179,6 +181,7 @@ def apply_to_world(world_: World, actions: list[Action], *, next_agent_id: int =
                     request_id=action.request_id,
                     standby=action.request_id is None,
                     created=NOW,
+                    crash_failures=action.crash_failures,
                 )
             )
         elif isinstance(action, DeleteJob | DrainAgent):

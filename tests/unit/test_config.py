@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from reconciler import config as config_module
+from reconciler import container_groups
 from reconciler.errors import ConfigError
 
 JOB = {
@@ -237,3 +238,27 @@ def test_api_version_is_auto_by_default_and_pinned_versions_are_checked(workdir:
     assert pinned.azdo_api_version == "6.0"
     message = error_of(workdir, base(azureDevOps={"apiVersion": "5.1"}))
     assert "azureDevOps.apiVersion" in message and "'6.0'" in message
+
+
+def test_named_instances_beyond_max_agents_are_refused_naming_both_keys(workdir: Path) -> None:
+    """We test: a config file whose templates' instances add up to more than the pool's maxAgents is refused
+    (exit 2) naming each template's instances, the pool's maxAgents and the fix; the same instances within a
+    raised maxAgents load."""
+    (workdir / "group.yaml").write_text(yaml.safe_dump(container_groups.image_template(image="agent:1")))
+    templates = [
+        {"name": "small", "jobTemplate": "group.yaml", "instances": 4},
+        {"name": "large", "jobTemplate": "group.yaml", "instances": 3},
+    ]
+    aci = {
+        "subscriptionId": "00000000-0000-0000-0000-000000000001",
+        "resourceGroup": "agents",
+        "location": "westeurope",
+    }
+    document = base(backend="aci", aci=aci, pools=[{"name": "linux", "maxAgents": 6, "templates": templates}])
+    assert error_of(workdir, document) == (
+        f"{workdir / 'config.yaml'}: pools[0].templates[0].instances (4) + pools[0].templates[1].instances (3) is 7 "
+        "but pools[0].maxAgents is 6: raise pools[0].maxAgents to at least 7, or lower instances"
+    )
+    document["pools"][0]["maxAgents"] = 7
+    loaded, _ = config_module.load_file(write(workdir, document))
+    assert [t.instances for t in loaded.pools[0].templates] == [4, 3]

@@ -267,6 +267,26 @@ def test_listed_group_reads_as_job_and_pod(
     )
 
 
+def test_crash_failures_of_a_re_created_instance_round_trip_in_a_tag() -> None:
+    """We test: a named instance created again after failing carries its failures in a row as a tag, which the
+    listed group reads back (so the backoff outlives the deleted group); no tag reads as 0, a bad one too."""
+    config = aci_config()
+    template = TemplateConfig("default", "group.yaml", instances=1)
+    tags = container_groups.tags_for(
+        config=config, pool=config.pools[0], template=template, request_id=None, now=NOW_TIME, crash_failures=3
+    )
+    assert tags[container_groups.TAG_CRASH_FAILURES] == "3"
+    plain = container_groups.tags_for(
+        config=config, pool=config.pools[0], template=template, request_id=None, now=NOW_TIME
+    )
+    assert container_groups.TAG_CRASH_FAILURES not in plain
+    for value, expected in (("3", 3), (None, 0), ("-1", 0), ("²", 0)):
+        extra = {} if value is None else {container_groups.TAG_CRASH_FAILURES: value}
+        group = listed(provisioning="Failed", states={}, tags={**tags, **extra} if value else plain)
+        found = container_groups.workload_from_json(group, owner=config.owner)
+        assert found is not None and found[0].crash_failures == expected
+
+
 def test_groups_of_others_are_ignored() -> None:
     """We test: a group without our tags, or of another release or shard, is not ours."""
     assert container_groups.workload_from_json(listed(provisioning="Creating", states={}, tags={}), owner=OWNER) is None
@@ -378,7 +398,18 @@ def test_named_instance_group_restarts_always() -> None:
         ("kubernetes", {"instances": 2}, r"pools\[0\].templates\[0\].instances: named instances .* need backend: aci"),
         ("aci", {"instances": 2, "minIdle": 1}, r"pools\[0\].templates\[0\]: instances keeps exactly 2 agents, so "),
         ("aci", {"instances": 0}, r"instances"),
-        ("aci", {"instances": 11}, r"pools\[0\].maxAgents is 10 but its templates' instances add up to 11"),
+        (
+            "aci",
+            {"instances": 11},
+            r"pools\[0\].templates\[0\].instances is 11 but pools\[0\].maxAgents is 10 \(unset: the default\): "
+            r"raise pools\[0\].maxAgents to at least 11, or lower instances",
+        ),
+        (
+            "aci",
+            {"instances": 4, "maxAgents": 3},
+            r"pools\[0\].templates\[0\].instances is 4 but pools\[0\].templates\[0\].maxAgents is 3: lower "
+            r"instances to at most 3, or raise maxAgents",
+        ),
     ],
 )
 def test_instances_config_errors(tmp_path: Path, backend: str, settings: dict[str, Any], expected: str) -> None:

@@ -3,10 +3,13 @@ after each job, kept at exactly that number whatever is queued."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from plan_builders import (
     NOW,
     OWNER,
     agent,
+    ago,
     apply_to_world,
     config,
     job_for,
@@ -21,7 +24,7 @@ from plan_builders import (
 )
 
 from reconciler import names
-from reconciler.model import CreateJob, DeleteJob, DrainAgent, ReportCrashBackoff
+from reconciler.model import CreateJob, DeleteJob, DrainAgent, ReportCrashBackoff, World
 from reconciler.plan import plan
 
 
@@ -67,20 +70,68 @@ def test_surplus_instances_go_but_never_a_busy_one() -> None:
     assert of(CreateJob, actions) == []
 
 
+def failed_instance(*, finished: float, crash_failures: int = 0) -> World:
+    """Instance 0 alone, its group failed in provisioning `finished` seconds ago (created just before), carrying
+    `crash_failures` failures of the groups before it."""
+    job = job_for(
+        "linux", name=instance(0), created=finished + 1, finished=finished, failed=True, crash_failures=crash_failures
+    )
+    pod = pod_for(
+        job, phase="Failed", created=finished + 1, started=None, reason="ProvisioningFailed", finished=finished
+    )
+    return world(state("linux", agents=()), jobs=(job,), pods=(pod,))
+
+
 def test_failed_instance_is_replaced_after_its_backoff() -> None:
     """We test: an instance whose group failed before its agent came online backs its template off (reported,
-    kept, not recreated); once the backoff is over it is deleted, and the pass after creates it again."""
+    kept, not recreated); once the backoff is over it is deleted and created again in the same pass, the new
+    group carrying the one failure."""
     cfg = instances_config(1)
-    failed = job_for("linux", name=instance(0), created=30, finished=5, failed=True)
-    pod = pod_for(failed, phase="Failed", created=29, started=None, reason="ProvisioningFailed", finished=5)
-    recent = world(state("linux", agents=()), jobs=(failed,), pods=(pod,))
+    recent = failed_instance(finished=5)
     actions = plan(cfg, recent, NOW)  # type: ignore[arg-type]
     assert of(DeleteJob, actions) == [] and of(CreateJob, actions) == []
-    assert [r.template for r in of(ReportCrashBackoff, actions)] == ["default"]
-    old = job_for("linux", name=instance(0), created=90, finished=60, failed=True)
-    old_pod = pod_for(old, phase="Failed", created=89, started=None, reason="ProvisioningFailed", finished=60)
-    over = world(state("linux", agents=()), jobs=(old,), pods=(old_pod,))
+    assert [(r.template, r.failures) for r in of(ReportCrashBackoff, actions)] == [("default", 1)]
+    over = failed_instance(finished=60)
     actions = plan(cfg, over, NOW)  # type: ignore[arg-type]
-    assert [d.job_name for d in of(DeleteJob, actions)] == [instance(0)] and of(CreateJob, actions) == []
-    after = apply_to_world(over, actions)
-    assert [c.job_name for c in of(CreateJob, plan(cfg, after, NOW))] == [instance(0)]  # type: ignore[arg-type]
+    assert [d.job_name for d in of(DeleteJob, actions)] == [instance(0)]
+    assert [(c.job_name, c.crash_failures) for c in of(CreateJob, actions)] == [(instance(0), 1)]
+    assert [a.kind for a in actions] == ["delete-job", "create-job"]  # apply deletes first too
+    assert of(CreateJob, plan(cfg, apply_to_world(over, actions), NOW)) == []  # type: ignore[arg-type]
+
+
+def test_failed_instance_backoff_grows_across_re_creates() -> None:
+    """We test: a re-created instance that fails again counts the failures its group carries: the 2nd failure in
+    a row waits 20 s (not the first failure's 10 s: 15 s after it, it is still backing off, reported as failure
+    2), and once that is over the next group carries 2; the 7th and later wait the 5-minute cap."""
+    cfg = instances_config(1)
+    second = failed_instance(finished=15, crash_failures=1)
+    actions = plan(cfg, second, NOW)  # type: ignore[arg-type]
+    assert of(DeleteJob, actions) == [] and of(CreateJob, actions) == []
+    (report,) = of(ReportCrashBackoff, actions)
+    assert (report.failures, report.retry_at) == (2, ago(15) + timedelta(seconds=20))
+    later = failed_instance(finished=25, crash_failures=1)
+    assert [(c.job_name, c.crash_failures) for c in of(CreateJob, plan(cfg, later, NOW))] == [(instance(0), 2)]  # type: ignore[arg-type]
+    capped = failed_instance(finished=299, crash_failures=6)
+    (report,) = of(ReportCrashBackoff, plan(cfg, capped, NOW))  # type: ignore[arg-type]
+    assert (report.failures, report.retry_at) == (7, ago(299) + timedelta(minutes=5))
+
+
+def test_instance_creates_obey_max_create_per_pass() -> None:
+    """We test: maxCreatePerPass bounds instance creates as it bounds Jobs: with a brake of 3, 5 missing instances
+    give 3 creates (the first three, by index), and the pass after creates the other 2; a pool planned first whose
+    queued jobs spend 2 of the brake leaves the instances 1."""
+    cfg = config(pool("linux", template(instances=5, placeholder=False)), max_create_per_pass=3)
+    first = world(state("linux", agents=()))
+    creates = of(CreateJob, plan(cfg, first, NOW))  # type: ignore[arg-type]
+    assert [c.job_name for c in creates] == [instance(n) for n in range(3)]
+    rest = of(CreateJob, plan(cfg, apply_to_world(first, creates), NOW))  # type: ignore[arg-type]
+    assert [c.job_name for c in rest] == [instance(3), instance(4)]
+    busy_first = config(
+        pool("windows", template(placeholder=False)),
+        pool("linux", template(instances=5, placeholder=False)),
+        max_create_per_pass=3,
+    )
+    both = world(state("windows", queued(1), queued(2), agents=()), state("linux", agents=()))
+    creates = of(CreateJob, plan(busy_first, both, NOW))  # type: ignore[arg-type]
+    assert [(c.pool, c.request_id) for c in creates] == [("windows", 1), ("windows", 2), ("linux", None)]
+    assert creates[-1].job_name == instance(0)
