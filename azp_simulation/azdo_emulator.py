@@ -67,7 +67,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from azp_simulation.agent_oauth import OAuthClient, OAuthRefusal, TokenService
@@ -109,6 +109,7 @@ FIRST_REQUEST_ID = 1000
 DEFAULT_AGENT_VERSION = "4.261.0"
 
 __all__ = [
+    "AgentState",
     "AzureDevOpsEmulator",
     "EmulatorAuthError",
     "EmulatorConflictError",
@@ -131,6 +132,15 @@ _TRUNCATED_DEFAULT = json.dumps(
         ],
     }
 )
+
+
+class AgentState(NamedTuple):
+    """What the simulation may ask of a registered agent (agent_states)."""
+
+    agent_id: int
+    name: str
+    status: str
+    listened: bool
 
 
 class EmulatorAuthError(Exception):
@@ -183,6 +193,8 @@ class _Agent:
     jobs_taken: int = 0
     exiting_until: float | None = None
     """Set when a `--once` listener exited after its job: it still shows online until then."""
+    listened: bool = False
+    """Whether a listener ever started a session as this agent (a placeholder's never does)."""
 
     def capabilities(self) -> dict[str, str]:
         """System capabilities overlaid with user capabilities (user ones win, names case-insensitive)."""
@@ -555,6 +567,11 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             return [(a.name, a.status) for a in self._pool_agents(pool_id)]
 
+    def agent_states(self, pool_id: int) -> list[AgentState]:
+        """Every agent of a pool: its id, name, status and whether a listener ever ran as it."""
+        with self._lock:
+            return [AgentState(a.agent_id, a.name, a.status, a.listened) for a in self._pool_agents(pool_id)]
+
     def accepts(self, pool_id: int, demands: Iterable[str]) -> bool:
         """Whether the service would queue a job with these demands in the pool now rather than fail it at once
         ("No agent found in pool ... which satisfies the specified demands"): some agent registered in the pool,
@@ -617,6 +634,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             agent.once = once
             agent.jobs_taken = 0
             agent.exiting_until = None
+            agent.listened = True
             self._set_status(agent, "online")
         self.tick()
 

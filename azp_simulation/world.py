@@ -1022,12 +1022,23 @@ class Simulation:
         return sum(self.azdo.unfinished_count(pool_id) for pool_id in self.pool_ids.values())
 
     def leftovers(self) -> dict[str, int]:
-        """Agents and Jobs of ours still around (the reconciler should have cleaned them up)."""
+        """Agents and Jobs of ours still around (the reconciler should have cleaned them up).
+
+        Agents of ours are the ones the world knows it started or left behind, whatever their names: those its
+        kubelet's simulated agents registered, those whose listener a simulated agent of its kubelet or ARM ran,
+        and the world file's `ours` leftovers. A placeholder, registered by the reconciler and never run, is not."""
+        with self._lock:
+            started = {p.agent_id for p in self.processes.values() if p.agent_id is not None}
         ours_offline = ours_online = 0
-        for pool_id in self.pool_ids.values():
-            for name, status in self.azdo.agent_statuses(pool_id):
-                if name.startswith("azp-") and not name.startswith("azp-placeholder-"):
-                    if status == "online":
+        for pool, pool_id in self.pool_ids.items():
+            seeded = {
+                self.azdo.agent_id(pool_id, seeded_agent_name(a))
+                for a in self.world.agents
+                if a.get("ours") and a["pool"] == pool
+            }
+            for agent in self.azdo.agent_states(pool_id):
+                if agent.listened or agent.agent_id in started | seeded:
+                    if agent.status == "online":
                         ours_online += 1
                     else:
                         ours_offline += 1

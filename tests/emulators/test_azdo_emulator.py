@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from azp_simulation.azdo_emulator import (
+    AgentState,
     AzureDevOpsEmulator,
     EmulatorAuthError,
     EmulatorConflictError,
@@ -508,6 +509,21 @@ def test_agents_demands_query_is_parsed_like_the_service(
     assert [a["name"] for a in java] == ["java-1"]
     assert_error(get(session, emulator, path, demands="docker, java"), 400, "ArgumentException", "' java'")
     assert_error(get(session, emulator, path, demands="java -ltVersion 2"), 400, "ArgumentException", "-ltVersion")
+
+
+def test_agent_states_tell_which_agents_ever_listened() -> None:
+    """We test: agent_states reports each agent's id, name and status, and whether a listener ever started a
+    session as it (a registered-only agent, such as a placeholder, never did)."""
+    emu = AzureDevOpsEmulator(clock=FakeClock())
+    pool = emu.add_pool("linux")
+    placeholder = emu.add_agent(pool["id"], "placeholder", capabilities=DOCKER, enabled=False)
+    worker = emu.add_agent(pool["id"], "worker", capabilities=DOCKER)
+    emu.agent_online(worker["id"], once=False)
+    emu.agent_lost(worker["id"])
+    assert emu.agent_states(pool["id"]) == [
+        AgentState(placeholder["id"], "placeholder", "offline", False),
+        AgentState(worker["id"], "worker", "offline", True),
+    ]
 
 
 def test_pickup_delay_separates_assign_and_receive() -> None:
