@@ -1,6 +1,6 @@
 """We test: what the simulated world knows comes from the service and the world itself, never from the reconciler:
 its summary counts as leftovers of ours the agents it started or left behind (Simulation.leftovers), whatever their
-names."""
+names, and a world file's demand must be one the service can parse."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from azp_simulation.world import Simulation, load_world
+from reconciler.errors import ConfigError
 
 DOCKER = {"docker": "/usr/bin/docker", "Agent.OS": "Linux"}
 
@@ -48,3 +49,16 @@ def test_leftovers_are_what_the_world_started_or_seeded_as_ours(simulation: Simu
     azdo.agent_lost(worker["id"])
     left = simulation.leftovers()
     assert (left["online_agents"], left["offline_agents"]) == (0, 2)
+
+
+def test_a_demand_the_service_cannot_parse_is_refused_naming_its_key(tmp_path: Path) -> None:
+    """We test: a world file's arrival demanding what the service cannot parse (a miscased operator) is refused when
+    the file is read, naming arrivals[i].demands[j] and the grammar, before any emulator starts."""
+    world = {
+        "pools": [{"name": "linux", "templates": [{"name": "default", "capabilities": {"docker": ""}}]}],
+        "arrivals": [{"pool": "linux", "demands": ["docker", "java -Equals 17"]}],
+    }
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(world))
+    with pytest.raises(ConfigError, match=r"arrivals\[0\]\.demands\[1\]: demand 'java -Equals 17' does not parse"):
+        load_world(path)
