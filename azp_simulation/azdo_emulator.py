@@ -96,7 +96,14 @@ from azp_simulation.azdo_support import (
 from azp_simulation.entra import AZURE_DEVOPS_APP_ID, EntraEmulator
 from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
 from azp_simulation.projects import SCOPE_BUILD_READ, SCOPE_PROJECT_READ, Projects
-from azp_simulation.service_demands import Demand, DemandError, parse_demand, parse_demand_list, satisfies
+from azp_simulation.service_demands import (
+    EQUALS,
+    Demand,
+    DemandError,
+    parse_demand,
+    parse_demand_list,
+    satisfies,
+)
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
 
 log = logging.getLogger("azp_simulation.azdo")
@@ -1127,16 +1134,20 @@ class AzureDevOpsEmulator(ServedEmulator):
         return [self._pool_json(p["id"]) for p in pools]
 
     def _list_agents(self, pool_id: int, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        """With `demands`, the agents satisfying them, `agentName` then being one more demand, `Agent.Name -equals`
+        (the service's TaskAgentsBaseController.GetAgents, service_demands.py); without, `agentName` is the name."""
         self._pool(pool_id)
         agents = self._pool_agents(pool_id)
-        if "agentname" in query:
-            agents = [a for a in agents if a.name.casefold() == query["agentname"].casefold()]
         if query.get("demands"):
             try:
                 demands = parse_demand_list(query["demands"])
             except DemandError as error:
                 raise ApiError(400, str(error), "ArgumentException") from error
-            agents = [a for a in agents if satisfies(demands, a.capabilities())]
+            if query.get("agentname"):
+                demands.append(Demand("Agent.Name", EQUALS, query["agentname"]))
+            return [self._agent_json(a, **_agent_flags(query)) for a in agents if satisfies(demands, a.capabilities())]
+        if "agentname" in query:
+            agents = [a for a in agents if a.name.casefold() == query["agentname"].casefold()]
         return [self._agent_json(a, **_agent_flags(query)) for a in agents]
 
     def _post_agent(self, pool_id: int, body: Any) -> dict[str, Any]:

@@ -498,7 +498,8 @@ def test_agents_demands_query_is_parsed_like_the_service(
     emulator: AzureDevOpsEmulator, session: requests.Session
 ) -> None:
     """We test: the agents list's `demands` query splits on commas without trimming (TaskAgentsBaseController
-    .AsDemands), filters by the service's rules, and a piece that does not parse is a 400 ArgumentException."""
+    .AsDemands), filters by the service's rules, and a piece that does not parse is a 400 ArgumentException; with
+    demands, agentName is matched against the Agent.Name capability, which an agent without one lacks."""
     pool = emulator.add_pool("linux")
     emulator.add_agent(pool["id"], "docker-1", capabilities=DOCKER)
     emulator.add_agent(pool["id"], "java-1", capabilities={"java": "17", "Agent.Version": "4.261.0"})
@@ -508,6 +509,10 @@ def test_agents_demands_query_is_parsed_like_the_service(
     java = get(session, emulator, path, demands="JAVA -equals 17,agent.version").json()["value"]
     assert [a["name"] for a in java] == ["java-1"]
     assert_error(get(session, emulator, path, demands="docker, java"), 400, "ArgumentException", "' java'")
+    emulator.add_agent(pool["id"], "java-2", capabilities={"java": "17", "Agent.Name": "JAVA-2"})
+    named = get(session, emulator, path, demands="java", agentName="java-2").json()["value"]
+    assert [a["name"] for a in named] == ["java-2"], "agentName with demands is an Agent.Name -equals demand"
+    assert get(session, emulator, path, demands="java", agentName="java-1").json()["count"] == 0
     assert_error(get(session, emulator, path, demands="java -ltVersion 2"), 400, "ArgumentException", "-ltVersion")
 
 
