@@ -57,26 +57,6 @@ KNOWN_DIFFERENCES: dict[str, tuple[str, dict[str, str], str]] = {
         "ParseVersion keeps a '-' in first place (.NET reads '-0' as 0, so '-0.2' is 0.2); the product drops "
         "everything from the first '-' and reads nothing. No agent or task has such a version.",
     ),
-    "Unicode space around a version part": (
-        "Agent.Version -gtVersion 1.0",
-        {"Agent.Version": "1.0\xa0"},
-        "Int32 parsing trims only [\\t\\n\\v\\f\\r ]; the product's str.strip() also trims U+00A0 and other "
-        "Unicode spaces. Product bug, harmless in practice.",
-    ),
-    "version part above Int32": (
-        "Agent.Version -gtVersion 1.0",
-        {"Agent.Version": "3.20240512093011"},
-        "System.Version parts are Int32: 20240512093011 makes the capability unparseable, failing the demand; "
-        "the product reads any size. Product bug: a timestamp-like build number satisfies a demand the service "
-        "refuses.",
-    ),
-    "case beyond simple upper-casing": (
-        "city -equals Straße",
-        {"city": "STRASSE"},
-        "The service compares with OrdinalIgnoreCase (simple per-character upper case: ß is not SS, the Kelvin "
-        "sign is not k); the product uses str.casefold, which equates them. Product bug: such values match in "
-        "the product but not in the service.",
-    ),
     "final newline": (
         "docker\n",
         {"docker": "/usr/bin/docker"},
@@ -103,6 +83,26 @@ KNOWN_DIFFERENCES: dict[str, tuple[str, dict[str, str], str]] = {
 }
 
 
+# Differences this test found in the product, since fixed there: each must stay agreed.
+FIXED_IN_THE_PRODUCT: dict[str, tuple[str, dict[str, str]]] = {
+    "a Unicode space around a version part is not trimmed": (
+        "Agent.Version -gtVersion 1.0",
+        {"Agent.Version": "1.0\xa0"},
+    ),
+    "a version part above Int32 is unreadable": ("Agent.Version -gtVersion 1.0", {"Agent.Version": "3.20240512093011"}),
+    "ß is not SS": ("city -equals Straße", {"city": "STRASSE"}),
+    "the Kelvin sign is not k": ("unit -equals \u212a", {"unit": "k"}),
+    "simple upper case still matches": ("CITY -equals straße", {"city": "STRAßE"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_IN_THE_PRODUCT))
+def test_differences_fixed_in_the_product_stay_fixed(name: str) -> None:
+    """We test: the product answers as the service on each difference this test once found."""
+    demand, capabilities = FIXED_IN_THE_PRODUCT[name]
+    assert product_verdict(demand, capabilities) == service_verdict(demand, capabilities)
+
+
 @pytest.mark.parametrize("name", sorted(KNOWN_DIFFERENCES))
 def test_each_known_difference_is_real(name: str) -> None:
     """We test: every listed difference shows on its example (so the list says only what is true today)."""
@@ -119,8 +119,6 @@ def explained(text: str, capabilities: dict[str, str]) -> str | None:
         compared = [parsed.value or "", *(v for k, v in capabilities.items() if k.casefold() == parsed.name.casefold())]
         if any(v.startswith("-") and versions_read_differently(v) for v in compared):
             return "leading minus in a version"
-        if any("\xa0" in v and versions_read_differently(v) for v in compared):
-            return "Unicode space around a version part"
     return None
 
 
