@@ -6,7 +6,8 @@ multi-project organization: azp_simulation/projects.py) with the service's shape
 camelCase fields, null fields left out, UTC timestamps with 'Z', api-version rules, PAT scopes, sign-in
 pages, throttling headers and JSON error bodies. Behind it sits a small server-side scheduler that
 assigns queued job requests to online, enabled, idle agents whose capabilities satisfy the demands, the
-way the service does.
+way the service does. Demands are parsed and evaluated by the service's own rules (service_demands.py, written from
+its sources, not from the reconciler's), and a request's JSON shows them as the service serializes them.
 
 Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unconfirmed]:
 - a valid PAT without `vso.agentpools_manage` on a write gets 403 with an "Access Denied ... needs
@@ -66,7 +67,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from azp_simulation.agent_oauth import OAuthClient, OAuthRefusal, TokenService
@@ -95,8 +96,15 @@ from azp_simulation.azdo_support import (
 from azp_simulation.entra import AZURE_DEVOPS_APP_ID, EntraEmulator
 from azp_simulation.hooks import SCOPE_HOOKS_READ, SCOPE_HOOKS_WRITE, ServiceHooks
 from azp_simulation.projects import SCOPE_BUILD_READ, SCOPE_PROJECT_READ, Projects
+from azp_simulation.service_demands import (
+    EQUALS,
+    Demand,
+    DemandError,
+    parse_demand,
+    parse_demand_list,
+    satisfies,
+)
 from azp_simulation.serving import Fault, FaultingHandler, FaultKind, ServedEmulator
-from reconciler.demands import satisfies_all
 
 log = logging.getLogger("azp_simulation.azdo")
 
@@ -108,6 +116,7 @@ FIRST_REQUEST_ID = 1000
 DEFAULT_AGENT_VERSION = "4.261.0"
 
 __all__ = [
+    "AgentState",
     "AzureDevOpsEmulator",
     "EmulatorAuthError",
     "EmulatorConflictError",
@@ -130,6 +139,15 @@ _TRUNCATED_DEFAULT = json.dumps(
         ],
     }
 )
+
+
+class AgentState(NamedTuple):
+    """What the simulation may ask of a registered agent (agent_states)."""
+
+    agent_id: int
+    name: str
+    status: str
+    listened: bool
 
 
 class EmulatorAuthError(Exception):
@@ -182,6 +200,8 @@ class _Agent:
     jobs_taken: int = 0
     exiting_until: float | None = None
     """Set when a `--once` listener exited after its job: it still shows online until then."""
+    listened: bool = False
+    """Whether a listener ever started a session as this agent (a placeholder's never does)."""
 
     def capabilities(self) -> dict[str, str]:
         """System capabilities overlaid with user capabilities (user ones win, names case-insensitive)."""
@@ -197,7 +217,7 @@ class _Agent:
 class _Request:
     request_id: int
     pool_id: int
-    demands: list[str]
+    demands: list[Demand]
     queue_time: float
     duration: float
     planned_result: str
@@ -465,7 +485,9 @@ class AzureDevOpsEmulator(ServedEmulator):
         pool) in a pool; returns its request id.
 
         Like the service, a request no registered agent of the pool could ever satisfy (offline and
-        disabled agents count) fails at once."""
+        disabled agents count) fails at once. A demand the service cannot parse raises DemandError: the service
+        never holds a job request with one (service_demands.py)."""
+        parsed_demands = [parse_demand(d) for d in demands]
         with self._lock:
             self._pool(pool_id)
             scope_id = self.projects.require(project).project_id if project else self.projects.projects_of(pool_id)[0]
@@ -479,7 +501,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             request = _Request(
                 request_id=request_id,
                 pool_id=pool_id,
-                demands=list(demands),
+                demands=parsed_demands,
                 queue_time=self.clock() if queue_time is None else queue_time,
                 duration=duration,
                 planned_result=result,
@@ -497,8 +519,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             self._requests_by_pool.setdefault(pool_id, {})[request_id] = request
             self.stats.jobs_queued += 1
             self.stats.timings[request_id] = RequestTiming(request_id, pool_id, request.queue_time)
-            if not self.accepts(pool_id, request.demands):
-                shown = ", ".join(request.demands)
+            if not self._matched_agents(pool_id, request.demands):
+                shown = ", ".join(map(str, request.demands))
                 self._finish(
                     request,
                     "failed",
@@ -552,12 +574,18 @@ class AzureDevOpsEmulator(ServedEmulator):
         with self._lock:
             return [(a.name, a.status) for a in self._pool_agents(pool_id)]
 
+    def agent_states(self, pool_id: int) -> list[AgentState]:
+        """Every agent of a pool: its id, name, status and whether a listener ever ran as it."""
+        with self._lock:
+            return [AgentState(a.agent_id, a.name, a.status, a.listened) for a in self._pool_agents(pool_id)]
+
     def accepts(self, pool_id: int, demands: Iterable[str]) -> bool:
         """Whether the service would queue a job with these demands in the pool now rather than fail it at once
         ("No agent found in pool ... which satisfies the specified demands"): some agent registered in the pool,
-        online or offline, enabled or not, satisfies them."""
+        online or offline, enabled or not, satisfies them. DemandError for a demand the service cannot parse."""
+        parsed_demands = [parse_demand(d) for d in demands]
         with self._lock:
-            return bool(self._matched_agents(pool_id, list(demands)))
+            return bool(self._matched_agents(pool_id, parsed_demands))
 
     def unfinished_count(self, pool_id: int) -> int:
         """How many of a pool's job requests are queued, assigned or running (`requests(unfinished_only=True)`)."""
@@ -613,6 +641,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             agent.once = once
             agent.jobs_taken = 0
             agent.exiting_until = None
+            agent.listened = True
             self._set_status(agent, "online")
         self.tick()
 
@@ -722,7 +751,7 @@ class AzureDevOpsEmulator(ServedEmulator):
                 and agent.enabled
                 and agent.assigned_request is None
                 and not (agent.once and agent.jobs_taken > 0 and (agent.exiting_until or now) <= now)
-                and satisfies_all(request.demands, agent.capabilities())
+                and satisfies(request.demands, agent.capabilities())
             ):
                 return agent
         return None
@@ -892,8 +921,8 @@ class AzureDevOpsEmulator(ServedEmulator):
             agent.status = status
             agent.status_changed_on = self.clock()
 
-    def _matched_agents(self, pool_id: int, demands: list[str]) -> list[_Agent]:
-        return [a for a in self._pool_agents(pool_id) if satisfies_all(demands, a.capabilities())]
+    def _matched_agents(self, pool_id: int, demands: list[Demand]) -> list[_Agent]:
+        return [a for a in self._pool_agents(pool_id) if satisfies(demands, a.capabilities())]
 
     # JSON shapes
 
@@ -1050,7 +1079,7 @@ class AzureDevOpsEmulator(ServedEmulator):
             },
             "data": {"ParallelismTag": "Private", "IsScheduledKey": "False"},
             "priority": 0,
-            "demands": list(request.demands),
+            "demands": [str(d) for d in request.demands],
             "statusMessage": request.status_message,
             "agentDelays": [],
         }
@@ -1105,13 +1134,20 @@ class AzureDevOpsEmulator(ServedEmulator):
         return [self._pool_json(p["id"]) for p in pools]
 
     def _list_agents(self, pool_id: int, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        """With `demands`, the agents satisfying them, `agentName` then being one more demand, `Agent.Name -equals`
+        (the service's TaskAgentsBaseController.GetAgents, service_demands.py); without, `agentName` is the name."""
         self._pool(pool_id)
         agents = self._pool_agents(pool_id)
+        if query.get("demands"):
+            try:
+                demands = parse_demand_list(query["demands"])
+            except DemandError as error:
+                raise ApiError(400, str(error), "ArgumentException") from error
+            if query.get("agentname"):
+                demands.append(Demand("Agent.Name", EQUALS, query["agentname"]))
+            return [self._agent_json(a, **_agent_flags(query)) for a in agents if satisfies(demands, a.capabilities())]
         if "agentname" in query:
             agents = [a for a in agents if a.name.casefold() == query["agentname"].casefold()]
-        if query.get("demands"):
-            demands = [d.strip() for d in query["demands"].split(",") if d.strip()]
-            agents = [a for a in agents if satisfies_all(demands, a.capabilities())]
         return [self._agent_json(a, **_agent_flags(query)) for a in agents]
 
     def _post_agent(self, pool_id: int, body: Any) -> dict[str, Any]:

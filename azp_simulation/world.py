@@ -72,7 +72,7 @@ from typing import Any
 
 import yaml
 
-from azp_simulation import agent_images, agent_oauth, container_builds
+from azp_simulation import agent_images, agent_oauth, container_builds, service_demands
 from azp_simulation.arm_emulator import DEFAULT_START_DELAY, ArmEmulator, Quotas
 from azp_simulation.azdo_emulator import AzureDevOpsEmulator, EmulatorAuthError
 from azp_simulation.azdo_support import SERVER_PROFILES, ApiError
@@ -226,6 +226,17 @@ def _require(mapping: Mapping[str, Any], key: str, kind: type, where: str) -> An
     return value
 
 
+def _demands(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """An arrival's demands, each one the service can parse (it never queues a job with another)."""
+    demands = tuple(str(d) for d in raw.get("demands") or ())
+    for index, demand in enumerate(demands):
+        try:
+            service_demands.parse_demand(demand)
+        except service_demands.DemandError as exc:
+            raise ConfigError(f"{where}.demands[{index}]: {exc}") from None
+    return demands
+
+
 def _crash_pods(raw: Any, where: str, pools: set[str]) -> CrashPods:
     if not isinstance(raw, dict) or raw.get("pool") not in pools:
         raise ConfigError(f"{where}.pool: expected one of the world's pools {sorted(pools)}")
@@ -316,7 +327,7 @@ def load_world(path: Path) -> WorldFile:
                 at=float(raw.get("at", 0)),
                 pool=raw["pool"],
                 count=int(raw.get("count", 1)),
-                demands=tuple(raw.get("demands") or ()),
+                demands=_demands(raw, key),
                 duration=(float(low), float(high)),
                 every=float(raw.get("every", 0)),
                 result=str(raw.get("result", "succeeded")),
@@ -1022,12 +1033,23 @@ class Simulation:
         return sum(self.azdo.unfinished_count(pool_id) for pool_id in self.pool_ids.values())
 
     def leftovers(self) -> dict[str, int]:
-        """Agents and Jobs of ours still around (the reconciler should have cleaned them up)."""
+        """Agents and Jobs of ours still around (the reconciler should have cleaned them up).
+
+        Agents of ours are the ones the world knows it started or left behind, whatever their names: those its
+        kubelet's simulated agents registered, those whose listener a simulated agent of its kubelet or ARM ran,
+        and the world file's `ours` leftovers. A placeholder, registered by the reconciler and never run, is not."""
+        with self._lock:
+            started = {p.agent_id for p in self.processes.values() if p.agent_id is not None}
         ours_offline = ours_online = 0
-        for pool_id in self.pool_ids.values():
-            for name, status in self.azdo.agent_statuses(pool_id):
-                if name.startswith("azp-") and not name.startswith("azp-placeholder-"):
-                    if status == "online":
+        for pool, pool_id in self.pool_ids.items():
+            seeded = {
+                self.azdo.agent_id(pool_id, seeded_agent_name(a))
+                for a in self.world.agents
+                if a.get("ours") and a["pool"] == pool
+            }
+            for agent in self.azdo.agent_states(pool_id):
+                if agent.listened or agent.agent_id in started | seeded:
+                    if agent.status == "online":
                         ours_online += 1
                     else:
                         ours_offline += 1

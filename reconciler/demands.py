@@ -2,8 +2,10 @@
 
 The server's semantics (reference section 5): a demand is `<name>` (the capability exists, an empty
 value counts) or `<name> -<op> <value>` with op `equals` (values equal ignoring case) or `gtVersion`
-(capability version >= demanded version). Names match case-insensitively. A demand that does not
-parse can never be satisfied. Pure stdlib, so the plan, the emulator and the tests share it.
+(capability version >= demanded version). Names and values compare as .NET's OrdinalIgnoreCase does.
+A demand that does not parse can never be satisfied. Pure stdlib: plan() routes requests with it. The
+emulator has its own reading of the service's sources (azp_simulation/service_demands.py), and
+tests/emulators/test_demands_differential.py compares the two.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Literal
 _DEMAND = re.compile(r"(?P<name>\S+)(?:\s+-(?P<op>\S+)\s+(?P<value>.*))?")
 _OPERATORS: dict[str, Literal["equals", "gtVersion"]] = {"equals": "equals", "gtVersion": "gtVersion"}
 _VERSION_PART = re.compile(r"\+?[0-9]+")
+_INT32_MAX = 2**31 - 1
+_NUMBER_SPACE = "\t\n\v\f\r "
+"""What .NET's Int32 parsing trims around a version part (not Unicode spaces such as U+00A0)."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +58,13 @@ def parse_demand(text: str) -> Demand | None:
 
 def parse_version(text: str) -> tuple[int, ...] | None:
     """A version as the service reads it: a pre-release tag (anything from the first '-') is
-    dropped, then .NET `Version` parsing (2 to 4 non-negative integer parts). None when it fails."""
+    dropped, then .NET `Version` parsing (2 to 4 parts, each a non-negative Int32). None when it fails."""
     core = text.split("-", 1)[0]
-    parts = [part.strip() for part in core.split(".")]
+    parts = [part.strip(_NUMBER_SPACE) for part in core.split(".")]
     if not 2 <= len(parts) <= 4 or not all(_VERSION_PART.fullmatch(part) for part in parts):
         return None
-    return tuple(int(part) for part in parts)
+    numbers = tuple(int(part) for part in parts)
+    return numbers if max(numbers) <= _INT32_MAX else None
 
 
 def _version_at_least(capability: str, demanded: str) -> bool:
@@ -74,12 +80,18 @@ def _version_at_least(capability: str, demanded: str) -> bool:
     return have + (-1,) * (width - len(have)) >= want + (-1,) * (width - len(want))
 
 
+def _ignore_case(text: str) -> str:
+    """The key .NET's OrdinalIgnoreCase compares by: each character's simple upper case (ß stays ß, the Kelvin
+    sign stays itself), not Python's casefold, which equates ß with ss and the Kelvin sign with k."""
+    return "".join(upper if len(upper := char.upper()) == 1 else char for char in text)
+
+
 def _lookup(capabilities: Mapping[str, str], name: str) -> str | None:
     if name in capabilities:
         return capabilities[name]
-    folded = name.casefold()
+    wanted = _ignore_case(name)
     for key, value in capabilities.items():
-        if key.casefold() == folded:
+        if _ignore_case(key) == wanted:
             return value
     return None
 
@@ -92,7 +104,7 @@ def demand_satisfied(demand: Demand, capabilities: Mapping[str, str]) -> bool:
     if demand.op == "exists":
         return True
     if demand.op == "equals":
-        return value.casefold() == (demand.value or "").casefold()
+        return _ignore_case(value) == _ignore_case(demand.value or "")
     return _version_at_least(value, demand.value or "")
 
 

@@ -14,12 +14,14 @@ import pytest
 import requests
 
 from azp_simulation.azdo_emulator import (
+    AgentState,
     AzureDevOpsEmulator,
     EmulatorAuthError,
     EmulatorConflictError,
     RateLimit,
 )
 from azp_simulation.azdo_support import FaultKind
+from azp_simulation.service_demands import DemandError
 
 PAT = "manage-pat"
 READ_PAT = "read-pat"
@@ -465,6 +467,68 @@ def test_scheduler_matches_demands_and_fails_unmatchable_at_once() -> None:
     assert emu.stats.jobs_failed == 1 and emu.stats.jobs_succeeded == 1 and emu.stats.jobs_assigned == 2
     timing = emu.stats.timings[first]
     assert timing.receive_time is not None and timing.finish_time == timing.receive_time + 5
+
+
+def test_demands_follow_the_services_rules_not_the_products() -> None:
+    """We test: matching, matchedAgents and queue-time failure use the service's demand rules
+    (service_demands.py): `-gtVersion` passes on an equal version and 4.261 is below 4.261.0, names ignore case,
+    a request shows its demands as the service serializes them, and a demand the service cannot parse (a miscased
+    operator) is refused before any request is created."""
+    clock = FakeClock()
+    emu = AzureDevOpsEmulator(clock=clock)
+    pool = emu.add_pool("linux")
+    emu.add_agent(pool["id"], "placeholder", capabilities=DOCKER, enabled=False)
+    equal = emu.queue_request(pool["id"], demands=["agent.version  -gtVersion  4.261.0"])
+    shorter = emu.queue_request(pool["id"], demands=["Agent.Version -gtVersion 4.261"])
+    longer = emu.queue_request(pool["id"], demands=["Agent.Version -gtVersion 4.261.0.0"])
+    by_id = {r["requestId"]: r for r in emu.requests(pool["id"])}
+    assert by_id[equal]["demands"] == ["agent.version -gtVersion 4.261.0"]
+    assert [a["name"] for a in by_id[equal]["matchedAgents"]] == ["placeholder"] and "result" not in by_id[equal]
+    assert "result" not in by_id[shorter]
+    assert by_id[longer]["result"] == "failed"
+    assert not emu.accepts(pool["id"], ["Agent.Version -gtVersion 4.261.0.0"])
+    with pytest.raises(DemandError, match="'java -Equals 17' does not parse"):
+        emu.queue_request(pool["id"], demands=["java -Equals 17"])
+    with pytest.raises(DemandError, match="does not parse"):
+        emu.accepts(pool["id"], ["docker -equals "])
+    assert emu.queue_request(pool["id"], demands=["docker"]) == longer + 1
+
+
+def test_agents_demands_query_is_parsed_like_the_service(
+    emulator: AzureDevOpsEmulator, session: requests.Session
+) -> None:
+    """We test: the agents list's `demands` query splits on commas without trimming (TaskAgentsBaseController
+    .AsDemands), filters by the service's rules, and a piece that does not parse is a 400 ArgumentException; with
+    demands, agentName is matched against the Agent.Name capability, which an agent without one lacks."""
+    pool = emulator.add_pool("linux")
+    emulator.add_agent(pool["id"], "docker-1", capabilities=DOCKER)
+    emulator.add_agent(pool["id"], "java-1", capabilities={"java": "17", "Agent.Version": "4.261.0"})
+    path = f"distributedtask/pools/{pool['id']}/agents"
+    both = get(session, emulator, path, demands="Agent.Version -gtVersion 4.261,").json()["value"]
+    assert [a["name"] for a in both] == ["docker-1", "java-1"]
+    java = get(session, emulator, path, demands="JAVA -equals 17,agent.version").json()["value"]
+    assert [a["name"] for a in java] == ["java-1"]
+    assert_error(get(session, emulator, path, demands="docker, java"), 400, "ArgumentException", "' java'")
+    emulator.add_agent(pool["id"], "java-2", capabilities={"java": "17", "Agent.Name": "JAVA-2"})
+    named = get(session, emulator, path, demands="java", agentName="java-2").json()["value"]
+    assert [a["name"] for a in named] == ["java-2"], "agentName with demands is an Agent.Name -equals demand"
+    assert get(session, emulator, path, demands="java", agentName="java-1").json()["count"] == 0
+    assert_error(get(session, emulator, path, demands="java -ltVersion 2"), 400, "ArgumentException", "-ltVersion")
+
+
+def test_agent_states_tell_which_agents_ever_listened() -> None:
+    """We test: agent_states reports each agent's id, name and status, and whether a listener ever started a
+    session as it (a registered-only agent, such as a placeholder, never did)."""
+    emu = AzureDevOpsEmulator(clock=FakeClock())
+    pool = emu.add_pool("linux")
+    placeholder = emu.add_agent(pool["id"], "placeholder", capabilities=DOCKER, enabled=False)
+    worker = emu.add_agent(pool["id"], "worker", capabilities=DOCKER)
+    emu.agent_online(worker["id"], once=False)
+    emu.agent_lost(worker["id"])
+    assert emu.agent_states(pool["id"]) == [
+        AgentState(placeholder["id"], "placeholder", "offline", False),
+        AgentState(worker["id"], "worker", "offline", True),
+    ]
 
 
 def test_pickup_delay_separates_assign_and_receive() -> None:
