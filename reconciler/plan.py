@@ -1072,8 +1072,6 @@ def _plan_drains(c: _AgentPass) -> list[Action]:
         for view in c.active.get(template.name, []):
             agent = view.agent
             if not view.busy and agent is not None and not agent.enabled and agent.online and view.running:
-                if agent.completed_request_id is not None and not template.instances:
-                    continue  # disabled for its one job (_plan_once_disables), it is exiting by itself
                 actions.append(_drain(pool, state, view, agent, "an earlier drain of this agent stopped half way"))
 
     # Drain: idle agents past idleTimeout while nothing they could serve is queued, oldest first,

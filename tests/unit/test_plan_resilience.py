@@ -201,18 +201,19 @@ def test_once_agent_is_disabled_once_its_job_has_started() -> None:
     assert [d.agent_id for d in of(DisableAgent, plan(cfg, w, NOW))] == [33]
 
 
-def test_agent_disabled_for_its_job_is_not_taken_for_a_half_done_drain() -> None:
-    """We test: an idle, disabled agent still online whose pod runs is a drain an earlier pass left half done
-    and is drained, unless it has completed a request: then it was disabled for its one job and is exiting
-    by itself (the --once listener), so nothing touches it."""
+def test_agent_disabled_for_its_job_that_stays_idle_is_drained() -> None:
+    """We test: an agent disabled for its one job that, the job done, stays online and idle while its pod runs
+    (a template whose agent does not run --once) is drained like a half-done drain, so it never holds a slot
+    it can no longer serve from; an agent still running its job is not."""
     job = job_for("linux", request_id=1, created=100)
     pod = pod_for(job)
     cfg = config(pool("linux", template(placeholder=False)))
-    exiting = agent(31, pod.name, enabled=False, completed=1)
-    assert plan(cfg, world(state("linux", agents=(exiting,)), jobs=(job,), pods=(pod,)), NOW) == []
-    half_drained = agent(31, pod.name, enabled=False)
-    drains = of(DrainAgent, plan(cfg, world(state("linux", agents=(half_drained,)), jobs=(job,), pods=(pod,)), NOW))
-    assert [(d.agent_id, d.reason) for d in drains] == [(31, "an earlier drain of this agent stopped half way")]
+    stays = agent(31, pod.name, enabled=False, completed=1)
+    drains = of(DrainAgent, plan(cfg, world(state("linux", agents=(stays,)), jobs=(job,), pods=(pod,)), NOW))
+    assert [(d.agent_id, d.job_name) for d in drains] == [(31, job.name)]
+    busy = agent(31, pod.name, enabled=False, busy_with=1)
+    w = world(state("linux", running(1, pod.name, 31), agents=(busy,)), jobs=(job,), pods=(pod,))
+    assert plan(cfg, w, NOW) == []
 
 
 def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
