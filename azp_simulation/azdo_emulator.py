@@ -20,12 +20,20 @@ Choices where the reference (/work/shared/reference/azure-devops-api.md) is [unc
 - a busy agent's DELETE gets 400 (TaskAgentJobStillRunningException);
 - `usercapabilities` lives at `.../agents/{agentId}/usercapabilities`;
 - `$top` pages with the `continuationToken` query parameter (newest first), no 200-item cap;
-- the race of a job assigned to an exiting `--once` agent (azure-pipelines-agent #2332, #3994): with
+- the race of a job assigned to an exiting `--once` agent (azure-pipelines-agent #2332, #3994, #4338): with
   `once_exit_window` > 0 the agent stays online that long after its job while its listener has already
-  exited, so the service may assign it another job that is never received. Deleting such an agent once it
-  is offline is accepted and fails that job with "We stopped hearing from agent" (#3994: the delete was
-  refused while the agent ran a job, then succeeded, and the job assigned in between failed that way); the
-  job is not queued again. The default window is 0 (the race is timing-dependent in the real service);
+  exited, so the service may assign it another job that is never received (the listener leaves a second
+  job message unacknowledged, src/Agent.Listener/Agent.cs `runOnceJobReceived`). Since agent 2.164.4 the
+  worker tells the service it is shutting down when its job completes (PR #2728: JobRunner.cs passes
+  `agent.runMode == once` into its JobCompletedEvent), yet #3994 (2022) and #4338 (2023) report the race with
+  later agents, so the window stays. A disabled agent is never assigned a job, in the window or not, and
+  still receives and finishes the one it holds (#2085, Microsoft's advice: disable server-side, because
+  only the server assigns). Deleting such an agent once it is offline is accepted and fails that job with
+  "We stopped hearing from agent" (#3994: the delete was refused while the agent ran a job, then succeeded,
+  and the job assigned in between failed that way); the job is not queued again. The default window is 0
+  (the race is timing-dependent in the real service).
+  Not emulated: a job message left in the queue of an agent that re-registers under its name with
+  `--replace` (same id) reaching the new listener's session; no source says whether it does;
 - the organization's parallel-job limit (`parallel_jobs`, None = unlimited): while that many requests
   are assigned and unfinished, across all pools, queued requests stay unassigned even with free agents, as
   the UI says "This agent request is not running because you have reached the maximum number of requests

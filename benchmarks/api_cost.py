@@ -346,6 +346,7 @@ def run(size: str) -> dict[str, Any]:
     )
     writes = len(ours) - sum(1 for c in ours if c.method == "GET")
     deregistered = sum(1 for c in ours_all if c.method == "DELETE")
+    disabled = sum(1 for c in ours_all if c.method == "PATCH" and c.short == "pools/{poolId}/agents/{agentId}")
     outcome.check(
         "  of which reads (observation)",
         target="<= 1.1",
@@ -353,10 +354,10 @@ def run(size: str) -> dict[str, Any]:
         met=reads_per_pool_per_pass <= 1.1,
     )
     outcome.check(
-        "  of which writes (agents deregistered)",
+        "  of which writes (agents deregistered, disabled)",
         target="(informational)",
-        value=f"{writes / observed_pools:.3f} ({deregistered} agents deregistered in the window, "
-        f"{finished_in_window} jobs finished)",
+        value=f"{writes / observed_pools:.3f} ({deregistered} agents deregistered and {disabled} disabled in the "
+        f"window, {finished_in_window} jobs finished)",
         met=None,
     )
     spread_by_templates = max(reads_by_templates.values(), default=0) - min(reads_by_templates.values(), default=0)

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import agent_files, names, standby
 from reconciler.azdo import AzureDevOps
-from reconciler.errors import AuthError, CreateRefusedError, ForbiddenError, ReconcilerError
+from reconciler.errors import AuthError, CreateRefusedError, ForbiddenError, NotFoundError, ReconcilerError
 from reconciler.model import (
     Action,
     Config,
     CreateJob,
     DeleteAgent,
     DeleteJob,
+    DisableAgent,
     DrainAgent,
     RecordStandbyHistory,
     RegisterPlaceholder,
@@ -50,6 +51,7 @@ _ORDER = {
     "delete-job": 2,
     "delete-agent": 3,
     "drain-agent": 4,
+    "disable-agent": 4,
     "register-placeholder": 5,
     "update-placeholder": 6,
     "create-job": 7,
@@ -60,7 +62,9 @@ REFUSED_BACKOFF_SECONDS = 30.0
 """The first wait of a template whose create was refused (a quota); it doubles per refusal in a row."""
 MAX_REFUSED_BACKOFF_SECONDS = 600.0
 
-_AGENT_ACTIONS = frozenset({"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "delete-job"})
+_AGENT_ACTIONS = frozenset(
+    {"register-placeholder", "update-placeholder", "delete-agent", "drain-agent", "disable-agent", "delete-job"}
+)
 
 
 @dataclass
@@ -245,6 +249,8 @@ class Applier:
             self._record_history(action, outcome)
         elif isinstance(action, DrainAgent):
             self._drain(action, outcome)
+        elif isinstance(action, DisableAgent):
+            self._disable(action, outcome)
         elif isinstance(action, DeleteJob):
             detail = f" ({action.detail})" if action.detail else ""
             log.info(
@@ -447,6 +453,24 @@ class Applier:
             return
         outcome.standby_history = replace(action.history, resource_version=version)
         outcome.counts["standby_history"] += 1
+
+    def _disable(self, action: DisableAgent, outcome: Outcome) -> None:
+        """PATCH enabled=false on an agent running its one job (plan._plan_once_disables); its job goes on."""
+        log.info(
+            "%s agent %s (id %d) of pool %r: %s",
+            _verb(self.dry_run, "disabling", "would disable"),
+            action.agent_name,
+            action.agent_id,
+            action.pool,
+            action.reason,
+        )
+        if not self.dry_run:
+            try:
+                self.azdo.set_enabled(action.pool_id, action.agent_id, enabled=False)
+            except NotFoundError:
+                log.info("agent %s of pool %r is gone already: nothing to disable", action.agent_name, action.pool)
+                return
+        outcome.counts["disabled"] += 1
 
     def _drain(self, action: DrainAgent, outcome: Outcome) -> None:
         log.info(

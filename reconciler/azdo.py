@@ -98,6 +98,11 @@ def _ref_name(ref: Any) -> str | None:
     return ref.get("name") if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
 
 
+def _ref_enabled(ref: Any) -> bool | None:
+    """An agent reference's `enabled` (TaskAgentReference has it); None when the payload does not show it."""
+    return ref.get("enabled") if isinstance(ref, dict) and isinstance(ref.get("enabled"), bool) else None
+
+
 def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
     """A JobRequest from the service's JSON; None when the payload lacks a usable requestId."""
     request_id = item.get("requestId")
@@ -115,6 +120,7 @@ def job_request_from_json(item: Mapping[str, Any]) -> JobRequest | None:
         result=item.get("result") if isinstance(item.get("result"), str) else None,
         reserved_agent_id=_ref_id(item.get("reservedAgent")),
         reserved_agent_name=_ref_name(item.get("reservedAgent")),
+        reserved_agent_enabled=_ref_enabled(item.get("reservedAgent")),
         plan_type=item.get("planType") if isinstance(item.get("planType"), str) else None,
         definition=_ref_name(definition),
         job_id=_lower_str(item.get("jobId")),

@@ -239,6 +239,8 @@ class JobRequest:
     result: str | None = None
     reserved_agent_id: int | None = None
     reserved_agent_name: str | None = None
+    reserved_agent_enabled: bool | None = None
+    """The reserved agent's `enabled` as the request's agent reference shows it (None: not shown)."""
     plan_type: str | None = None
     definition: str | None = None
     job_id: str | None = None
@@ -448,6 +450,19 @@ class DrainAgent:
 
 
 @dataclass(frozen=True)
+class DisableAgent:
+    """Disable a `--once` agent of ours running its one job, so the service hands it no second job."""
+
+    pool: str
+    pool_id: int
+    agent_id: int
+    agent_name: str
+    request_id: int
+    reason: str
+    kind: Literal["disable-agent"] = "disable-agent"
+
+
+@dataclass(frozen=True)
 class RegisterPlaceholder:
     pool: str
     pool_id: int
@@ -514,6 +529,7 @@ Action = (
     | DeleteJob
     | DeleteAgent
     | DrainAgent
+    | DisableAgent
     | RegisterPlaceholder
     | UpdatePlaceholder
     | ReportUnroutable
@@ -528,6 +544,7 @@ WRITE_KINDS = frozenset(
         "delete-job",
         "delete-agent",
         "drain-agent",
+        "disable-agent",
         "register-placeholder",
         "update-placeholder",
         "record-standby-history",

@@ -7,7 +7,16 @@ No I/O, no clock, no randomness: everything it needs is in its arguments. DESIGN
 - a request no template can serve is reported, never served by a wrong template;
 - Jobs whose pod never brought an agent online within `provisioningTimeout` are deleted;
 - offline agents of ours whose pod is gone or finished are deleted; placeholders, busy agents and
-  agents not ours never are; idle agents past `idleTimeout` are drained, never killed.
+  agents not ours never are; idle agents past `idleTimeout` are drained, never killed;
+- a request reserved by an agent of ours that will never start it (its pod finished or vanished) cannot be
+  served again: the service fails it once that agent is deleted (azure-pipelines-agent #3994), and nothing in
+  the agent's sources says a new listener registered under the same name (`config.sh --replace`, same id)
+  would receive the job message the old one left. So the race behind it is prevented: a `--once` agent is
+  disabled (PATCH enabled=false) as soon as its one job has started, so the service, which alone assigns
+  jobs (#2085), hands it no second job while it exits (#2332, #3994; the agent's own notice, PR #2728 since
+  agent 2.164.4, did not end the reports). What is left (a job that ends before a pass sees it running, an
+  eviction between assignment and pick-up) is rescued by deleting the agent: the job fails at once instead
+  of hanging until the service gives up.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from reconciler.model import (
     CreateJob,
     DeleteAgent,
     DeleteJob,
+    DisableAgent,
     DrainAgent,
     JobRequest,
     PoolConfig,
@@ -463,11 +473,13 @@ def _plan_finished_job(p: _PoolPass, view: _JobView) -> list[Action]:
 
 def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     """Agents of ours holding a request they will never start: Azure DevOps assigned it to an agent whose
-    pod has finished (the race of a job given to an exiting `--once` agent) or vanished (evicted) for longer
-    than TTL_GRACE, and the agent has not received it. Deleting the agent ends the wait, which would otherwise
-    last until the service gives up on the agent. Only a listed agent shown offline is deleted: the service
-    refuses to delete one it still shows online with a job assigned (the exiting agent's last seconds), so
-    without the list nothing is rescued (pools_needing_agents lists a pool whose finished pod holds a request)."""
+    pod has finished (the race of a job given to an exiting `--once` agent, which _plan_once_disables
+    prevents for jobs a pass saw running) or vanished (evicted) for longer than TTL_GRACE, and the agent has
+    not received it. Deleting the agent ends the wait, which would otherwise last until the service gives up
+    on the agent; the service then fails that job (module docstring), it does not queue it again. Only a
+    listed agent shown offline is deleted: the service refuses to delete one it still shows online with a job
+    assigned (the exiting agent's last seconds), so without the list nothing is rescued (pools_needing_agents
+    lists a pool whose finished pod holds a request)."""
     if not p.agents_known:
         return []
     prefix = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
@@ -504,6 +516,51 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
             DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
         )
     return rescues
+
+
+def _plan_once_disables(p: _PoolPass) -> list[DisableAgent]:
+    """Disable each `--once` agent of ours as soon as its one job has started, so Azure DevOps never hands it a
+    second job in the seconds between that job's end and the listener's exit (the race that leaves a request
+    reserved by an agent that is gone; module docstring of azdo_emulator, #2332, #3994, #4338). Only the
+    service decides assignments, and a disabled agent gets none but finishes the one it runs (Microsoft's
+    advice in #2085). Waiting for the request's receiveTime means its job message was delivered before the
+    disable, and it still lands long before that job ends. One PATCH per job: an agent already shown disabled
+    (the request's agent reference, else the agent list) is left alone, and so is one whose enabled state
+    neither shows. Instance templates (ACI groups that restart) are left out: `config.sh --replace` keeps the
+    agent's `enabled` (ConfigurationManager.UpdateExistingAgent), so a disabled instance would serve nothing
+    again."""
+    instance_templates = {t.name for t in p.pool.templates if t.instances}
+    ours = {
+        v.pod.name.lower()
+        for v in p.views
+        if v.pod is not None and v.job.template not in instance_templates and not v.terminal
+    }
+    disables: list[DisableAgent] = []
+    seen: set[str] = set()
+    for request in p.state.requests:
+        name, agent_id = request.reserved_agent_name, request.reserved_agent_id
+        if not name or agent_id is None or request.finished or request.receive_time is None:
+            continue
+        key = name.lower()
+        if key in seen or key not in ours or key in p.world.pruned:
+            continue
+        listed = p.agents.get(key)
+        enabled = listed.enabled if listed is not None else request.reserved_agent_enabled
+        if not enabled:
+            continue
+        seen.add(key)
+        reason = f"it runs request {request.request_id}, its one job: no second job for an agent about to exit"
+        disables.append(
+            DisableAgent(
+                pool=p.pool.name,
+                pool_id=p.pool_id,
+                agent_id=agent_id,
+                agent_name=name,
+                request_id=request.request_id,
+                reason=reason,
+            )
+        )
+    return disables
 
 
 def _delete_stuck(p: _PoolPass, view: _JobView, detail: str) -> DeleteJob:
@@ -876,6 +933,7 @@ def _plan_pool(
     job_actions, counts = _plan_jobs(p)
     actions.extend(job_actions)
     actions.extend(_plan_rescues(p))
+    actions.extend(_plan_once_disables(p))
     history = _crash_history(p)
     backoff = {name: crashes for name, crashes in history.items() if crashes.retry_at > p.now}
     limited = _waiting_on_parallel_limit(p, queued)

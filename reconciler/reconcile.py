@@ -124,6 +124,7 @@ class PassReport:
             "created": counts["created"],
             "existing": counts["existing"],
             "drained": counts["drained"],
+            "disabled": counts["disabled"],
             "pruned": counts["pruned"],
             "stuck": counts["stuck"],
             "deleted": counts["deleted"],

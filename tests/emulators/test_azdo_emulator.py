@@ -575,6 +575,52 @@ def test_once_agent_takes_one_job_goes_offline_and_reports_exit() -> None:
         emu.register_agent(pool_id=pool["id"], name="x", capabilities={}, token="wrong")
 
 
+def _race(emu: AzureDevOpsEmulator, session: requests.Session, clock: FakeClock, *, disable: bool) -> dict[str, Any]:
+    """One --once agent runs a 3 s job (disabled over the REST API while it runs, as the reconciler does, when
+    `disable`); a second job is queued 0.5 s after the first ended, inside the listener's exit window."""
+    emu.clock, emu.once_exit_window, emu.auto_tick = clock, 5.0, False
+    pool = emu.add_pool("linux")
+    agent = emu.register_agent(pool_id=pool["id"], name="azp-linux-abc", capabilities=DOCKER, token=PAT)
+    emu.agent_online(agent["id"], once=True)
+    first = emu.queue_request(pool["id"], demands=["docker"], duration=3)
+    emu.tick()
+    if disable:
+        path = f"distributedtask/pools/{pool['id']}/agents/{agent['id']}"
+        assert send(session, "PATCH", emu, path, {"id": agent["id"], "enabled": False}).status_code == 200
+        [running] = emu.requests(pool["id"], unfinished_only=True)
+        assert running["reservedAgent"]["enabled"] is False and running["receiveTime"]
+    clock.now += 3.5
+    emu.tick()
+    second = emu.queue_request(pool["id"], demands=["docker"], duration=3)
+    emu.tick()
+    clock.now += 5
+    emu.tick()
+    by_id = {r["requestId"]: r for r in emu.requests(pool["id"])}
+    assert by_id[first]["result"] == "succeeded"
+    assert emu.agents(pool["id"])[0]["status"] == "offline"
+    again = emu.register_agent(pool_id=pool["id"], name="azp-linux-abc", capabilities=DOCKER, token=PAT)
+    assert again["id"] == agent["id"] and again["enabled"] is not disable  # --replace keeps `enabled`
+    return by_id[second]
+
+
+def test_job_given_to_an_exiting_once_agent_unless_it_was_disabled(
+    emulator: AzureDevOpsEmulator, session: requests.Session
+) -> None:
+    """We test: inside a --once agent's exit window the service hands it the next job, which is never received
+    (#2332, #3994); an agent disabled while its job ran finishes that job and is handed nothing, so the next
+    job stays queued for another agent. Re-registering with --replace keeps the agent's `enabled`."""
+    raced = _race(emulator, session, FakeClock(), disable=False)
+    assert raced["reservedAgent"]["name"] == "azp-linux-abc" and "receiveTime" not in raced
+    fresh = AzureDevOpsEmulator("fabrikam")
+    fresh.add_pat(PAT)
+    fresh.start()
+    try:
+        kept = _race(fresh, session, FakeClock(), disable=True)
+    finally:
+        fresh.stop()
+    assert "reservedAgent" not in kept and "result" not in kept
+
+
 def test_cancel_and_agent_loss() -> None:
     """We test: cancel frees the agent with result canceled; a lost agent's job fails and is counted."""
     clock = FakeClock()

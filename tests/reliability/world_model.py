@@ -25,6 +25,7 @@ from reconciler.model import (
     CreateJob,
     DeleteAgent,
     DeleteJob,
+    DisableAgent,
     DrainAgent,
     JobRequest,
     PoolConfig,
@@ -41,7 +42,15 @@ T0 = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)
 NAMESPACE = "agents"
 PREFIX = "azp"
 OWNER = names.Owner(prefix=PREFIX, release="azp-agents")
-ORDER = ("register-placeholder", "update-placeholder", "create-job", "drain-agent", "delete-job", "delete-agent")
+ORDER = (
+    "register-placeholder",
+    "update-placeholder",
+    "create-job",
+    "drain-agent",
+    "disable-agent",
+    "delete-job",
+    "delete-agent",
+)
 TEMPLATE_CAPS = ({"docker": ""}, {"java": "17"})
 START_SECONDS = 5
 REGISTER_SECONDS = 5
@@ -433,6 +442,10 @@ class Model:
                 return
             self._delete_job(action.job_name, "drain")
             self._delete_agent(action.agent_id, "drain")
+        elif isinstance(action, DisableAgent):
+            agent = self.agents.get(action.agent_id)
+            if agent is not None:
+                agent.enabled = False  # its running job goes on; the service gives it no other
         elif isinstance(action, DeleteJob):
             self._delete_job(action.job_name, f"delete-job ({action.reason})")
             if action.agent_id is not None:

@@ -1,4 +1,5 @@
-"""Simulation tests of issue 20's rules, through the real CLI against both emulators: crash backoff."""
+"""Simulation tests of issue 20's rules, through the real CLI against both emulators: crash backoff, the
+rescue of a job held by an exited agent, the prevention of that race, cleanup."""
 
 from __future__ import annotations
 
@@ -71,6 +72,47 @@ def test_job_assigned_to_an_exiting_once_agent_is_released(make_sim: Any) -> Non
     assert ended["result"] == "failed" and "We stopped hearing from agent" in ended["statusMessage"]
     assert [a["name"] for a in sim.agents()] == ["azp-placeholder-eeca0-linux-default"]
     assert sim.azdo.stats.busy_agent_deletes_refused == 0
+
+
+AGENT_PATCH = "PATCH pools/{poolId}/agents/{agentId}"
+
+
+def test_once_agent_disabled_while_it_runs_gets_no_second_job(make_sim: Any) -> None:
+    """We test: the race above never happens when a pass sees the job running. The pass disables the --once
+    agent (one PATCH, none more on the next pass); the job goes on and succeeds; a job queued while that agent,
+    its listener gone, still shows online (the emulator's once_exit_window) is not handed to it but stays
+    queued, gets a new Job and succeeds on a new agent. No job fails, no busy agent's delete is refused."""
+    sim = make_sim({**WORLD, "once_exit_window": 3})
+    [first] = sim.queue(duration=6)
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: any(r["requestId"] == first and r.get("receiveTime") for r in sim.requests()), timeout=20, what="job 1"
+    )
+    sim.azdo.reset_calls()
+    result = sim.reconcile()
+    assert result.code == 0, result.text
+    assert "disabling agent" in result.text and "no second job" in result.text
+    assert sim.reconcile().code == 0
+    assert sim.azdo.call_counts().get(AGENT_PATCH) == 1
+    [running] = sim.requests(unfinished_only=True)
+    runner = running["reservedAgent"]["name"]
+    assert running["reservedAgent"]["enabled"] is False
+    sim.wait_for(
+        lambda: any(r["requestId"] == first and r.get("result") for r in sim.requests()), timeout=20, what="job 1 end"
+    )
+    [second] = sim.queue(duration=1)
+    sim.azdo.tick()
+    exiting = {a["name"]: a for a in sim.agents()}[runner]
+    assert exiting["status"] == "online" and exiting["enabled"] is False  # inside the exit window
+    assert "reservedAgent" not in {r["requestId"]: r for r in sim.requests()}[second]
+    assert sim.reconcile().code == 0
+    sim.wait_for(
+        lambda: any(r["requestId"] == second and r.get("result") for r in sim.requests()), timeout=30, what="job 2"
+    )
+    by_id = {r["requestId"]: r for r in sim.requests()}
+    assert by_id[first]["result"] == by_id[second]["result"] == "succeeded"
+    assert by_id[second]["reservedAgent"]["name"] != runner
+    assert sim.azdo.stats.jobs_failed == 0 and sim.azdo.stats.busy_agent_deletes_refused == 0
 
 
 def _cleanup(sim: Sim, *args: str) -> Any:

@@ -15,6 +15,7 @@ from reconciler.model import (
     CreateJob,
     DeleteAgent,
     DeleteJob,
+    DisableAgent,
     DrainAgent,
     JobRequest,
     PoolConfig,
@@ -164,6 +165,17 @@ def of(kind: type, actions: list[Action]) -> list:  # type: ignore[type-arg]
     return [a for a in actions if isinstance(a, kind)]
 
 
+def _disabled(state: PoolState, agent_id: int) -> PoolState:
+    """The pool as the service shows it once an agent is disabled: in its list and in the requests it holds."""
+    agents = state.agents
+    if agents is not None:
+        agents = tuple(replace(a, enabled=False) if a.agent_id == agent_id else a for a in agents)
+    requests = tuple(
+        replace(r, reserved_agent_enabled=False) if r.reserved_agent_id == agent_id else r for r in state.requests
+    )
+    return replace(state, agents=agents, requests=requests)
+
+
 def apply_to_world(world_: World, actions: list[Action], *, next_agent_id: int = 10_000) -> World:
     """What the world looks like right after a plan's actions succeed (no time passes)."""
     jobs = list(world_.jobs)
@@ -193,6 +205,8 @@ def apply_to_world(world_: World, actions: list[Action], *, next_agent_id: int =
             st = states[action.pool]
             if st.agents is not None:
                 states[action.pool] = replace(st, agents=tuple(a for a in st.agents if a.agent_id != action.agent_id))
+        if isinstance(action, DisableAgent):
+            states[action.pool] = _disabled(states[action.pool], action.agent_id)
         if isinstance(action, RegisterPlaceholder):
             st = states[action.pool]
             next_agent_id += 1

@@ -369,13 +369,16 @@ def test_recently_idle_agent_is_not_drained() -> None:
 
 
 def test_busy_agent_is_never_drained_or_deleted() -> None:
-    """We test: whatever the timeouts, an agent with an assigned request is left alone."""
+    """We test: whatever the timeouts, an agent with an assigned request is never drained or deleted: it is
+    only disabled (so it gets no second job), and once shown disabled it is left alone."""
     cfg = config(pool("linux", template(placeholder=False), idle_timeout=1, provisioning_timeout=1))
     job = job_for("linux", request_id=1, created=9000)
     pod = pod_for(job, created=8999, started=8998)
     busy = agent(11, pod.name, online=True, busy_with=1, changed=9000)
     w = world(state("linux", running(1, pod.name, 11), agents=(busy,)), jobs=(job,), pods=(pod,))
-    assert plan(cfg, w, NOW) == []
+    actions = plan(cfg, w, NOW)
+    assert [a.kind for a in actions] == ["disable-agent"]
+    assert plan(cfg, apply_to_world(w, actions), NOW) == []
 
 
 def test_jobs_of_removed_template_are_deleted_unless_running() -> None:

@@ -1,10 +1,26 @@
-"""Unit tests of plan()'s issue-20 rules: stale capabilities, crash backoff, rescue of lost requests."""
+"""Unit tests of plan()'s issue-20 rules: stale capabilities, crash backoff, rescue of lost requests, and the
+prevention of the race behind them (a `--once` agent is disabled while it runs its one job)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from plan_builders import NOW, agent, ago, config, job_for, of, pod_for, pool, queued, state, template, world
+from plan_builders import (
+    NOW,
+    agent,
+    ago,
+    apply_to_world,
+    config,
+    job_for,
+    of,
+    pod_for,
+    pool,
+    queued,
+    running,
+    state,
+    template,
+    world,
+)
 
 from reconciler.model import (
     AgentJob,
@@ -12,6 +28,7 @@ from reconciler.model import (
     CreateJob,
     DeleteAgent,
     DeleteJob,
+    DisableAgent,
     DrainAgent,
     JobRequest,
     ReportCrashBackoff,
@@ -148,6 +165,55 @@ def test_request_held_by_an_agent_whose_pod_finished_or_vanished_is_released() -
     online = (agent(31, done_pod.name, online=True, busy_with=11), *offline[1:])
     w = world(state("linux", *requests, agents=online), jobs=jobs, pods=pods)
     assert [d.agent_id for d in of(DeleteAgent, plan(config(), w, NOW))] == [32]
+
+
+def test_once_agent_is_disabled_once_its_job_has_started() -> None:
+    """We test: an agent of ours whose request the service shows received (its job started) is disabled, once:
+    read from the request's agent reference when the agents are not listed, from the agent list when they are
+    (the list wins); after the PATCH the next plan has nothing more to do. Never an agent whose request is
+    only assigned (its job message may not be delivered yet), whose enabled state nothing shows, that is
+    already disabled, whose pod has finished, that is not ours (no Job of ours), or of an instance template
+    (config.sh --replace would keep it disabled for its next job)."""
+    jobs = tuple(job_for("linux", request_id=n, created=100) for n in (1, 2, 3, 4))
+    done = job_for("linux", request_id=5, created=100, finished=1)
+    instance = job_for("linux", template_name="aci", name="azp-eeca0-linux-aci-i0", created=100)
+    pods = (*(pod_for(j) for j in jobs), pod_for(done, phase="Succeeded", finished=1), pod_for(instance))
+    shown = [replace(running(n, pods[n - 1].name, 30 + n), reserved_agent_enabled=True) for n in (1, 2, 5)]
+    requests = (
+        shown[0],  # running, shown enabled: disabled
+        replace(_assigned(2, pods[1].name, 32, at=10), reserved_agent_enabled=True),  # not received yet
+        running(3, pods[2].name, 33),  # enabled shown nowhere (agents not listed)
+        replace(running(4, pods[3].name, 34), reserved_agent_enabled=False),  # disabled already
+        shown[2],  # its pod finished
+        replace(running(6, "build-server-01", 36), reserved_agent_enabled=True),  # not ours
+        replace(running(7, pods[5].name, 37), reserved_agent_enabled=True),  # an instance
+    )
+    cfg = config(pool("linux", template(placeholder=False), template("aci", instances=1, placeholder=False)))
+    w = replace(
+        world(state("linux", *requests), jobs=(*jobs, done, instance), pods=pods), agents_observed={"linux": ago(1)}
+    )
+    actions = plan(cfg, w, NOW)
+    assert [(d.agent_id, d.agent_name, d.request_id) for d in of(DisableAgent, actions)] == [(31, pods[0].name, 1)]
+    assert "no second job" in of(DisableAgent, actions)[0].reason
+    assert of(DisableAgent, plan(cfg, apply_to_world(w, actions), NOW)) == []
+    listed = (agent(33, pods[2].name, busy_with=3), agent(31, pods[0].name, enabled=False, busy_with=1))
+    w = world(state("linux", *requests, agents=listed), jobs=(*jobs, done, instance), pods=pods)
+    assert [d.agent_id for d in of(DisableAgent, plan(cfg, w, NOW))] == [33]
+
+
+def test_agent_disabled_for_its_job_that_stays_idle_is_drained() -> None:
+    """We test: an agent disabled for its one job that, the job done, stays online and idle while its pod runs
+    (a template whose agent does not run --once) is drained like a half-done drain, so it never holds a slot
+    it can no longer serve from; an agent still running its job is not."""
+    job = job_for("linux", request_id=1, created=100)
+    pod = pod_for(job)
+    cfg = config(pool("linux", template(placeholder=False)))
+    stays = agent(31, pod.name, enabled=False, completed=1)
+    drains = of(DrainAgent, plan(cfg, world(state("linux", agents=(stays,)), jobs=(job,), pods=(pod,)), NOW))
+    assert [(d.agent_id, d.job_name) for d in drains] == [(31, job.name)]
+    busy = agent(31, pod.name, enabled=False, busy_with=1)
+    w = world(state("linux", running(1, pod.name, 31), agents=(busy,)), jobs=(job,), pods=(pod,))
+    assert plan(cfg, w, NOW) == []
 
 
 def test_cleanup_removes_everything_of_the_release_but_busy_agents() -> None:
