@@ -1,6 +1,7 @@
 """Scale: one pass over 50 pools holding N queued requests, N running agents (each with its running
-request) and N Jobs with their Pods, for growing N. Pools sit at maxAgents, so the pass observes
-everything and changes nothing: its cost is observation and planning.
+request, disabled for it as the reconciler leaves them) and N Jobs with their Pods, for growing N.
+Pools sit at maxAgents, so the pass observes everything and changes nothing: its cost is observation and
+planning.
 
 The emulators are seeded in-process through their set-up APIs (no HTTP), after one warm-up run of the
 reconciler has registered the placeholders. The Lease is then deleted, so the measured pass lists
@@ -131,9 +132,11 @@ def _seed(sim: Simulation, per_pool: int, agents_per_pool: int) -> dict[str, flo
             continue
         pool_id = running[int(label)]
         name = pod["metadata"]["name"]
+        # Disabled, as in steady state: the pass that first saw each `--once` agent running its job disabled it.
         sim.azdo.add_agent(
             pool_id,
             name,
+            enabled=False,
             status="online",
             capabilities={**capabilities_of[pool_id], "Agent.Name": name},
             assigned_request=int(label),
