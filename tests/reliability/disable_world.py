@@ -53,9 +53,11 @@ class DisableWorld:
         runners = [self.runner(r)["name"] for r in self.running]
         return [name for name in runners if name in agents and agents[name].get("enabled")]
 
-    def agent_patches(self) -> int:
-        """PATCH calls on agents that the emulator carried out (answered 200)."""
-        return sum(1 for c in self.rig.azdo.calls() if f"{c.method} {c.short}" == AGENT_PATCH and c.status == 200)
+    def runner_patches(self) -> list[int]:
+        """PATCH calls on each running request's agent that the emulator carried out (answered 200)."""
+        paths = [f"/agents/{self.runner(r)['id']}" for r in self.running]
+        done = [c.path for c in self.rig.azdo.calls() if f"{c.method} {c.short}" == AGENT_PATCH and c.status == 200]
+        return [sum(1 for path in done if path.endswith(suffix)) for suffix in paths]
 
 
 def _received(rig: Rig, request_ids: list[int]) -> bool:
@@ -63,16 +65,16 @@ def _received(rig: Rig, request_ids: list[int]) -> bool:
     return all(by_id[r].get("receiveTime") for r in request_ids)
 
 
-def build_disable_world(directory: Path) -> DisableWorld:
+def build_disable_world(directory: Path, *, job_seconds: float = JOB_SECONDS) -> DisableWorld:
     """Start the world and bring it to the moment before the pass that disables: RUNNING requests received by
-    the agents of their Jobs (enabled: no pass has seen them running yet), jobs of JOB_SECONDS, and a request
+    the agents of their Jobs (enabled: no pass has seen them running yet), jobs of `job_seconds`, and a request
     queued since, with no Job yet. The client gives up on a call after 0.5 s and retries once."""
     rig = start_rig(DISABLE_WORLD, directory)
     document = rig.config()
     document["azureDevOps"] = {"timeoutSeconds": 0.5, "retries": 1}
     rig.write_config(document)
     assert rig.reconcile().code == 0  # the placeholder: requests wait for an agent instead of failing
-    running = [rig.azdo.queue_request(rig.pool_id(), demands=("docker",), duration=JOB_SECONDS) for _ in range(RUNNING)]
+    running = [rig.azdo.queue_request(rig.pool_id(), demands=("docker",), duration=job_seconds) for _ in range(RUNNING)]
     first = rig.reconcile()
     assert first.code == 0, first.out
     rig.wait_for(lambda: _received(rig, running), timeout=20, what="the jobs to start")

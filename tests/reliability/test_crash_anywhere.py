@@ -13,6 +13,9 @@ agent holding a request it will never start is deleted) and the crash backoff (i
 process is killed before and after each of their writes, which is lost or lands. The cleanup command and
 the removed pool's cleaning have theirs in test_crash_cleanup.py and test_crash_removed_pool.py.
 
+The disable of a `--once` agent whose job has started has its world too (disable_world): the process is
+killed just before and just after each of the pass's two disables lands.
+
 The process is a fork of the test process (a subprocess that needs no fresh interpreter, so the
 28 crash points stay fast); it runs `reconciler.cli.main` exactly as the console script does.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from disable_world import DisableWorld, build_disable_world, request_jobs
 from invariants import leftovers, max_agents_of, violations
 from reliability_support import RichWorld, Rig, build_rich_world, rich_world_converged
 from rescue_backoff_world import RescueBackoffWorld, build_rescue_backoff_world, rescue_backoff_left
@@ -290,15 +294,120 @@ def test_sigkill_around_the_rescue_and_the_backoff(
     assert not left, left
 
 
+DISABLE_WRITES: tuple[tuple[str, str, str], ...] = (
+    ("kube", "PUT", "leases"),
+    # The two running agents disabled, the placeholder takes what the agents reported, the queued request's Job.
+    ("azdo", "PATCH", "pools/{poolId}/agents/{agentId}"),
+    ("azdo", "PATCH", "pools/{poolId}/agents/{agentId}"),
+    ("azdo", "PUT", "pools/{poolId}/agents/{agentId}"),
+    ("kube", "POST", "jobs"),
+    ("kube", "PUT", "leases"),
+)
+# Kill points: before the first disable, between the two, after both; the next write lost or landed.
+DISABLE_KILLS = (1, 2, 3)
+DISABLE_JOB_SECONDS = 5.0
+
+
+@pytest.fixture
+def disable_world(tmp_path: Path) -> Iterator[DisableWorld]:
+    built = build_disable_world(tmp_path / "world", job_seconds=DISABLE_JOB_SECONDS)
+    yield built
+    built.rig.simulation.stop()
+
+
+def test_the_disable_pass_makes_the_expected_writes(disable_world: DisableWorld) -> None:
+    """We test the premise of the disable crash points: a clean pass makes these writes in this order."""
+    result = disable_world.rig.reconcile()
+    assert result.code == 0, result.out
+    assert tuple(_completed_writes(disable_world.rig)) == DISABLE_WRITES
+
+
+def _ended(world: DisableWorld, request_ids: list[int]) -> bool:
+    by_id = {r["requestId"]: r for r in world.rig.azdo.requests(world.rig.pool_id())}
+    return all(by_id[r].get("result") for r in request_ids)
+
+
+def _settle_disable(world: DisableWorld) -> list[str]:
+    """Normal passes, invariants checked after each: until the runners show disabled (each by one PATCH in all),
+    which they still are when their jobs end (the service hands a disabled agent no job: no second job for an
+    agent whose listener is gone, the emulator's once_exit_window); then until every request is served by one
+    Job and nothing is left over (see _settle for the agent scan stand-in). Returns what is left."""
+    rig = world.rig
+    limits = max_agents_of(rig.config())
+
+    def reconciled() -> bool:
+        result = rig.reconcile()
+        found = violations(rig.simulation, max_agents=limits)
+        assert not found, (found, result.out[-3000:])
+        return result.code == 0
+
+    def disabled() -> bool:
+        return reconciled() and all(not world.runner(r)["enabled"] for r in world.running)
+
+    rig.wait_for(disabled, timeout=DISABLE_JOB_SECONDS, what="the runners disabled while their jobs run")
+    assert world.runner_patches() == [1] * len(world.running)
+    assert not _ended(world, world.running)
+    rig.wait_for(lambda: _ended(world, world.running), timeout=15, what="the runners' jobs to end")
+    assert world.enabled_runners() == [], rig.agents()
+    left = ["no pass ran"]
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and left:
+        reconciled()
+        left = leftovers(rig.simulation, min_idle={"linux": 0})
+        if left and all("offline agents of ours" in item for item in left):
+            SWEEP_STAND_INS.append(str(left))
+            rig.forget_lease()
+        time.sleep(0.15)
+    served = [*world.running, world.queued]
+    requests = rig.azdo.requests(rig.pool_id())
+    if not all(r.get("result") == "succeeded" for r in requests if r["requestId"] in served):
+        left.append(f"requests not all served: {requests}")
+    if request_jobs(rig) != sorted(str(r) for r in served):
+        left.append(f"Jobs by request: {request_jobs(rig)}")
+    return left
+
+
+@pytest.mark.parametrize(
+    ("k", "landed"),
+    [(k, landed) for k in DISABLE_KILLS for landed in (False, True)],
+    ids=[f"after-write-{k}-{'landed' if landed else 'lost'}" for k in DISABLE_KILLS for landed in (0, 1)],
+)
+def test_sigkill_around_the_disable(disable_world: DisableWorld, tmp_path: Path, k: int, landed: bool) -> None:
+    """We test: SIGKILL right after the k-th write of the pass that disables two running --once agents, the next
+    write lost or landed (just before or just after a disable lands); then normal passes: each runner ends up
+    disabled by one PATCH in all (the next run disables only what the killed one did not), no job is handed to
+    an exiting runner, every request is served by one Job, nothing left over, no invariant broken."""
+    rig = disable_world.rig
+    held = _hold_write(rig, k, landed=landed, writes=DISABLE_WRITES)
+    pid = _fork_pass(rig, tmp_path / "killed-run.log")
+    try:
+        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
+        rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    CRASH_POINTS.append((k, f"disable {'landed' if landed else 'lost'}"))
+    assert tuple(_completed_writes(rig)[:k]) == DISABLE_WRITES[:k]
+    _wait_held_write_settled(rig, k + landed)
+    rig.azdo.clear_faults()
+    rig.kube.clear_faults()
+    assert len(_completed_writes(rig)) == k + landed
+    rig.expire_lease()
+    left = _settle_disable(disable_world)
+    assert not left, left
+
+
 def test_crash_points_tried() -> None:
     """We test the crash matrix ran whole: 2 flavours x every write of the pass, and around the rescue and the
-    backoff."""
-    expected = 2 * len(EXPECTED_WRITES) + 2 * len(RESCUE_BACKOFF_KILLS)
+    backoff, and around the disable."""
+    expected = 2 * len(EXPECTED_WRITES) + 2 * len(RESCUE_BACKOFF_KILLS) + 2 * len(DISABLE_KILLS)
     if len(CRASH_POINTS) < expected:
         pytest.skip("only part of the crash points ran (tests deselected)")
     print(
         f"\ncrash anywhere: {len(CRASH_POINTS)} crash points tried ({len(EXPECTED_WRITES)} writes x lost/landed, "
-        f"{len(RESCUE_BACKOFF_KILLS)} around the rescue and the backoff x lost/landed); "
+        f"{len(RESCUE_BACKOFF_KILLS)} around the rescue and the backoff, {len(DISABLE_KILLS)} around the disable, "
+        "x lost/landed); "
         f"{len(SWEEP_STAND_INS)} waited for an agent scan"
     )
     assert len(set(CRASH_POINTS)) == expected

@@ -59,10 +59,10 @@ def test_a_clean_pass_disables_both_runners_and_serves_the_queue(world: DisableW
     request's Job, exits 0; the next pass PATCHes nothing."""
     result = world.rig.reconcile()
     assert result.code == 0, result.out
-    assert world.enabled_runners() == [] and world.agent_patches() == len(world.running)
+    assert world.enabled_runners() == [] and world.runner_patches() == [1] * len(world.running)
     assert str(world.queued) in request_jobs(world.rig)
     assert world.rig.reconcile().code == 0
-    assert world.agent_patches() == len(world.running)
+    assert world.runner_patches() == [1] * len(world.running)
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -92,10 +92,10 @@ def test_a_fault_on_the_disable(world: DisableWorld, kind: str) -> None:
         retry = next(c for c in rig.azdo.calls() if c.time > throttled.time and f"{c.method} {c.short}" == AGENT_PATCH)
         assert retry.time - throttled.time >= RETRY_AFTER * 0.9, (throttled, retry)
     _check_invariants(world)
-    patches = world.agent_patches()
+    patches = sum(world.runner_patches())
     for _ in range(2):
         after = rig.reconcile()
         assert after.code == 0, after.out
     assert world.enabled_runners() == [], rig.agents()
-    assert world.agent_patches() == patches + (1 if left_enabled else 0)
+    assert sum(world.runner_patches()) == patches + (1 if left_enabled else 0)
     _check_invariants(world)
