@@ -1263,35 +1263,42 @@ def _routed_counts(config: Config, pool: PoolConfig, world: World) -> Counter[st
     return Counter(template.name for template in routes if template is not None)
 
 
-def _learning_due(
-    config: Config,
-    pool: PoolConfig,
-    state: PoolState,
-    world: World,
-    *,
-    jobs: list[AgentJob],
-    pods_by_job: Mapping[tuple[str, str], AgentPod],
-    observed: datetime,
-    now: datetime,
-) -> bool:
+@dataclass(frozen=True)
+class _PoolScan:
+    """One pool's inputs to the rules that decide whether this pass lists its agents (`pools_needing_agents`).
+    Not a `_PoolPass`: those rules see every Job of the pool, those being deleted too, with its newest pod."""
+
+    config: Config
+    pool: PoolConfig
+    state: PoolState
+    world: World
+    jobs: list[AgentJob]
+    pods_by_job: Mapping[tuple[str, str], AgentPod]
+    observed: datetime
+    """When the pool's agents were last listed."""
+    now: datetime
+
+
+def _learning_due(s: _PoolScan) -> bool:
     """Whether to read the agent list to learn what a template's agents advertise (its placeholder keeps
     it): while a template is unlearned, when one of its agents registered since the last scan and is still
     there to be read (its pod runs and published the agent id), or, at most once per LEARN_RETRY, when a
     queued request is unroutable with what this run knows."""
+    pool, world = s.pool, s.world
     unlearned = {t.name for t in pool.templates if t.placeholder and (pool.name, t.name) not in world.learned}
     if not unlearned:
         return False
-    since = observed.replace(microsecond=0)  # Kubernetes writes whole seconds
-    for job in jobs:
-        pod = pods_by_job.get((job.namespace, job.name))
+    since = s.observed.replace(microsecond=0)  # Kubernetes writes whole seconds
+    for job in s.jobs:
+        pod = s.pods_by_job.get((job.namespace, job.name))
         if job.template in unlearned and pod is not None and pod.agent_id is not None and pod.phase == "Running":
             registered_since_scan = pod.started is not None and pod.started >= since
             if registered_since_scan:
                 return True
-    if now - observed < LEARN_RETRY:
+    if s.now - s.observed < LEARN_RETRY:
         return False
-    router = _Router(config, pool, world.learned)
-    return any(r.queued and in_shard(config, r, now) and router.route(r.demands) is None for r in state.requests)
+    router = _Router(s.config, pool, world.learned)
+    return any(r.queued and in_shard(s.config, r, s.now) and router.route(r.demands) is None for r in s.state.requests)
 
 
 def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str]:
@@ -1312,43 +1319,31 @@ def pools_needing_agents(config: Config, world: World, now: datetime) -> set[str
         if state is None or not state.found:
             continue
         observed = world.agents_observed.get(pool.name)
+        if observed is None or now - observed >= sweep:
+            needed.add(pool.name)
+            continue
         jobs = by_pool.get((names.pool_slug(pool.name), pool.namespace), [])
-        if (
-            observed is None
-            or now - observed >= sweep
-            or _learning_due(config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now)
-            or _jobs_need_agents(
-                config, pool, state, world, jobs=jobs, pods_by_job=pods_by_job, observed=observed, now=now
-            )
-        ):
+        scan = _PoolScan(config, pool, state, world, jobs, pods_by_job, observed, now)
+        if _learning_due(scan) or _jobs_need_agents(scan):
             needed.add(pool.name)
     return needed
 
 
-def _jobs_need_agents(
-    config: Config,
-    pool: PoolConfig,
-    state: PoolState,
-    world: World,
-    *,
-    jobs: list[AgentJob],
-    pods_by_job: Mapping[tuple[str, str], AgentPod],
-    observed: datetime,
-    now: datetime,
-) -> bool:
+def _jobs_need_agents(s: _PoolScan) -> bool:
     """Whether the pool's Jobs call for its agent list before the next sweep: a finished pod whose agent is not
     known to be pruned (finished since the last scan, or holding a request), a Job of a removed template, idle
     pods beyond the standby allowance, or an idle pod while maxAgents holds queued demand back."""
+    pool, world, now = s.pool, s.world, s.now
     # Kubernetes writes finish times in whole seconds: a pod that finished in the same second as
     # the last scan, but after it, must still trigger a scan.
-    observed = observed.replace(microsecond=0)
-    busy = _busy_names(state)
+    observed = s.observed.replace(microsecond=0)
+    busy = _busy_names(s.state)
     idle_long = idle_now = unfinished = 0
     threshold = timedelta(seconds=min(pool.idle_timeout, pool.provisioning_timeout))
     allowance = sum(_min_idle(pool, index, now) for index in range(len(pool.templates)))
     configured = {t.name for t in pool.templates}
-    for job in jobs:
-        pod = pods_by_job.get((job.namespace, job.name))
+    for job in s.jobs:
+        pod = s.pods_by_job.get((job.namespace, job.name))
         pod_done = pod is not None and pod.terminal
         if job.done or pod_done:
             if pod is not None and pod.name.lower() in busy:
@@ -1368,7 +1363,7 @@ def _jobs_need_agents(
     # Idle agents may be due for draining; or maxAgents holds queued demand back while an agent sits
     # idle, and a standby may have to give way to it.
     full = idle_now > 0 and unfinished >= pool.max_agents
-    return idle_long > allowance or (full and any(r.queued and in_shard(config, r, now) for r in state.requests))
+    return idle_long > allowance or (full and any(r.queued and in_shard(s.config, r, now) for r in s.state.requests))
 
 
 CLEANUP_REASON = "the release is being removed"
