@@ -22,10 +22,10 @@ No I/O, no clock, no randomness: everything it needs is in its arguments. DESIGN
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from reconciler import names, standby
 from reconciler.demands import Demand, demand_satisfied, satisfies_all
@@ -471,6 +471,35 @@ def _plan_finished_job(p: _PoolPass, view: _JobView) -> list[Action]:
     return actions
 
 
+_AgentAction = TypeVar("_AgentAction", DeleteAgent, DisableAgent)
+
+
+def _per_holding_agent(
+    p: _PoolPass, *, received: bool, decide: Callable[[JobRequest, str, int], _AgentAction | None]
+) -> list[_AgentAction]:
+    """The walk the rescue and the disable share: every unfinished request reserved by an agent (by name and id)
+    whose job has started (`received`: the request has a receiveTime) or has not, oldest listed first, skipping
+    agents already pruned this run; `decide(request, agent name, agent id)` gives the action for that agent, or
+    None. One action per agent (by name or id), however many requests it holds. Which agents are ours is
+    `decide`'s to say: the two rules derive it differently."""
+    actions: list[_AgentAction] = []
+    names_done: set[str] = set()
+    ids_done: set[int] = set()
+    for request in p.state.requests:
+        name, agent_id = request.reserved_agent_name, request.reserved_agent_id
+        if not name or agent_id is None or request.finished or (request.receive_time is not None) != received:
+            continue
+        key = name.lower()
+        if key in names_done or agent_id in ids_done or key in p.world.pruned:
+            continue
+        action = decide(request, name, agent_id)
+        if action is not None:
+            names_done.add(key)
+            ids_done.add(agent_id)
+            actions.append(action)
+    return actions
+
+
 def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     """Agents of ours holding a request they will never start: Azure DevOps assigned it to an agent whose
     pod has finished (the race of a job given to an exiting `--once` agent, which _plan_once_disables
@@ -479,7 +508,10 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
     on the agent; the service then fails that job (module docstring), it does not queue it again. Only a
     listed agent shown offline is deleted: the service refuses to delete one it still shows online with a job
     assigned (the exiting agent's last seconds), so without the list nothing is rescued (pools_needing_agents
-    lists a pool whose finished pod holds a request)."""
+    lists a pool whose finished pod holds a request).
+
+    Ours here is an agent named with our owner's agent prefix for the pool (names.agent_prefix) that the agent
+    list shows: its pod may be gone (evicted, its Job deleted), so a live Job of ours cannot be asked for."""
     if not p.agents_known:
         return []
     prefix = names.agent_prefix(p.config.owner, pool_name=p.pool.name).lower()
@@ -490,32 +522,23 @@ def _plan_rescues(p: _PoolPass) -> list[DeleteAgent]:
         for r in p.state.requests
         if r.reserved_agent_name and not r.finished and r.receive_time is not None
     }
-    rescues = []
-    rescued_ids: set[int] = set()
-    for request in p.state.requests:
-        name, agent_id = request.reserved_agent_name, request.reserved_agent_id
-        if not name or agent_id is None or request.finished or request.receive_time is not None:
-            continue
-        if agent_id in rescued_ids:
-            continue
+
+    def rescue(request: JobRequest, name: str, agent_id: int) -> DeleteAgent | None:
         key = name.lower()
         agent = p.agents.get(key)
-        if not key.startswith(prefix) or key in p.world.pruned or key in started or agent is None or agent.online:
-            continue
+        if not key.startswith(prefix) or key in started or agent is None or agent.online:
+            return None
         pod = pods.get(key)
         if pod is None and _age(request.assign_time, p.now) > TTL_GRACE:
             why = "its pod is gone"
         elif pod is not None and pod.terminal:
             why = "its pod finished"
         else:
-            continue
+            return None
         reason = f"request {request.request_id} was assigned to it but {why} before the job started"
-        started.add(key)  # one delete per agent, however many requests it holds
-        rescued_ids.add(agent_id)
-        rescues.append(
-            DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
-        )
-    return rescues
+        return DeleteAgent(pool=p.pool.name, pool_id=p.pool_id, agent_id=agent_id, agent_name=name, reason=reason)
+
+    return _per_holding_agent(p, received=False, decide=rescue)
 
 
 def _plan_once_disables(p: _PoolPass) -> list[DisableAgent]:
@@ -528,39 +551,34 @@ def _plan_once_disables(p: _PoolPass) -> list[DisableAgent]:
     (the request's agent reference, else the agent list) is left alone, and so is one whose enabled state
     neither shows. Instance templates (ACI groups that restart) are left out: `config.sh --replace` keeps the
     agent's `enabled` (ConfigurationManager.UpdateExistingAgent), so a disabled instance would serve nothing
-    again."""
+    again.
+
+    Ours here is the agent of a live pod of one of our Jobs (not of an instance template): the job runs, so its
+    pod does, and this works without the agent list."""
     instance_templates = {t.name for t in p.pool.templates if t.instances}
     ours = {
         v.pod.name.lower()
         for v in p.views
         if v.pod is not None and v.job.template not in instance_templates and not v.terminal
     }
-    disables: list[DisableAgent] = []
-    seen: set[str] = set()
-    for request in p.state.requests:
-        name, agent_id = request.reserved_agent_name, request.reserved_agent_id
-        if not name or agent_id is None or request.finished or request.receive_time is None:
-            continue
+
+    def disable(request: JobRequest, name: str, agent_id: int) -> DisableAgent | None:
         key = name.lower()
-        if key in seen or key not in ours or key in p.world.pruned:
-            continue
         listed = p.agents.get(key)
         enabled = listed.enabled if listed is not None else request.reserved_agent_enabled
-        if not enabled:
-            continue
-        seen.add(key)
+        if key not in ours or not enabled:
+            return None
         reason = f"it runs request {request.request_id}, its one job: no second job for an agent about to exit"
-        disables.append(
-            DisableAgent(
-                pool=p.pool.name,
-                pool_id=p.pool_id,
-                agent_id=agent_id,
-                agent_name=name,
-                request_id=request.request_id,
-                reason=reason,
-            )
+        return DisableAgent(
+            pool=p.pool.name,
+            pool_id=p.pool_id,
+            agent_id=agent_id,
+            agent_name=name,
+            request_id=request.request_id,
+            reason=reason,
         )
-    return disables
+
+    return _per_holding_agent(p, received=True, decide=disable)
 
 
 def _delete_stuck(p: _PoolPass, view: _JobView, detail: str) -> DeleteJob:
