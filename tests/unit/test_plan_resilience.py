@@ -201,6 +201,23 @@ def test_once_agent_is_disabled_once_its_job_has_started() -> None:
     assert [d.agent_id for d in of(DisableAgent, plan(cfg, w, NOW))] == [33]
 
 
+def test_enabled_state_of_a_runner_comes_from_the_list_else_from_its_request() -> None:
+    """We test the fallback of the disable's enabled check with the agents listed: the listed agent's `enabled`
+    wins over the request's agent reference either way (listed enabled, reference disabled: disabled; listed
+    disabled, reference enabled: left alone); an agent missing from the list (registered after the list was
+    read) is judged by the reference; one neither shows is left alone."""
+    jobs = tuple(job_for("linux", request_id=n, created=100) for n in (1, 2, 3, 4))
+    pods = tuple(pod_for(j) for j in jobs)
+    requests = tuple(
+        replace(running(n, pods[n - 1].name, 30 + n), reserved_agent_enabled=shown)
+        for n, shown in ((1, True), (2, False), (3, True), (4, None))
+    )
+    listed = (agent(32, pods[1].name, busy_with=2), agent(33, pods[2].name, enabled=False, busy_with=3))
+    cfg = config(pool("linux", template(placeholder=False)))
+    w = world(state("linux", *requests, agents=listed), jobs=jobs, pods=pods)
+    assert sorted(d.agent_id for d in of(DisableAgent, plan(cfg, w, NOW))) == [31, 32]
+
+
 def test_agent_disabled_for_its_job_that_stays_idle_is_drained() -> None:
     """We test: an agent disabled for its one job that, the job done, stays online and idle while its pod runs
     (a template whose agent does not run --once) is drained like a half-done drain, so it never holds a slot
