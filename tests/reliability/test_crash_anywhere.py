@@ -162,6 +162,34 @@ def _wait_held_write_settled(rig: Rig, expected: int) -> None:
         rig.wait_for(lambda: len(_completed_writes(rig)) >= expected, timeout=10, what=f"{expected} writes")
 
 
+def _kill_after(
+    rig: Rig, k: int, *, landed: bool, writes: tuple[tuple[str, str, str], ...], log: Path, label: str
+) -> None:
+    """Run a pass in a forked process and SIGKILL it right after its k-th write, the next one (if any) held and
+    lost or landed; check the writes made, wait the held one out, clear the faults and age the killed run's
+    Lease (it expires after durationSeconds) instead of waiting. The crash point is recorded with `label`."""
+    held = _hold_write(rig, k, landed=landed, writes=writes) if k < len(writes) else None
+    pid = _fork_pass(rig, log)
+    try:
+        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
+        if held is not None:
+            rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    CRASH_POINTS.append((k, label + ("landed" if landed else "lost")))
+    done = _completed_writes(rig)
+    assert tuple(done[:k]) == writes[:k], (done, log.read_text()[-3000:])
+    expected = k + 1 if landed and held is not None else k
+    _wait_held_write_settled(rig, expected)
+    rig.azdo.clear_faults()
+    rig.kube.clear_faults()
+    applied = len(_completed_writes(rig))
+    assert applied == expected, (applied, k, landed)
+    rig.expire_lease()
+
+
 def _cases() -> list[Any]:
     cases = []
     for landed in (False, True):
@@ -177,28 +205,7 @@ def test_sigkill_after_the_kth_write(world: RichWorld, tmp_path: Path, k: int, l
     """We test: SIGKILL right after the k-th write of a pass, then normal passes: every queued job is
     served, one Job per request, no orphaned registration, no invariant broken, nothing left over."""
     rig = world.rig
-    held = _hold_write(rig, k, landed=landed) if k < len(EXPECTED_WRITES) else None
-    log = tmp_path / "killed-run.log"
-    pid = _fork_pass(rig, log)
-    try:
-        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
-        if held is not None:
-            rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    CRASH_POINTS.append((k, "landed" if landed else "lost"))
-    done = _completed_writes(rig)
-    assert tuple(done[:k]) == EXPECTED_WRITES[:k], (done, log.read_text()[-3000:])
-    expected = k + 1 if landed and k < len(EXPECTED_WRITES) else k
-    _wait_held_write_settled(rig, expected)
-    rig.azdo.clear_faults()
-    rig.kube.clear_faults()
-    applied = len(_completed_writes(rig))
-    assert applied == expected, (applied, k, landed)
-    # The killed run's Lease expires after durationSeconds; age it instead of waiting.
-    rig.expire_lease()
+    _kill_after(rig, k, landed=landed, writes=EXPECTED_WRITES, log=tmp_path / "killed-run.log", label="")
     left, results = _settle(world)
     assert not left, (left, results[-1].out[-3000:])
     requests = rig.azdo.requests(rig.pool_id())
@@ -273,23 +280,8 @@ def test_sigkill_around_the_rescue_and_the_backoff(
     crashing template off, the next write lost or landed; then normal passes: the held request ends, the
     exited agent is gone, no Job of the crashing template is made before its backoff ends and its request
     is served after, the backoff is reported, no invariant broken."""
-    rig = rescue_world.rig
-    held = _hold_write(rig, k, landed=landed, writes=RESCUE_BACKOFF_WRITES)
-    pid = _fork_pass(rig, tmp_path / "killed-run.log")
-    try:
-        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
-        rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    CRASH_POINTS.append((k, f"rescue-backoff {'landed' if landed else 'lost'}"))
-    assert tuple(_completed_writes(rig)[:k]) == RESCUE_BACKOFF_WRITES[:k]
-    _wait_held_write_settled(rig, k + landed)
-    rig.azdo.clear_faults()
-    rig.kube.clear_faults()
-    assert len(_completed_writes(rig)) == k + landed
-    rig.expire_lease()
+    log = tmp_path / "killed-run.log"
+    _kill_after(rescue_world.rig, k, landed=landed, writes=RESCUE_BACKOFF_WRITES, log=log, label="rescue-backoff ")
     left = _settle_rescue(rescue_world)
     assert not left, left
 
@@ -377,23 +369,8 @@ def test_sigkill_around_the_disable(disable_world: DisableWorld, tmp_path: Path,
     write lost or landed (just before or just after a disable lands); then normal passes: each runner ends up
     disabled by one PATCH in all (the next run disables only what the killed one did not), no job is handed to
     an exiting runner, every request is served by one Job, nothing left over, no invariant broken."""
-    rig = disable_world.rig
-    held = _hold_write(rig, k, landed=landed, writes=DISABLE_WRITES)
-    pid = _fork_pass(rig, tmp_path / "killed-run.log")
-    try:
-        rig.wait_for(lambda: len(_completed_writes(rig)) >= k, timeout=15, what=f"{k} writes")
-        rig.wait_for(held, timeout=15, what=f"write {k + 1} to be held")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    CRASH_POINTS.append((k, f"disable {'landed' if landed else 'lost'}"))
-    assert tuple(_completed_writes(rig)[:k]) == DISABLE_WRITES[:k]
-    _wait_held_write_settled(rig, k + landed)
-    rig.azdo.clear_faults()
-    rig.kube.clear_faults()
-    assert len(_completed_writes(rig)) == k + landed
-    rig.expire_lease()
+    log = tmp_path / "killed-run.log"
+    _kill_after(disable_world.rig, k, landed=landed, writes=DISABLE_WRITES, log=log, label="disable ")
     left = _settle_disable(disable_world)
     assert not left, left
 
