@@ -478,10 +478,10 @@ def _per_holding_agent(
     p: _PoolPass, *, received: bool, decide: Callable[[JobRequest, str, int], _AgentAction | None]
 ) -> list[_AgentAction]:
     """The walk the rescue and the disable share: every unfinished request reserved by an agent (by name and id)
-    whose job has started (`received`: the request has a receiveTime) or has not, oldest listed first, skipping
-    agents already pruned this run; `decide(request, agent name, agent id)` gives the action for that agent, or
-    None. One action per agent (by name or id), however many requests it holds. Which agents are ours is
-    `decide`'s to say: the two rules derive it differently."""
+    whose job has started (`received`: the request has a receiveTime) or has not, in the order the service
+    listed them, skipping agents already pruned this run; `decide(request, agent name, agent id)` gives the
+    action for that agent, or None. One action per agent (by name or id), however many requests it holds. Which
+    agents are ours is `decide`'s to say: the two rules derive it differently."""
     actions: list[_AgentAction] = []
     names_done: set[str] = set()
     ids_done: set[int] = set()
