@@ -42,9 +42,12 @@ kube:
 ## test: set up and run everything CI runs
 # The tests start the reconciler as a process hundreds of times; with PYTHONDONTWRITEBYTECODE set (as on
 # these machines) each would compile the package from source again (0.2 s of CPU): compile it once.
+# Most simulation tests wait on simulated time (a third of a core each), so pytest-xdist runs them on
+# $(WORKERS) workers; tests/conftest.py keeps each module, and the realkube tier, on one worker.
+WORKERS ?= 3
 test: $(STAMP) $(TOOLS) $(CHART_TOOLS) kube lint
 	$(BIN)/python -m compileall -q reconciler azp_simulation
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest -n $(WORKERS) --dist loadgroup
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
