@@ -1,17 +1,31 @@
-"""Suite-wide collection rules.
+"""Suite-wide rules: how `make test` shares the suite among pytest-xdist workers.
 
-`make test` runs the suite with pytest-xdist (`--dist loadgroup`): most simulation tests wait on
-simulated time, so workers overlap their waits. Each test module stays on one worker, so its
-module-scoped worlds are built once, and the realkube tier shares one worker and its one control plane.
+Most simulation tests wait on simulated time, so `make test` runs them on several workers that overlap their
+waits. Each test module stays on one worker (its module-scoped worlds are built once, and its closing
+"did every case run" test sees the whole module), and the realkube tier shares one worker and so one control
+plane. This is xdist's scheduling by scope with our own scopes: its `loadgroup` mode cannot be used, as it
+renames tests through a node attribute pytest 9.2 no longer reads.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        group = "tests/realkube" if path.startswith("tests/realkube/") else path
-        item.add_marker(pytest.mark.xdist_group(group))
+def scope_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the whole realkube tier."""
+    path = nodeid.split("::", 1)[0]
+    return "tests/realkube" if path.startswith("tests/realkube/") else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return ByModule(config, log)
