@@ -268,6 +268,9 @@ def signal_run(env: dict[str, str], ready: Path, sig: signal.Signals) -> tuple[i
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A container's entrypoint starts with every signal at its default. A pytest-xdist worker ignores
+        # SIGINT, and bash cannot trap a signal ignored when it starts, so give start.sh the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as proc:
         try:
             wait_for(ready)
