@@ -32,7 +32,8 @@ build_module() {
   work="$(mktemp -d)"
   cp -r "$src/." "$work"
   chmod -R u+w "$work"
-  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out" "$package")
+  # Optimizations and inlining off: the tools run for seconds, and the cold build is faster (build-kube.sh).
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -gcflags="all=-N -l" -ldflags "$ldflags" -o "$out" "$package")
   rm -rf "$work"
 }
 
