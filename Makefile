@@ -47,7 +47,7 @@ kube:
 WORKERS ?= 3
 test: $(STAMP) $(TOOLS) $(CHART_TOOLS) kube lint
 	$(BIN)/python -m compileall -q reconciler azp_simulation
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest -n $(WORKERS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest -n $(WORKERS) --durations=15
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
