@@ -782,7 +782,7 @@ class Simulation:
             target.inject_fault(payload.get("method", "GET"), payload.get("route", "*"), **options)
 
     def _sample(self) -> None:
-        for pool, pool_id in self.pool_ids.items():
+        for pool, pool_id in list(self.pool_ids.items()):  # a test may add a pool while the timeline runs
             count = sum(1 for _, status in self.azdo.agent_statuses(pool_id) if status == "online")
             self.metrics.peak_agents[pool] = max(self.metrics.peak_agents.get(pool, 0), count)
 
